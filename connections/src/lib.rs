@@ -1,0 +1,45 @@
+//! Wire codec and ZeroMQ connections of the service framework.
+//!
+//! This is the only crate that imports `zeromq`. Everything above it (states, the runtime,
+//! the HTTP bridge) speaks in addresses, typed envelopes and connection handles.
+//!
+//! # Layout
+//! - [`wire`]: bytes <-> envelopes, byte-compatible with Python `service_framework` 0.0.18
+//!   (request, reply, publish with topic prefix, Decimal / set / UUID / ndarray maps).
+//! - [`address`]: `"host:port"`, `tcp://`, `ipc://` and `{bind, connect}` addresses.
+//! - [`handler`]: what a replyer runs for a request; typed handlers validate args.
+//! - [`replyer`] (ROUTER) and [`requester`] (DEALER): request/reply that serves concurrently,
+//!   times out, retries, matches replies by id and reconnects.
+//! - [`publisher`] and [`subscriber`]: publish/subscribe with exact topics, sequence numbers
+//!   that make loss visible, and an opt-in credit window that makes a stream lossless.
+//! - [`pipeline`]: PUSH/PULL with back-pressure and fair distribution.
+//! - [`external`]: an out-connection that calls a local async function.
+//! - [`proxy`]: the XSUB/XPUB bus proxy.
+//! - [`stats`]: the counters every connection keeps.
+
+pub mod address;
+pub mod error;
+pub mod external;
+pub mod handler;
+pub mod pipeline;
+pub mod proxy;
+pub mod publisher;
+pub mod replyer;
+pub mod requester;
+pub mod stats;
+pub mod subscriber;
+mod util;
+pub mod wire;
+
+pub use address::Address;
+pub use error::{Error, Result};
+pub use external::ExternalTarget;
+pub use handler::{typed, Outcome, RawHandler, RequestMeta};
+pub use pipeline::{PipelineOptions, Puller, Pusher};
+pub use proxy::BusProxy;
+pub use publisher::{CreditOptions, Publisher, PublisherOptions};
+pub use replyer::{Replyer, ReplyerOptions};
+pub use requester::{Requester, RequesterOptions};
+pub use stats::{Counter, Stats};
+pub use subscriber::{Delivery, Subscriber, SubscriberOptions};
+pub use wire::{ErrorCode, WireError, WorkflowId};

@@ -1,0 +1,251 @@
+//! PUSH/PULL: the ZeroMQ pipeline pattern, beyond the original.
+//!
+//! A [`Pusher`] hands each message to exactly one connected [`Puller`], round-robin, so several
+//! workers pulling from one pusher share its work fairly. Unlike PUB, a full peer queue makes
+//! the pusher wait instead of dropping: back-pressure travels upstream and nothing is lost.
+//! Frames are the same `{args, workflow_id}` envelope as a request.
+//!
+//! Either side may bind; a connecting side reconnects by itself when the binder restarts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use zeromq::{PullSocket, PushSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::address::Address;
+use crate::error::{Error, Result};
+use crate::stats::{Counter, Stats};
+use crate::util::{connect_until, Monitor};
+use crate::wire::{self, Request, WorkflowId};
+
+/// Tuning for both ends of a pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Bind instead of connecting.
+    pub is_binder: bool,
+    /// How long [`Pusher::push`] waits for a peer with room (default 10 s).
+    pub send_timeout: Duration,
+    /// Frames larger than this are dropped and counted by the puller (default 16 MiB).
+    pub max_message_bytes: usize,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions { is_binder: false, send_timeout: Duration::from_secs(10), max_message_bytes: 16 << 20 }
+    }
+}
+
+/// The sending end; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pusher {
+    queue: mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<Result<()>>)>,
+    endpoint: String,
+    timeout: Duration,
+    stats: Arc<Stats>,
+    _stop: Arc<DropCancel>,
+}
+
+#[derive(Debug)]
+struct DropCancel(CancellationToken);
+
+impl Drop for DropCancel {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl Pusher {
+    /// Binds or starts connecting to `address`.
+    pub async fn start(address: &Address, options: PipelineOptions) -> Result<Pusher> {
+        let stop = CancellationToken::new();
+        let stats = Arc::new(Stats::default());
+        let (queue, rx) = mpsc::channel(1024);
+        let endpoint = if options.is_binder {
+            let mut socket = PushSocket::new();
+            let ep = address.bind_endpoint()?;
+            let bound = socket.bind(&ep).await.map_err(|e| Error::Socket(format!("cannot bind pusher to {ep}: {e}")))?;
+            tokio::spawn(push_loop(Some((socket, None)), None, rx, stats.clone(), stop.clone()));
+            bound.to_string()
+        } else {
+            let ep = address.connect_endpoint()?;
+            tokio::spawn(push_loop(None, Some(ep.clone()), rx, stats.clone(), stop.clone()));
+            ep
+        };
+        Ok(Pusher { queue, endpoint, timeout: options.send_timeout, stats, _stop: Arc::new(DropCancel(stop)) })
+    }
+
+    /// The endpoint bound or connected to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Hands `args` to one puller; waits (bounded by the send timeout) while every puller is
+    /// full or none is connected.
+    pub async fn push<A: Serialize + ?Sized>(&self, args: &A, workflow_id: WorkflowId) -> Result<()> {
+        let body = wire::encode(&Request { args, workflow_id })?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let work = async {
+            self.queue.send((body, tx)).await.map_err(|_| Error::Closed)?;
+            rx.await.map_err(|_| Error::Closed)?
+        };
+        tokio::time::timeout(self.timeout, work).await.map_err(|_| Error::Timeout(self.timeout))?
+    }
+}
+
+async fn push_loop(
+    mut socket: Option<(PushSocket, Option<Monitor>)>,
+    reconnect: Option<String>,
+    mut rx: mpsc::Receiver<(Vec<u8>, tokio::sync::oneshot::Sender<Result<()>>)>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    loop {
+        if socket.is_none() {
+            let Some(ep) = &reconnect else { return };
+            match connect_until::<PushSocket>(ep, &stop).await {
+                Some((s, m)) => socket = Some((s, Some(m))),
+                None => return,
+            }
+        }
+        let (sock, monitor) = socket.as_mut().expect("set above");
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            ev = async { match monitor { Some(m) => m.next().await, None => std::future::pending().await } } => {
+                if matches!(ev, Some(SocketEvent::Disconnected(_)) | None) {
+                    stats.bump(Counter::Reconnects);
+                    socket = None;
+                }
+            }
+            item = rx.recv() => {
+                let Some((body, done)) = item else { return };
+                let msg = ZmqMessage::from(body);
+                // With no peer the socket refuses at once; wait for one (the caller's timeout
+                // bounds this).
+                let mut pause = Duration::from_millis(1);
+                let result = loop {
+                    match sock.send(msg.clone()).await {
+                        Ok(()) => break Ok(()),
+                        Err(zeromq::ZmqError::ReturnToSender { .. }) if !done.is_closed() => {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_millis(50));
+                        }
+                        Err(e) => break Err(Error::Socket(e.to_string())),
+                    }
+                };
+                if result.is_ok() { stats.bump(Counter::Sent) } else { stats.bump(Counter::Dropped) }
+                let _ = done.send(result);
+            }
+        }
+    }
+}
+
+/// The receiving end.
+#[derive(Debug)]
+pub struct Puller {
+    rx: mpsc::Receiver<Bytes>,
+    endpoint: String,
+    stats: Arc<Stats>,
+    _stop: DropCancel,
+}
+
+impl Puller {
+    /// Binds or starts connecting to `address`.
+    pub async fn start(address: &Address, options: PipelineOptions) -> Result<Puller> {
+        let stop = CancellationToken::new();
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::channel(1024);
+        let max = options.max_message_bytes;
+        let endpoint = if options.is_binder {
+            let mut socket = PullSocket::new();
+            let ep = address.bind_endpoint()?;
+            let bound = socket.bind(&ep).await.map_err(|e| Error::Socket(format!("cannot bind puller to {ep}: {e}")))?;
+            tokio::spawn(pull_loop(Some((socket, None)), None, tx, max, stats.clone(), stop.clone()));
+            bound.to_string()
+        } else {
+            let ep = address.connect_endpoint()?;
+            tokio::spawn(pull_loop(None, Some(ep.clone()), tx, max, stats.clone(), stop.clone()));
+            ep
+        };
+        Ok(Puller { rx, endpoint, stats, _stop: DropCancel(stop) })
+    }
+
+    /// The endpoint bound or connected to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// The next envelope's raw bytes; `None` once closed.
+    pub async fn next_raw(&mut self) -> Option<Bytes> {
+        self.rx.recv().await
+    }
+
+    /// The next message decoded; a malformed one is an `Err` (and counted), the stream goes on.
+    pub async fn next<A: DeserializeOwned>(&mut self) -> Option<Result<Request<A>>> {
+        let raw = self.rx.recv().await?;
+        let decoded = wire::decode::<Request<A>>(&raw);
+        if decoded.is_err() {
+            self.stats.bump(Counter::Malformed);
+        }
+        Some(decoded)
+    }
+}
+
+async fn pull_loop(
+    mut socket: Option<(PullSocket, Option<Monitor>)>,
+    reconnect: Option<String>,
+    tx: mpsc::Sender<Bytes>,
+    max: usize,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    loop {
+        if socket.is_none() {
+            let Some(ep) = &reconnect else { return };
+            match connect_until::<PullSocket>(ep, &stop).await {
+                Some((s, m)) => socket = Some((s, Some(m))),
+                None => return,
+            }
+        }
+        let (sock, monitor) = socket.as_mut().expect("set above");
+        let msg = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            ev = async { match monitor { Some(m) => m.next().await, None => std::future::pending().await } } => {
+                if matches!(ev, Some(SocketEvent::Disconnected(_)) | None) {
+                    stats.bump(Counter::Reconnects);
+                    socket = None;
+                }
+                continue;
+            }
+            m = sock.recv() => m,
+        };
+        let Ok(msg) = msg else { continue };
+        let Some(frame) = msg.into_vec().pop() else { continue };
+        stats.bump(Counter::Received);
+        if frame.len() > max {
+            stats.bump(Counter::TooLarge);
+            tracing::warn!(size = frame.len(), limit = max, "puller dropped an oversize message");
+            continue;
+        }
+        if tx.send(frame).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The publishing side of publish/subscribe.
+//!
+//! Binds a PUB socket (or connects one to a bus proxy when `is_x_pub`, as the original does).
+//! Every message carries `seq` (1, 2, 3... per publisher) and `pub_id` (random per publisher
+//! instance) so a framework subscriber counts what it missed: PUB drops silently when a
+//! subscriber falls behind, and that loss is never silent here.
+//!
+//! With a credit window (opt-in, framework subscribers only) the publisher uses an XPUB
+//! socket: a subscriber's subscription and its credit messages travel upstream on the same
+//! connection, in order, so a subscriber is registered only once its subscription is in
+//! place. Each subscriber acknowledges the last sequence number its consumer has taken; the
+//! publisher never runs more than `window` messages ahead of the slowest registered
+//! subscriber, and a subscriber that stays silent for `stall_timeout` while the publisher
+//! waits on it is dropped from the window (logged and counted), so no wait is unbounded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use zeromq::{PubSocket, Socket, SocketEvent, SocketRecv, SocketSend, XPubSocket, ZmqMessage};
+
+use crate::address::Address;
+use crate::error::{Error, Result};
+use crate::stats::{Counter, Stats};
+use crate::util::connect_until;
+use crate::wire::{self, WorkflowId};
+
+/// The first byte of a credit message (0 and 1 are unsubscribe and subscribe).
+pub(crate) const CREDIT_TAG: u8 = 0x02;
+
+/// A subscriber's credit message, after [`CREDIT_TAG`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub(crate) struct CreditMsg {
+    /// Random id of the subscribing connection.
+    pub sub: u64,
+    /// The publisher the ack is for (nil in the first hello).
+    pub pub_id: Option<u64>,
+    /// Last sequence number of `pub_id` the consumer has taken.
+    pub acked: Option<u64>,
+    /// The window the subscriber asks for.
+    pub window: u64,
+}
+
+/// Credit-window settings (both sides must enable it).
+#[derive(Debug, Clone)]
+pub struct CreditOptions {
+    /// How far the publisher may run ahead of the slowest subscriber (default 50,000; keep it
+    /// under the socket library's 100,000-message queue).
+    pub window: u64,
+    /// How long a registered subscriber may stay silent while the publisher waits on it
+    /// before it is dropped from the window (default 5 s).
+    pub stall_timeout: Duration,
+}
+
+impl Default for CreditOptions {
+    fn default() -> Self {
+        CreditOptions { window: 50_000, stall_timeout: Duration::from_secs(5) }
+    }
+}
+
+/// Tuning for a [`Publisher`].
+#[derive(Debug, Clone, Default)]
+pub struct PublisherOptions {
+    /// Topic prefixed to every message (empty: none).
+    pub topic: String,
+    /// Connect to a bus proxy's XSUB side instead of binding.
+    pub is_x_pub: bool,
+    /// Lossless mode for framework subscribers.
+    pub credit: Option<CreditOptions>,
+}
+
+/// A publisher; cheap to clone, shared by every task that publishes.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    inner: Arc<PubInner>,
+}
+
+#[derive(Debug)]
+struct PubInner {
+    topic: String,
+    endpoint: String,
+    queue: mpsc::Sender<Vec<u8>>,
+    stats: Arc<Stats>,
+    subscribers: watch::Receiver<usize>,
+    stop: CancellationToken,
+    done: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Publisher {
+    /// Binds (or, with `is_x_pub`, starts connecting to) `address`.
+    pub async fn start(address: &Address, options: PublisherOptions) -> Result<Publisher> {
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        let (queue, rx) = mpsc::channel(4096);
+        let (subs_tx, subscribers) = watch::channel(0usize);
+        let pub_id: u64 = rand::random();
+        let mut writer = Writer { pub_id, seq: 0, topic_prefix: topic_prefix(&options.topic), stats: stats.clone() };
+        let (endpoint, task) = match (&options.credit, options.is_x_pub) {
+            (Some(credit), _) => {
+                let mut socket = XPubSocket::new();
+                let endpoint = if options.is_x_pub {
+                    let ep = address.connect_endpoint()?;
+                    socket.connect(&ep).await.map_err(|e| Error::Socket(format!("cannot connect publisher to {ep}: {e}")))?;
+                    ep
+                } else {
+                    bind(&mut socket, address).await?
+                };
+                let credit = credit.clone();
+                let stop = stop.clone();
+                (endpoint, tokio::spawn(async move { writer.run_credit(socket, rx, credit, subs_tx, stop).await }))
+            }
+            (None, false) => {
+                let mut socket = PubSocket::new();
+                let endpoint = bind(&mut socket, address).await?;
+                (endpoint, tokio::spawn(async move { writer.run_plain(Some(socket), None, rx).await }))
+            }
+            (None, true) => {
+                let endpoint = address.connect_endpoint()?;
+                let (ep, stop) = (endpoint.clone(), stop.clone());
+                (endpoint, tokio::spawn(async move { writer.run_plain(None, Some((ep, stop)), rx).await }))
+            }
+        };
+        tracing::debug!(%endpoint, pub_id, topic = %options.topic, "publisher started");
+        Ok(Publisher {
+            inner: Arc::new(PubInner {
+                topic: options.topic,
+                endpoint,
+                queue,
+                stats,
+                subscribers,
+                stop,
+                done: std::sync::Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// The bound endpoint, or the one connected to.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
+    }
+
+    /// Publishes `args`. Waits only when the send queue is full (or, in credit mode, when the
+    /// slowest subscriber is a whole window behind).
+    pub async fn publish<A: Serialize + ?Sized>(&self, args: &A, workflow_id: &WorkflowId) -> Result<()> {
+        let mut body = Vec::with_capacity(64);
+        wire::encode_into(&mut body, "args")?;
+        wire::encode_into(&mut body, args)?;
+        wire::encode_into(&mut body, "workflow_id")?;
+        wire::encode_into(&mut body, workflow_id)?;
+        self.inner.queue.send(body).await.map_err(|_| Error::Closed)
+    }
+
+    /// In credit mode, waits until at least `n` subscribers are registered in the window.
+    pub async fn wait_for_subscribers(&self, n: usize, timeout: Duration) -> Result<()> {
+        let mut rx = self.inner.subscribers.clone();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|&c| c >= n)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Closed),
+            Err(_) => Err(Error::Timeout(timeout)),
+        }
+    }
+
+    /// Sends everything queued, gives the socket `linger` to flush, and closes it.
+    pub async fn shutdown(&self, linger: Duration) {
+        let task = self.inner.done.lock().expect("done lock").take();
+        self.inner.stop.cancel();
+        if let Some(task) = task {
+            // Closing the queue is what ends the writer; other clones may still hold senders,
+            // so bound the wait.
+            let _ = tokio::time::timeout(linger + Duration::from_secs(1), task).await;
+        }
+        tokio::time::sleep(linger).await;
+    }
+}
+
+async fn bind<S: Socket>(socket: &mut S, address: &Address) -> Result<String> {
+    let ep = address.bind_endpoint()?;
+    let bound = socket.bind(&ep).await.map_err(|e| Error::Socket(format!("cannot bind publisher to {ep}: {e}")))?;
+    Ok(bound.to_string())
+}
+
+fn topic_prefix(topic: &str) -> Vec<u8> {
+    if topic.is_empty() {
+        Vec::new()
+    } else {
+        wire::topic_prefix(topic)
+    }
+}
+
+struct Writer {
+    pub_id: u64,
+    seq: u64,
+    topic_prefix: Vec<u8>,
+    stats: Arc<Stats>,
+}
+
+impl Writer {
+    /// `topic + {seq, pub_id, args, workflow_id}` around the pre-encoded `args`/`workflow_id`
+    /// entries; numbering here keeps `seq` in send order however many tasks publish.
+    fn frame(&mut self, entries: &[u8]) -> ZmqMessage {
+        self.seq += 1;
+        let mut out = Vec::with_capacity(self.topic_prefix.len() + entries.len() + 32);
+        out.extend_from_slice(&self.topic_prefix);
+        rmp::encode::write_map_len(&mut out, 4).expect("vec write");
+        rmp::encode::write_str(&mut out, "seq").expect("vec write");
+        rmp::encode::write_uint(&mut out, self.seq).expect("vec write");
+        rmp::encode::write_str(&mut out, "pub_id").expect("vec write");
+        rmp::encode::write_uint(&mut out, self.pub_id).expect("vec write");
+        out.extend_from_slice(entries);
+        ZmqMessage::from(out)
+    }
+
+    async fn run_plain(
+        &mut self,
+        mut socket: Option<PubSocket>,
+        reconnect: Option<(String, CancellationToken)>,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+    ) {
+        let mut monitor = None;
+        let mut batch = Vec::with_capacity(256);
+        loop {
+            if socket.is_none() {
+                let Some((ep, stop)) = &reconnect else { return };
+                // Connect in this task; messages published meanwhile wait in the queue.
+                match connect_until::<PubSocket>(ep, stop).await {
+                    Some((s, m)) => {
+                        socket = Some(s);
+                        monitor = Some(m);
+                    }
+                    None => return,
+                }
+            }
+            let sock = socket.as_mut().expect("connected above");
+            tokio::select! {
+                biased;
+                ev = next_event(&mut monitor) => {
+                    if matches!(ev, Some(SocketEvent::Disconnected(_)) | None) {
+                        self.stats.bump(Counter::Reconnects);
+                        socket = None;
+                        monitor = None;
+                    }
+                }
+                n = rx.recv_many(&mut batch, 256) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for entries in batch.drain(..) {
+                        let msg = self.frame(&entries);
+                        if sock.send(msg).await.is_err() {
+                            self.stats.bump(Counter::Dropped);
+                        } else {
+                            self.stats.bump(Counter::Sent);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_credit(
+        &mut self,
+        mut socket: XPubSocket,
+        mut rx: mpsc::Receiver<Vec<u8>>,
+        credit: CreditOptions,
+        subs_tx: watch::Sender<usize>,
+        stop: CancellationToken,
+    ) {
+        let mut subs: HashMap<u64, CreditSub> = HashMap::new();
+        let mut pending: Option<Vec<u8>> = None;
+        let poll = credit.stall_timeout.min(Duration::from_millis(250));
+        loop {
+            // May the next message go out? Only if every registered subscriber has room.
+            let next_seq = self.seq + 1;
+            let blocked = subs.values().any(|s| next_seq > s.acked + s.window);
+            if pending.is_some() && !blocked {
+                let entries = pending.take().expect("checked");
+                let msg = self.frame(&entries);
+                match socket.send(msg).await {
+                    Ok(()) => self.stats.bump(Counter::Sent),
+                    Err(_) => self.stats.bump(Counter::Dropped),
+                }
+                continue;
+            }
+            if blocked {
+                self.stats.bump(Counter::CreditWaits);
+            }
+            tokio::select! {
+                up = socket.recv() => match up {
+                    Ok(msg) => self.on_upstream(msg, &mut subs, &subs_tx),
+                    Err(e) => tracing::debug!("credit publisher receive error: {e}"),
+                },
+                entries = rx.recv(), if pending.is_none() => match entries {
+                    Some(e) => pending = Some(e),
+                    None => return,
+                },
+                _ = tokio::time::sleep(poll), if blocked => {
+                    let now = Instant::now();
+                    let before = subs.len();
+                    subs.retain(|id, s| {
+                        let alive = now.duration_since(s.heard) < credit.stall_timeout;
+                        if !alive {
+                            tracing::warn!(sub = id, "credit subscriber silent for {:?}; dropped from the window", credit.stall_timeout);
+                        }
+                        alive
+                    });
+                    if subs.len() != before {
+                        self.stats.add(Counter::Dropped, (before - subs.len()) as u64);
+                        let _ = subs_tx.send(subs.len());
+                    }
+                }
+                _ = stop.cancelled(), if pending.is_none() && rx.is_empty() => return,
+            }
+        }
+    }
+
+    fn on_upstream(
+        &mut self,
+        msg: ZmqMessage,
+        subs: &mut HashMap<u64, CreditSub>,
+        subs_tx: &watch::Sender<usize>,
+    ) {
+        let Some(frame) = msg.get(0) else { return };
+        if frame.first() != Some(&CREDIT_TAG) {
+            return; // a (un)subscription, already applied by the socket
+        }
+        let Ok(c) = wire::decode::<CreditMsg>(&frame[1..]) else {
+            self.stats.bump(Counter::Malformed);
+            return;
+        };
+        let now = Instant::now();
+        match subs.get_mut(&c.sub) {
+            Some(s) => {
+                s.heard = now;
+                if let (true, Some(a)) = (c.pub_id == Some(self.pub_id), c.acked) {
+                    s.acked = s.acked.max(a);
+                }
+            }
+            None => {
+                // A new subscriber's window starts at what has been sent so far: its
+                // subscription arrived before this message on the same connection.
+                let start = if c.pub_id == Some(self.pub_id) { c.acked.unwrap_or(self.seq) } else { self.seq };
+                subs.insert(c.sub, CreditSub { acked: start, window: c.window.max(1), heard: now });
+                let _ = subs_tx.send(subs.len());
+                tracing::debug!(sub = c.sub, start, window = c.window, "credit subscriber registered");
+            }
+        }
+    }
+}
+
+async fn next_event(monitor: &mut Option<crate::util::Monitor>) -> Option<SocketEvent> {
+    match monitor {
+        Some(m) => m.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One registered subscriber's place in the window.
+#[derive(Debug)]
+struct CreditSub {
+    acked: u64,
+    window: u64,
+    heard: Instant,
+}

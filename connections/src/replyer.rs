@@ -1,0 +1,210 @@
+//! The serving side of request/reply.
+//!
+//! A ROUTER socket, not the original's REP: REP serves one request at a time across all
+//! clients, ROUTER lets every request run concurrently. It accepts the original's REQ peers
+//! (frames `[identity, "", body]`) and the framework's own DEALER requesters (frames
+//! `[identity, request-id, "", body]`): every frame before the empty delimiter is the routing
+//! envelope and is echoed on the reply, exactly as a REP socket would.
+//!
+//! Nothing a peer sends can stop the socket: an oversize or malformed frame, or a handler
+//! that fails or panics, is counted, logged with the peer, and answered with an error reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::address::Address;
+use crate::error::{Error, Result};
+use crate::handler::{Outcome, RawHandler};
+use crate::stats::{Counter, Stats};
+use crate::wire::{ErrorCode, WireError, WorkflowId};
+
+/// Tuning for a [`Replyer`].
+#[derive(Debug, Clone)]
+pub struct ReplyerOptions {
+    /// Requests whose body is larger are answered with `too_large` (default 16 MiB).
+    pub max_message_bytes: usize,
+    /// Handlers running at once; further requests wait for a slot (default 1024).
+    pub max_concurrency: usize,
+    /// How long [`Replyer::shutdown`] lets in-flight handlers finish (default 5 s).
+    pub drain_timeout: Duration,
+    /// How long replies are given to leave the socket at shutdown: the socket library has no
+    /// linger option and flushes in a background task (default 200 ms).
+    pub linger: Duration,
+}
+
+impl Default for ReplyerOptions {
+    fn default() -> Self {
+        ReplyerOptions {
+            max_message_bytes: 16 << 20,
+            max_concurrency: 1024,
+            drain_timeout: Duration::from_secs(5),
+            linger: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A bound replyer serving requests with one handler.
+#[derive(Debug)]
+pub struct Replyer {
+    endpoint: String,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Replyer {
+    /// Binds `address` and starts serving with `handler`.
+    pub async fn bind(address: &Address, handler: RawHandler, options: ReplyerOptions) -> Result<Replyer> {
+        let endpoint = address.bind_endpoint()?;
+        let mut socket = RouterSocket::new();
+        let bound = socket
+            .bind(&endpoint)
+            .await
+            .map_err(|e| Error::Socket(format!("cannot bind replyer to {endpoint}: {e}")))?;
+        let endpoint = bound.to_string();
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        let done = tokio::spawn(serve(socket, handler, options, stats.clone(), stop.clone()));
+        tracing::debug!(%endpoint, "replyer bound");
+        Ok(Replyer { endpoint, stats, stop, done })
+    }
+
+    /// The endpoint actually bound (the real port when 0 was asked for).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Stops taking requests, lets in-flight handlers finish within the drain timeout, sends
+    /// their replies, then closes the socket.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.done.await;
+    }
+}
+
+async fn serve(
+    socket: RouterSocket,
+    handler: RawHandler,
+    options: ReplyerOptions,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let (mut tx, mut rx) = socket.split();
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<ZmqMessage>();
+    // The writer owns the send half; it ends when every handler's sender is gone.
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = reply_rx.recv().await {
+            if let Err(e) = tx.send(msg).await {
+                // ROUTER refuses a reply to a peer that has gone: nothing to deliver it to.
+                tracing::debug!("reply not delivered: {e}");
+            }
+        }
+    });
+    let slots = Arc::new(Semaphore::new(options.max_concurrency.max(1)));
+    let tracker = TaskTracker::new();
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            m = rx.recv() => m,
+        };
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                // A peer vanished mid-message; the socket itself is fine.
+                tracing::debug!("replyer receive error: {e}");
+                continue;
+            }
+        };
+        stats.bump(Counter::Received);
+        let Some((routing, body)) = split_routing(msg) else {
+            stats.bump(Counter::Malformed);
+            tracing::warn!("replyer dropped a message with no body frame");
+            continue;
+        };
+        let peer = peer_name(&routing);
+        if body.len() > options.max_message_bytes {
+            stats.bump(Counter::TooLarge);
+            tracing::warn!(peer, size = body.len(), limit = options.max_message_bytes, "request too large");
+            let err = WireError::new(
+                ErrorCode::TooLarge,
+                format!("request of {} bytes exceeds the limit of {} bytes", body.len(), options.max_message_bytes),
+            );
+            let outcome = Outcome::err(WorkflowId::None, err);
+            let _ = reply_tx.send(with_routing(routing, outcome.frame));
+            continue;
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let handler = handler.clone();
+        let reply_tx = reply_tx.clone();
+        let stats = stats.clone();
+        tracker.spawn(async move {
+            let outcome = std::panic::AssertUnwindSafe(handler(body)).catch_unwind().await;
+            let outcome = outcome.unwrap_or_else(|_| {
+                tracing::error!(peer, "request handler panicked");
+                Outcome::err(WorkflowId::None, WireError::new(ErrorCode::Internal, "the handler failed unexpectedly"))
+            });
+            count_outcome(&stats, &outcome, &peer);
+            let _ = reply_tx.send(with_routing(routing, outcome.frame));
+            drop(permit);
+        });
+    }
+    tracker.close();
+    if tokio::time::timeout(options.drain_timeout, tracker.wait()).await.is_err() {
+        tracing::warn!(in_flight = tracker.len(), "replyer drain deadline passed; abandoning in-flight requests");
+    }
+    drop(reply_tx);
+    let _ = tokio::time::timeout(options.drain_timeout, writer).await;
+    tokio::time::sleep(options.linger).await;
+}
+
+fn count_outcome(stats: &Stats, outcome: &Outcome, peer: &str) {
+    match &outcome.error {
+        None => stats.bump(Counter::Replied),
+        Some(e) => {
+            stats.bump(match e.code {
+                ErrorCode::InvalidArgs => Counter::InvalidArgs,
+                ErrorCode::Malformed => Counter::Malformed,
+                ErrorCode::TooLarge => Counter::TooLarge,
+                _ => Counter::HandlerFailed,
+            });
+            tracing::warn!(peer, code = %e.code, "request answered with an error: {}", e.message);
+        }
+    }
+}
+
+/// Splits `[identity, envelope..., "", body]` into the routing frames and the body. A message
+/// with no delimiter (a bare DEALER) routes by everything but its last frame.
+fn split_routing(msg: ZmqMessage) -> Option<(Vec<Bytes>, Bytes)> {
+    let mut frames = msg.into_vec();
+    if frames.len() < 2 {
+        return None;
+    }
+    let body = frames.pop()?;
+    Some((frames, body))
+}
+
+fn with_routing(mut routing: Vec<Bytes>, body: Vec<u8>) -> ZmqMessage {
+    routing.push(Bytes::from(body));
+    ZmqMessage::try_from(routing).expect("routing has at least the identity frame")
+}
+
+fn peer_name(routing: &[Bytes]) -> String {
+    routing.first().map(|id| id.iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default()
+}

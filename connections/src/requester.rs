@@ -1,0 +1,292 @@
+//! The calling side of request/reply.
+//!
+//! A DEALER socket, not the original's REQ, so that many requests can be in flight, each can
+//! time out on its own, and a lost peer does not wedge the socket. Every request carries a
+//! request-id frame before the empty delimiter (`[id, "", body]`): a REP peer (Python) echoes
+//! it like any routing envelope and the framework's ROUTER replyer does the same, so replies
+//! are matched by id and a late reply to a request that gave up is recognised and dropped.
+//!
+//! The socket library does not reconnect DEALER sockets: a supervisor task watches the socket
+//! monitor and, when the peer goes away, fails the requests in flight (they are retried if the
+//! caller allowed retries) and builds a new socket that reconnects in the background. Requests
+//! made while no peer is connected wait, bounded by their own timeout.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use zeromq::{DealerSocket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
+
+use crate::address::Address;
+use crate::error::{Error, Result};
+use crate::stats::{Counter, Stats};
+use crate::util::connect_until;
+use crate::wire::{self, Reply, Request, WorkflowId};
+
+/// Tuning for a [`Requester`].
+#[derive(Debug, Clone)]
+pub struct RequesterOptions {
+    /// How long one attempt waits for its reply (default 10 s).
+    pub timeout: Duration,
+    /// Extra attempts after a timeout or a lost peer (default 0: requests may not be
+    /// idempotent, so resending is the caller's choice).
+    pub retries: u32,
+    /// Replies larger than this are refused (default 16 MiB).
+    pub max_message_bytes: usize,
+    /// Requests queued while no peer is connected (default 10,000); more wait for room.
+    pub queue: usize,
+}
+
+impl Default for RequesterOptions {
+    fn default() -> Self {
+        RequesterOptions {
+            timeout: Duration::from_secs(10),
+            retries: 0,
+            max_message_bytes: 16 << 20,
+            queue: 10_000,
+        }
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes>>>>>;
+
+/// A connection to one replyer (framework or Python), shared freely between tasks.
+#[derive(Debug, Clone)]
+pub struct Requester {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    endpoint: String,
+    options: RequesterOptions,
+    queue: mpsc::Sender<(u64, Vec<u8>)>,
+    pending: Pending,
+    next_id: std::sync::atomic::AtomicU64,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Requester {
+    /// Starts connecting to `address` in the background and returns at once.
+    pub fn connect(address: &Address, options: RequesterOptions) -> Result<Requester> {
+        let endpoint = address.connect_endpoint()?;
+        let (queue, rx) = mpsc::channel(options.queue.max(1));
+        let pending: Pending = Arc::default();
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(supervise(endpoint.clone(), rx, pending.clone(), stats.clone(), stop.clone()));
+        Ok(Requester {
+            inner: Arc::new(Inner {
+                endpoint,
+                options,
+                queue,
+                pending,
+                next_id: std::sync::atomic::AtomicU64::new(1),
+                stats,
+                stop,
+            }),
+        })
+    }
+
+    /// The endpoint this requester connects to.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.inner.stats
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &RequesterOptions {
+        &self.inner.options
+    }
+
+    /// Sends `args` and returns the decoded `return_args`. An error reply becomes
+    /// [`Error::Remote`] carrying the peer's code and message.
+    pub async fn request<A, R>(&self, args: &A, workflow_id: WorkflowId) -> Result<R>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let body = wire::encode(&Request { args, workflow_id })?;
+        let reply = self.request_raw(body).await?;
+        let reply: Reply<R> = wire::decode(&reply)
+            .map_err(|e| Error::Codec(format!("reply does not match the expected return model: {e}")))?;
+        match reply.error {
+            Some(e) => Err(Error::Remote(e)),
+            // A nil `return_args` is a valid answer for `()` or `Option<_>` results.
+            None => match reply.return_args {
+                Some(r) => Ok(r),
+                None => wire::decode::<R>(&[0xc0]).map_err(|_| Error::Codec("the reply has no return_args".into())),
+            },
+        }
+    }
+
+    /// Sends an encoded request frame and returns the encoded reply frame, with the
+    /// configured timeout and retries.
+    pub async fn request_raw(&self, body: Vec<u8>) -> Result<Bytes> {
+        let inner = &self.inner;
+        let attempts = inner.options.retries + 1;
+        let mut last = Error::Closed;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                inner.stats.bump(Counter::Retries);
+            }
+            let id = inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            inner.pending.lock().expect("pending lock").insert(id, tx);
+            let sent = tokio::time::timeout(inner.options.timeout, inner.queue.send((id, body.clone()))).await;
+            match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    inner.pending.lock().expect("pending lock").remove(&id);
+                    return Err(Error::Closed);
+                }
+                Err(_) => {
+                    inner.pending.lock().expect("pending lock").remove(&id);
+                    inner.stats.bump(Counter::Timeouts);
+                    last = Error::Timeout(inner.options.timeout);
+                    continue;
+                }
+            }
+            match tokio::time::timeout(inner.options.timeout, rx).await {
+                Ok(Ok(Ok(reply))) => {
+                    if reply.len() > inner.options.max_message_bytes {
+                        return Err(Error::TooLarge { size: reply.len(), limit: inner.options.max_message_bytes });
+                    }
+                    return Ok(reply);
+                }
+                Ok(Ok(Err(e))) => last = e,
+                Ok(Err(_)) => last = Error::Closed,
+                Err(_) => {
+                    inner.pending.lock().expect("pending lock").remove(&id);
+                    inner.stats.bump(Counter::Timeouts);
+                    last = Error::Timeout(inner.options.timeout);
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Owns the socket: connects, sends queued requests, routes replies, rebuilds on loss.
+async fn supervise(
+    endpoint: String,
+    mut queue: mpsc::Receiver<(u64, Vec<u8>)>,
+    pending: Pending,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let mut generation = 0u64;
+    loop {
+        let Some((socket, mut monitor)) = connect_until::<DealerSocket>(&endpoint, &stop).await else {
+            break;
+        };
+        if generation > 0 {
+            stats.bump(Counter::Reconnects);
+            tracing::info!(%endpoint, "requester reconnected");
+        }
+        generation += 1;
+        let (mut tx, mut rx) = socket.split();
+        let lost = CancellationToken::new();
+        let reader = {
+            let (pending, stats, lost) = (pending.clone(), stats.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(msg) => route_reply(msg, &pending, &stats),
+                        Err(e) => {
+                            tracing::debug!("requester receive error: {e}");
+                            lost.cancel();
+                            break;
+                        }
+                    }
+                }
+            })
+        };
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => { closing = true; break; }
+                _ = lost.cancelled() => break,
+                ev = monitor.next() => match ev {
+                    Some(SocketEvent::Disconnected(_)) | None => break,
+                    Some(_) => {}
+                },
+                cmd = queue.recv() => match cmd {
+                    None => { closing = true; break; }
+                    Some((id, body)) => {
+                        if !pending.lock().expect("pending lock").contains_key(&id) {
+                            continue; // its caller already gave up
+                        }
+                        let msg = ZmqMessage::try_from(vec![
+                            Bytes::copy_from_slice(&id.to_be_bytes()),
+                            Bytes::new(),
+                            Bytes::from(body),
+                        ])
+                        .expect("three frames");
+                        stats.bump(Counter::Sent);
+                        if let Err(e) = tx.send(msg).await {
+                            tracing::debug!("requester send failed: {e}");
+                            fail(&pending, &id, Error::Socket(e.to_string()));
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        reader.abort();
+        // Whatever was in flight on this socket will not be answered on the next one.
+        let in_flight: Vec<_> = pending.lock().expect("pending lock").drain().collect();
+        if !in_flight.is_empty() {
+            tracing::warn!(%endpoint, count = in_flight.len(), "replyer went away with requests in flight");
+        }
+        for (_, tx) in in_flight {
+            let _ = tx.send(Err(Error::Socket(format!("the replyer at {endpoint} went away before replying"))));
+        }
+        if closing {
+            break;
+        }
+    }
+}
+
+fn fail(pending: &Pending, id: &u64, e: Error) {
+    if let Some(tx) = pending.lock().expect("pending lock").remove(id) {
+        let _ = tx.send(Err(e));
+    }
+}
+
+fn route_reply(msg: ZmqMessage, pending: &Pending, stats: &Stats) {
+    let frames = msg.into_vec();
+    // Expected: [id, "", body]. Anything else did not come from a request of ours.
+    let (Some(id), Some(body)) = (frames.first(), frames.last()) else { return };
+    if frames.len() != 3 || id.len() != 8 {
+        stats.bump(Counter::Malformed);
+        tracing::warn!(frames = frames.len(), "requester ignored a reply without its request id");
+        return;
+    }
+    let id = u64::from_be_bytes(id[..].try_into().expect("8 bytes"));
+    match pending.lock().expect("pending lock").remove(&id) {
+        Some(tx) => {
+            stats.bump(Counter::Received);
+            let _ = tx.send(Ok(body.clone()));
+        }
+        None => stats.bump(Counter::LateReplies),
+    }
+}

@@ -1,0 +1,71 @@
+//! Counters every connection keeps about itself (async-nats style: stats that count
+//! themselves, readable at any time without locking).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident => $text:literal: $doc:literal,)*) => {
+        /// One thing a connection counts.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Counter { $(#[doc = $doc] $name,)* }
+
+        impl Counter {
+            /// Every counter, in a fixed order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$name,)*];
+
+            /// The counter's snake_case name.
+            pub fn name(self) -> &'static str {
+                match self { $(Counter::$name => $text,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    Received => "received": "Messages or requests received.",
+    Replied => "replied": "Successful replies sent.",
+    Sent => "sent": "Requests, publishes or pushes sent.",
+    Delivered => "delivered": "Messages handed to the consumer.",
+    Lost => "lost": "Messages a subscriber knows it missed (sequence gaps).",
+    Duplicates => "duplicates": "Old or repeated sequence numbers ignored.",
+    Malformed => "malformed": "Frames that were not a valid envelope.",
+    InvalidArgs => "invalid_args": "Requests or messages whose args failed validation.",
+    TooLarge => "too_large": "Frames above the size limit.",
+    HandlerFailed => "handler_failed": "Handlers that returned an error or panicked.",
+    Timeouts => "timeouts": "Requests that got no reply in time.",
+    Retries => "retries": "Requests sent again after a timeout or a lost peer.",
+    Reconnects => "reconnects": "Sockets rebuilt after the peer went away.",
+    LateReplies => "late_replies": "Replies that arrived after their request gave up.",
+    Dropped => "dropped": "Messages dropped locally (no peer yet, queue closed).",
+    CreditWaits => "credit_waits": "Times a publisher waited for subscriber credit.",
+}
+
+/// The counters of one connection.
+#[derive(Debug, Default)]
+pub struct Stats {
+    values: [AtomicU64; Counter::ALL.len()],
+}
+
+impl Stats {
+    /// Adds one.
+    pub fn bump(&self, c: Counter) {
+        self.add(c, 1);
+    }
+
+    /// Adds `n`.
+    pub fn add(&self, c: Counter, n: u64) {
+        self.values[c as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The current value.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every non-zero counter by name.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        Counter::ALL.iter().map(|&c| (c.name(), self.get(c))).filter(|(_, v)| *v > 0).collect()
+    }
+}

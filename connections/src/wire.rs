@@ -1,0 +1,586 @@
+//! The wire layer: bytes <-> envelopes, byte-compatible with Python `service_framework` 0.0.18.
+//!
+//! Every message is ONE ZeroMQ frame of msgpack (`str` as msgpack str, bytes as msgpack bin):
+//! - a request is `{"args": {...}, "workflow_id": ID}`;
+//! - a reply is `{"return_args": {...} | nil, "workflow_id": ID}`, plus `"error": {code, message}`
+//!   when the framework has to say something the original could not express (a Python peer
+//!   ignores the extra key);
+//! - a publish is `msgpack(topic)` immediately followed by `msgpack(envelope)`, or only the
+//!   envelope when there is no topic. Framework publishers add `"seq"` and `"pub_id"` so that a
+//!   framework subscriber can count what it lost; Python ignores both.
+//!
+//! Python's custom types travel as maps recognised by key presence; [`Decimal`], [`PySet`],
+//! [`PyUuid`] and [`NdArray`] are their Rust faces, and [`WorkflowId`] accepts nil, a string or
+//! the UUID map.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, IgnoredAny, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+
+/// The id a message carries for log correlation. A receiver accepts all three forms.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum WorkflowId {
+    /// msgpack nil (Python's `None`).
+    #[default]
+    None,
+    /// A plain string, e.g. `"0b7c...-..._2"` for the second send inside a handler.
+    Str(String),
+    /// A UUID, sent as `{"__uuid__": true, "as_str": "..."}` (Python's `uuid.UUID`).
+    Uuid(uuid::Uuid),
+}
+
+impl WorkflowId {
+    /// A fresh random id, as the original makes for every main-mode or init call.
+    pub fn new_random() -> Self {
+        WorkflowId::Uuid(uuid::Uuid::new_v4())
+    }
+
+    /// True for [`WorkflowId::None`].
+    pub fn is_none(&self) -> bool {
+        matches!(self, WorkflowId::None)
+    }
+
+    /// The `n`-th derived id inside a handler, as the original numbers them: the first send
+    /// reuses the incoming id, later ones are `"{id}_1"`, `"{id}_2"`, ...
+    pub fn derived(&self, n: u64) -> WorkflowId {
+        if n == 0 {
+            return self.clone();
+        }
+        match self {
+            WorkflowId::None => WorkflowId::None,
+            other => WorkflowId::Str(format!("{other}_{n}")),
+        }
+    }
+}
+
+impl fmt::Display for WorkflowId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkflowId::None => f.write_str("None"),
+            WorkflowId::Str(s) => f.write_str(s),
+            WorkflowId::Uuid(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+impl Serialize for WorkflowId {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            WorkflowId::None => s.serialize_none(),
+            WorkflowId::Str(v) => s.serialize_str(v),
+            WorkflowId::Uuid(u) => PyUuid(*u).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkflowId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WorkflowId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("nil, a string or a {\"__uuid__\": true, \"as_str\": ...} map")
+            }
+            fn visit_unit<E: de::Error>(self) -> std::result::Result<WorkflowId, E> {
+                Ok(WorkflowId::None)
+            }
+            fn visit_none<E: de::Error>(self) -> std::result::Result<WorkflowId, E> {
+                Ok(WorkflowId::None)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<WorkflowId, E> {
+                Ok(WorkflowId::Str(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<WorkflowId, E> {
+                Ok(WorkflowId::Str(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<WorkflowId, A::Error> {
+                let u = uuid_from_map(map)?;
+                Ok(WorkflowId::Uuid(u))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn uuid_from_map<'de, A: MapAccess<'de>>(mut map: A) -> std::result::Result<uuid::Uuid, A::Error> {
+    let mut as_str: Option<String> = None;
+    let mut tagged = false;
+    while let Some(key) = map.next_key::<String>()? {
+        match key.as_str() {
+            "__uuid__" => {
+                map.next_value::<IgnoredAny>()?;
+                tagged = true;
+            }
+            "as_str" => as_str = Some(map.next_value()?),
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    if !tagged {
+        return Err(de::Error::custom("a UUID map needs the key \"__uuid__\""));
+    }
+    let s = as_str.ok_or_else(|| de::Error::missing_field("as_str"))?;
+    uuid::Uuid::parse_str(&s).map_err(|e| de::Error::custom(format!("bad UUID {s:?}: {e}")))
+}
+
+/// Python's `uuid.UUID`: `{"__uuid__": true, "as_str": "..."}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PyUuid(pub uuid::Uuid);
+
+impl Serialize for PyUuid {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("__uuid__", &true)?;
+        m.serialize_entry("as_str", &self.0.hyphenated().to_string())?;
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for PyUuid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PyUuid;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a {\"__uuid__\": true, \"as_str\": ...} map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<PyUuid, A::Error> {
+                uuid_from_map(map).map(PyUuid)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Python's `decimal.Decimal`, kept as its exact decimal string: `{"__decimal__": true,
+/// "as_str": "1.5"}`. No precision is lost in transit; convert with `as_str()`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Decimal(String);
+
+impl Decimal {
+    /// Validates that `s` is a decimal number as Python's `Decimal(str)` would print it
+    /// (digits, one optional point, optional sign and exponent, or NaN / Infinity).
+    pub fn new(s: impl Into<String>) -> Result<Self> {
+        let s = s.into();
+        if is_decimal_literal(&s) {
+            Ok(Decimal(s))
+        } else {
+            Err(Error::Codec(format!("{s:?} is not a decimal number")))
+        }
+    }
+
+    /// The exact decimal text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_decimal_literal(s: &str) -> bool {
+    let body = s.strip_prefix(['-', '+']).unwrap_or(s);
+    if matches!(body, "NaN" | "sNaN" | "Infinity" | "Inf") {
+        return true;
+    }
+    let (mantissa, exponent) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], Some(&body[i + 1..])),
+        None => (body, None),
+    };
+    let mut digits = 0;
+    let mut points = 0;
+    for c in mantissa.chars() {
+        match c {
+            '0'..='9' => digits += 1,
+            '.' => points += 1,
+            _ => return false,
+        }
+    }
+    let exp_ok = exponent.is_none_or(|e| {
+        let e = e.strip_prefix(['-', '+']).unwrap_or(e);
+        !e.is_empty() && e.chars().all(|c| c.is_ascii_digit())
+    });
+    digits > 0 && points <= 1 && exp_ok
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Decimal {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("__decimal__", &true)?;
+        m.serialize_entry("as_str", &self.0)?;
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Decimal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Decimal;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a {\"__decimal__\": true, \"as_str\": ...} map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Decimal, A::Error> {
+                let (mut tagged, mut as_str) = (false, None::<String>);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "__decimal__" => {
+                            map.next_value::<IgnoredAny>()?;
+                            tagged = true;
+                        }
+                        "as_str" => as_str = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                if !tagged {
+                    return Err(de::Error::custom("a Decimal map needs the key \"__decimal__\""));
+                }
+                let s = as_str.ok_or_else(|| de::Error::missing_field("as_str"))?;
+                Decimal::new(s).map_err(de::Error::custom)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Python's `set`: `{"__set__": true, "value": [...]}`. Order is whatever the sender had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PySet<T>(pub Vec<T>);
+
+impl<T: Serialize> Serialize for PySet<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("__set__", &true)?;
+        m.serialize_entry("value", &self.0)?;
+        m.end()
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for PySet<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = PySet<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a {\"__set__\": true, \"value\": [...]} map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<PySet<T>, A::Error> {
+                let (mut tagged, mut value) = (false, None::<Vec<T>>);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "__set__" => {
+                            map.next_value::<IgnoredAny>()?;
+                            tagged = true;
+                        }
+                        "value" => value = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                if !tagged {
+                    return Err(de::Error::custom("a set map needs the key \"__set__\""));
+                }
+                Ok(PySet(value.ok_or_else(|| de::Error::missing_field("value"))?))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// A numpy array as 0.0.18 sends it: `{"__numpy.ndarray__": true, "as_bytes": <bin>}`, the
+/// raw native-endian float64 buffer (the shape is lost on the wire, as in the original).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NdArray(pub Vec<f64>);
+
+impl Serialize for NdArray {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut bytes = Vec::with_capacity(self.0.len() * 8);
+        for v in &self.0 {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("__numpy.ndarray__", &true)?;
+        m.serialize_entry("as_bytes", serde_bytes::Bytes::new(&bytes))?;
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for NdArray {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NdArray;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a {\"__numpy.ndarray__\": true, \"as_bytes\": <bin>} map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<NdArray, A::Error> {
+                let (mut tagged, mut raw) = (false, None::<serde_bytes::ByteBuf>);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "__numpy.ndarray__" => {
+                            map.next_value::<IgnoredAny>()?;
+                            tagged = true;
+                        }
+                        "as_bytes" => raw = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                if !tagged {
+                    return Err(de::Error::custom("an ndarray map needs \"__numpy.ndarray__\""));
+                }
+                let raw = raw.ok_or_else(|| de::Error::missing_field("as_bytes"))?;
+                if raw.len() % 8 != 0 {
+                    return Err(de::Error::custom(format!(
+                        "ndarray buffer of {} bytes is not a whole number of float64",
+                        raw.len()
+                    )));
+                }
+                let values = raw
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")))
+                    .collect();
+                Ok(NdArray(values))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The closed set of error codes a reply can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame was not msgpack, or not a map with `args`.
+    Malformed,
+    /// The frame exceeded the connection's size limit.
+    TooLarge,
+    /// `args` did not match the declared model (missing, wrong type, undeclared key).
+    InvalidArgs,
+    /// The handler returned something its own declared return model rejects.
+    InvalidReturn,
+    /// The handler failed; the message is the handler's own.
+    HandlerError,
+    /// No such connection, state or route.
+    NotFound,
+    /// The request was not answered in time.
+    Timeout,
+    /// The service is shutting down or over its concurrency limit.
+    Unavailable,
+    /// Anything else: a bug on the serving side.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Malformed => "malformed",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::InvalidArgs => "invalid_args",
+            ErrorCode::InvalidReturn => "invalid_return",
+            ErrorCode::HandlerError => "handler_error",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The one serializable error a reply carries: `{"code": "...", "message": "..."}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct WireError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// Human-readable detail naming the problem (the field, the limit, the handler's message).
+    pub message: String,
+}
+
+impl WireError {
+    /// Builds an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        WireError { code, message: message.into() }
+    }
+}
+
+/// requester -> replyer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request<A> {
+    /// The arguments, validated against the connection's model on arrival.
+    pub args: A,
+    /// Log correlation id.
+    #[serde(default)]
+    pub workflow_id: WorkflowId,
+}
+
+/// replyer -> requester.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply<R> {
+    /// The handler's result; nil when it returned nothing or failed.
+    pub return_args: Option<R>,
+    /// The request's id, echoed.
+    #[serde(default)]
+    pub workflow_id: WorkflowId,
+    /// Present only on failure. Python peers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+}
+
+/// publisher -> subscribers (after the topic prefix).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Publish<A> {
+    /// The published arguments.
+    pub args: A,
+    /// Log correlation id.
+    #[serde(default)]
+    pub workflow_id: WorkflowId,
+    /// Per-publisher sequence number, from 1 (framework publishers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Random id of the publishing socket, so a subscriber counts gaps per publisher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pub_id: Option<u64>,
+}
+
+/// Encodes any value as msgpack with named struct fields, as Python's `msgpack.packb` would
+/// encode the equivalent dict.
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(64);
+    encode_into(&mut out, value)?;
+    Ok(out)
+}
+
+/// Like [`encode`] but appends to `out` (used to put a topic prefix before the envelope).
+pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<()> {
+    let mut ser = rmp_serde::Serializer::new(out).with_struct_map();
+    value.serialize(&mut ser).map_err(|e| Error::Codec(e.to_string()))
+}
+
+/// Decodes one msgpack value that must span the whole of `bytes`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let mut rest = bytes;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    let v = T::deserialize(&mut de).map_err(|e| Error::Codec(e.to_string()))?;
+    drop(de);
+    if !rest.is_empty() {
+        return Err(Error::Codec(format!("{} trailing bytes after the msgpack value", rest.len())));
+    }
+    Ok(v)
+}
+
+/// The subscription prefix of a topic: the bytes of `msgpack(topic)`. Its length header makes
+/// a prefix match an exact topic match, which is the original's semantics.
+pub fn topic_prefix(topic: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(topic.len() + 5);
+    rmp::encode::write_str(&mut out, topic).expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Builds a publish frame: `msgpack(topic) + msgpack(envelope)`, or just the envelope when the
+/// topic is empty (as the original does).
+pub fn encode_publish<A: Serialize>(topic: &str, envelope: &Publish<A>) -> Result<Vec<u8>> {
+    let mut out = if topic.is_empty() { Vec::with_capacity(64) } else { topic_prefix(topic) };
+    encode_into(&mut out, envelope)?;
+    Ok(out)
+}
+
+/// Splits a received publish frame into (topic, envelope bytes). A frame that starts with a
+/// msgpack string followed by more bytes carries a topic; a frame that is one value does not.
+pub fn split_publish(frame: &[u8]) -> Result<(Option<String>, &[u8])> {
+    let mut cursor = frame;
+    match rmp::decode::read_str_len(&mut cursor) {
+        Ok(len) => {
+            let len = len as usize;
+            if cursor.len() < len {
+                return Err(Error::Codec("topic string runs past the end of the frame".into()));
+            }
+            let topic = std::str::from_utf8(&cursor[..len])
+                .map_err(|e| Error::Codec(format!("topic is not UTF-8: {e}")))?;
+            let rest = &cursor[len..];
+            if rest.is_empty() {
+                // A lone string is an envelope-less message, not a topic.
+                return Ok((None, frame));
+            }
+            Ok((Some(topic.to_owned()), rest))
+        }
+        Err(_) => Ok((None, frame)),
+    }
+}
+
+/// What a lenient look at a frame that failed typed decoding tells: its workflow id if any,
+/// and whether the envelope itself was sound (so the failure was in `args`).
+pub(crate) fn salvage_workflow_id(bytes: &[u8]) -> (WorkflowId, bool) {
+    #[derive(Deserialize)]
+    struct Loose {
+        #[serde(default)]
+        args: Option<IgnoredAny>,
+        #[serde(default)]
+        workflow_id: Option<WorkflowId>,
+    }
+    match decode::<Loose>(bytes) {
+        Ok(l) => (l.workflow_id.unwrap_or_default(), l.args.is_some()),
+        Err(_) => (WorkflowId::None, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workflow_ids_derive_like_the_original() {
+        let id = WorkflowId::Str("abc".into());
+        assert_eq!(id.derived(0), id);
+        assert_eq!(id.derived(2), WorkflowId::Str("abc_2".into()));
+        assert_eq!(WorkflowId::None.derived(1), WorkflowId::None);
+    }
+
+    #[test]
+    fn decimal_literals() {
+        for ok in ["1", "-1.5", "0.000", "1E+3", "2e-7", "NaN", "-Infinity", ".5"] {
+            assert!(Decimal::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "1.2.3", "abc", "1e", "--1", "."] {
+            assert!(Decimal::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn split_publish_finds_topic_or_none() {
+        let env = Publish { args: 1u8, workflow_id: WorkflowId::None, seq: None, pub_id: None };
+        let with = encode_publish("TOP", &env).unwrap();
+        let (t, rest) = split_publish(&with).unwrap();
+        assert_eq!(t.as_deref(), Some("TOP"));
+        assert_eq!(decode::<Publish<u8>>(rest).unwrap(), env);
+        let without = encode_publish("", &env).unwrap();
+        assert_eq!(split_publish(&without).unwrap(), (None, &without[..]));
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut b = encode(&1u8).unwrap();
+        b.push(0xc0);
+        assert!(decode::<u8>(&b).unwrap_err().to_string().contains("trailing"));
+    }
+}
