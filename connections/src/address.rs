@@ -76,16 +76,23 @@ impl Address {
     pub fn connect_endpoint(&self) -> Result<String> {
         let raw = match self {
             Address::Plain(s) => s,
-            Address::Split { connect: Some(c), .. } => c,
+            Address::Split {
+                connect: Some(c), ..
+            } => c,
             Address::Split { connect: None, .. } => {
-                return Err(self.err("this socket connects, but the address has no \"connect\" entry"))
+                return Err(
+                    self.err("this socket connects, but the address has no \"connect\" entry")
+                )
             }
         };
         endpoint(raw, false).map_err(|reason| self.err(&reason))
     }
 
     fn err(&self, reason: &str) -> Error {
-        Error::Address { address: self.to_string(), reason: reason.to_owned() }
+        Error::Address {
+            address: self.to_string(),
+            reason: reason.to_owned(),
+        }
     }
 }
 
@@ -101,10 +108,12 @@ fn endpoint(raw: &str, binding: bool) -> std::result::Result<String, String> {
     if hostport.contains("://") {
         return Err("only tcp:// and ipc:// endpoints are supported".into());
     }
-    let (host, port) = hostport
-        .rsplit_once(':')
-        .ok_or_else(|| "expected \"host:port\", \"tcp://host:port\" or \"ipc://path\"".to_owned())?;
-    let port: u16 = port.parse().map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))?;
+    let (host, port) = hostport.rsplit_once(':').ok_or_else(|| {
+        "expected \"host:port\", \"tcp://host:port\" or \"ipc://path\"".to_owned()
+    })?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err("the host is empty".into());
@@ -134,31 +143,60 @@ mod tests {
         let a = Address::from("127.0.0.1:7999");
         assert_eq!(a.bind_endpoint().unwrap(), "tcp://127.0.0.1:7999");
         assert_eq!(a.connect_endpoint().unwrap(), "tcp://127.0.0.1:7999");
-        assert_eq!(Address::from("*:5").bind_endpoint().unwrap(), "tcp://0.0.0.0:5");
-        assert_eq!(Address::from("localhost:5").connect_endpoint().unwrap(), "tcp://127.0.0.1:5");
+        assert_eq!(
+            Address::from("*:5").bind_endpoint().unwrap(),
+            "tcp://0.0.0.0:5"
+        );
+        assert_eq!(
+            Address::from("localhost:5").connect_endpoint().unwrap(),
+            "tcp://127.0.0.1:5"
+        );
     }
 
     #[test]
     fn full_endpoints_and_split() {
-        assert_eq!(Address::from("ipc:///tmp/x").bind_endpoint().unwrap(), "ipc:///tmp/x");
-        assert_eq!(Address::from("tcp://1.2.3.4:9").connect_endpoint().unwrap(), "tcp://1.2.3.4:9");
+        assert_eq!(
+            Address::from("ipc:///tmp/x").bind_endpoint().unwrap(),
+            "ipc:///tmp/x"
+        );
+        assert_eq!(
+            Address::from("tcp://1.2.3.4:9").connect_endpoint().unwrap(),
+            "tcp://1.2.3.4:9"
+        );
         let a: Address =
-            serde_json::from_str(r#"{"bind": "0.0.0.0:9000", "connect": "gw.example:19000"}"#).unwrap();
+            serde_json::from_str(r#"{"bind": "0.0.0.0:9000", "connect": "gw.example:19000"}"#)
+                .unwrap();
         assert_eq!(a.bind_endpoint().unwrap(), "tcp://0.0.0.0:9000");
         assert_eq!(a.connect_endpoint().unwrap(), "tcp://gw.example:19000");
     }
 
     #[test]
     fn mistakes_are_named() {
-        let e = Address::from("nohost").bind_endpoint().unwrap_err().to_string();
+        let e = Address::from("nohost")
+            .bind_endpoint()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nohost") && e.contains("host:port"), "{e}");
-        let e = Address::from("h:99999").connect_endpoint().unwrap_err().to_string();
+        let e = Address::from("h:99999")
+            .connect_endpoint()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("99999"), "{e}");
-        let e = Address::from("*:5").connect_endpoint().unwrap_err().to_string();
+        let e = Address::from("*:5")
+            .connect_endpoint()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot connect"), "{e}");
         let a: Address = serde_json::from_str(r#"{"bind": "0.0.0.0:1"}"#).unwrap();
-        assert!(a.connect_endpoint().unwrap_err().to_string().contains("no \"connect\""));
-        let e = Address::from("udp://h:1").bind_endpoint().unwrap_err().to_string();
+        assert!(a
+            .connect_endpoint()
+            .unwrap_err()
+            .to_string()
+            .contains("no \"connect\""));
+        let e = Address::from("udp://h:1")
+            .bind_endpoint()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tcp://"), "{e}");
     }
 }

@@ -22,7 +22,9 @@ pub struct ExternalTarget {
 
 impl std::fmt::Debug for ExternalTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExternalTarget").field("name", &self.name).finish()
+        f.debug_struct("ExternalTarget")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -35,12 +37,18 @@ impl ExternalTarget {
         F: Fn(A, RequestMeta) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, WireError>> + Send + 'static,
     {
-        ExternalTarget { name: name.into(), call: typed(f) }
+        ExternalTarget {
+            name: name.into(),
+            call: typed(f),
+        }
     }
 
     /// Wraps an existing raw handler.
     pub fn from_raw(name: impl Into<String>, call: RawHandler) -> Self {
-        ExternalTarget { name: name.into(), call }
+        ExternalTarget {
+            name: name.into(),
+            call,
+        }
     }
 
     /// The target's name.
@@ -50,7 +58,11 @@ impl ExternalTarget {
 
     /// Calls the target with `args` (serialized and validated against its input type, as on
     /// the wire) and returns its decoded result.
-    pub async fn call<A: Serialize + ?Sized, R: DeserializeOwned>(&self, args: &A, workflow_id: WorkflowId) -> Result<R> {
+    pub async fn call<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        args: &A,
+        workflow_id: WorkflowId,
+    ) -> Result<R> {
         let body = wire::encode(&Request { args, workflow_id })?;
         let outcome = (self.call)(body.into()).await;
         if let Some(e) = outcome.error {
@@ -59,7 +71,8 @@ impl ExternalTarget {
         let reply: Reply<R> = wire::decode(&outcome.frame)?;
         match reply.return_args {
             Some(r) => Ok(r),
-            None => wire::decode::<R>(&[0xc0]).map_err(|_| Error::Codec(format!("{} returned nothing", self.name))),
+            None => wire::decode::<R>(&[0xc0])
+                .map_err(|_| Error::Codec(format!("{} returned nothing", self.name))),
         }
     }
 }

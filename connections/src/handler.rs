@@ -39,7 +39,10 @@ impl Outcome {
 
     /// An error reply for `workflow_id`.
     pub fn err(workflow_id: WorkflowId, error: WireError) -> Self {
-        Outcome { frame: error_reply(workflow_id, error.clone()), error: Some(error) }
+        Outcome {
+            frame: error_reply(workflow_id, error.clone()),
+            error: Some(error),
+        }
     }
 }
 
@@ -52,7 +55,11 @@ pub struct RequestMeta {
 
 /// Encodes an error reply for `workflow_id`.
 pub fn error_reply(workflow_id: WorkflowId, error: WireError) -> Vec<u8> {
-    let reply: Reply<()> = Reply { return_args: None, workflow_id, error: Some(error) };
+    let reply: Reply<()> = Reply {
+        return_args: None,
+        workflow_id,
+        error: Some(error),
+    };
     // A unit reply with a string error always encodes.
     wire::encode(&reply).unwrap_or_default()
 }
@@ -63,11 +70,17 @@ pub fn error_reply(workflow_id: WorkflowId, error: WireError) -> Vec<u8> {
 pub fn decode_failure(body: &[u8], detail: String) -> (WorkflowId, WireError) {
     let (workflow_id, envelope_ok) = wire::salvage_workflow_id(body);
     let error = if envelope_ok {
-        WireError::new(ErrorCode::InvalidArgs, format!("invalid args: {}", clean(&detail)))
+        WireError::new(
+            ErrorCode::InvalidArgs,
+            format!("invalid args: {}", clean(&detail)),
+        )
     } else {
         WireError::new(
             ErrorCode::Malformed,
-            format!("malformed request: expected a msgpack map {{args, workflow_id}}: {}", clean(&detail)),
+            format!(
+                "malformed request: expected a msgpack map {{args, workflow_id}}: {}",
+                clean(&detail)
+            ),
         )
     };
     (workflow_id, error)
@@ -100,15 +113,24 @@ where
                 }
             };
             let workflow_id = request.workflow_id.clone();
-            let meta = RequestMeta { workflow_id: request.workflow_id };
+            let meta = RequestMeta {
+                workflow_id: request.workflow_id,
+            };
             match f(request.args, meta).await {
                 Ok(ret) => {
-                    let reply = Reply { return_args: Some(ret), workflow_id: workflow_id.clone(), error: None };
+                    let reply = Reply {
+                        return_args: Some(ret),
+                        workflow_id: workflow_id.clone(),
+                        error: None,
+                    };
                     match wire::encode(&reply) {
                         Ok(bytes) => Outcome::ok(bytes),
                         Err(e) => Outcome::err(
                             workflow_id,
-                            WireError::new(ErrorCode::InvalidReturn, format!("cannot encode the reply: {e}")),
+                            WireError::new(
+                                ErrorCode::InvalidReturn,
+                                format!("cannot encode the reply: {e}"),
+                            ),
                         ),
                     }
                 }

@@ -37,7 +37,11 @@ pub struct PipelineOptions {
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        PipelineOptions { is_binder: false, send_timeout: Duration::from_secs(10), max_message_bytes: 16 << 20 }
+        PipelineOptions {
+            is_binder: false,
+            send_timeout: Duration::from_secs(10),
+            max_message_bytes: 16 << 20,
+        }
     }
 }
 
@@ -69,15 +73,36 @@ impl Pusher {
         let endpoint = if options.is_binder {
             let mut socket = PushSocket::new();
             let ep = address.bind_endpoint()?;
-            let bound = socket.bind(&ep).await.map_err(|e| Error::Socket(format!("cannot bind pusher to {ep}: {e}")))?;
-            tokio::spawn(push_loop(Some((socket, None)), None, rx, stats.clone(), stop.clone()));
+            let bound = socket
+                .bind(&ep)
+                .await
+                .map_err(|e| Error::Socket(format!("cannot bind pusher to {ep}: {e}")))?;
+            tokio::spawn(push_loop(
+                Some((socket, None)),
+                None,
+                rx,
+                stats.clone(),
+                stop.clone(),
+            ));
             bound.to_string()
         } else {
             let ep = address.connect_endpoint()?;
-            tokio::spawn(push_loop(None, Some(ep.clone()), rx, stats.clone(), stop.clone()));
+            tokio::spawn(push_loop(
+                None,
+                Some(ep.clone()),
+                rx,
+                stats.clone(),
+                stop.clone(),
+            ));
             ep
         };
-        Ok(Pusher { queue, endpoint, timeout: options.send_timeout, stats, _stop: Arc::new(DropCancel(stop)) })
+        Ok(Pusher {
+            queue,
+            endpoint,
+            timeout: options.send_timeout,
+            stats,
+            _stop: Arc::new(DropCancel(stop)),
+        })
     }
 
     /// The endpoint bound or connected to.
@@ -92,14 +117,23 @@ impl Pusher {
 
     /// Hands `args` to one puller; waits (bounded by the send timeout) while every puller is
     /// full or none is connected.
-    pub async fn push<A: Serialize + ?Sized>(&self, args: &A, workflow_id: WorkflowId) -> Result<()> {
+    pub async fn push<A: Serialize + ?Sized>(
+        &self,
+        args: &A,
+        workflow_id: WorkflowId,
+    ) -> Result<()> {
         let body = wire::encode(&Request { args, workflow_id })?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let work = async {
-            self.queue.send((body, tx)).await.map_err(|_| Error::Closed)?;
+            self.queue
+                .send((body, tx))
+                .await
+                .map_err(|_| Error::Closed)?;
             rx.await.map_err(|_| Error::Closed)?
         };
-        tokio::time::timeout(self.timeout, work).await.map_err(|_| Error::Timeout(self.timeout))?
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| Error::Timeout(self.timeout))?
     }
 }
 
@@ -170,15 +204,37 @@ impl Puller {
         let endpoint = if options.is_binder {
             let mut socket = PullSocket::new();
             let ep = address.bind_endpoint()?;
-            let bound = socket.bind(&ep).await.map_err(|e| Error::Socket(format!("cannot bind puller to {ep}: {e}")))?;
-            tokio::spawn(pull_loop(Some((socket, None)), None, tx, max, stats.clone(), stop.clone()));
+            let bound = socket
+                .bind(&ep)
+                .await
+                .map_err(|e| Error::Socket(format!("cannot bind puller to {ep}: {e}")))?;
+            tokio::spawn(pull_loop(
+                Some((socket, None)),
+                None,
+                tx,
+                max,
+                stats.clone(),
+                stop.clone(),
+            ));
             bound.to_string()
         } else {
             let ep = address.connect_endpoint()?;
-            tokio::spawn(pull_loop(None, Some(ep.clone()), tx, max, stats.clone(), stop.clone()));
+            tokio::spawn(pull_loop(
+                None,
+                Some(ep.clone()),
+                tx,
+                max,
+                stats.clone(),
+                stop.clone(),
+            ));
             ep
         };
-        Ok(Puller { rx, endpoint, stats, _stop: DropCancel(stop) })
+        Ok(Puller {
+            rx,
+            endpoint,
+            stats,
+            _stop: DropCancel(stop),
+        })
     }
 
     /// The endpoint bound or connected to.
@@ -237,11 +293,17 @@ async fn pull_loop(
             m = sock.recv() => m,
         };
         let Ok(msg) = msg else { continue };
-        let Some(frame) = msg.into_vec().pop() else { continue };
+        let Some(frame) = msg.into_vec().pop() else {
+            continue;
+        };
         stats.bump(Counter::Received);
         if frame.len() > max {
             stats.bump(Counter::TooLarge);
-            tracing::warn!(size = frame.len(), limit = max, "puller dropped an oversize message");
+            tracing::warn!(
+                size = frame.len(),
+                limit = max,
+                "puller dropped an oversize message"
+            );
             continue;
         }
         if tx.send(frame).await.is_err() {

@@ -27,17 +27,29 @@ impl BusProxy {
     pub async fn bind(publishers: &Address, subscribers: &Address) -> Result<BusProxy> {
         let mut xsub = XSubSocket::new();
         let ep = publishers.bind_endpoint()?;
-        let publishers_endpoint =
-            xsub.bind(&ep).await.map_err(|e| Error::Socket(format!("cannot bind bus XSUB to {ep}: {e}")))?.to_string();
+        let publishers_endpoint = xsub
+            .bind(&ep)
+            .await
+            .map_err(|e| Error::Socket(format!("cannot bind bus XSUB to {ep}: {e}")))?
+            .to_string();
         let mut xpub = XPubSocket::new();
         let ep = subscribers.bind_endpoint()?;
-        let subscribers_endpoint =
-            xpub.bind(&ep).await.map_err(|e| Error::Socket(format!("cannot bind bus XPUB to {ep}: {e}")))?.to_string();
+        let subscribers_endpoint = xpub
+            .bind(&ep)
+            .await
+            .map_err(|e| Error::Socket(format!("cannot bind bus XPUB to {ep}: {e}")))?
+            .to_string();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let done = tokio::spawn(forward(xsub, xpub, stats.clone(), stop.clone()));
         tracing::info!(%publishers_endpoint, %subscribers_endpoint, "bus proxy running");
-        Ok(BusProxy { publishers_endpoint, subscribers_endpoint, stats, stop, done })
+        Ok(BusProxy {
+            publishers_endpoint,
+            subscribers_endpoint,
+            stats,
+            stop,
+            done,
+        })
     }
 
     /// Where publishers connect.
@@ -62,7 +74,12 @@ impl BusProxy {
     }
 }
 
-async fn forward(mut xsub: XSubSocket, mut xpub: XPubSocket, stats: Arc<Stats>, stop: CancellationToken) {
+async fn forward(
+    mut xsub: XSubSocket,
+    mut xpub: XPubSocket,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             biased;

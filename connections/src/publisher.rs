@@ -58,7 +58,10 @@ pub struct CreditOptions {
 
 impl Default for CreditOptions {
     fn default() -> Self {
-        CreditOptions { window: 50_000, stall_timeout: Duration::from_secs(5) }
+        CreditOptions {
+            window: 50_000,
+            stall_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -98,30 +101,51 @@ impl Publisher {
         let (queue, rx) = mpsc::channel(4096);
         let (subs_tx, subscribers) = watch::channel(0usize);
         let pub_id: u64 = rand::random();
-        let mut writer = Writer { pub_id, seq: 0, topic_prefix: topic_prefix(&options.topic), stats: stats.clone() };
+        let mut writer = Writer {
+            pub_id,
+            seq: 0,
+            topic_prefix: topic_prefix(&options.topic),
+            stats: stats.clone(),
+        };
         let (endpoint, task) = match (&options.credit, options.is_x_pub) {
             (Some(credit), _) => {
                 let mut socket = XPubSocket::new();
                 let endpoint = if options.is_x_pub {
                     let ep = address.connect_endpoint()?;
-                    socket.connect(&ep).await.map_err(|e| Error::Socket(format!("cannot connect publisher to {ep}: {e}")))?;
+                    socket.connect(&ep).await.map_err(|e| {
+                        Error::Socket(format!("cannot connect publisher to {ep}: {e}"))
+                    })?;
                     ep
                 } else {
                     bind(&mut socket, address).await?
                 };
                 let credit = credit.clone();
                 let stop = stop.clone();
-                (endpoint, tokio::spawn(async move { writer.run_credit(socket, rx, credit, subs_tx, stop).await }))
+                (
+                    endpoint,
+                    tokio::spawn(async move {
+                        writer.run_credit(socket, rx, credit, subs_tx, stop).await
+                    }),
+                )
             }
             (None, false) => {
                 let mut socket = PubSocket::new();
                 let endpoint = bind(&mut socket, address).await?;
-                (endpoint, tokio::spawn(async move { writer.run_plain(Some(socket), None, rx).await }))
+                let stop = stop.clone();
+                (
+                    endpoint,
+                    tokio::spawn(
+                        async move { writer.run_plain(Some(socket), None, stop, rx).await },
+                    ),
+                )
             }
             (None, true) => {
                 let endpoint = address.connect_endpoint()?;
                 let (ep, stop) = (endpoint.clone(), stop.clone());
-                (endpoint, tokio::spawn(async move { writer.run_plain(None, Some((ep, stop)), rx).await }))
+                (
+                    endpoint,
+                    tokio::spawn(async move { writer.run_plain(None, Some(ep), stop, rx).await }),
+                )
             }
         };
         tracing::debug!(%endpoint, pub_id, topic = %options.topic, "publisher started");
@@ -155,7 +179,11 @@ impl Publisher {
 
     /// Publishes `args`. Waits only when the send queue is full (or, in credit mode, when the
     /// slowest subscriber is a whole window behind).
-    pub async fn publish<A: Serialize + ?Sized>(&self, args: &A, workflow_id: &WorkflowId) -> Result<()> {
+    pub async fn publish<A: Serialize + ?Sized>(
+        &self,
+        args: &A,
+        workflow_id: &WorkflowId,
+    ) -> Result<()> {
         let mut body = Vec::with_capacity(64);
         wire::encode_into(&mut body, "args")?;
         wire::encode_into(&mut body, args)?;
@@ -190,7 +218,10 @@ impl Publisher {
 
 async fn bind<S: Socket>(socket: &mut S, address: &Address) -> Result<String> {
     let ep = address.bind_endpoint()?;
-    let bound = socket.bind(&ep).await.map_err(|e| Error::Socket(format!("cannot bind publisher to {ep}: {e}")))?;
+    let bound = socket
+        .bind(&ep)
+        .await
+        .map_err(|e| Error::Socket(format!("cannot bind publisher to {ep}: {e}")))?;
     Ok(bound.to_string())
 }
 
@@ -228,16 +259,17 @@ impl Writer {
     async fn run_plain(
         &mut self,
         mut socket: Option<PubSocket>,
-        reconnect: Option<(String, CancellationToken)>,
+        reconnect: Option<String>,
+        stop: CancellationToken,
         mut rx: mpsc::Receiver<Vec<u8>>,
     ) {
         let mut monitor = None;
         let mut batch = Vec::with_capacity(256);
         loop {
             if socket.is_none() {
-                let Some((ep, stop)) = &reconnect else { return };
+                let Some(ep) = &reconnect else { return };
                 // Connect in this task; messages published meanwhile wait in the queue.
-                match connect_until::<PubSocket>(ep, stop).await {
+                match connect_until::<PubSocket>(ep, &stop).await {
                     Some((s, m)) => {
                         socket = Some(s);
                         monitor = Some(m);
@@ -268,6 +300,8 @@ impl Writer {
                         }
                     }
                 }
+                // Shut down: what was queued has gone out (the branch above is polled first).
+                _ = stop.cancelled(), if rx.is_empty() => return,
             }
         }
     }
@@ -353,10 +387,26 @@ impl Writer {
             None => {
                 // A new subscriber's window starts at what has been sent so far: its
                 // subscription arrived before this message on the same connection.
-                let start = if c.pub_id == Some(self.pub_id) { c.acked.unwrap_or(self.seq) } else { self.seq };
-                subs.insert(c.sub, CreditSub { acked: start, window: c.window.max(1), heard: now });
+                let start = if c.pub_id == Some(self.pub_id) {
+                    c.acked.unwrap_or(self.seq)
+                } else {
+                    self.seq
+                };
+                subs.insert(
+                    c.sub,
+                    CreditSub {
+                        acked: start,
+                        window: c.window.max(1),
+                        heard: now,
+                    },
+                );
                 let _ = subs_tx.send(subs.len());
-                tracing::debug!(sub = c.sub, start, window = c.window, "credit subscriber registered");
+                tracing::debug!(
+                    sub = c.sub,
+                    start,
+                    window = c.window,
+                    "credit subscriber registered"
+                );
             }
         }
     }

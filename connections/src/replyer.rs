@@ -61,7 +61,11 @@ pub struct Replyer {
 
 impl Replyer {
     /// Binds `address` and starts serving with `handler`.
-    pub async fn bind(address: &Address, handler: RawHandler, options: ReplyerOptions) -> Result<Replyer> {
+    pub async fn bind(
+        address: &Address,
+        handler: RawHandler,
+        options: ReplyerOptions,
+    ) -> Result<Replyer> {
         let endpoint = address.bind_endpoint()?;
         let mut socket = RouterSocket::new();
         let bound = socket
@@ -73,7 +77,12 @@ impl Replyer {
         let stop = CancellationToken::new();
         let done = tokio::spawn(serve(socket, handler, options, stats.clone(), stop.clone()));
         tracing::debug!(%endpoint, "replyer bound");
-        Ok(Replyer { endpoint, stats, stop, done })
+        Ok(Replyer {
+            endpoint,
+            stats,
+            stop,
+            done,
+        })
     }
 
     /// The endpoint actually bound (the real port when 0 was asked for).
@@ -101,14 +110,30 @@ async fn serve(
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
+    let mut socket = socket;
+    // The listeners, held apart from the socket so that shutdown stops accepting connections
+    // at once (and frees the port for a successor) while in-flight requests drain.
+    let listeners = std::mem::take(socket.binds());
     let (mut tx, mut rx) = socket.split();
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<ZmqMessage>();
-    // The writer owns the send half; it ends when every handler's sender is gone.
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = reply_rx.recv().await {
-            if let Err(e) = tx.send(msg).await {
-                // ROUTER refuses a reply to a peer that has gone: nothing to deliver it to.
-                tracing::debug!("reply not delivered: {e}");
+    // Cancelled once the drain is over: the writer sends what is queued and stops, and
+    // handlers still running are abandoned (their futures dropped).
+    let abandon = CancellationToken::new();
+    // The writer owns the send half, so the socket closes only once the writer has ended.
+    let mut writer = tokio::spawn({
+        let abandon = abandon.clone();
+        async move {
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    m = reply_rx.recv() => m,
+                    _ = abandon.cancelled() => reply_rx.try_recv().ok(),
+                };
+                let Some(msg) = msg else { break };
+                if let Err(e) = tx.send(msg).await {
+                    // ROUTER refuses a reply to a peer that has gone: nothing to deliver it to.
+                    tracing::debug!("reply not delivered: {e}");
+                }
             }
         }
     });
@@ -137,10 +162,19 @@ async fn serve(
         let peer = peer_name(&routing);
         if body.len() > options.max_message_bytes {
             stats.bump(Counter::TooLarge);
-            tracing::warn!(peer, size = body.len(), limit = options.max_message_bytes, "request too large");
+            tracing::warn!(
+                peer,
+                size = body.len(),
+                limit = options.max_message_bytes,
+                "request too large"
+            );
             let err = WireError::new(
                 ErrorCode::TooLarge,
-                format!("request of {} bytes exceeds the limit of {} bytes", body.len(), options.max_message_bytes),
+                format!(
+                    "request of {} bytes exceeds the limit of {} bytes",
+                    body.len(),
+                    options.max_message_bytes
+                ),
             );
             let outcome = Outcome::err(WorkflowId::None, err);
             let _ = reply_tx.send(with_routing(routing, outcome.frame));
@@ -154,23 +188,45 @@ async fn serve(
         let handler = handler.clone();
         let reply_tx = reply_tx.clone();
         let stats = stats.clone();
+        let abandon = abandon.clone();
         tracker.spawn(async move {
-            let outcome = std::panic::AssertUnwindSafe(handler(body)).catch_unwind().await;
+            let run = std::panic::AssertUnwindSafe(handler(body)).catch_unwind();
+            let outcome = tokio::select! {
+                o = run => o,
+                _ = abandon.cancelled() => return,
+            };
             let outcome = outcome.unwrap_or_else(|_| {
                 tracing::error!(peer, "request handler panicked");
-                Outcome::err(WorkflowId::None, WireError::new(ErrorCode::Internal, "the handler failed unexpectedly"))
+                Outcome::err(
+                    WorkflowId::None,
+                    WireError::new(ErrorCode::Internal, "the handler failed unexpectedly"),
+                )
             });
             count_outcome(&stats, &outcome, &peer);
             let _ = reply_tx.send(with_routing(routing, outcome.frame));
             drop(permit);
         });
     }
+    drop(listeners);
     tracker.close();
-    if tokio::time::timeout(options.drain_timeout, tracker.wait()).await.is_err() {
-        tracing::warn!(in_flight = tracker.len(), "replyer drain deadline passed; abandoning in-flight requests");
+    if tokio::time::timeout(options.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = tracker.len(),
+            "replyer drain deadline passed; abandoning in-flight requests"
+        );
     }
     drop(reply_tx);
-    let _ = tokio::time::timeout(options.drain_timeout, writer).await;
+    abandon.cancel();
+    if tokio::time::timeout(options.drain_timeout, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+        let _ = writer.await;
+    }
     tokio::time::sleep(options.linger).await;
 }
 
@@ -206,5 +262,8 @@ fn with_routing(mut routing: Vec<Bytes>, body: Vec<u8>) -> ZmqMessage {
 }
 
 fn peer_name(routing: &[Bytes]) -> String {
-    routing.first().map(|id| id.iter().map(|b| format!("{b:02x}")).collect()).unwrap_or_default()
+    routing
+        .first()
+        .map(|id| id.iter().map(|b| format!("{b:02x}")).collect())
+        .unwrap_or_default()
 }

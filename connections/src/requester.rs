@@ -87,7 +87,13 @@ impl Requester {
         let pending: Pending = Arc::default();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
-        tokio::spawn(supervise(endpoint.clone(), rx, pending.clone(), stats.clone(), stop.clone()));
+        tokio::spawn(supervise(
+            endpoint.clone(),
+            rx,
+            pending.clone(),
+            stats.clone(),
+            stop.clone(),
+        ));
         Ok(Requester {
             inner: Arc::new(Inner {
                 endpoint,
@@ -125,14 +131,18 @@ impl Requester {
     {
         let body = wire::encode(&Request { args, workflow_id })?;
         let reply = self.request_raw(body).await?;
-        let reply: Reply<R> = wire::decode(&reply)
-            .map_err(|e| Error::Codec(format!("reply does not match the expected return model: {e}")))?;
+        let reply: Reply<R> = wire::decode(&reply).map_err(|e| {
+            Error::Codec(format!(
+                "reply does not match the expected return model: {e}"
+            ))
+        })?;
         match reply.error {
             Some(e) => Err(Error::Remote(e)),
             // A nil `return_args` is a valid answer for `()` or `Option<_>` results.
             None => match reply.return_args {
                 Some(r) => Ok(r),
-                None => wire::decode::<R>(&[0xc0]).map_err(|_| Error::Codec("the reply has no return_args".into())),
+                None => wire::decode::<R>(&[0xc0])
+                    .map_err(|_| Error::Codec("the reply has no return_args".into())),
             },
         }
     }
@@ -147,10 +157,14 @@ impl Requester {
             if attempt > 0 {
                 inner.stats.bump(Counter::Retries);
             }
-            let id = inner.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = inner
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             inner.pending.lock().expect("pending lock").insert(id, tx);
-            let sent = tokio::time::timeout(inner.options.timeout, inner.queue.send((id, body.clone()))).await;
+            let sent =
+                tokio::time::timeout(inner.options.timeout, inner.queue.send((id, body.clone())))
+                    .await;
             match sent {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => {
@@ -167,7 +181,10 @@ impl Requester {
             match tokio::time::timeout(inner.options.timeout, rx).await {
                 Ok(Ok(Ok(reply))) => {
                     if reply.len() > inner.options.max_message_bytes {
-                        return Err(Error::TooLarge { size: reply.len(), limit: inner.options.max_message_bytes });
+                        return Err(Error::TooLarge {
+                            size: reply.len(),
+                            limit: inner.options.max_message_bytes,
+                        });
                     }
                     return Ok(reply);
                 }
@@ -194,7 +211,8 @@ async fn supervise(
 ) {
     let mut generation = 0u64;
     loop {
-        let Some((socket, mut monitor)) = connect_until::<DealerSocket>(&endpoint, &stop).await else {
+        let Some((socket, mut monitor)) = connect_until::<DealerSocket>(&endpoint, &stop).await
+        else {
             break;
         };
         if generation > 0 {
@@ -258,7 +276,9 @@ async fn supervise(
             tracing::warn!(%endpoint, count = in_flight.len(), "replyer went away with requests in flight");
         }
         for (_, tx) in in_flight {
-            let _ = tx.send(Err(Error::Socket(format!("the replyer at {endpoint} went away before replying"))));
+            let _ = tx.send(Err(Error::Socket(format!(
+                "the replyer at {endpoint} went away before replying"
+            ))));
         }
         if closing {
             break;
@@ -275,10 +295,15 @@ fn fail(pending: &Pending, id: &u64, e: Error) {
 fn route_reply(msg: ZmqMessage, pending: &Pending, stats: &Stats) {
     let frames = msg.into_vec();
     // Expected: [id, "", body]. Anything else did not come from a request of ours.
-    let (Some(id), Some(body)) = (frames.first(), frames.last()) else { return };
+    let (Some(id), Some(body)) = (frames.first(), frames.last()) else {
+        return;
+    };
     if frames.len() != 3 || id.len() != 8 {
         stats.bump(Counter::Malformed);
-        tracing::warn!(frames = frames.len(), "requester ignored a reply without its request id");
+        tracing::warn!(
+            frames = frames.len(),
+            "requester ignored a reply without its request id"
+        );
         return;
     }
     let id = u64::from_be_bytes(id[..].try_into().expect("8 bytes"));

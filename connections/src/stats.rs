@@ -66,6 +66,10 @@ impl Stats {
 
     /// Every non-zero counter by name.
     pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
-        Counter::ALL.iter().map(|&c| (c.name(), self.get(c))).filter(|(_, v)| *v > 0).collect()
+        Counter::ALL
+            .iter()
+            .map(|&c| (c.name(), self.get(c)))
+            .filter(|(_, v)| *v > 0)
+            .collect()
     }
 }

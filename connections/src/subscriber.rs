@@ -116,10 +116,17 @@ impl Subscriber {
         } else {
             let ep = address.connect_endpoint()?;
             // XSUB connects in the background and reconnects by itself.
-            socket.connect(&ep).await.map_err(|e| Error::Socket(format!("cannot connect subscriber to {ep}: {e}")))?;
+            socket
+                .connect(&ep)
+                .await
+                .map_err(|e| Error::Socket(format!("cannot connect subscriber to {ep}: {e}")))?;
             ep
         };
-        let prefix = if options.topic.is_empty() { Vec::new() } else { wire::topic_prefix(&options.topic) };
+        let prefix = if options.topic.is_empty() {
+            Vec::new()
+        } else {
+            wire::topic_prefix(&options.topic)
+        };
         let mut sub = Vec::with_capacity(prefix.len() + 1);
         sub.push(1u8);
         sub.extend_from_slice(&prefix);
@@ -131,16 +138,37 @@ impl Subscriber {
         let (acks, ack_rx) = match options.credit_window {
             Some(window) => {
                 let (atx, arx) = mpsc::unbounded_channel();
-                let hello = CreditMsg { sub: sub_id, pub_id: None, acked: None, window };
+                let hello = CreditMsg {
+                    sub: sub_id,
+                    pub_id: None,
+                    acked: None,
+                    window,
+                };
                 socket.send(credit_frame(&hello)?).await?;
-                let acks = Acks { tx: atx, every: (window / 4).max(1), taken: HashMap::new(), last: None };
+                let acks = Acks {
+                    tx: atx,
+                    every: (window / 4).max(1),
+                    taken: HashMap::new(),
+                    last: None,
+                };
                 (Some(acks), Some((arx, window)))
             }
             None => (None, None),
         };
-        let reader = Reader { topic: options.topic.clone(), prefix, max: options.max_message_bytes, stats: stats.clone() };
+        let reader = Reader {
+            topic: options.topic.clone(),
+            prefix,
+            max: options.max_message_bytes,
+            stats: stats.clone(),
+        };
         tokio::spawn(reader.run(socket, tx, ack_rx, sub_id, stop.clone()));
-        Ok(Subscriber { endpoint, rx, acks, stats, stop })
+        Ok(Subscriber {
+            endpoint,
+            rx,
+            acks,
+            stats,
+            stop,
+        })
     }
 
     /// The endpoint bound or connected to.
@@ -255,7 +283,9 @@ impl Reader {
                 }
             };
             self.stats.bump(Counter::Received);
-            let Some(delivery) = self.parse(msg, &mut last_seq) else { continue };
+            let Some(delivery) = self.parse(msg, &mut last_seq) else {
+                continue;
+            };
             if tx.send(delivery).await.is_err() {
                 return; // the consumer is gone
             }
@@ -266,7 +296,11 @@ impl Reader {
         let frame = msg.into_vec().into_iter().next()?;
         if frame.len() > self.max {
             self.stats.bump(Counter::TooLarge);
-            tracing::warn!(size = frame.len(), limit = self.max, "subscriber dropped an oversize message");
+            tracing::warn!(
+                size = frame.len(),
+                limit = self.max,
+                "subscriber dropped an oversize message"
+            );
             return None;
         }
         let (topic, body) = if self.prefix.is_empty() {
@@ -296,7 +330,12 @@ impl Reader {
                     Some(last) if seq > last + 1 => {
                         let missed = seq - last - 1;
                         self.stats.add(Counter::Lost, missed);
-                        tracing::warn!(pub_id, missed, after = last, "subscriber detected lost messages");
+                        tracing::warn!(
+                            pub_id,
+                            missed,
+                            after = last,
+                            "subscriber detected lost messages"
+                        );
                     }
                     _ => {}
                 }
@@ -306,7 +345,12 @@ impl Reader {
             _ => None,
         };
         self.stats.bump(Counter::Delivered);
-        Some(Delivery { topic, workflow_id: header.workflow_id, seq, body })
+        Some(Delivery {
+            topic,
+            workflow_id: header.workflow_id,
+            seq,
+            body,
+        })
     }
 
     fn malformed(&self, why: &str) -> Option<Delivery> {
@@ -316,7 +360,9 @@ impl Reader {
     }
 }
 
-async fn recv_ack(acks: &mut Option<(mpsc::UnboundedReceiver<(u64, u64)>, u64)>) -> Option<(u64, u64)> {
+async fn recv_ack(
+    acks: &mut Option<(mpsc::UnboundedReceiver<(u64, u64)>, u64)>,
+) -> Option<(u64, u64)> {
     match acks {
         Some((rx, _)) => rx.recv().await,
         None => std::future::pending().await,

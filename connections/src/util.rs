@@ -10,7 +10,10 @@ pub(crate) type Monitor = futures::channel::mpsc::Receiver<SocketEvent>;
 
 /// Builds a fresh socket and connects it to `endpoint`, retrying with backoff until it
 /// succeeds or `stop` fires. Runs in a connection's own task: never on a path that answers.
-pub(crate) async fn connect_until<S: Socket>(endpoint: &str, stop: &CancellationToken) -> Option<(S, Monitor)> {
+pub(crate) async fn connect_until<S: Socket>(
+    endpoint: &str,
+    stop: &CancellationToken,
+) -> Option<(S, Monitor)> {
     let mut backoff = Duration::from_millis(5);
     loop {
         let mut options = SocketOptions::default();

@@ -97,7 +97,10 @@ impl<'de> Deserialize<'de> for WorkflowId {
             fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<WorkflowId, E> {
                 Ok(WorkflowId::Str(v))
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<WorkflowId, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<WorkflowId, A::Error> {
                 let u = uuid_from_map(map)?;
                 Ok(WorkflowId::Uuid(u))
             }
@@ -228,7 +231,10 @@ impl<'de> Deserialize<'de> for Decimal {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a {\"__decimal__\": true, \"as_str\": ...} map")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Decimal, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Decimal, A::Error> {
                 let (mut tagged, mut as_str) = (false, None::<String>);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
@@ -243,7 +249,9 @@ impl<'de> Deserialize<'de> for Decimal {
                     }
                 }
                 if !tagged {
-                    return Err(de::Error::custom("a Decimal map needs the key \"__decimal__\""));
+                    return Err(de::Error::custom(
+                        "a Decimal map needs the key \"__decimal__\"",
+                    ));
                 }
                 let s = as_str.ok_or_else(|| de::Error::missing_field("as_str"))?;
                 Decimal::new(s).map_err(de::Error::custom)
@@ -274,7 +282,10 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for PySet<T> {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a {\"__set__\": true, \"value\": [...]} map")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<PySet<T>, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<PySet<T>, A::Error> {
                 let (mut tagged, mut value) = (false, None::<Vec<T>>);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
@@ -291,7 +302,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for PySet<T> {
                 if !tagged {
                     return Err(de::Error::custom("a set map needs the key \"__set__\""));
                 }
-                Ok(PySet(value.ok_or_else(|| de::Error::missing_field("value"))?))
+                Ok(PySet(
+                    value.ok_or_else(|| de::Error::missing_field("value"))?,
+                ))
             }
         }
         d.deserialize_map(V(std::marker::PhantomData))
@@ -324,7 +337,10 @@ impl<'de> Deserialize<'de> for NdArray {
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a {\"__numpy.ndarray__\": true, \"as_bytes\": <bin>} map")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<NdArray, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<NdArray, A::Error> {
                 let (mut tagged, mut raw) = (false, None::<serde_bytes::ByteBuf>);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
@@ -339,7 +355,9 @@ impl<'de> Deserialize<'de> for NdArray {
                     }
                 }
                 if !tagged {
-                    return Err(de::Error::custom("an ndarray map needs \"__numpy.ndarray__\""));
+                    return Err(de::Error::custom(
+                        "an ndarray map needs \"__numpy.ndarray__\"",
+                    ));
                 }
                 let raw = raw.ok_or_else(|| de::Error::missing_field("as_bytes"))?;
                 if raw.len() % 8 != 0 {
@@ -420,7 +438,10 @@ pub struct WireError {
 impl WireError {
     /// Builds an error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        WireError { code, message: message.into() }
+        WireError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -474,7 +495,9 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
 /// Like [`encode`] but appends to `out` (used to put a topic prefix before the envelope).
 pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<()> {
     let mut ser = rmp_serde::Serializer::new(out).with_struct_map();
-    value.serialize(&mut ser).map_err(|e| Error::Codec(e.to_string()))
+    value
+        .serialize(&mut ser)
+        .map_err(|e| Error::Codec(e.to_string()))
 }
 
 /// Decodes one msgpack value that must span the whole of `bytes`.
@@ -484,7 +507,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let v = T::deserialize(&mut de).map_err(|e| Error::Codec(e.to_string()))?;
     drop(de);
     if !rest.is_empty() {
-        return Err(Error::Codec(format!("{} trailing bytes after the msgpack value", rest.len())));
+        return Err(Error::Codec(format!(
+            "{} trailing bytes after the msgpack value",
+            rest.len()
+        )));
     }
     Ok(v)
 }
@@ -500,7 +526,11 @@ pub fn topic_prefix(topic: &str) -> Vec<u8> {
 /// Builds a publish frame: `msgpack(topic) + msgpack(envelope)`, or just the envelope when the
 /// topic is empty (as the original does).
 pub fn encode_publish<A: Serialize>(topic: &str, envelope: &Publish<A>) -> Result<Vec<u8>> {
-    let mut out = if topic.is_empty() { Vec::with_capacity(64) } else { topic_prefix(topic) };
+    let mut out = if topic.is_empty() {
+        Vec::with_capacity(64)
+    } else {
+        topic_prefix(topic)
+    };
     encode_into(&mut out, envelope)?;
     Ok(out)
 }
@@ -513,7 +543,9 @@ pub fn split_publish(frame: &[u8]) -> Result<(Option<String>, &[u8])> {
         Ok(len) => {
             let len = len as usize;
             if cursor.len() < len {
-                return Err(Error::Codec("topic string runs past the end of the frame".into()));
+                return Err(Error::Codec(
+                    "topic string runs past the end of the frame".into(),
+                ));
             }
             let topic = std::str::from_utf8(&cursor[..len])
                 .map_err(|e| Error::Codec(format!("topic is not UTF-8: {e}")))?;
@@ -558,7 +590,16 @@ mod tests {
 
     #[test]
     fn decimal_literals() {
-        for ok in ["1", "-1.5", "0.000", "1E+3", "2e-7", "NaN", "-Infinity", ".5"] {
+        for ok in [
+            "1",
+            "-1.5",
+            "0.000",
+            "1E+3",
+            "2e-7",
+            "NaN",
+            "-Infinity",
+            ".5",
+        ] {
             assert!(Decimal::new(ok).is_ok(), "{ok}");
         }
         for bad in ["", "1.2.3", "abc", "1e", "--1", "."] {
@@ -568,7 +609,12 @@ mod tests {
 
     #[test]
     fn split_publish_finds_topic_or_none() {
-        let env = Publish { args: 1u8, workflow_id: WorkflowId::None, seq: None, pub_id: None };
+        let env = Publish {
+            args: 1u8,
+            workflow_id: WorkflowId::None,
+            seq: None,
+            pub_id: None,
+        };
         let with = encode_publish("TOP", &env).unwrap();
         let (t, rest) = split_publish(&with).unwrap();
         assert_eq!(t.as_deref(), Some("TOP"));
@@ -581,6 +627,9 @@ mod tests {
     fn trailing_bytes_are_an_error() {
         let mut b = encode(&1u8).unwrap();
         b.push(0xc0);
-        assert!(decode::<u8>(&b).unwrap_err().to_string().contains("trailing"));
+        assert!(decode::<u8>(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("trailing"));
     }
 }

@@ -1,1 +1,3 @@
-//! x
+//! The example services, as definitions that the binaries run and the tests embed.
+
+pub mod echo;

@@ -1,0 +1,573 @@
+//! Publish/subscribe over real sockets on 127.0.0.1: exact topics, a binding subscriber,
+//! reconnection after a publisher restart, loss that is counted rather than silent, and the
+//! credit window that makes a stream lossless.
+//!
+//! No test sleeps to let subscriptions settle: publishers repeat a warm-up message until the
+//! first one arrives, bounded in time.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sf_connections::wire::{self, Publish};
+use sf_connections::{
+    Address, Counter, CreditOptions, Error, Publisher, PublisherOptions, Subscriber,
+    SubscriberOptions, WorkflowId,
+};
+use support::{port_of, retry};
+use zeromq::{Socket, SocketSend};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Msg {
+    /// What the sender says the topic is ("" for none).
+    topic: String,
+    phase: String,
+    n: u64,
+}
+
+fn msg(topic: &str, phase: &str, n: u64) -> Msg {
+    Msg {
+        topic: topic.into(),
+        phase: phase.into(),
+        n,
+    }
+}
+
+fn sub_options(topic: &str) -> SubscriberOptions {
+    SubscriberOptions {
+        topic: topic.into(),
+        ..Default::default()
+    }
+}
+
+/// Publishes `warm` messages (numbered from 0) until `sub` receives one, at most `within`.
+/// Returns the first message received and how many warm-ups were published.
+async fn warm_up(
+    publisher: &Publisher,
+    sub: &mut Subscriber,
+    within: Duration,
+) -> (sf_connections::Delivery, u64) {
+    let start = Instant::now();
+    let mut n = 0;
+    loop {
+        publisher
+            .publish(&msg(publisher.topic(), "warm", n), &WorkflowId::None)
+            .await
+            .unwrap();
+        n += 1;
+        match sub.next_timeout(Duration::from_millis(20)).await {
+            Ok(d) => return (d, n),
+            Err(Error::Timeout(_)) => {
+                assert!(
+                    start.elapsed() < within,
+                    "no message arrived within {within:?} ({n} published)"
+                )
+            }
+            Err(e) => panic!("subscriber failed: {e}"),
+        }
+    }
+}
+
+/// A raw frame as the Python original publishes it: `msgpack(topic) + msgpack(envelope)`.
+fn raw_frame(topic: &str, m: &Msg) -> zeromq::ZmqMessage {
+    let envelope = Publish {
+        args: m.clone(),
+        workflow_id: WorkflowId::None,
+        seq: None,
+        pub_id: None,
+    };
+    zeromq::ZmqMessage::from(wire::encode_publish(topic, &envelope).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_match_exactly_and_the_empty_topic_gets_everything() {
+    // One PUB socket sends both topics (and topic-less messages) down every connection, as a
+    // Python publisher shared by several topics would.
+    let mut publisher = zeromq::PubSocket::new();
+    let endpoint = publisher
+        .bind("tcp://127.0.0.1:0")
+        .await
+        .unwrap()
+        .to_string();
+    let mut subs = Vec::new();
+    for topic in ["TOP", "TOPIC", ""] {
+        subs.push((
+            topic,
+            Subscriber::start(&Address::from(endpoint.as_str()), sub_options(topic))
+                .await
+                .unwrap(),
+        ));
+    }
+    let mut got: Vec<Vec<Msg>> = vec![Vec::new(); subs.len()];
+    let check = |topic: &str, d: &sf_connections::Delivery| -> Msg {
+        let m: Msg = d.args().unwrap();
+        match topic {
+            "" => assert_eq!(
+                d.topic.as_deref().unwrap_or(""),
+                m.topic,
+                "topic reported as sent"
+            ),
+            t => {
+                assert_eq!(m.topic, t, "a {t:?} subscriber got a {:?} message", m.topic);
+                assert_eq!(d.topic.as_deref(), Some(t));
+            }
+        }
+        m
+    };
+
+    // Warm up until every subscriber has received something.
+    let start = Instant::now();
+    let mut n = 0;
+    while got.iter().any(|g| g.is_empty()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "subscriptions not in place after 5 s"
+        );
+        publisher
+            .send(raw_frame("TOP", &msg("TOP", "warm", n)))
+            .await
+            .unwrap();
+        publisher
+            .send(raw_frame("TOPIC", &msg("TOPIC", "warm", n)))
+            .await
+            .unwrap();
+        n += 1;
+        for (i, (topic, sub)) in subs.iter_mut().enumerate() {
+            while let Ok(d) = sub.next_timeout(Duration::from_millis(10)).await {
+                got[i].push(check(topic, &d));
+            }
+        }
+    }
+
+    // Every subscription is in place: now count exactly.
+    for k in 0..10 {
+        publisher
+            .send(raw_frame("TOP", &msg("TOP", "main", k)))
+            .await
+            .unwrap();
+        publisher
+            .send(raw_frame("TOPIC", &msg("TOPIC", "main", k)))
+            .await
+            .unwrap();
+    }
+    publisher
+        .send(raw_frame("", &msg("", "main", 0)))
+        .await
+        .unwrap();
+    let expected = [("TOP", 10), ("TOPIC", 10), ("", 21)];
+    for (i, (topic, sub)) in subs.iter_mut().enumerate() {
+        let want = expected[i].1;
+        let mut main = got[i].iter().filter(|m| m.phase == "main").count();
+        while main < want {
+            let d = sub
+                .next_timeout(Duration::from_secs(2))
+                .await
+                .unwrap_or_else(|e| panic!("{topic:?}: {e}"));
+            let m = check(topic, &d);
+            main += usize::from(m.phase == "main");
+            got[i].push(m);
+        }
+        // Nothing else is on its way (all warm-ups were sent before the main messages).
+        assert!(matches!(
+            sub.next_timeout(Duration::from_millis(100)).await,
+            Err(Error::Timeout(_))
+        ));
+        assert_eq!(sub.stats().get(Counter::Lost), 0);
+    }
+    // The empty-topic subscriber saw both topics and the topic-less message.
+    let all = &got[2];
+    assert!(all.iter().any(|m| m.topic == "TOP") && all.iter().any(|m| m.topic == "TOPIC"));
+    assert_eq!(all.iter().filter(|m| m.topic.is_empty()).count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_subscriber_receives_from_connecting_x_pub_publishers() {
+    let mut sub = Subscriber::start(
+        &Address::from("127.0.0.1:0"),
+        SubscriberOptions {
+            topic: "T".into(),
+            is_binder: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let at = Address::from(sub.endpoint());
+    let wanted = Publisher::start(
+        &at,
+        PublisherOptions {
+            topic: "T".into(),
+            is_x_pub: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let other = Publisher::start(
+        &at,
+        PublisherOptions {
+            topic: "TT".into(),
+            is_x_pub: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (first, warm) = warm_up(&wanted, &mut sub, Duration::from_secs(5)).await;
+    assert_eq!(first.args::<Msg>().unwrap().topic, "T");
+    let (_, pub_id) = first.seq.unwrap();
+    // The other publisher's messages go down the same kind of connection and must be filtered.
+    for n in 0..50 {
+        other
+            .publish(&msg("TT", "main", n), &WorkflowId::None)
+            .await
+            .unwrap();
+        wanted
+            .publish(&msg("T", "main", n), &WorkflowId::None)
+            .await
+            .unwrap();
+    }
+    let mut last_seq = first.seq.unwrap().0;
+    let mut main = 0;
+    while main < 50 {
+        let d = sub.next_timeout(Duration::from_secs(2)).await.unwrap();
+        let m: Msg = d.args().unwrap();
+        assert_eq!(m.topic, "T", "{m:?} leaked through the topic filter");
+        let (seq, id) = d.seq.unwrap();
+        assert_eq!(
+            (seq, id),
+            (last_seq + 1, pub_id),
+            "in order, from the one publisher"
+        );
+        last_seq = seq;
+        main += u64::from(m.phase == "main");
+    }
+    assert_eq!(last_seq, warm + 50);
+    assert!(matches!(
+        sub.next_timeout(Duration::from_millis(100)).await,
+        Err(Error::Timeout(_))
+    ));
+    assert_eq!(sub.stats().get(Counter::Lost), 0);
+    assert!(
+        other.stats().get(Counter::Sent) >= 50,
+        "the other publisher did publish"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_reconnects_when_its_publisher_restarts_on_the_same_port() {
+    let linger = Duration::from_millis(20);
+    let first = Publisher::start(
+        &Address::from("127.0.0.1:0"),
+        PublisherOptions {
+            topic: "R".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let port = port_of(first.endpoint());
+    let mut sub = Subscriber::start(&Address::from(first.endpoint()), sub_options("R"))
+        .await
+        .unwrap();
+    let (d, _) = warm_up(&first, &mut sub, Duration::from_secs(5)).await;
+    let (_, first_id) = d.seq.unwrap();
+
+    let t = Instant::now();
+    first.shutdown(linger).await;
+    let shutdown_took = t.elapsed();
+    assert!(
+        shutdown_took < linger + Duration::from_millis(500),
+        "shutdown took {shutdown_took:?}"
+    );
+    // The old publisher is shut down but not dropped: shutdown alone must free the port.
+    let same_port = Address::from(format!("127.0.0.1:{port}"));
+    let (second, attempts) = retry(
+        "rebinding the publisher's port",
+        Duration::from_secs(3),
+        || {
+            Publisher::start(
+                &same_port,
+                PublisherOptions {
+                    topic: "R".into(),
+                    ..Default::default()
+                },
+            )
+        },
+    )
+    .await;
+    assert!(
+        first
+            .publish(&msg("R", "after", 0), &WorkflowId::None)
+            .await
+            .is_err(),
+        "a shut-down publisher refuses"
+    );
+
+    let (d, _) = warm_up(&second, &mut sub, Duration::from_secs(5)).await;
+    let (_, second_id) = d.seq.unwrap();
+    assert_ne!(
+        first_id, second_id,
+        "the message came from the new publisher"
+    );
+    for n in 0..20 {
+        second
+            .publish(&msg("R", "main", n), &WorkflowId::None)
+            .await
+            .unwrap();
+    }
+    for n in 0..20 {
+        let m: Msg = loop {
+            let m: Msg = sub
+                .next_timeout(Duration::from_secs(2))
+                .await
+                .unwrap()
+                .args()
+                .unwrap();
+            if m.phase == "main" {
+                break m;
+            }
+        };
+        assert_eq!(m.n, n);
+    }
+    // A new publisher is a new sequence, not a gap in the old one.
+    assert_eq!(sub.stats().get(Counter::Lost), 0);
+    eprintln!("publisher restart: shutdown {shutdown_took:?}, rebind attempts {attempts}");
+    second.shutdown(linger).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_falls_behind_counts_every_lost_message() {
+    // What the path can buffer is fixed by message count (the socket library's 100,000-message
+    // queue per subscriber, the subscriber's own buffer) plus the TCP buffers (4 MiB a side,
+    // set by the socket library): 512-byte messages keep the TCP share small, so the flood is
+    // well past everything the path can hold on any machine.
+    const FLOOD: u64 = 400_000;
+    let publisher = Publisher::start(&Address::from("127.0.0.1:0"), PublisherOptions::default())
+        .await
+        .unwrap();
+    let mut sub = Subscriber::start(&Address::from(publisher.endpoint()), sub_options(""))
+        .await
+        .unwrap();
+    let (first, warm) = warm_up(&publisher, &mut sub, Duration::from_secs(5)).await;
+    let (first_seq, pub_id) = first.seq.unwrap();
+
+    // The consumer stops reading while the publisher sends far more than the queues hold.
+    let t = Instant::now();
+    for n in 0..FLOOD {
+        publisher.publish(&n, &WorkflowId::None).await.unwrap();
+    }
+    let flood_took = t.elapsed();
+
+    // Now read everything. To know the end has been reached, publish an end marker whenever
+    // the stream goes quiet, until the newest marker arrives: then nothing is in flight. One
+    // task publishes, so the newest marker's sequence number is the number published so far.
+    let mut published = warm + FLOOD;
+    let mut delivered_here = 1u64; // `first`
+    let mut last_seq = first_seq;
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "stream did not end: {:?}",
+            sub.stats().snapshot()
+        );
+        match sub.next_timeout(Duration::from_millis(50)).await {
+            Ok(d) => {
+                let (seq, id) = d.seq.unwrap();
+                assert_eq!(id, pub_id);
+                assert!(seq > last_seq, "out of order: {seq} after {last_seq}");
+                last_seq = seq;
+                delivered_here += 1;
+                if seq == published {
+                    break;
+                }
+            }
+            Err(Error::Timeout(_)) => {
+                publisher
+                    .publish(&msg("", "end", published), &WorkflowId::None)
+                    .await
+                    .unwrap();
+                published += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let stats = sub.stats();
+    let (delivered, lost) = (stats.get(Counter::Delivered), stats.get(Counter::Lost));
+    assert_eq!(publisher.stats().get(Counter::Sent), published);
+    assert_eq!(delivered, delivered_here);
+    eprintln!("flood took {flood_took:?}, delivered {delivered} lost {lost} first_seq {first_seq} published {published}");
+    assert!(
+        lost > 0,
+        "{FLOOD} messages into a reader that was not reading must overflow the queues"
+    );
+    // Loss is never silent: every message published after the first one received is either
+    // delivered or counted lost (the warm-ups before `first_seq` predate the subscription).
+    assert_eq!(
+        delivered + lost,
+        published - (first_seq - 1),
+        "delivered {delivered}, lost {lost}"
+    );
+    assert_eq!(stats.get(Counter::Duplicates), 0);
+    eprintln!(
+        "flood of {FLOOD}: published in {flood_took:?}, delivered {delivered}, lost {lost}, total {:?}",
+        t.elapsed()
+    );
+}
+
+fn credit(window: u64, stall_timeout: Duration) -> PublisherOptions {
+    PublisherOptions {
+        credit: Some(CreditOptions {
+            window,
+            stall_timeout,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credit_window_makes_the_stream_lossless_and_ordered() {
+    const COUNT: u64 = 200_000;
+    let publisher = Publisher::start(
+        &Address::from("127.0.0.1:0"),
+        credit(1000, Duration::from_secs(5)),
+    )
+    .await
+    .unwrap();
+    let options = SubscriberOptions {
+        credit_window: Some(1000),
+        ..Default::default()
+    };
+    let mut sub = Subscriber::start(&Address::from(publisher.endpoint()), options)
+        .await
+        .unwrap();
+    publisher
+        .wait_for_subscribers(1, Duration::from_secs(5))
+        .await
+        .unwrap();
+
+    let t = Instant::now();
+    let producer = tokio::spawn({
+        let publisher = publisher.clone();
+        async move {
+            for n in 1..=COUNT {
+                publisher.publish(&n, &WorkflowId::None).await.unwrap();
+            }
+        }
+    });
+    let mut expected = 1;
+    while expected <= COUNT {
+        let d = sub
+            .next_timeout(Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "stalled at {expected}: {e}; sub {:?} pub {:?}",
+                    sub.stats().snapshot(),
+                    publisher.stats().snapshot()
+                )
+            });
+        let n: u64 = d.args().unwrap();
+        assert_eq!(n, expected, "in order, none missing");
+        assert_eq!(d.seq.unwrap().0, expected);
+        // A slow consumer at first: the publisher must wait for it, not drop.
+        if expected <= 2_000 && expected % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        expected += 1;
+    }
+    tokio::time::timeout(Duration::from_secs(2), producer)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = t.elapsed();
+    let stats = sub.stats();
+    assert_eq!(stats.get(Counter::Lost), 0);
+    assert_eq!(stats.get(Counter::Delivered), COUNT);
+    assert_eq!(publisher.stats().get(Counter::Sent), COUNT);
+    assert!(
+        publisher.stats().get(Counter::CreditWaits) > 0,
+        "the window held the publisher back"
+    );
+    eprintln!(
+        "credit window: {COUNT} in {took:?}, {:?}",
+        publisher.stats().snapshot()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_credit_subscriber_does_not_block_the_publisher_forever() {
+    let stall = Duration::from_millis(400);
+    let publisher = Publisher::start(&Address::from("127.0.0.1:0"), credit(100, stall))
+        .await
+        .unwrap();
+    let options = SubscriberOptions {
+        credit_window: Some(100),
+        ..Default::default()
+    };
+    let sub = Subscriber::start(&Address::from(publisher.endpoint()), options)
+        .await
+        .unwrap();
+    publisher
+        .wait_for_subscribers(1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    drop(sub);
+
+    // Far more than one window: the publisher must wait at most about one stall timeout.
+    let t = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        for n in 0..1_000u64 {
+            publisher.publish(&n, &WorkflowId::None).await.unwrap();
+        }
+    })
+    .await
+    .expect("the publisher stayed blocked on a subscriber that is gone");
+    // Everything queued is sent once the silent subscriber is dropped from the window.
+    support::wait_until("all 1000 sent", Duration::from_secs(3), || {
+        publisher.stats().get(Counter::Sent) == 1000
+    })
+    .await;
+    let took = t.elapsed();
+    assert!(took < stall * 3 + Duration::from_secs(1), "took {took:?}");
+    let stats = publisher.stats();
+    assert!(
+        stats.get(Counter::CreditWaits) > 0,
+        "it did wait on the window: {:?}",
+        stats.snapshot()
+    );
+    assert_eq!(
+        stats.get(Counter::Dropped),
+        1,
+        "the silent subscriber was dropped from the window"
+    );
+    // A new subscriber is registered and served afterwards.
+    let options = SubscriberOptions {
+        credit_window: Some(100),
+        ..Default::default()
+    };
+    let mut sub = Subscriber::start(&Address::from(publisher.endpoint()), options)
+        .await
+        .unwrap();
+    publisher
+        .wait_for_subscribers(1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for n in 0..500u64 {
+        publisher.publish(&n, &WorkflowId::None).await.unwrap();
+    }
+    for n in 0..500u64 {
+        assert_eq!(
+            sub.next_timeout(Duration::from_secs(2))
+                .await
+                .unwrap()
+                .args::<u64>()
+                .unwrap(),
+            n
+        );
+    }
+    assert_eq!(sub.stats().get(Counter::Lost), 0);
+    eprintln!("credit stall: publisher went on after {took:?}");
+}

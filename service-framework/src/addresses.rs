@@ -1,0 +1,145 @@
+//! addresses.json in the exact shape of the original, plus the address forms of the
+//! connections crate (`tcp://`, `ipc://`, `{bind, connect}`):
+//!
+//! ```json
+//! {"connections": {"in":  {"reply":   {"replyer": "127.0.0.1:7999"}},
+//!                  "out": {"request": {"requester": "127.0.0.1:7999"}}},
+//!  "states":      {"in": {}, "out": {}}}
+//! ```
+//!
+//! Entries for connections the service does not declare are ignored, so several services
+//! may share one file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sf_connections::Address;
+
+use crate::error::{Error, Result};
+use crate::model::{ConnectionModel, ConnectionModels};
+
+/// Addresses of one side: connection (or state) name -> socket name -> address.
+pub type SideAddresses = BTreeMap<String, BTreeMap<String, Address>>;
+
+/// In and out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sides {
+    /// Inbound entries.
+    #[serde(default, rename = "in")]
+    pub inbound: SideAddresses,
+    /// Outbound entries.
+    #[serde(default, rename = "out")]
+    pub outbound: SideAddresses,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressesFile {
+    /// Connection addresses.
+    #[serde(default)]
+    pub connections: Sides,
+    /// State addresses.
+    #[serde(default)]
+    pub states: Sides,
+}
+
+impl AddressesFile {
+    /// Reads and parses a file; errors name the file and what is wrong.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Addresses(format!(
+                "cannot read addresses file {}: {e}",
+                path.display()
+            ))
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses JSON text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| {
+            Error::Addresses(format!(
+                "{origin} does not have the addresses shape {{\"connections\": {{\"in\": {{..}}, \"out\": {{..}}}}, \"states\": {{..}}}}: {e}"
+            ))
+        })
+    }
+
+    /// From a JSON value (for embedding).
+    pub fn from_value(value: serde_json::Value) -> Result<Self> {
+        serde_json::from_value(value).map_err(|e| Error::Addresses(format!("addresses: {e}")))
+    }
+
+    /// The address of `model`, or an error naming the missing entry.
+    pub fn address_for(&self, model: &ConnectionModel, origin: &str) -> Result<Address> {
+        let Some(key) = model.kind.address_key() else {
+            return Err(Error::Definition(format!(
+                "connection {:?} has no address",
+                model.name
+            )));
+        };
+        let side = if model.kind.is_inbound() {
+            ("in", &self.connections.inbound)
+        } else {
+            ("out", &self.connections.outbound)
+        };
+        let entry = side.1.get(&model.name).ok_or_else(|| {
+            Error::Addresses(format!(
+                "{origin}: connections.{}.{} is missing: the {} connection {:?} needs {{\"{key}\": \"host:port\"}}",
+                side.0,
+                model.name,
+                model.kind.name(),
+                model.name
+            ))
+        })?;
+        entry.get(key).cloned().ok_or_else(|| {
+            Error::Addresses(format!(
+                "{origin}: connections.{}.{} has no {key:?} address (found: {})",
+                side.0,
+                model.name,
+                entry.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    /// Checks that every declared connection that needs an address has one, and that each
+    /// address parses for its side; reports every problem at once.
+    pub fn validate(&self, models: &ConnectionModels, origin: &str) -> Result<()> {
+        let mut problems = Vec::new();
+        for m in models.all().filter(|m| m.kind.address_key().is_some()) {
+            match self.address_for(m, origin) {
+                Ok(addr) => {
+                    let binds = binds(m);
+                    let checked = if binds {
+                        addr.bind_endpoint()
+                    } else {
+                        addr.connect_endpoint()
+                    };
+                    if let Err(e) = checked {
+                        problems.push(format!("{origin}: connection {:?}: {e}", m.name));
+                    }
+                }
+                Err(Error::Addresses(msg)) => problems.push(msg),
+                Err(e) => problems.push(e.to_string()),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Addresses(problems.join("; ")))
+        }
+    }
+}
+
+/// Whether a connection binds (else connects), per the original's rules.
+pub(crate) fn binds(m: &ConnectionModel) -> bool {
+    use crate::model::ConnectionKind::*;
+    match m.kind {
+        Replyer => true,
+        Publisher => !m.creation_bool("is_x_pub"),
+        Subscriber | Puller | Pusher => m.creation_bool("is_binder"),
+        Requester | ExternalTarget => false,
+    }
+}

@@ -1,0 +1,387 @@
+//! The command line, with the original's flags:
+//!
+//! ```text
+//! -s/--service_path   service to run: built-in `bus`, or a service binary (path or name)
+//! -a/--addresses_path addresses.json          -c/--config_path   config.json
+//! -m/--main_mode      run `main`              -cl/--console_loglevel  INFO
+//! -f/--file_loglevel  INFO                    -l/--log_path      log file (hourly rotation)
+//! -bc/--backup_count  24                      -wt/--service_loop_min_wait_time_s (accepted;
+//!                                              the loop never polls, so it has no effect)
+//! --key value         any other pair is a config key, converted to its declared type
+//! ```
+//!
+//! Subcommands: `describe` prints a service's models as JSON Schema; `call ADDRESS JSON`
+//! sends one request to a replyer and prints the reply.
+//!
+//! Multi-letter short flags (`-cl`) are the original's and are accepted as such.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::addresses::AddressesFile;
+use crate::config::{env_overrides, pairs_from_extras, read_config_file};
+use crate::error::{Error, Result};
+use crate::logging::{self, LogOptions};
+use crate::model::ServiceDef;
+use crate::runtime::RunOptions;
+use crate::service::{os_signals, Service};
+
+/// Parsed command line.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CliArgs {
+    /// `describe`, `call` or none (run).
+    pub command: Option<String>,
+    /// Positional words after the subcommand.
+    pub positional: Vec<String>,
+    /// `-s`.
+    pub service: Option<String>,
+    /// `-a`.
+    pub addresses: Option<PathBuf>,
+    /// `-c`.
+    pub config: Option<PathBuf>,
+    /// `-m`.
+    pub main_mode: bool,
+    /// `-cl`, `-f`, `-l`, `-bc`.
+    pub log: LogArgs,
+    /// `-wt` (accepted for compatibility).
+    pub min_wait_s: Option<f64>,
+    /// `-h`.
+    pub help: bool,
+    /// `--version`.
+    pub version: bool,
+    /// `--timeout` for `call` (seconds).
+    pub timeout_s: Option<f64>,
+    /// Everything else: `--key value` config pairs.
+    pub extras: Vec<String>,
+}
+
+/// The logging flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogArgs {
+    /// `-cl`.
+    pub console_level: String,
+    /// `-f`.
+    pub file_level: String,
+    /// `-l`.
+    pub log_path: Option<PathBuf>,
+    /// `-bc`.
+    pub backup_count: usize,
+}
+
+impl Default for LogArgs {
+    fn default() -> Self {
+        let d = LogOptions::default();
+        LogArgs {
+            console_level: d.console_level,
+            file_level: d.file_level,
+            log_path: d.log_path,
+            backup_count: d.backup_count,
+        }
+    }
+}
+
+/// The usage text.
+pub const USAGE: &str = "\
+usage: service-framework -s SERVICE [-a addresses.json] [-c config.json] [-m] [options] [--key value ...]
+       service-framework describe -s SERVICE
+       service-framework call ADDRESS '{\"arg\": ...}' [--timeout SECONDS]
+
+  -s,  --service_path      built-in service (bus) or a service binary: a path, or a name found
+                           beside this executable or on PATH
+  -a,  --addresses_path    addresses.json          -c, --config_path   config.json
+  -m,  --main_mode         run the service's main (a leading-edge service)
+  -cl, --console_loglevel  DEBUG|INFO|WARNING|ERROR|CRITICAL (INFO)
+  -f,  --file_loglevel     level of the log file (INFO)
+  -l,  --log_path          log file, rotated hourly
+  -bc, --backup_count      hourly log files kept (24)
+  -wt, --service_loop_min_wait_time_s  accepted for compatibility (the loop never polls)
+  -h,  --help              this text           --version           the version
+  --KEY VALUE              any other pair sets config key KEY (converted to its declared type);
+                           environment SF_CONFIG_<KEY> does the same, below the command line
+";
+
+/// Parses arguments (without the program name).
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<CliArgs> {
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| Error::Other(format!("argument {a:?} is not UTF-8")))
+        })
+        .collect::<Result<_>>()?;
+    let mut out = CliArgs::default();
+    let mut i = 0;
+    if let Some(first) = args.first() {
+        if first == "describe" || first == "call" {
+            out.command = Some(first.clone());
+            i = 1;
+        }
+    }
+    while i < args.len() {
+        let raw = &args[i];
+        let (flag, inline) = match raw.split_once('=') {
+            Some((f, v)) if f.starts_with('-') => (f.to_owned(), Some(v.to_owned())),
+            _ => (raw.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            if let Some(v) = &inline {
+                return Ok(v.clone());
+            }
+            i += 1;
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| Error::Other(format!("{name} needs a value")))
+        };
+        match flag.as_str() {
+            "-s" | "--service_path" => out.service = Some(value(&flag)?),
+            "-a" | "--addresses_path" => out.addresses = Some(value(&flag)?.into()),
+            "-c" | "--config_path" => out.config = Some(value(&flag)?.into()),
+            "-m" | "--main_mode" => out.main_mode = true,
+            "-cl" | "--console_loglevel" => out.log.console_level = value(&flag)?,
+            "-f" | "--file_loglevel" => out.log.file_level = value(&flag)?,
+            "-l" | "--log_path" => out.log.log_path = Some(value(&flag)?.into()),
+            "-bc" | "--backup_count" => {
+                let v = value(&flag)?;
+                out.log.backup_count = v
+                    .parse()
+                    .map_err(|_| Error::Other(format!("{flag} needs a whole number, got {v:?}")))?;
+            }
+            "-wt" | "--service_loop_min_wait_time_s" => {
+                let v = value(&flag)?;
+                out.min_wait_s = Some(
+                    v.parse()
+                        .map_err(|_| Error::Other(format!("{flag} needs a number, got {v:?}")))?,
+                );
+            }
+            "--timeout" if out.command.as_deref() == Some("call") => {
+                let v = value(&flag)?;
+                out.timeout_s =
+                    Some(v.parse().map_err(|_| {
+                        Error::Other(format!("--timeout needs seconds, got {v:?}"))
+                    })?);
+            }
+            "-h" | "--help" => out.help = true,
+            "--version" | "-V" => out.version = true,
+            _ if out.command.is_some() && !raw.starts_with('-') && out.extras.is_empty() => {
+                out.positional.push(raw.clone())
+            }
+            _ => {
+                out.extras.push(flag.clone());
+                if let Some(v) = inline {
+                    out.extras.push(v);
+                }
+            }
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// Loads config (file < environment < CLI extras, typed per the model) and addresses.
+pub fn load_run_options(def: &ServiceDef, args: &CliArgs) -> Result<RunOptions> {
+    let mut config = match &args.config {
+        Some(path) => read_config_file(path)?,
+        None => Map::new(),
+    };
+    let origin = args
+        .config
+        .as_ref()
+        .map_or("config".to_owned(), |p| p.display().to_string());
+    def.config
+        .apply_strings(&mut config, env_overrides(&def.config), "environment")?;
+    def.config.apply_strings(
+        &mut config,
+        pairs_from_extras(&args.extras)?,
+        "command line",
+    )?;
+    let (addresses, addresses_origin) = match &args.addresses {
+        Some(path) => (AddressesFile::read(path)?, path.display().to_string()),
+        None => (
+            AddressesFile::default(),
+            "addresses (none given: use -a addresses.json)".to_owned(),
+        ),
+    };
+    Ok(RunOptions {
+        config,
+        config_origin: origin,
+        addresses,
+        addresses_origin,
+        main_mode: args.main_mode,
+        ..RunOptions::default()
+    })
+}
+
+/// The `main` of a service binary: `fn main() -> ExitCode { cli::main(my_service()) }`.
+/// Handles `describe`, `-h`, `--version` and running (exit 0 after a graceful stop, 2 for a
+/// config or addresses mistake, 1 for any other failure).
+pub fn main(def: ServiceDef) -> ExitCode {
+    let args = match parse(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    if args.help {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.version {
+        println!(
+            "{} (service-framework {})",
+            def.name(),
+            env!("CARGO_PKG_VERSION")
+        );
+        return ExitCode::SUCCESS;
+    }
+    if args.command.as_deref() == Some("describe") {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&def.describe()).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let log = LogOptions {
+        console_level: args.log.console_level.clone(),
+        file_level: args.log.file_level.clone(),
+        log_path: args.log.log_path.clone(),
+        backup_count: args.log.backup_count,
+    };
+    let _guard = match logging::init(&log) {
+        Ok(g) => g,
+        Err(e) => return fail(&e),
+    };
+    if args.min_wait_s.is_some() {
+        tracing::debug!(
+            "-wt accepted for compatibility: the service loop waits on sockets, it never polls"
+        );
+    }
+    let options = match load_run_options(&def, &args) {
+        Ok(o) => o,
+        Err(e) => return fail(&e),
+    };
+    let main_mode = options.main_mode;
+    let service = Service::new(def).options(options);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&Error::Other(e.to_string())),
+    };
+    match rt.block_on(service.run(main_mode, os_signals(), |ready| {
+        for (name, ep) in &ready.endpoints {
+            tracing::info!("{name}: {ep}");
+        }
+    })) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints `error: ...` and picks the exit code.
+pub fn fail(e: &Error) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        Error::Config(_) | Error::Addresses(_) => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+/// `call ADDRESS JSON`: one request, the reply printed as JSON.
+pub async fn call(address: &str, args_json: &str, timeout: Duration) -> Result<Value> {
+    let args: Value = serde_json::from_str(args_json)
+        .map_err(|e| Error::Other(format!("the args {args_json:?} are not JSON: {e}")))?;
+    let options = sf_connections::RequesterOptions {
+        timeout,
+        ..Default::default()
+    };
+    let requester =
+        sf_connections::Requester::connect(&sf_connections::Address::from(address), options)
+            .map_err(|e| Error::Other(e.to_string()))?;
+    requester
+        .request::<Value, Value>(&args, sf_connections::WorkflowId::new_random())
+        .await
+        .map_err(|e| Error::Other(format!("{address}: {e}")))
+}
+
+/// Finds a service binary: a path as given, else a file named `name` beside `exe_dir`, else on
+/// PATH.
+pub fn find_service_binary(name: &str, exe_dir: Option<&Path>) -> Option<PathBuf> {
+    let as_path = Path::new(name);
+    if name.contains('/') {
+        return as_path.is_file().then(|| as_path.to_path_buf());
+    }
+    if let Some(dir) = exe_dir {
+        let p = dir.join(name);
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(words: &[&str]) -> CliArgs {
+        parse(words.iter().map(OsString::from)).unwrap()
+    }
+
+    #[test]
+    fn original_flags_including_multi_letter_shorts() {
+        let a = p(&[
+            "-s", "echo", "-a", "a.json", "-c", "c.json", "-m", "-cl", "DEBUG", "-f", "ERROR",
+            "-l", "x.log", "-bc", "3", "-wt", "0.5",
+        ]);
+        assert_eq!(a.service.as_deref(), Some("echo"));
+        assert_eq!(a.addresses, Some("a.json".into()));
+        assert_eq!(a.config, Some("c.json".into()));
+        assert!(a.main_mode);
+        assert_eq!(a.log.console_level, "DEBUG");
+        assert_eq!(a.log.file_level, "ERROR");
+        assert_eq!(a.log.log_path, Some("x.log".into()));
+        assert_eq!(a.log.backup_count, 3);
+        assert_eq!(a.min_wait_s, Some(0.5));
+        assert!(a.extras.is_empty());
+    }
+
+    #[test]
+    fn unknown_pairs_become_extras() {
+        let a = p(&["-s", "x", "--num_req_to_send", "10", "plain", "v", "--k=v"]);
+        assert_eq!(
+            a.extras,
+            vec!["--num_req_to_send", "10", "plain", "v", "--k", "v"]
+        );
+    }
+
+    #[test]
+    fn subcommands() {
+        let a = p(&["call", "127.0.0.1:1", "{}", "--timeout", "2"]);
+        assert_eq!(a.command.as_deref(), Some("call"));
+        assert_eq!(a.positional, vec!["127.0.0.1:1", "{}"]);
+        assert_eq!(a.timeout_s, Some(2.0));
+        assert_eq!(
+            p(&["describe", "-s", "x"]).command.as_deref(),
+            Some("describe")
+        );
+    }
+
+    #[test]
+    fn missing_values_are_errors() {
+        assert!(parse(["-s"].map(OsString::from))
+            .unwrap_err()
+            .to_string()
+            .contains("-s needs a value"));
+        assert!(parse(["-bc", "x"].map(OsString::from))
+            .unwrap_err()
+            .to_string()
+            .contains("whole number"));
+    }
+}

@@ -1,0 +1,228 @@
+//! The context handed to handlers, hooks and `main`: the original's `to_send`, `states` and
+//! `config`, as typed methods.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sf_connections::{ExternalTarget, Publisher, Pusher, Requester, WorkflowId};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ServiceError;
+
+/// An out-connection as the context holds it.
+#[derive(Debug, Clone)]
+pub(crate) enum Outbound {
+    Requester(Requester),
+    Publisher(Publisher),
+    Pusher(Pusher),
+    External(ExternalTarget),
+}
+
+pub(crate) struct Shared {
+    pub service: String,
+    pub config: Map<String, Value>,
+    pub typed_config: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    pub outbound: HashMap<String, Outbound>,
+    pub stop: CancellationToken,
+}
+
+/// What a handler, hook or `main` works with. Cheap to clone.
+#[derive(Clone)]
+pub struct Ctx {
+    shared: Arc<Shared>,
+    incoming: WorkflowId,
+    sends: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("service", &self.shared.service)
+            .field("workflow_id", &self.incoming)
+            .finish()
+    }
+}
+
+impl Ctx {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Ctx {
+            shared,
+            incoming: WorkflowId::None,
+            sends: Arc::default(),
+        }
+    }
+
+    /// A context for one inbound message: its sends continue that message's workflow.
+    pub(crate) fn for_message(&self, workflow_id: WorkflowId) -> Self {
+        Ctx {
+            shared: self.shared.clone(),
+            incoming: workflow_id,
+            sends: Arc::default(),
+        }
+    }
+
+    /// The service's name.
+    pub fn service_name(&self) -> &str {
+        &self.shared.service
+    }
+
+    /// The workflow id of the message being handled (`None` in `main` and hooks).
+    pub fn workflow_id(&self) -> &WorkflowId {
+        &self.incoming
+    }
+
+    /// The id the next send carries, as the original numbers them: inside a handler the first
+    /// send reuses the incoming id and later ones are `{id}_1`, `{id}_2`...; in `main` (no
+    /// incoming id) every send gets a fresh UUID.
+    pub fn next_workflow_id(&self) -> WorkflowId {
+        if self.incoming.is_none() {
+            return WorkflowId::new_random();
+        }
+        let n = self.sends.fetch_add(1, Ordering::Relaxed);
+        self.incoming.derived(n)
+    }
+
+    /// The config as a typed value (the type given to `ServiceDef::config`, or any type the
+    /// keys deserialize into). Parsed once per type.
+    pub fn config<C: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+    ) -> Result<Arc<C>, ServiceError> {
+        let mut cache = self.shared.typed_config.lock().expect("config cache lock");
+        if let Some(hit) = cache.get(&TypeId::of::<C>()) {
+            return Ok(hit
+                .clone()
+                .downcast::<C>()
+                .expect("cached under its own TypeId"));
+        }
+        let parsed: Arc<C> = Arc::new(
+            serde_json::from_value(Value::Object(self.shared.config.clone())).map_err(|e| {
+                ServiceError::new(format!("config does not fit the requested type: {e}"))
+            })?,
+        );
+        cache.insert(TypeId::of::<C>(), parsed.clone());
+        Ok(parsed)
+    }
+
+    /// The config as JSON.
+    pub fn config_value(&self) -> &Map<String, Value> {
+        &self.shared.config
+    }
+
+    /// True once the service is stopping: long-running work should wind down.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stop.is_cancelled()
+    }
+
+    /// Resolves when the service starts stopping.
+    pub async fn stopping(&self) {
+        self.shared.stop.cancelled().await
+    }
+
+    /// Asks the service to stop gracefully (as a signal would).
+    pub fn request_stop(&self) {
+        self.shared.stop.cancel();
+    }
+
+    fn outbound(&self, name: &str) -> Result<&Outbound, ServiceError> {
+        self.shared.outbound.get(name).ok_or_else(|| {
+            let mut names: Vec<_> = self.shared.outbound.keys().cloned().collect();
+            names.sort();
+            ServiceError::not_found(format!(
+                "no out-connection named {name:?} (declared: {})",
+                names.join(", ")
+            ))
+        })
+    }
+
+    /// Sends a request on requester `conn` (or calls external target `conn`) and returns the
+    /// typed reply. Timeouts and error replies come back as errors.
+    pub async fn request<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        conn: &str,
+        args: &A,
+    ) -> Result<R, ServiceError> {
+        let id = self.next_workflow_id();
+        match self.outbound(conn)? {
+            Outbound::Requester(r) => Ok(r.request(args, id).await?),
+            Outbound::External(t) => Ok(t.call(args, id).await?),
+            other => Err(wrong_kind(conn, other, "request")),
+        }
+    }
+
+    /// Publishes on publisher `conn`.
+    pub async fn publish<A: Serialize + ?Sized>(
+        &self,
+        conn: &str,
+        args: &A,
+    ) -> Result<(), ServiceError> {
+        let id = self.next_workflow_id();
+        match self.outbound(conn)? {
+            Outbound::Publisher(p) => Ok(p.publish(args, &id).await?),
+            other => Err(wrong_kind(conn, other, "publish")),
+        }
+    }
+
+    /// Pushes on pusher `conn` (waits while every puller is full, up to its send timeout).
+    pub async fn push<A: Serialize + ?Sized>(
+        &self,
+        conn: &str,
+        args: &A,
+    ) -> Result<(), ServiceError> {
+        let id = self.next_workflow_id();
+        match self.outbound(conn)? {
+            Outbound::Pusher(p) => Ok(p.push(args, id).await?),
+            other => Err(wrong_kind(conn, other, "push")),
+        }
+    }
+
+    /// The original's `to_send("connection", name, args)`: whatever the out-connection is,
+    /// send `args` on it; returns the reply for requesters and external targets, null else.
+    pub async fn send(&self, conn: &str, args: &Value) -> Result<Value, ServiceError> {
+        match self.outbound(conn)? {
+            Outbound::Requester(_) | Outbound::External(_) => self.request(conn, args).await,
+            Outbound::Publisher(_) => self.publish(conn, args).await.map(|_| Value::Null),
+            Outbound::Pusher(_) => self.push(conn, args).await.map(|_| Value::Null),
+        }
+    }
+}
+
+fn wrong_kind(name: &str, conn: &Outbound, verb: &str) -> ServiceError {
+    let kind = match conn {
+        Outbound::Requester(_) => "a requester",
+        Outbound::Publisher(_) => "a publisher",
+        Outbound::Pusher(_) => "a pusher",
+        Outbound::External(_) => "an external target",
+    };
+    ServiceError::invalid_args(format!("cannot {verb} on {name:?}: it is {kind}"))
+}
+
+/// An external target whose handler gets this service's context (held weakly: the context
+/// owns the target).
+pub(crate) fn external_target(
+    name: &str,
+    make: crate::model::MakeRequestHandler,
+    shared: std::sync::Weak<Shared>,
+) -> ExternalTarget {
+    let raw: sf_connections::RawHandler = Arc::new(move |body| {
+        let shared = shared.upgrade();
+        let make = make.clone();
+        Box::pin(async move {
+            match shared {
+                Some(shared) => make(Ctx::new(shared))(body).await,
+                None => sf_connections::Outcome::err(
+                    WorkflowId::None,
+                    sf_connections::WireError::new(
+                        sf_connections::ErrorCode::Unavailable,
+                        "the service has stopped",
+                    ),
+                ),
+            }
+        })
+    });
+    ExternalTarget::from_raw(name, raw)
+}

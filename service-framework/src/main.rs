@@ -1,0 +1,172 @@
+//! `service-framework`: runs built-in services (`bus`) and user service binaries with the
+//! original's flags, describes services, and calls replyers.
+//!
+//! ```text
+//! service-framework -s echo_replyer -a examples/echo/replyer_addresses.json
+//! service-framework -s bus -a bus_addresses.json
+//! service-framework call 127.0.0.1:18899 '{"to_echo": "hi"}'
+//! ```
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use service_framework::cli::{self, CliArgs};
+use service_framework::{AddressesFile, Error};
+
+const BUILT_INS: &str = "bus";
+
+fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let args = match cli::parse(argv.clone()) {
+        Ok(a) => a,
+        Err(e) => return cli::fail(&e),
+    };
+    if args.help || (args.command.is_none() && args.service.is_none() && !args.version) {
+        print!("{}", cli::USAGE);
+        return if args.help {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        };
+    }
+    if args.version {
+        println!("service-framework {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    match args.command.as_deref() {
+        Some("call") => call(&args),
+        Some("describe") => match args.service.as_deref() {
+            Some("bus") => {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "name": "bus",
+                        "description": "XSUB/XPUB proxy: publishers with is_x_pub connect to connections.in.bus.publishers, subscribers to connections.in.bus.subscribers",
+                        "addresses": {"connections": {"in": {"bus": {"publishers": "host:port", "subscribers": "host:port"}}}}
+                    })
+                );
+                ExitCode::SUCCESS
+            }
+            Some(name) => exec_service(name, vec![OsString::from("describe")]),
+            None => cli::fail(&Error::Other("describe needs -s SERVICE".into())),
+        },
+        _ => match args.service.as_deref() {
+            Some("bus") => run_bus(&args),
+            Some(name) => exec_service(name, argv),
+            None => cli::fail(&Error::Other("-s SERVICE is required".into())),
+        },
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(e.to_string()))
+}
+
+fn call(args: &CliArgs) -> ExitCode {
+    let Some(address) = args.positional.first() else {
+        return cli::fail(&Error::Other(
+            "call needs an ADDRESS (host:port) and JSON args".into(),
+        ));
+    };
+    let json = args.positional.get(1).map_or("{}", String::as_str);
+    let timeout = Duration::from_secs_f64(args.timeout_s.unwrap_or(10.0).max(0.001));
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return cli::fail(&e),
+    };
+    match rt.block_on(cli::call(address, json, timeout)) {
+        Ok(reply) => {
+            println!("{reply}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => cli::fail(&e),
+    }
+}
+
+/// Replaces this process with the service binary, passing the same arguments, so signals
+/// and the exit code are the service's own.
+fn exec_service(name: &str, argv: Vec<OsString>) -> ExitCode {
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()));
+    let Some(binary) = cli::find_service_binary(name, exe_dir.as_deref()) else {
+        return cli::fail(&Error::Other(format!(
+            "unknown service {name:?}: not a built-in ({BUILT_INS}) and no executable named {name:?} beside {} or on PATH",
+            exe_dir.map_or("this executable".into(), |d| d.display().to_string())
+        )));
+    };
+    let mut cmd = std::process::Command::new(&binary);
+    cmd.args(argv);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let e = cmd.exec();
+        cli::fail(&Error::Other(format!(
+            "cannot run {}: {e}",
+            binary.display()
+        )))
+    }
+    #[cfg(not(unix))]
+    match cmd.status() {
+        Ok(s) => ExitCode::from(s.code().unwrap_or(1) as u8),
+        Err(e) => cli::fail(&Error::Other(format!(
+            "cannot run {}: {e}",
+            binary.display()
+        ))),
+    }
+}
+
+fn run_bus(args: &CliArgs) -> ExitCode {
+    let log = service_framework::logging::LogOptions {
+        console_level: args.log.console_level.clone(),
+        file_level: args.log.file_level.clone(),
+        log_path: args.log.log_path.clone(),
+        backup_count: args.log.backup_count,
+    };
+    let _guard = match service_framework::logging::init(&log) {
+        Ok(g) => g,
+        Err(e) => return cli::fail(&e),
+    };
+    let Some(path) = &args.addresses else {
+        return cli::fail(&Error::Addresses(
+            "the bus needs -a addresses.json with connections.in.bus.publishers and .subscribers"
+                .into(),
+        ));
+    };
+    let file = match AddressesFile::read(path) {
+        Ok(f) => f,
+        Err(e) => return cli::fail(&e),
+    };
+    let entry = file.connections.inbound.get("bus");
+    let (Some(publishers), Some(subscribers)) = (
+        entry.and_then(|e| e.get("publishers")),
+        entry.and_then(|e| e.get("subscribers")),
+    ) else {
+        return cli::fail(&Error::Addresses(format!(
+            "{}: connections.in.bus needs {{\"publishers\": \"host:port\", \"subscribers\": \"host:port\"}}",
+            path.display()
+        )));
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return cli::fail(&e),
+    };
+    rt.block_on(async {
+        let proxy = match sf_connections::BusProxy::bind(publishers, subscribers).await {
+            Ok(p) => p,
+            Err(e) => return cli::fail(&Error::Other(format!("bus: {e}"))),
+        };
+        let reason = service_framework::service::os_signals().await;
+        tracing::info!(
+            ?reason,
+            forwarded = proxy.stats().get(sf_connections::Counter::Received),
+            "bus stopping"
+        );
+        proxy.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,541 @@
+//! What a service declares: its config model, connection models, hooks and `main`.
+//!
+//! Typed Rust values are the schema. A handler is an async fn taking its typed args and a
+//! [`Ctx`]; from the same types come validation of every inbound message (a missing or
+//! mistyped argument is an error reply naming the field) and the JSON Schema that
+//! `describe` prints. `serde_json::Value` as the args type is the dynamic escape hatch.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use schemars::{JsonSchema, Schema};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use sf_connections::handler::BoxFuture;
+use sf_connections::wire::{self, Request};
+use sf_connections::{RawHandler, RequestMeta, WireError};
+use tracing::Instrument;
+
+use crate::addresses::AddressesFile;
+use crate::config::ConfigModel;
+use crate::context::Ctx;
+use crate::error::ServiceError;
+
+/// The kinds of connection, with the original's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ConnectionKind {
+    /// In: answers requests (ROUTER; Python REQ peers welcome).
+    Replyer,
+    /// In: receives publishes.
+    Subscriber,
+    /// In: receives pushed work (PUSH/PULL, beyond the original).
+    Puller,
+    /// Out: sends requests and waits for replies.
+    Requester,
+    /// Out: publishes.
+    Publisher,
+    /// Out: pushes work to pullers.
+    Pusher,
+    /// Out: calls a local async function (the original's `external_request`).
+    ExternalTarget,
+}
+
+impl ConnectionKind {
+    /// True for in-connections.
+    pub fn is_inbound(self) -> bool {
+        matches!(
+            self,
+            ConnectionKind::Replyer | ConnectionKind::Subscriber | ConnectionKind::Puller
+        )
+    }
+
+    /// The key its address has in addresses.json (`None`: needs no address).
+    pub fn address_key(self) -> Option<&'static str> {
+        match self {
+            ConnectionKind::Replyer => Some("replyer"),
+            ConnectionKind::Subscriber => Some("subscriber"),
+            ConnectionKind::Puller => Some("puller"),
+            ConnectionKind::Requester => Some("requester"),
+            ConnectionKind::Publisher => Some("publisher"),
+            ConnectionKind::Pusher => Some("pusher"),
+            ConnectionKind::ExternalTarget => None,
+        }
+    }
+
+    /// Creation arguments this kind understands.
+    pub fn creation_keys(self) -> &'static [&'static str] {
+        match self {
+            ConnectionKind::Replyer => &["max_message_bytes", "max_concurrency"],
+            ConnectionKind::Subscriber => {
+                &["topic", "is_binder", "credit_window", "max_message_bytes"]
+            }
+            ConnectionKind::Puller => &["is_binder", "max_message_bytes"],
+            ConnectionKind::Requester => &["timeout_s", "retries", "max_message_bytes"],
+            ConnectionKind::Publisher => &[
+                "topic",
+                "is_x_pub",
+                "credit_window",
+                "credit_stall_timeout_s",
+                "wait_after_creation_s",
+            ],
+            ConnectionKind::Pusher => &["is_binder", "send_timeout_s"],
+            ConnectionKind::ExternalTarget => &[],
+        }
+    }
+
+    /// The snake_case name (`"replyer"`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectionKind::Replyer => "replyer",
+            ConnectionKind::Subscriber => "subscriber",
+            ConnectionKind::Puller => "puller",
+            ConnectionKind::Requester => "requester",
+            ConnectionKind::Publisher => "publisher",
+            ConnectionKind::Pusher => "pusher",
+            ConnectionKind::ExternalTarget => "external_target",
+        }
+    }
+}
+
+/// Builds the raw request handler of a replyer or external target from the service's context.
+pub(crate) type MakeRequestHandler = Arc<dyn Fn(Ctx) -> RawHandler + Send + Sync>;
+
+/// Handles one message (subscriber, puller): the envelope bytes and the service's context.
+pub(crate) type MessageHandler =
+    Arc<dyn Fn(Bytes, Ctx) -> BoxFuture<Result<(), ServiceError>> + Send + Sync>;
+
+#[derive(Clone)]
+pub(crate) enum Handler {
+    Request(MakeRequestHandler),
+    Message(MessageHandler),
+}
+
+/// One declared connection.
+#[derive(Clone)]
+pub struct ConnectionModel {
+    /// Its name (the key in addresses.json and in `ctx.request(name, ...)`).
+    pub name: String,
+    /// Its kind.
+    pub kind: ConnectionKind,
+    /// Creation arguments (`topic`, `is_x_pub`, `timeout_s`, ...); `setup_connection_models`
+    /// may change them.
+    pub creation: Map<String, Value>,
+    /// JSON Schema of the args.
+    pub args_schema: Schema,
+    /// JSON Schema of the return args (replyers, requesters, external targets).
+    pub return_schema: Option<Schema>,
+    pub(crate) handler: Option<Handler>,
+}
+
+impl std::fmt::Debug for ConnectionModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionModel")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("creation", &self.creation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionModel {
+    pub(crate) fn creation_f64(&self, key: &str) -> Option<f64> {
+        self.creation.get(key).and_then(Value::as_f64)
+    }
+    pub(crate) fn creation_u64(&self, key: &str) -> Option<u64> {
+        self.creation.get(key).and_then(Value::as_u64)
+    }
+    pub(crate) fn creation_bool(&self, key: &str) -> bool {
+        self.creation
+            .get(key)
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+    pub(crate) fn creation_str(&self, key: &str) -> String {
+        self.creation
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// All declared connections, by side.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionModels {
+    /// In-connections (replyer, subscriber, puller).
+    pub inbound: Vec<ConnectionModel>,
+    /// Out-connections (requester, publisher, pusher, external target).
+    pub outbound: Vec<ConnectionModel>,
+}
+
+impl ConnectionModels {
+    /// Looks a connection up by name on either side.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut ConnectionModel> {
+        self.inbound
+            .iter_mut()
+            .chain(self.outbound.iter_mut())
+            .find(|c| c.name == name)
+    }
+
+    pub(crate) fn all(&self) -> impl Iterator<Item = &ConnectionModel> {
+        self.inbound.iter().chain(self.outbound.iter())
+    }
+}
+
+type SetupConfig =
+    Box<dyn FnOnce(Map<String, Value>) -> Result<Map<String, Value>, ServiceError> + Send>;
+type SetupAddresses = Box<
+    dyn FnOnce(AddressesFile, &Map<String, Value>) -> Result<AddressesFile, ServiceError> + Send,
+>;
+type SetupConnections =
+    Box<dyn FnOnce(&mut ConnectionModels, &Map<String, Value>) -> Result<(), ServiceError> + Send>;
+pub(crate) type CtxHook = Arc<dyn Fn(Ctx) -> BoxFuture<Result<(), ServiceError>> + Send + Sync>;
+
+/// The optional hooks, run in the original's order (see the runtime).
+#[derive(Default)]
+pub(crate) struct Hooks {
+    pub setup_config: Option<SetupConfig>,
+    pub setup_addresses: Option<SetupAddresses>,
+    pub setup_connection_models: Option<SetupConnections>,
+    pub init_function: Option<CtxHook>,
+    pub sigint_handler: Option<CtxHook>,
+    pub sigterm_handler: Option<CtxHook>,
+}
+
+/// A service: what it is called, what it reads, what it listens to and sends to.
+pub struct ServiceDef {
+    pub(crate) name: String,
+    pub(crate) description: String,
+    pub(crate) config: ConfigModel,
+    pub(crate) connections: ConnectionModels,
+    pub(crate) hooks: Hooks,
+    pub(crate) main: Option<CtxHook>,
+}
+
+impl std::fmt::Debug for ServiceDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceDef")
+            .field("name", &self.name)
+            .field("connections", &self.connections)
+            .finish_non_exhaustive()
+    }
+}
+
+fn boxed<F, Fut, T>(f: F) -> Arc<dyn Fn(Ctx) -> BoxFuture<T> + Send + Sync>
+where
+    F: Fn(Ctx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    Arc::new(move |ctx| Box::pin(f(ctx)))
+}
+
+impl ServiceDef {
+    /// A service called `name`, declaring nothing yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        ServiceDef {
+            name: name.into(),
+            description: String::new(),
+            config: ConfigModel::default(),
+            connections: ConnectionModels::default(),
+            hooks: Hooks::default(),
+            main: None,
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A one-line description for `describe`.
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = text.into();
+        self
+    }
+
+    /// Declares the config model: non-`Option` fields are required keys, `Option` (or
+    /// `#[serde(default)]`) fields optional. Read it in handlers with `ctx.config::<C>()`.
+    pub fn config<C: JsonSchema + DeserializeOwned>(mut self) -> Self {
+        self.config = ConfigModel::from_schema(schemars::schema_for!(C));
+        self
+    }
+
+    /// In-connection: a replyer calling `f` for each request; its result is the reply.
+    pub fn replyer<A, R, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        A: DeserializeOwned + JsonSchema + Send + 'static,
+        R: Serialize + JsonSchema + Send + 'static,
+        F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
+    {
+        let make = request_handler(f);
+        self.push(
+            name,
+            ConnectionKind::Replyer,
+            schemars::schema_for!(A),
+            Some(schemars::schema_for!(R)),
+            Some(Handler::Request(make)),
+        )
+    }
+
+    /// In-connection: a subscriber calling `f` for each message, in arrival order.
+    pub fn subscriber<A, F, Fut>(self, name: &str, topic: &str, f: F) -> Self
+    where
+        A: DeserializeOwned + JsonSchema + Send + 'static,
+        F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+    {
+        let def = self.push(
+            name,
+            ConnectionKind::Subscriber,
+            schemars::schema_for!(A),
+            None,
+            Some(Handler::Message(message_handler(f))),
+        );
+        def.option(name, "topic", topic)
+    }
+
+    /// In-connection: a puller calling `f` for each pushed message.
+    pub fn puller<A, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        A: DeserializeOwned + JsonSchema + Send + 'static,
+        F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+    {
+        self.push(
+            name,
+            ConnectionKind::Puller,
+            schemars::schema_for!(A),
+            None,
+            Some(Handler::Message(message_handler(f))),
+        )
+    }
+
+    /// Out-connection: a requester sending `A` and expecting `R`.
+    pub fn requester<A: JsonSchema, R: JsonSchema>(self, name: &str) -> Self {
+        self.push(
+            name,
+            ConnectionKind::Requester,
+            schemars::schema_for!(A),
+            Some(schemars::schema_for!(R)),
+            None,
+        )
+    }
+
+    /// Out-connection: a publisher of `A` under `topic` (empty: none).
+    pub fn publisher<A: JsonSchema>(self, name: &str, topic: &str) -> Self {
+        self.push(
+            name,
+            ConnectionKind::Publisher,
+            schemars::schema_for!(A),
+            None,
+            None,
+        )
+        .option(name, "topic", topic)
+    }
+
+    /// Out-connection: a pusher of `A`.
+    pub fn pusher<A: JsonSchema>(self, name: &str) -> Self {
+        self.push(
+            name,
+            ConnectionKind::Pusher,
+            schemars::schema_for!(A),
+            None,
+            None,
+        )
+    }
+
+    /// Out-connection: an external target, a local async fn called with validated args.
+    pub fn external_target<A, R, F, Fut>(self, name: &str, f: F) -> Self
+    where
+        A: DeserializeOwned + JsonSchema + Send + 'static,
+        R: Serialize + JsonSchema + Send + 'static,
+        F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
+    {
+        let make = request_handler(f);
+        self.push(
+            name,
+            ConnectionKind::ExternalTarget,
+            schemars::schema_for!(A),
+            Some(schemars::schema_for!(R)),
+            Some(Handler::Request(make)),
+        )
+    }
+
+    /// Sets a creation argument of connection `conn` (e.g. `is_x_pub`, `timeout_s`).
+    pub fn option(mut self, conn: &str, key: &str, value: impl Into<Value>) -> Self {
+        if let Some(c) = self.connections.get_mut(conn) {
+            c.creation.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+
+    fn push(
+        mut self,
+        name: &str,
+        kind: ConnectionKind,
+        args: Schema,
+        ret: Option<Schema>,
+        handler: Option<Handler>,
+    ) -> Self {
+        let model = ConnectionModel {
+            name: name.to_owned(),
+            kind,
+            creation: Map::new(),
+            args_schema: args,
+            return_schema: ret,
+            handler,
+        };
+        if kind.is_inbound() {
+            self.connections.inbound.push(model);
+        } else {
+            self.connections.outbound.push(model);
+        }
+        self
+    }
+
+    /// `main`: makes this a leading-edge service in main mode (`-m`). Inbound connections
+    /// keep being served while it runs; the service stops when it returns.
+    pub fn main<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+    {
+        self.main = Some(boxed(f));
+        self
+    }
+
+    /// Hook: adjusts the merged config before it is validated; its return replaces it.
+    pub fn setup_config<F>(mut self, f: F) -> Self
+    where
+        F: FnOnce(Map<String, Value>) -> Result<Map<String, Value>, ServiceError> + Send + 'static,
+    {
+        self.hooks.setup_config = Some(Box::new(f));
+        self
+    }
+
+    /// Hook: adjusts the addresses (given the validated config).
+    pub fn setup_addresses<F>(mut self, f: F) -> Self
+    where
+        F: FnOnce(AddressesFile, &Map<String, Value>) -> Result<AddressesFile, ServiceError>
+            + Send
+            + 'static,
+    {
+        self.hooks.setup_addresses = Some(Box::new(f));
+        self
+    }
+
+    /// Hook: adjusts connection models (creation arguments) before the sockets are built.
+    pub fn setup_connection_models<F>(mut self, f: F) -> Self
+    where
+        F: FnOnce(&mut ConnectionModels, &Map<String, Value>) -> Result<(), ServiceError>
+            + Send
+            + 'static,
+    {
+        self.hooks.setup_connection_models = Some(Box::new(f));
+        self
+    }
+
+    /// Hook: runs once the connections are up, before `main` or the service loop.
+    pub fn init_function<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+    {
+        self.hooks.init_function = Some(boxed(f));
+        self
+    }
+
+    /// Hook: runs on SIGINT, before the graceful stop.
+    pub fn sigint_handler<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+    {
+        self.hooks.sigint_handler = Some(boxed(f));
+        self
+    }
+
+    /// Hook: runs on SIGTERM, before the graceful stop.
+    pub fn sigterm_handler<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+    {
+        self.hooks.sigterm_handler = Some(boxed(f));
+        self
+    }
+
+    /// The models as JSON: config schema, every connection with its kind, creation
+    /// arguments, args and return schemas. What `describe` prints.
+    pub fn describe(&self) -> Value {
+        let side = |conns: &[ConnectionModel]| -> Value {
+            let mut m = Map::new();
+            for c in conns {
+                m.insert(
+                    c.name.clone(),
+                    json!({
+                        "connection_type": c.kind,
+                        "address_key": c.kind.address_key(),
+                        "creation_arguments": c.creation,
+                        "args": c.args_schema,
+                        "return_args": c.return_schema,
+                    }),
+                );
+            }
+            Value::Object(m)
+        };
+        json!({
+            "name": self.name,
+            "description": self.description,
+            "main_mode": self.main.is_some(),
+            "config": self.config.schema(),
+            "connections": {"in": side(&self.connections.inbound), "out": side(&self.connections.outbound)},
+        })
+    }
+}
+
+fn request_handler<A, R, F, Fut>(f: F) -> MakeRequestHandler
+where
+    A: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+    F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |base: Ctx| {
+        let f = f.clone();
+        sf_connections::typed(move |args: A, meta: RequestMeta| {
+            let ctx = base.for_message(meta.workflow_id);
+            let span = tracing::info_span!("workflow", id = %ctx.workflow_id());
+            let fut = f(args, ctx);
+            async move { fut.instrument(span).await.map_err(WireError::from) }
+        })
+    })
+}
+
+fn message_handler<A, F, Fut>(f: F) -> MessageHandler
+where
+    A: DeserializeOwned + Send + 'static,
+    F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    Arc::new(move |body: Bytes, base: Ctx| {
+        let f = f.clone();
+        Box::pin(async move {
+            let msg: Request<A> = wire::decode(&body).map_err(|e| {
+                let (_, err) = sf_connections::handler::decode_failure(&body, e.to_string());
+                ServiceError::with_code(err.code, err.message)
+            })?;
+            let ctx = base.for_message(msg.workflow_id);
+            let span = tracing::info_span!("workflow", id = %ctx.workflow_id());
+            f(msg.args, ctx).instrument(span).await
+        })
+    })
+}

@@ -1,0 +1,487 @@
+//! The lifecycle: hooks in the original's order, sockets, main mode or the service loop,
+//! signals and the graceful stop.
+//!
+//! Order (the original's `entrance_point`): `setup_config` -> validate config ->
+//! `setup_addresses` -> `setup_connection_models` -> build connections (out first, so
+//! handlers can send from their first message) -> signal handlers -> `init_function` ->
+//! `main` (main mode, inbound connections still served) or the service loop until a signal.
+//!
+//! Stopping: the user's `sigint_handler` / `sigterm_handler` runs first, then inbound
+//! connections stop taking work, in-flight handlers finish within the drain deadline,
+//! publishers and pushers get their linger to flush, and [`run`] returns `Ok` (exit code 0).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sf_connections::{
+    Address, CreditOptions, PipelineOptions, Publisher, PublisherOptions, Puller, Pusher, Replyer,
+    ReplyerOptions, Requester, RequesterOptions, Subscriber, SubscriberOptions,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::addresses::{binds, AddressesFile};
+use crate::context::{Ctx, Outbound, Shared};
+use crate::error::{Error, Result, ServiceError};
+use crate::model::{ConnectionKind, ConnectionModel, CtxHook, Handler, MessageHandler, ServiceDef};
+
+/// Why the service is stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// SIGINT (Ctrl-C).
+    Sigint,
+    /// SIGTERM.
+    Sigterm,
+    /// `stop()` on a handle, or `ctx.request_stop()`.
+    Requested,
+}
+
+/// Everything [`run`] needs besides the definition.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The merged config (file, environment, CLI extras), not yet validated.
+    pub config: Map<String, Value>,
+    /// Names the config's origin in error messages (e.g. the file path).
+    pub config_origin: String,
+    /// The addresses.
+    pub addresses: AddressesFile,
+    /// Names the addresses' origin in error messages.
+    pub addresses_origin: String,
+    /// Run `main` (the `-m` flag).
+    pub main_mode: bool,
+    /// How long in-flight handlers (and `main`, once told to stop) get to finish.
+    pub drain_timeout: Duration,
+    /// How long publishers and replies get to leave the sockets at the end.
+    pub linger: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            config: Map::new(),
+            config_origin: "config".into(),
+            addresses: AddressesFile::default(),
+            addresses_origin: "addresses".into(),
+            main_mode: false,
+            drain_timeout: Duration::from_secs(5),
+            linger: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What a started service reports once its sockets are up.
+#[derive(Debug, Clone, Default)]
+pub struct Ready {
+    /// `"in.<name>"` / `"out.<name>"` -> the endpoint bound or connected to.
+    pub endpoints: BTreeMap<String, String>,
+}
+
+impl Ready {
+    /// The endpoint of connection `name` on either side.
+    pub fn endpoint(&self, name: &str) -> Option<&str> {
+        self.endpoints
+            .get(&format!("in.{name}"))
+            .or_else(|| self.endpoints.get(&format!("out.{name}")))
+            .map(String::as_str)
+    }
+}
+
+/// Runs a service until `main` returns (main mode) or `stop` resolves, then stops it
+/// gracefully. `on_ready` is called once every socket is bound or connecting.
+pub async fn run(
+    mut def: ServiceDef,
+    options: RunOptions,
+    stop: impl Future<Output = StopReason> + Send,
+    on_ready: impl FnOnce(&Ready) + Send,
+) -> Result<()> {
+    // 1. config
+    let mut config = options.config.clone();
+    if let Some(hook) = def.hooks.setup_config.take() {
+        config = hook(config).map_err(|error| Error::Hook {
+            hook: "setup_config",
+            error,
+        })?;
+    }
+    def.config.validate(&config, &options.config_origin)?;
+
+    // 2. addresses
+    let mut addresses = options.addresses.clone();
+    if let Some(hook) = def.hooks.setup_addresses.take() {
+        addresses = hook(addresses, &config).map_err(|error| Error::Hook {
+            hook: "setup_addresses",
+            error,
+        })?;
+    }
+
+    // 3. connection models
+    if let Some(hook) = def.hooks.setup_connection_models.take() {
+        hook(&mut def.connections, &config).map_err(|error| Error::Hook {
+            hook: "setup_connection_models",
+            error,
+        })?;
+    }
+    for m in def.connections.all() {
+        check_creation(m)?;
+    }
+    addresses.validate(&def.connections, &options.addresses_origin)?;
+    if options.main_mode && def.main.is_none() {
+        return Err(Error::Definition(format!(
+            "service {:?} has no main, so it cannot run in main mode (-m)",
+            def.name
+        )));
+    }
+
+    // 4. out-connections, then the shared context
+    let mut ready = Ready::default();
+    let mut outbound = HashMap::new();
+    let mut externals = Vec::new();
+    for m in &def.connections.outbound {
+        let built = match m.kind {
+            ConnectionKind::ExternalTarget => {
+                externals.push(m.clone());
+                continue;
+            }
+            _ => build_outbound(m, &addresses, &options.addresses_origin).await?,
+        };
+        ready
+            .endpoints
+            .insert(format!("out.{}", m.name), endpoint_of(&built));
+        outbound.insert(m.name.clone(), built);
+    }
+    let stop_token = CancellationToken::new();
+    // External targets call back into the context, so they are built from it.
+    let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+        for m in &externals {
+            if let Some(Handler::Request(make)) = &m.handler {
+                let target = crate::context::external_target(&m.name, make.clone(), weak.clone());
+                outbound.insert(m.name.clone(), Outbound::External(target));
+            }
+        }
+        Shared {
+            service: def.name.clone(),
+            config,
+            typed_config: Mutex::default(),
+            outbound,
+            stop: stop_token.clone(),
+        }
+    });
+    let ctx = Ctx::new(shared.clone());
+
+    // 5. in-connections
+    let tracker = TaskTracker::new();
+    let mut replyers = Vec::new();
+    for m in &def.connections.inbound {
+        let address = addresses.address_for(m, &options.addresses_origin)?;
+        let conn_err = |source| Error::Connection {
+            name: m.name.clone(),
+            source,
+        };
+        match (&m.kind, &m.handler) {
+            (ConnectionKind::Replyer, Some(Handler::Request(make))) => {
+                let mut opts = ReplyerOptions {
+                    drain_timeout: options.drain_timeout,
+                    linger: options.linger,
+                    ..Default::default()
+                };
+                if let Some(v) = m.creation_u64("max_message_bytes") {
+                    opts.max_message_bytes = v as usize;
+                }
+                if let Some(v) = m.creation_u64("max_concurrency") {
+                    opts.max_concurrency = v as usize;
+                }
+                let r = Replyer::bind(&address, make(ctx.clone()), opts)
+                    .await
+                    .map_err(conn_err)?;
+                ready
+                    .endpoints
+                    .insert(format!("in.{}", m.name), r.endpoint().to_owned());
+                tracing::info!(connection = %m.name, endpoint = r.endpoint(), "replyer serving");
+                replyers.push(r);
+            }
+            (ConnectionKind::Subscriber, Some(Handler::Message(h))) => {
+                let mut opts = SubscriberOptions {
+                    topic: m.creation_str("topic"),
+                    is_binder: m.creation_bool("is_binder"),
+                    ..Default::default()
+                };
+                opts.credit_window = m.creation_u64("credit_window");
+                if let Some(v) = m.creation_u64("max_message_bytes") {
+                    opts.max_message_bytes = v as usize;
+                }
+                let sub = Subscriber::start(&address, opts).await.map_err(conn_err)?;
+                ready
+                    .endpoints
+                    .insert(format!("in.{}", m.name), sub.endpoint().to_owned());
+                tracker.spawn(consume_subscriber(
+                    m.name.clone(),
+                    sub,
+                    h.clone(),
+                    ctx.clone(),
+                    stop_token.clone(),
+                ));
+            }
+            (ConnectionKind::Puller, Some(Handler::Message(h))) => {
+                let mut opts = PipelineOptions {
+                    is_binder: m.creation_bool("is_binder"),
+                    ..Default::default()
+                };
+                if let Some(v) = m.creation_u64("max_message_bytes") {
+                    opts.max_message_bytes = v as usize;
+                }
+                let puller = Puller::start(&address, opts).await.map_err(conn_err)?;
+                ready
+                    .endpoints
+                    .insert(format!("in.{}", m.name), puller.endpoint().to_owned());
+                tracker.spawn(consume_puller(
+                    m.name.clone(),
+                    puller,
+                    h.clone(),
+                    ctx.clone(),
+                    stop_token.clone(),
+                ));
+            }
+            _ => {
+                return Err(Error::Definition(format!(
+                    "in-connection {:?} has no handler",
+                    m.name
+                )))
+            }
+        }
+    }
+    on_ready(&ready);
+
+    // 6. init_function, then main or the service loop
+    let outcome = drive(&def, &options, &ctx, stop, &stop_token).await;
+
+    // 7. graceful stop
+    stop_token.cancel();
+    for r in replyers {
+        r.shutdown().await;
+    }
+    tracker.close();
+    if tokio::time::timeout(options.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "in-flight messages did not finish within {:?}",
+            options.drain_timeout
+        );
+    }
+    let mut flushes = Vec::new();
+    for conn in shared.outbound.values() {
+        if let Outbound::Publisher(p) = conn {
+            flushes.push(p.clone());
+        }
+    }
+    for p in &flushes {
+        p.shutdown(Duration::ZERO).await;
+    }
+    if !flushes.is_empty()
+        || shared
+            .outbound
+            .values()
+            .any(|o| matches!(o, Outbound::Pusher(_)))
+    {
+        // The socket library flushes in background tasks and has no linger option.
+        tokio::time::sleep(options.linger).await;
+    }
+    tracing::info!(service = %def.name, "stopped");
+    outcome
+}
+
+async fn drive(
+    def: &ServiceDef,
+    options: &RunOptions,
+    ctx: &Ctx,
+    stop: impl Future<Output = StopReason> + Send,
+    stop_token: &CancellationToken,
+) -> Result<()> {
+    tokio::pin!(stop);
+    let stopped = async {
+        tokio::select! {
+            r = &mut stop => r,
+            _ = stop_token.cancelled() => StopReason::Requested,
+        }
+    };
+    if let Some(init) = &def.hooks.init_function {
+        init(ctx.clone()).await.map_err(|error| Error::Hook {
+            hook: "init_function",
+            error,
+        })?;
+    }
+    if options.main_mode {
+        let main = def.main.clone().expect("checked before start");
+        let main_fut = main(ctx.clone());
+        tokio::pin!(main_fut);
+        tokio::select! {
+            r = &mut main_fut => return r.map_err(|error| Error::Hook { hook: "main", error }),
+            reason = stopped => {
+                on_signal(def, ctx, reason, options.drain_timeout).await;
+                stop_token.cancel();
+                // main sees ctx.is_stopping(); give it the drain deadline to wind down.
+                match tokio::time::timeout(options.drain_timeout, main_fut).await {
+                    Ok(r) => return r.map_err(|error| Error::Hook { hook: "main", error }),
+                    Err(_) => {
+                        tracing::warn!("main did not finish within {:?} of the stop; abandoning it", options.drain_timeout);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    let reason = stopped.await;
+    on_signal(def, ctx, reason, options.drain_timeout).await;
+    Ok(())
+}
+
+async fn on_signal(def: &ServiceDef, ctx: &Ctx, reason: StopReason, deadline: Duration) {
+    tracing::info!(?reason, "stopping");
+    let hook: Option<&CtxHook> = match reason {
+        StopReason::Sigint => def.hooks.sigint_handler.as_ref(),
+        StopReason::Sigterm => def.hooks.sigterm_handler.as_ref(),
+        StopReason::Requested => None,
+    };
+    if let Some(hook) = hook {
+        match tokio::time::timeout(deadline, hook(ctx.clone())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("signal handler failed: {e}"),
+            Err(_) => tracing::error!("signal handler did not finish within {deadline:?}"),
+        }
+    }
+}
+
+fn check_creation(m: &ConnectionModel) -> Result<()> {
+    let allowed = m.kind.creation_keys();
+    for key in m.creation.keys() {
+        if !allowed.contains(&key.as_str()) {
+            return Err(Error::Definition(format!(
+                "connection {:?} ({}): unknown creation argument {key:?} (allowed: {})",
+                m.name,
+                m.kind.name(),
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn endpoint_of(o: &Outbound) -> String {
+    match o {
+        Outbound::Requester(r) => r.endpoint().to_owned(),
+        Outbound::Publisher(p) => p.endpoint().to_owned(),
+        Outbound::Pusher(p) => p.endpoint().to_owned(),
+        Outbound::External(t) => format!("local:{}", t.name()),
+    }
+}
+
+async fn build_outbound(
+    m: &ConnectionModel,
+    addresses: &AddressesFile,
+    origin: &str,
+) -> Result<Outbound> {
+    let address: Address = addresses.address_for(m, origin)?;
+    let conn_err = |source| Error::Connection {
+        name: m.name.clone(),
+        source,
+    };
+    Ok(match m.kind {
+        ConnectionKind::Requester => {
+            let mut opts = RequesterOptions::default();
+            if let Some(t) = m.creation_f64("timeout_s") {
+                opts.timeout = Duration::from_secs_f64(t.max(0.001));
+            }
+            if let Some(r) = m.creation_u64("retries") {
+                opts.retries = r as u32;
+            }
+            if let Some(v) = m.creation_u64("max_message_bytes") {
+                opts.max_message_bytes = v as usize;
+            }
+            Outbound::Requester(Requester::connect(&address, opts).map_err(conn_err)?)
+        }
+        ConnectionKind::Publisher => {
+            let credit = m.creation_u64("credit_window").map(|window| CreditOptions {
+                window,
+                stall_timeout: m.creation_f64("credit_stall_timeout_s").map_or(
+                    CreditOptions::default().stall_timeout,
+                    Duration::from_secs_f64,
+                ),
+            });
+            let opts = PublisherOptions {
+                topic: m.creation_str("topic"),
+                is_x_pub: !binds(m),
+                credit,
+            };
+            let p = Publisher::start(&address, opts).await.map_err(conn_err)?;
+            if let Some(wait) = m.creation_f64("wait_after_creation_s") {
+                // The original's guard against slow joiners, honoured when asked for.
+                tokio::time::sleep(Duration::from_secs_f64(wait.clamp(0.0, 60.0))).await;
+            }
+            Outbound::Publisher(p)
+        }
+        ConnectionKind::Pusher => {
+            let mut opts = PipelineOptions {
+                is_binder: binds(m),
+                ..Default::default()
+            };
+            if let Some(t) = m.creation_f64("send_timeout_s") {
+                opts.send_timeout = Duration::from_secs_f64(t.max(0.001));
+            }
+            Outbound::Pusher(Pusher::start(&address, opts).await.map_err(conn_err)?)
+        }
+        _ => {
+            return Err(Error::Definition(format!(
+                "{:?} is not an out-connection",
+                m.name
+            )))
+        }
+    })
+}
+
+async fn consume_subscriber(
+    name: String,
+    mut sub: Subscriber,
+    handler: MessageHandler,
+    ctx: Ctx,
+    stop: CancellationToken,
+) {
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            d = sub.next() => match d { Some(d) => d, None => return },
+        };
+        if let Err(e) = handler(delivery.body, ctx.clone()).await {
+            tracing::warn!(connection = %name, code = %e.code, "subscriber handler failed: {}", e.message);
+        }
+    }
+}
+
+async fn consume_puller(
+    name: String,
+    mut puller: Puller,
+    handler: MessageHandler,
+    ctx: Ctx,
+    stop: CancellationToken,
+) {
+    loop {
+        let body = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            d = puller.next_raw() => match d { Some(d) => d, None => return },
+        };
+        if let Err(e) = handler(body, ctx.clone()).await {
+            tracing::warn!(connection = %name, code = %e.code, "puller handler failed: {}", e.message);
+        }
+    }
+}
+
+/// Turns an error of a hook into one a handler would return (for symmetry in tests).
+impl From<Error> for ServiceError {
+    fn from(e: Error) -> Self {
+        ServiceError::new(e.to_string())
+    }
+}

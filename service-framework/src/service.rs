@@ -1,0 +1,233 @@
+//! Embedding: run a service from Rust code, in the background or blocking, several per
+//! process. Each background service gets its own thread and single-threaded runtime: the
+//! service is isolated from its host and its hot path stays on one thread, which on this
+//! hardware is several times faster than hopping between worker threads.
+
+use std::future::Future;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::addresses::AddressesFile;
+use crate::error::{Error, Result};
+use crate::model::ServiceDef;
+use crate::runtime::{run, Ready, RunOptions, StopReason};
+
+/// A service ready to run.
+#[derive(Debug)]
+pub struct Service {
+    def: ServiceDef,
+    options: RunOptions,
+    config_error: Option<String>,
+}
+
+impl Service {
+    /// Wraps a definition with an empty config and no addresses.
+    pub fn new(def: ServiceDef) -> Self {
+        Service {
+            def,
+            options: RunOptions::default(),
+            config_error: None,
+        }
+    }
+
+    /// The config (a flat JSON object).
+    pub fn config(mut self, config: Value) -> Self {
+        match config {
+            Value::Object(map) => self.options.config = map,
+            other => {
+                self.config_error = Some(format!("the config must be a JSON object, got {other}"))
+            }
+        }
+        self
+    }
+
+    /// The addresses.
+    pub fn addresses(mut self, addresses: AddressesFile) -> Self {
+        self.options.addresses = addresses;
+        self
+    }
+
+    /// All run options at once (origins for error messages, drain deadline, linger).
+    pub fn options(mut self, options: RunOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The deadline in-flight work gets when the service stops (default 5 s).
+    pub fn drain_timeout(mut self, deadline: Duration) -> Self {
+        self.options.drain_timeout = deadline;
+        self
+    }
+
+    /// Runs in the current async context until `stop` resolves (or `main` returns in main
+    /// mode); `on_ready` sees the bound endpoints.
+    pub async fn run(
+        self,
+        main_mode: bool,
+        stop: impl Future<Output = StopReason> + Send,
+        on_ready: impl FnOnce(&Ready) + Send,
+    ) -> Result<()> {
+        if let Some(e) = self.config_error {
+            return Err(Error::Config(e));
+        }
+        let mut options = self.options;
+        options.main_mode = main_mode;
+        run(self.def, options, stop, on_ready).await
+    }
+
+    /// Runs the service loop on a background thread.
+    pub fn run_in_background(self) -> ServiceHandle {
+        self.spawn(false)
+    }
+
+    /// Runs in main mode on a background thread; the handle finishes when `main` returns.
+    pub fn run_as_main_in_background(self) -> ServiceHandle {
+        self.spawn(true)
+    }
+
+    /// Runs the service loop on this thread until SIGINT or SIGTERM.
+    pub fn run_blocking(self) -> Result<()> {
+        self.block(false)
+    }
+
+    /// Runs in main mode on this thread until `main` returns (or a signal).
+    pub fn run_as_main_blocking(self) -> Result<()> {
+        self.block(true)
+    }
+
+    fn block(self, main_mode: bool) -> Result<()> {
+        let rt = runtime()?;
+        rt.block_on(self.run(main_mode, os_signals(), |_| {}))
+    }
+
+    fn spawn(self, main_mode: bool) -> ServiceHandle {
+        let stop = CancellationToken::new();
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        let token = stop.clone();
+        let name = self.def.name().to_owned();
+        let thread = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let rt = runtime()?;
+                let on_ready = {
+                    let tx = ready_tx.clone();
+                    move |r: &Ready| {
+                        let _ = tx.send(Ok(r.clone()));
+                    }
+                };
+                let stop_fut = async move {
+                    token.cancelled().await;
+                    StopReason::Requested
+                };
+                let result = rt.block_on(self.run(main_mode, stop_fut, on_ready));
+                if let Err(e) = &result {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                }
+                result
+            });
+        let thread =
+            thread.map_err(|e| Error::Other(format!("cannot start a thread for {name}: {e}")));
+        ServiceHandle {
+            name,
+            stop,
+            ready: ready_rx,
+            thread: Some(thread),
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Other(format!("cannot start the async runtime: {e}")))
+}
+
+/// SIGINT or SIGTERM, whichever comes first.
+pub async fn os_signals() -> StopReason {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => StopReason::Sigterm,
+            _ = int.recv() => StopReason::Sigint,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        StopReason::Sigint
+    }
+}
+
+/// A service running on a background thread.
+#[derive(Debug)]
+pub struct ServiceHandle {
+    name: String,
+    stop: CancellationToken,
+    ready: std_mpsc::Receiver<std::result::Result<Ready, String>>,
+    thread: Option<std::result::Result<std::thread::JoinHandle<Result<()>>, Error>>,
+}
+
+impl ServiceHandle {
+    /// Waits until the sockets are up and returns their endpoints, or the error that stopped
+    /// the service from starting.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<Ready> {
+        match self.ready.recv_timeout(timeout) {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(Error::Other(e)),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(Error::Other(format!(
+                "{} was not ready within {timeout:?}",
+                self.name
+            ))),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => Err(Error::Other(format!(
+                "{} stopped before it was ready",
+                self.name
+            ))),
+        }
+    }
+
+    /// True once the service has finished (main returned, stopped, or failed).
+    pub fn is_finished(&self) -> bool {
+        matches!(&self.thread, Some(Ok(t)) if t.is_finished())
+    }
+
+    /// Stops gracefully (in-flight work finishes within the drain deadline) and waits.
+    pub fn stop(mut self) -> Result<()> {
+        self.stop.cancel();
+        self.take_join()
+    }
+
+    /// Waits for the service to finish by itself (main mode).
+    pub fn join(mut self) -> Result<()> {
+        self.take_join()
+    }
+
+    fn take_join(&mut self) -> Result<()> {
+        match self.thread.take() {
+            Some(Ok(t)) => t
+                .join()
+                .map_err(|_| Error::Other(format!("{} panicked", self.name)))?,
+            Some(Err(e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServiceHandle {
+    fn drop(&mut self) {
+        // A dropped handle stops its service rather than leaking a thread that serves forever.
+        self.stop.cancel();
+        let _ = self.take_join();
+    }
+}
