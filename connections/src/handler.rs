@@ -105,7 +105,7 @@ where
     Arc::new(move |body: Bytes| {
         let f = f.clone();
         Box::pin(async move {
-            let request: Request<A> = match wire::decode(&body) {
+            let request: Request<A> = match wire::decode_with_path(&body) {
                 Ok(r) => r,
                 Err(e) => {
                     let (id, err) = decode_failure(&body, e.to_string());

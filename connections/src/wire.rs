@@ -515,6 +515,29 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     Ok(v)
 }
 
+/// Like [`decode`], but a failure names where in the value it happened (`args.to_echo:
+/// invalid type: integer `5`, expected a string`), which is what a caller needs to fix it.
+pub fn decode_with_path<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let mut rest = bytes;
+    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            Error::Codec(e.inner().to_string())
+        } else {
+            Error::Codec(format!("{path}: {}", e.inner()))
+        }
+    })?;
+    drop(de);
+    if !rest.is_empty() {
+        return Err(Error::Codec(format!(
+            "{} trailing bytes after the msgpack value",
+            rest.len()
+        )));
+    }
+    Ok(v)
+}
+
 /// The subscription prefix of a topic: the bytes of `msgpack(topic)`. Its length header makes
 /// a prefix match an exact topic match, which is the original's semantics.
 pub fn topic_prefix(topic: &str) -> Vec<u8> {

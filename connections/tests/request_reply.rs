@@ -94,7 +94,10 @@ async fn bad_requests_get_error_replies_and_the_replyer_keeps_serving() {
     match err {
         Error::Remote(e) => {
             assert_eq!(e.code, ErrorCode::InvalidArgs);
-            assert!(e.message.contains("invalid type"), "{}", e.message);
+            assert_eq!(
+                e.message,
+                "invalid args: args.to_echo: invalid type: integer `5`, expected a string"
+            );
         }
         other => panic!("expected a remote error, got {other:?}"),
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sf_connections::Address;
 
 use crate::error::{Error, Result};
-use crate::model::{ConnectionModel, ConnectionModels};
+use crate::model::{ConnectionModel, ConnectionModels, StateModel, StateModels};
 
 /// Addresses of one side: connection (or state) name -> socket name -> address.
 pub type SideAddresses = BTreeMap<String, BTreeMap<String, Address>>;
@@ -104,10 +104,57 @@ impl AddressesFile {
         })
     }
 
+    /// The addresses of state `model`: one per socket its kind needs, or an error naming the
+    /// missing entry.
+    pub fn state_addresses(&self, model: &StateModel, origin: &str) -> Result<Vec<Address>> {
+        let (side_name, side) = if model.kind.is_inbound() {
+            ("in", &self.states.inbound)
+        } else {
+            ("out", &self.states.outbound)
+        };
+        let keys = model.kind.address_keys();
+        let entry = side.get(&model.name).ok_or_else(|| {
+            Error::Addresses(format!(
+                "{origin}: states.{side_name}.{} is missing: the {} state {:?} needs {}",
+                model.name,
+                model.kind.name(),
+                model.name,
+                keys.iter()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ))
+        })?;
+        keys.iter()
+            .map(|k| {
+                entry.get(*k).cloned().ok_or_else(|| {
+                    Error::Addresses(format!(
+                        "{origin}: states.{side_name}.{} has no {k:?} address (found: {})",
+                        model.name,
+                        entry.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                })
+            })
+            .collect()
+    }
+
     /// Checks that every declared connection that needs an address has one, and that each
     /// address parses for its side; reports every problem at once.
-    pub fn validate(&self, models: &ConnectionModels, origin: &str) -> Result<()> {
+    pub fn validate(
+        &self,
+        models: &ConnectionModels,
+        states: &StateModels,
+        origin: &str,
+    ) -> Result<()> {
         let mut problems = Vec::new();
+        for s in states.all() {
+            if let Err(e) = self.state_addresses(s, origin) {
+                problems.push(match e {
+                    Error::Addresses(msg) => msg,
+                    other => other.to_string(),
+                });
+            }
+        }
         for m in models.all().filter(|m| m.kind.address_key().is_some()) {
             match self.address_for(m, origin) {
                 Ok(addr) => {

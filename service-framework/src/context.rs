@@ -23,8 +23,17 @@ pub(crate) enum Outbound {
     External(ExternalTarget),
 }
 
+/// An out-state as the context holds it.
+#[derive(Debug, Clone)]
+pub(crate) enum OutState {
+    Full(sf_states::FullUpdateOut),
+    Delta(sf_states::DeltaUpdateOut),
+}
+
 pub(crate) struct Shared {
     pub service: String,
+    pub states_in: HashMap<String, tokio::sync::watch::Receiver<sf_states::StateView>>,
+    pub states_out: HashMap<String, OutState>,
     pub config: Map<String, Value>,
     pub typed_config: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     pub outbound: HashMap<String, Outbound>,
@@ -137,6 +146,117 @@ impl Ctx {
                 names.join(", ")
             ))
         })
+    }
+
+    /// In-state `name` as a typed value (a consistent snapshot of it). Readable from every
+    /// handler, hook and `main`.
+    pub fn state<T: DeserializeOwned>(&self, name: &str) -> Result<T, ServiceError> {
+        let view = self.state_view(name)?;
+        sf_states::from_state_map(&view.state)
+            .map_err(|e| ServiceError::invalid_args(format!("state {name:?}: {e}")))
+    }
+
+    /// In-state `name` as its map and number.
+    pub fn state_view(&self, name: &str) -> Result<sf_states::StateView, ServiceError> {
+        Ok(self.state_watch(name)?.borrow().clone())
+    }
+
+    /// A receiver that wakes on every change of in-state `name`.
+    pub fn state_watch(
+        &self,
+        name: &str,
+    ) -> Result<tokio::sync::watch::Receiver<sf_states::StateView>, ServiceError> {
+        self.shared.states_in.get(name).cloned().ok_or_else(|| {
+            let mut names: Vec<_> = self.shared.states_in.keys().cloned().collect();
+            names.sort();
+            ServiceError::not_found(format!(
+                "no in-state named {name:?} (declared: {})",
+                names.join(", ")
+            ))
+        })
+    }
+
+    fn out_state(&self, name: &str) -> Result<&OutState, ServiceError> {
+        self.shared.states_out.get(name).ok_or_else(|| {
+            let mut names: Vec<_> = self.shared.states_out.keys().cloned().collect();
+            names.sort();
+            ServiceError::not_found(format!(
+                "no out-state named {name:?} (declared: {})",
+                names.join(", ")
+            ))
+        })
+    }
+
+    /// Updates out-state `name`: for a delta state, `changes` holds the changed top-level keys
+    /// (a null/nil value deletes the key); for a full state it is the whole new state.
+    /// Returns the new `current_num` (delta) or 0 (full).
+    pub async fn update_state<A: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        changes: &A,
+    ) -> Result<i64, ServiceError> {
+        let map = sf_states::to_state_map(changes)
+            .map_err(|e| ServiceError::invalid_args(format!("state {name:?}: {e}")))?;
+        let id = self.next_workflow_id();
+        match self.out_state(name)? {
+            OutState::Delta(d) => d
+                .delta(map, &id)
+                .await
+                .map_err(|e| ServiceError::new(e.to_string())),
+            OutState::Full(f) => f
+                .set(map, &id)
+                .await
+                .map(|_| 0)
+                .map_err(|e| ServiceError::new(e.to_string())),
+        }
+    }
+
+    /// Replaces out-state `name` whole (a snapshot for a delta state).
+    pub async fn snapshot_state<A: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        state: &A,
+    ) -> Result<i64, ServiceError> {
+        let map = sf_states::to_state_map(state)
+            .map_err(|e| ServiceError::invalid_args(format!("state {name:?}: {e}")))?;
+        let id = self.next_workflow_id();
+        match self.out_state(name)? {
+            OutState::Delta(d) => d
+                .snapshot(map, &id)
+                .await
+                .map_err(|e| ServiceError::new(e.to_string())),
+            OutState::Full(f) => f
+                .set(map, &id)
+                .await
+                .map(|_| 0)
+                .map_err(|e| ServiceError::new(e.to_string())),
+        }
+    }
+
+    /// The original's `to_send("state", name, args)`: for a delta state `args` is
+    /// `{"is_snapshot": bool, "state": {...}}` (a `current_num` given is ignored: the out
+    /// side owns the numbering); for a full state `args` is the whole state.
+    pub async fn send_state(&self, name: &str, args: &Value) -> Result<Value, ServiceError> {
+        match self.out_state(name)? {
+            OutState::Full(_) => self.update_state(name, args).await.map(|_| Value::Null),
+            OutState::Delta(_) => {
+                let snapshot = args
+                    .get("is_snapshot")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let state = args.get("state").ok_or_else(|| {
+                    ServiceError::invalid_args(format!(
+                        "state {name:?}: args need \"state\" (and \"is_snapshot\")"
+                    ))
+                })?;
+                let n = if snapshot {
+                    self.snapshot_state(name, state).await?
+                } else {
+                    self.update_state(name, state).await?
+                };
+                Ok(Value::from(n))
+            }
+        }
     }
 
     /// Sends a request on requester `conn` (or calls external target `conn`) and returns the

@@ -48,9 +48,15 @@ pub use addresses::AddressesFile;
 pub use context::Ctx;
 pub use error::{Error, Result, ServiceError};
 pub use logging::get_logger;
-pub use model::{ConnectionKind, ConnectionModel, ConnectionModels, ServiceDef};
+pub use model::{
+    ConnectionKind, ConnectionModel, ConnectionModels, ServiceDef, StateKind, StateModel,
+    StateModels,
+};
 pub use runtime::{Ready, RunOptions, StopReason};
 pub use service::{Service, ServiceHandle};
+pub use sf_states::StateView;
 
 /// Re-exported so services need not depend on them directly.
-pub use {schemars, serde, serde_json, sf_connections as connections, tracing};
+pub use {
+    schemars, serde, serde_json, sf_connections as connections, sf_states as states, tracing,
+};

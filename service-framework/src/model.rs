@@ -186,6 +186,111 @@ impl ConnectionModels {
     }
 }
 
+/// The kinds of state, with the original's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StateKind {
+    /// In: the last whole state a `full_update_out` published.
+    FullUpdateIn,
+    /// In: follows a `delta_update_out` (snapshot at start, deltas, resync after gaps).
+    DeltaUpdateIn,
+    /// Out: publishes the whole state on every change.
+    FullUpdateOut,
+    /// Out: publishes numbered snapshots and deltas, answers snapshot requests.
+    DeltaUpdateOut,
+}
+
+impl StateKind {
+    /// True for in-states.
+    pub fn is_inbound(self) -> bool {
+        matches!(self, StateKind::FullUpdateIn | StateKind::DeltaUpdateIn)
+    }
+
+    /// The socket names its addresses.json entry needs.
+    pub fn address_keys(self) -> &'static [&'static str] {
+        match self {
+            StateKind::FullUpdateIn => &["subscriber"],
+            StateKind::DeltaUpdateIn => &["subscriber", "requester"],
+            StateKind::FullUpdateOut => &["publisher"],
+            StateKind::DeltaUpdateOut => &["publisher", "replyer"],
+        }
+    }
+
+    /// Creation arguments it understands.
+    pub fn creation_keys(self) -> &'static [&'static str] {
+        if self.is_inbound() {
+            &["topic", "is_binder", "resync_timeout_s"]
+        } else {
+            &["topic", "is_x_pub", "wait_after_creation_s"]
+        }
+    }
+
+    /// The snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            StateKind::FullUpdateIn => "full_update_in",
+            StateKind::DeltaUpdateIn => "delta_update_in",
+            StateKind::FullUpdateOut => "full_update_out",
+            StateKind::DeltaUpdateOut => "delta_update_out",
+        }
+    }
+}
+
+/// Called with an in-state's new value (changes may be coalesced: the handler always sees
+/// the latest consistent state).
+pub(crate) type StateHandler =
+    Arc<dyn Fn(sf_states::StateView, Ctx) -> BoxFuture<Result<(), ServiceError>> + Send + Sync>;
+
+/// One declared state.
+#[derive(Clone)]
+pub struct StateModel {
+    /// Its name (the key in addresses.json `states`).
+    pub name: String,
+    /// Its kind.
+    pub kind: StateKind,
+    /// Creation arguments (`topic`, `is_x_pub`, `is_binder`, `resync_timeout_s`).
+    pub creation: Map<String, Value>,
+    /// JSON Schema of the state's value.
+    pub schema: Schema,
+    pub(crate) on_change: Option<StateHandler>,
+}
+
+impl std::fmt::Debug for StateModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateModel")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("creation", &self.creation)
+            .finish_non_exhaustive()
+    }
+}
+
+/// All declared states, by side.
+#[derive(Debug, Clone, Default)]
+pub struct StateModels {
+    /// In-states.
+    pub inbound: Vec<StateModel>,
+    /// Out-states.
+    pub outbound: Vec<StateModel>,
+}
+
+impl StateModels {
+    /// Looks a state up by name on either side.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut StateModel> {
+        self.inbound
+            .iter_mut()
+            .chain(self.outbound.iter_mut())
+            .find(|c| c.name == name)
+    }
+
+    pub(crate) fn all(&self) -> impl Iterator<Item = &StateModel> {
+        self.inbound.iter().chain(self.outbound.iter())
+    }
+}
+
+type SetupStates =
+    Box<dyn FnOnce(&mut StateModels, &Map<String, Value>) -> Result<(), ServiceError> + Send>;
 type SetupConfig =
     Box<dyn FnOnce(Map<String, Value>) -> Result<Map<String, Value>, ServiceError> + Send>;
 type SetupAddresses = Box<
@@ -201,6 +306,7 @@ pub(crate) struct Hooks {
     pub setup_config: Option<SetupConfig>,
     pub setup_addresses: Option<SetupAddresses>,
     pub setup_connection_models: Option<SetupConnections>,
+    pub setup_state_models: Option<SetupStates>,
     pub init_function: Option<CtxHook>,
     pub sigint_handler: Option<CtxHook>,
     pub sigterm_handler: Option<CtxHook>,
@@ -212,6 +318,7 @@ pub struct ServiceDef {
     pub(crate) description: String,
     pub(crate) config: ConfigModel,
     pub(crate) connections: ConnectionModels,
+    pub(crate) states: StateModels,
     pub(crate) hooks: Hooks,
     pub(crate) main: Option<CtxHook>,
 }
@@ -241,6 +348,7 @@ impl ServiceDef {
             description: String::new(),
             config: ConfigModel::default(),
             connections: ConnectionModels::default(),
+            states: StateModels::default(),
             hooks: Hooks::default(),
             main: None,
         }
@@ -399,6 +507,88 @@ impl ServiceDef {
         self
     }
 
+    /// In-state fed by a `full_update_out`: `ctx.state::<T>(name)` reads it.
+    pub fn full_update_in<T: JsonSchema>(self, name: &str) -> Self {
+        self.push_state(name, StateKind::FullUpdateIn, schemars::schema_for!(T))
+    }
+
+    /// In-state following a `delta_update_out`: `ctx.state::<T>(name)` reads it.
+    pub fn delta_update_in<T: JsonSchema>(self, name: &str) -> Self {
+        self.push_state(name, StateKind::DeltaUpdateIn, schemars::schema_for!(T))
+    }
+
+    /// Out-state published whole: `ctx.update_state(name, &value)` replaces and publishes it.
+    pub fn full_update_out<T: JsonSchema>(self, name: &str) -> Self {
+        self.push_state(name, StateKind::FullUpdateOut, schemars::schema_for!(T))
+    }
+
+    /// Out-state published as numbered deltas: `ctx.update_state(name, &changes)` (nil deletes
+    /// a key) and `ctx.snapshot_state(name, &whole)`.
+    pub fn delta_update_out<T: JsonSchema>(self, name: &str) -> Self {
+        self.push_state(name, StateKind::DeltaUpdateOut, schemars::schema_for!(T))
+    }
+
+    /// Calls `f` with in-state `name`'s new value whenever it changes (changes may be
+    /// coalesced; `f` always sees the latest consistent state).
+    pub fn on_state_change<T, F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(T, Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
+    {
+        let f = Arc::new(f);
+        let state_name = name.to_owned();
+        let handler: StateHandler = Arc::new(move |view: sf_states::StateView, ctx: Ctx| {
+            let f = f.clone();
+            let state_name = state_name.clone();
+            Box::pin(async move {
+                let value: T = sf_states::from_state_map(&view.state).map_err(|e| {
+                    ServiceError::invalid_args(format!("state {state_name:?}: {e}"))
+                })?;
+                f(value, ctx).await
+            })
+        });
+        if let Some(s) = self.states.get_mut(name) {
+            s.on_change = Some(handler);
+        }
+        self
+    }
+
+    /// Sets a creation argument of state `state` (e.g. `topic`, `is_x_pub`).
+    pub fn state_option(mut self, state: &str, key: &str, value: impl Into<Value>) -> Self {
+        if let Some(s) = self.states.get_mut(state) {
+            s.creation.insert(key.to_owned(), value.into());
+        }
+        self
+    }
+
+    fn push_state(mut self, name: &str, kind: StateKind, schema: Schema) -> Self {
+        let model = StateModel {
+            name: name.to_owned(),
+            kind,
+            creation: Map::new(),
+            schema,
+            on_change: None,
+        };
+        if kind.is_inbound() {
+            self.states.inbound.push(model);
+        } else {
+            self.states.outbound.push(model);
+        }
+        self
+    }
+
+    /// Hook: adjusts state models (creation arguments) before the states are built.
+    pub fn setup_state_models<F>(mut self, f: F) -> Self
+    where
+        F: FnOnce(&mut StateModels, &Map<String, Value>) -> Result<(), ServiceError>
+            + Send
+            + 'static,
+    {
+        self.hooks.setup_state_models = Some(Box::new(f));
+        self
+    }
+
     /// `main`: makes this a leading-edge service in main mode (`-m`). Inbound connections
     /// keep being served while it runs; the service stops when it returns.
     pub fn main<F, Fut>(mut self, f: F) -> Self
@@ -490,12 +680,28 @@ impl ServiceDef {
             }
             Value::Object(m)
         };
+        let states = |list: &[StateModel]| -> Value {
+            let mut m = Map::new();
+            for s in list {
+                m.insert(
+                    s.name.clone(),
+                    json!({
+                        "state_type": s.kind,
+                        "address_keys": s.kind.address_keys(),
+                        "creation_arguments": s.creation,
+                        "state": s.schema,
+                    }),
+                );
+            }
+            Value::Object(m)
+        };
         json!({
             "name": self.name,
             "description": self.description,
             "main_mode": self.main.is_some(),
             "config": self.config.schema(),
             "connections": {"in": side(&self.connections.inbound), "out": side(&self.connections.outbound)},
+            "states": {"in": states(&self.states.inbound), "out": states(&self.states.outbound)},
         })
     }
 }
@@ -529,7 +735,7 @@ where
     Arc::new(move |body: Bytes, base: Ctx| {
         let f = f.clone();
         Box::pin(async move {
-            let msg: Request<A> = wire::decode(&body).map_err(|e| {
+            let msg: Request<A> = wire::decode_with_path(&body).map_err(|e| {
                 let (_, err) = sf_connections::handler::decode_failure(&body, e.to_string());
                 ServiceError::with_code(err.code, err.message)
             })?;

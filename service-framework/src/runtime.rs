@@ -24,9 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::addresses::{binds, AddressesFile};
-use crate::context::{Ctx, Outbound, Shared};
+use crate::context::{Ctx, OutState, Outbound, Shared};
 use crate::error::{Error, Result, ServiceError};
-use crate::model::{ConnectionKind, ConnectionModel, CtxHook, Handler, MessageHandler, ServiceDef};
+use crate::model::{
+    ConnectionKind, ConnectionModel, CtxHook, Handler, MessageHandler, ServiceDef, StateHandler,
+    StateKind,
+};
 
 /// Why the service is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,9 +127,18 @@ pub async fn run(
         })?;
     }
     for m in def.connections.all() {
-        check_creation(m)?;
+        check_creation(m.kind.creation_keys(), &m.creation, &m.name, m.kind.name())?;
     }
-    addresses.validate(&def.connections, &options.addresses_origin)?;
+    if let Some(hook) = def.hooks.setup_state_models.take() {
+        hook(&mut def.states, &config).map_err(|error| Error::Hook {
+            hook: "setup_state_models",
+            error,
+        })?;
+    }
+    for s in def.states.all() {
+        check_creation(s.kind.creation_keys(), &s.creation, &s.name, s.kind.name())?;
+    }
+    addresses.validate(&def.connections, &def.states, &options.addresses_origin)?;
     if options.main_mode && def.main.is_none() {
         return Err(Error::Definition(format!(
             "service {:?} has no main, so it cannot run in main mode (-m)",
@@ -151,6 +163,8 @@ pub async fn run(
             .insert(format!("out.{}", m.name), endpoint_of(&built));
         outbound.insert(m.name.clone(), built);
     }
+    // 5. states (after connections, as in the original)
+    let built = build_states(&def, &addresses, &options.addresses_origin, &mut ready).await?;
     let stop_token = CancellationToken::new();
     // External targets call back into the context, so they are built from it.
     let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
@@ -162,6 +176,8 @@ pub async fn run(
         }
         Shared {
             service: def.name.clone(),
+            states_in: built.watches,
+            states_out: built.outs,
             config,
             typed_config: Mutex::default(),
             outbound,
@@ -170,8 +186,19 @@ pub async fn run(
     });
     let ctx = Ctx::new(shared.clone());
 
-    // 5. in-connections
+    // 6. in-connections and in-state change handlers
     let tracker = TaskTracker::new();
+    for m in &def.states.inbound {
+        if let (Some(h), Some(rx)) = (&m.on_change, shared.states_in.get(&m.name)) {
+            tracker.spawn(watch_state(
+                m.name.clone(),
+                rx.clone(),
+                h.clone(),
+                ctx.clone(),
+                stop_token.clone(),
+            ));
+        }
+    }
     let mut replyers = Vec::new();
     for m in &def.connections.inbound {
         let address = addresses.address_for(m, &options.addresses_origin)?;
@@ -253,10 +280,10 @@ pub async fn run(
     }
     on_ready(&ready);
 
-    // 6. init_function, then main or the service loop
+    // 7. init_function, then main or the service loop
     let outcome = drive(&def, &options, &ctx, stop, &stop_token).await;
 
-    // 7. graceful stop
+    // 8. graceful stop
     stop_token.cancel();
     for r in replyers {
         r.shutdown().await;
@@ -280,6 +307,13 @@ pub async fn run(
     for p in &flushes {
         p.shutdown(Duration::ZERO).await;
     }
+    for st in shared.states_out.values() {
+        match st {
+            OutState::Full(f) => f.shutdown(Duration::ZERO).await,
+            OutState::Delta(d) => d.shutdown(Duration::ZERO).await,
+        }
+    }
+    drop(built.ins);
     if !flushes.is_empty()
         || shared
             .outbound
@@ -354,19 +388,137 @@ async fn on_signal(def: &ServiceDef, ctx: &Ctx, reason: StopReason, deadline: Du
     }
 }
 
-fn check_creation(m: &ConnectionModel) -> Result<()> {
-    let allowed = m.kind.creation_keys();
-    for key in m.creation.keys() {
+fn check_creation(
+    allowed: &[&str],
+    creation: &Map<String, Value>,
+    name: &str,
+    kind: &str,
+) -> Result<()> {
+    for key in creation.keys() {
         if !allowed.contains(&key.as_str()) {
             return Err(Error::Definition(format!(
-                "connection {:?} ({}): unknown creation argument {key:?} (allowed: {})",
-                m.name,
-                m.kind.name(),
+                "{kind} {name:?}: unknown creation argument {key:?} (allowed: {})",
                 allowed.join(", ")
             )));
         }
     }
     Ok(())
+}
+
+/// The states a running service holds: in-state objects (kept alive until the end), their
+/// views, and the out-states.
+struct BuiltStates {
+    ins: Vec<Box<dyn std::any::Any + Send>>,
+    watches: HashMap<String, tokio::sync::watch::Receiver<sf_states::StateView>>,
+    outs: HashMap<String, OutState>,
+}
+
+async fn build_states(
+    def: &ServiceDef,
+    addresses: &AddressesFile,
+    origin: &str,
+    ready: &mut Ready,
+) -> Result<BuiltStates> {
+    let mut built = BuiltStates {
+        ins: Vec::new(),
+        watches: HashMap::new(),
+        outs: HashMap::new(),
+    };
+    for m in def.states.all() {
+        let addrs = addresses.state_addresses(m, origin)?;
+        let opts = sf_states::StateOptions {
+            topic: m
+                .creation
+                .get("topic")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            is_x_pub: m
+                .creation
+                .get("is_x_pub")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            is_binder: m
+                .creation
+                .get("is_binder")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            resync_timeout: m
+                .creation
+                .get("resync_timeout_s")
+                .and_then(Value::as_f64)
+                .map(|s| Duration::from_secs_f64(s.max(0.001))),
+        };
+        let err = |e: sf_states::Error| Error::Other(format!("state {:?}: {e}", m.name));
+        match m.kind {
+            StateKind::FullUpdateIn => {
+                let s = sf_states::FullUpdateIn::start(&addrs[0], &opts)
+                    .await
+                    .map_err(err)?;
+                built.watches.insert(m.name.clone(), s.watch());
+                built.ins.push(Box::new(s));
+            }
+            StateKind::DeltaUpdateIn => {
+                let s = sf_states::DeltaUpdateIn::start(&addrs[0], &addrs[1], &opts)
+                    .await
+                    .map_err(err)?;
+                built.watches.insert(m.name.clone(), s.watch());
+                built.ins.push(Box::new(s));
+            }
+            StateKind::FullUpdateOut => {
+                let s = sf_states::FullUpdateOut::start(&addrs[0], &opts)
+                    .await
+                    .map_err(err)?;
+                ready.endpoints.insert(
+                    format!("state.out.{}.publisher", m.name),
+                    s.endpoint().to_owned(),
+                );
+                built.outs.insert(m.name.clone(), OutState::Full(s));
+            }
+            StateKind::DeltaUpdateOut => {
+                let s = sf_states::DeltaUpdateOut::start(&addrs[0], &addrs[1], &opts)
+                    .await
+                    .map_err(err)?;
+                ready.endpoints.insert(
+                    format!("state.out.{}.publisher", m.name),
+                    s.publisher_endpoint().to_owned(),
+                );
+                ready.endpoints.insert(
+                    format!("state.out.{}.replyer", m.name),
+                    s.replyer_endpoint().to_owned(),
+                );
+                built.outs.insert(m.name.clone(), OutState::Delta(s));
+            }
+        }
+        if let Some(wait) = m
+            .creation
+            .get("wait_after_creation_s")
+            .and_then(Value::as_f64)
+        {
+            tokio::time::sleep(Duration::from_secs_f64(wait.clamp(0.0, 60.0))).await;
+        }
+    }
+    Ok(built)
+}
+
+async fn watch_state(
+    name: String,
+    mut rx: tokio::sync::watch::Receiver<sf_states::StateView>,
+    handler: StateHandler,
+    ctx: Ctx,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+        }
+        let view = rx.borrow_and_update().clone();
+        if let Err(e) = handler(view, ctx.clone()).await {
+            tracing::warn!(state = %name, "state change handler failed: {e}");
+        }
+    }
 }
 
 fn endpoint_of(o: &Outbound) -> String {

@@ -1,1 +1,716 @@
-//! States (to come).
+//! Full and delta state replication on top of `sf-connections`, wire-compatible with Python
+//! `service_framework` 0.0.18 and without its defects.
+//!
+//! # Layout
+//! - [`FullUpdateOut`] / [`FullUpdateIn`]: the out side publishes the whole state as `args`;
+//!   the in side replaces its copy and notifies.
+//! - [`DeltaUpdateOut`] / [`DeltaUpdateIn`]: the out side publishes
+//!   `{current_num, is_snapshot, state}` and answers snapshot requests on a replyer with
+//!   `{state, current_num}`; deltas are shallow (top-level keys, nil deletes a key).
+//!
+//! What differs from the original, on purpose:
+//! - the out side owns `current_num` and records it, so its snapshot replies carry the true
+//!   number (the original's always said 0, making every later delta look like a gap);
+//! - the in side asks for a snapshot as soon as it starts (a late joiner converges without
+//!   waiting for the next change), ignores old and duplicate numbers, and resyncs after a gap
+//!   with a bounded, retried request in its own task while newer deltas are buffered, so the
+//!   service loop never blocks;
+//! - deleting an absent key is not an error; a message that is not a valid state update is a
+//!   logged, counted rejection.
+//!
+//! Every in side exposes a consistent view ([`StateView`]: the map and its number, behind an
+//! `Arc`) through a `watch` channel, so readers never see a half-applied update and handlers
+//! can wait for changes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sf_connections::stats::{Counter, Stats};
+use sf_connections::wire::WorkflowId;
+use sf_connections::{
+    typed, Address, Delivery, Publisher, PublisherOptions, Replyer, ReplyerOptions, Requester,
+    RequesterOptions, Subscriber, SubscriberOptions, WireError,
+};
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio_util::sync::CancellationToken;
+
+pub use rmpv::Value;
+
+/// A state: top-level keys to msgpack values.
+pub type StateMap = BTreeMap<String, Value>;
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A socket could not be set up or used.
+    #[error(transparent)]
+    Connection(#[from] sf_connections::Error),
+}
+
+/// The crate's result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The args of a delta publish, as 0.0.18 sends them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeltaArgs {
+    /// Position in the out side's sequence.
+    pub current_num: i64,
+    /// True: `state` replaces everything. False: `state` holds changed keys (nil deletes).
+    pub is_snapshot: bool,
+    /// The snapshot or the changed keys.
+    pub state: StateMap,
+}
+
+/// The out side's answer to a snapshot request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotReply {
+    /// The whole state.
+    pub state: StateMap,
+    /// Its number.
+    pub current_num: i64,
+}
+
+/// A consistent view of an in-state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StateView {
+    /// The state.
+    pub state: Arc<StateMap>,
+    /// Its number (`-1` before anything arrived; full-update states count updates).
+    pub current_num: i64,
+}
+
+/// Applies a shallow delta: nil deletes (an absent key is fine), anything else sets.
+pub fn apply_delta(state: &mut StateMap, delta: &StateMap) {
+    for (k, v) in delta {
+        if v.is_nil() {
+            state.remove(k);
+        } else {
+            state.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Topic and bus settings shared by every state kind.
+#[derive(Debug, Clone, Default)]
+pub struct StateOptions {
+    /// Topic for the publishes (empty: none).
+    pub topic: String,
+    /// Out side: connect the publisher to a bus proxy instead of binding.
+    pub is_x_pub: bool,
+    /// In side: bind the subscriber instead of connecting.
+    pub is_binder: bool,
+    /// In side (delta): how long one snapshot request may take (default 2 s).
+    pub resync_timeout: Option<Duration>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Out sides
+// ---------------------------------------------------------------------------------------
+
+/// `full_update_out`: publishes the whole state on every change.
+#[derive(Debug, Clone)]
+pub struct FullUpdateOut {
+    publisher: Publisher,
+    state: Arc<Mutex<StateMap>>,
+}
+
+impl FullUpdateOut {
+    /// Binds (or connects, `is_x_pub`) the publisher.
+    pub async fn start(publisher: &Address, options: &StateOptions) -> Result<Self> {
+        let opts = PublisherOptions {
+            topic: options.topic.clone(),
+            is_x_pub: options.is_x_pub,
+            credit: None,
+        };
+        Ok(FullUpdateOut {
+            publisher: Publisher::start(publisher, opts).await?,
+            state: Arc::default(),
+        })
+    }
+
+    /// The publisher's endpoint.
+    pub fn endpoint(&self) -> &str {
+        self.publisher.endpoint()
+    }
+
+    /// Replaces the state and publishes it.
+    pub async fn set(&self, state: StateMap, workflow_id: &WorkflowId) -> Result<()> {
+        let mut guard = self.state.lock().await;
+        self.publisher.publish(&state, workflow_id).await?;
+        *guard = state;
+        Ok(())
+    }
+
+    /// The current state.
+    pub async fn current(&self) -> StateMap {
+        self.state.lock().await.clone()
+    }
+
+    /// Flushes and closes.
+    pub async fn shutdown(&self, linger: Duration) {
+        self.publisher.shutdown(linger).await;
+    }
+}
+
+/// `delta_update_out`: owns the sequence number, publishes snapshots and deltas, answers
+/// snapshot requests.
+#[derive(Debug, Clone)]
+pub struct DeltaUpdateOut {
+    publisher: Publisher,
+    inner: Arc<Mutex<(StateMap, i64)>>,
+    replyer: Arc<std::sync::Mutex<Option<Replyer>>>,
+    replyer_endpoint: String,
+}
+
+impl DeltaUpdateOut {
+    /// Binds the publisher (or connects it, `is_x_pub`) and the snapshot replyer.
+    pub async fn start(
+        publisher: &Address,
+        replyer: &Address,
+        options: &StateOptions,
+    ) -> Result<Self> {
+        let inner: Arc<Mutex<(StateMap, i64)>> = Arc::new(Mutex::new((StateMap::new(), 0)));
+        let for_replies = inner.clone();
+        // Any request gets the snapshot: the original's in side sends `{"args": {}}`.
+        let handler = typed(move |_args: Value, _meta| {
+            let inner = for_replies.clone();
+            async move {
+                let guard = inner.lock().await;
+                Ok::<_, WireError>(SnapshotReply {
+                    state: guard.0.clone(),
+                    current_num: guard.1,
+                })
+            }
+        });
+        let rep = Replyer::bind(replyer, handler, ReplyerOptions::default()).await?;
+        let replyer_endpoint = rep.endpoint().to_owned();
+        let opts = PublisherOptions {
+            topic: options.topic.clone(),
+            is_x_pub: options.is_x_pub,
+            credit: None,
+        };
+        let publisher = Publisher::start(publisher, opts).await?;
+        Ok(DeltaUpdateOut {
+            publisher,
+            inner,
+            replyer: Arc::new(std::sync::Mutex::new(Some(rep))),
+            replyer_endpoint,
+        })
+    }
+
+    /// The publisher's endpoint.
+    pub fn publisher_endpoint(&self) -> &str {
+        self.publisher.endpoint()
+    }
+
+    /// The snapshot replyer's endpoint.
+    pub fn replyer_endpoint(&self) -> &str {
+        &self.replyer_endpoint
+    }
+
+    /// Replaces the whole state; publishes it as a snapshot with the next number.
+    pub async fn snapshot(&self, state: StateMap, workflow_id: &WorkflowId) -> Result<i64> {
+        let mut guard = self.inner.lock().await;
+        guard.0 = state;
+        guard.1 += 1;
+        let args = DeltaArgs {
+            current_num: guard.1,
+            is_snapshot: true,
+            state: guard.0.clone(),
+        };
+        self.publisher.publish(&args, workflow_id).await?;
+        Ok(guard.1)
+    }
+
+    /// Applies a shallow delta (nil deletes); publishes it with the next number.
+    pub async fn delta(&self, delta: StateMap, workflow_id: &WorkflowId) -> Result<i64> {
+        let mut guard = self.inner.lock().await;
+        apply_delta(&mut guard.0, &delta);
+        guard.1 += 1;
+        let args = DeltaArgs {
+            current_num: guard.1,
+            is_snapshot: false,
+            state: delta,
+        };
+        self.publisher.publish(&args, workflow_id).await?;
+        Ok(guard.1)
+    }
+
+    /// Publishes the current state as a snapshot (same number: nothing changed), e.g. when
+    /// subscribers are known to have joined.
+    pub async fn publish_snapshot(&self, workflow_id: &WorkflowId) -> Result<i64> {
+        let guard = self.inner.lock().await;
+        let args = DeltaArgs {
+            current_num: guard.1,
+            is_snapshot: true,
+            state: guard.0.clone(),
+        };
+        self.publisher.publish(&args, workflow_id).await?;
+        Ok(guard.1)
+    }
+
+    /// The current state and number.
+    pub async fn current(&self) -> (StateMap, i64) {
+        self.inner.lock().await.clone()
+    }
+
+    /// Closes the replyer, flushes the publisher.
+    pub async fn shutdown(&self, linger: Duration) {
+        let rep = self.replyer.lock().expect("replyer lock").take();
+        if let Some(rep) = rep {
+            rep.shutdown().await;
+        }
+        self.publisher.shutdown(linger).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// In sides
+// ---------------------------------------------------------------------------------------
+
+/// `full_update_in`: keeps the last whole state published.
+#[derive(Debug)]
+pub struct FullUpdateIn {
+    view: watch::Receiver<StateView>,
+    stats: Arc<Stats>,
+    _stop: DropCancel,
+}
+
+#[derive(Debug)]
+struct DropCancel(CancellationToken);
+
+impl Drop for DropCancel {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl FullUpdateIn {
+    /// Subscribes to `subscriber`.
+    pub async fn start(subscriber: &Address, options: &StateOptions) -> Result<Self> {
+        let sub = Subscriber::start(
+            subscriber,
+            SubscriberOptions {
+                topic: options.topic.clone(),
+                is_binder: options.is_binder,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let (tx, view) = watch::channel(StateView {
+            state: Arc::default(),
+            current_num: -1,
+        });
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(full_in_loop(sub, tx, stats.clone(), stop.clone()));
+        Ok(FullUpdateIn {
+            view,
+            stats,
+            _stop: DropCancel(stop),
+        })
+    }
+
+    /// A receiver of the view: `borrow()` reads, `changed()` waits.
+    pub fn watch(&self) -> watch::Receiver<StateView> {
+        self.view.clone()
+    }
+
+    /// Counters (`received`, `malformed`).
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}
+
+async fn full_in_loop(
+    mut sub: Subscriber,
+    tx: watch::Sender<StateView>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let mut n = -1;
+    loop {
+        let d = tokio::select! {
+            _ = stop.cancelled() => return,
+            d = sub.next() => match d { Some(d) => d, None => return },
+        };
+        match d.args::<StateMap>() {
+            Ok(state) => {
+                stats.bump(Counter::Received);
+                n += 1;
+                tx.send_replace(StateView {
+                    state: Arc::new(state),
+                    current_num: n,
+                });
+            }
+            Err(e) => {
+                stats.bump(Counter::Malformed);
+                tracing::warn!("full_update_in rejected a message that is not a state map: {e}");
+            }
+        }
+    }
+}
+
+/// `delta_update_in`: follows a `delta_update_out`, resyncing by snapshot when needed.
+#[derive(Debug)]
+pub struct DeltaUpdateIn {
+    view: watch::Receiver<StateView>,
+    stats: Arc<Stats>,
+    _stop: DropCancel,
+}
+
+/// What a [`DeltaUpdateIn`] counts beyond the connection counters: `received` (updates
+/// applied), `duplicates` (old or repeated numbers ignored), `lost` (gaps seen), `retries`
+/// (snapshot requests), `malformed` (rejected messages).
+impl DeltaUpdateIn {
+    /// Subscribes to `subscriber` and asks `requester` (the out side's replyer) for a snapshot
+    /// at once.
+    pub async fn start(
+        subscriber: &Address,
+        requester: &Address,
+        options: &StateOptions,
+    ) -> Result<Self> {
+        let sub = Subscriber::start(
+            subscriber,
+            SubscriberOptions {
+                topic: options.topic.clone(),
+                is_binder: options.is_binder,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let timeout = options.resync_timeout.unwrap_or(Duration::from_secs(2));
+        let req = Requester::connect(
+            requester,
+            RequesterOptions {
+                timeout,
+                ..Default::default()
+            },
+        )?;
+        let (tx, view) = watch::channel(StateView {
+            state: Arc::default(),
+            current_num: -1,
+        });
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        let follower = Follower {
+            tx,
+            stats: stats.clone(),
+            buffered: VecDeque::new(),
+            state: StateMap::new(),
+            num: -1,
+        };
+        tokio::spawn(follower.run(sub, req, stop.clone()));
+        Ok(DeltaUpdateIn {
+            view,
+            stats,
+            _stop: DropCancel(stop),
+        })
+    }
+
+    /// A receiver of the view: `borrow()` reads, `changed()` waits.
+    pub fn watch(&self) -> watch::Receiver<StateView> {
+        self.view.clone()
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}
+
+/// Deltas kept while a snapshot is on its way (beyond this the oldest go: the snapshot
+/// covers them).
+const MAX_BUFFERED: usize = 100_000;
+
+struct Follower {
+    tx: watch::Sender<StateView>,
+    stats: Arc<Stats>,
+    buffered: VecDeque<DeltaArgs>,
+    state: StateMap,
+    num: i64,
+}
+
+impl Follower {
+    async fn run(mut self, mut sub: Subscriber, req: Requester, stop: CancellationToken) {
+        let (snap_tx, mut snap_rx) = mpsc::channel::<SnapshotReply>(1);
+        // Ask at once: a late joiner converges without waiting for the next change.
+        let mut resync = Some(spawn_resync(
+            req.clone(),
+            snap_tx.clone(),
+            self.stats.clone(),
+            stop.clone(),
+        ));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                snap = snap_rx.recv() => {
+                    resync = None;
+                    if let Some(snap) = snap {
+                        self.adopt(snap);
+                        if self.has_gap() {
+                            resync = Some(spawn_resync(req.clone(), snap_tx.clone(), self.stats.clone(), stop.clone()));
+                        }
+                    }
+                }
+                d = sub.next() => {
+                    let Some(d) = d else { return };
+                    let Some(args) = self.parse(&d) else { continue };
+                    if resync.is_some() {
+                        self.buffer(args);
+                        continue;
+                    }
+                    if !self.apply(args) {
+                        resync = Some(spawn_resync(req.clone(), snap_tx.clone(), self.stats.clone(), stop.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn parse(&self, d: &Delivery) -> Option<DeltaArgs> {
+        match d.args::<DeltaArgs>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                self.stats.bump(Counter::Malformed);
+                tracing::warn!("delta_update_in rejected a message that is not {{current_num, is_snapshot, state}}: {e}");
+                None
+            }
+        }
+    }
+
+    fn buffer(&mut self, args: DeltaArgs) {
+        if self.buffered.len() >= MAX_BUFFERED {
+            self.buffered.pop_front();
+        }
+        self.buffered.push_back(args);
+    }
+
+    /// Applies one update; false means a gap was found (the update is buffered).
+    fn apply(&mut self, args: DeltaArgs) -> bool {
+        if args.is_snapshot {
+            if args.current_num < self.num {
+                self.stats.bump(Counter::Duplicates);
+                return true;
+            }
+            self.state = args.state;
+            self.num = args.current_num;
+            self.publish();
+            return true;
+        }
+        if args.current_num <= self.num {
+            self.stats.bump(Counter::Duplicates);
+            return true;
+        }
+        if args.current_num != self.num + 1 {
+            self.stats.bump(Counter::Lost);
+            tracing::warn!(
+                expected = self.num + 1,
+                got = args.current_num,
+                "delta_update_in found a gap; resyncing by snapshot"
+            );
+            self.buffer(args);
+            return false;
+        }
+        apply_delta(&mut self.state, &args.state);
+        self.num = args.current_num;
+        self.stats.bump(Counter::Received);
+        self.publish();
+        true
+    }
+
+    fn adopt(&mut self, snap: SnapshotReply) {
+        if snap.current_num >= self.num {
+            self.state = snap.state;
+            self.num = snap.current_num;
+        }
+        // Replay what arrived meanwhile, in number order; stale ones are skipped.
+        let mut pending: Vec<DeltaArgs> = self.buffered.drain(..).collect();
+        pending.sort_by_key(|a| a.current_num);
+        let mut rest = Vec::new();
+        for a in pending {
+            if a.current_num <= self.num && !a.is_snapshot {
+                continue;
+            }
+            if a.is_snapshot || a.current_num == self.num + 1 {
+                if a.is_snapshot && a.current_num < self.num {
+                    continue;
+                }
+                if a.is_snapshot {
+                    self.state = a.state;
+                } else {
+                    apply_delta(&mut self.state, &a.state);
+                    self.stats.bump(Counter::Received);
+                }
+                self.num = a.current_num;
+            } else {
+                rest.push(a);
+            }
+        }
+        self.buffered = rest.into();
+        self.publish();
+    }
+
+    fn has_gap(&self) -> bool {
+        !self.buffered.is_empty()
+    }
+
+    fn publish(&self) {
+        self.tx.send_replace(StateView {
+            state: Arc::new(self.state.clone()),
+            current_num: self.num,
+        });
+    }
+}
+
+/// Requests a snapshot in its own task: bounded per attempt, retried with backoff until it
+/// succeeds or the state stops. The service loop never waits on it.
+fn spawn_resync(
+    req: Requester,
+    out: mpsc::Sender<SnapshotReply>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_millis(20);
+        let empty = StateMap::new();
+        loop {
+            stats.bump(Counter::Retries);
+            let got = tokio::select! {
+                _ = stop.cancelled() => return,
+                r = req.request::<_, SnapshotReply>(&empty, WorkflowId::None) => r,
+            };
+            match got {
+                Ok(snap) => {
+                    let _ = out.send(snap).await;
+                    return;
+                }
+                Err(e) => tracing::debug!("snapshot request failed, retrying: {e}"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pairs: &[(&str, Value)]) -> StateMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn deltas_set_and_delete_and_absent_delete_is_fine() {
+        let mut s = m(&[("a", Value::from(1)), ("b", Value::from(2))]);
+        apply_delta(
+            &mut s,
+            &m(&[
+                ("a", Value::Nil),
+                ("c", Value::from(3)),
+                ("zzz", Value::Nil),
+            ]),
+        );
+        assert_eq!(s, m(&[("b", Value::from(2)), ("c", Value::from(3))]));
+    }
+
+    fn follower() -> (Follower, watch::Receiver<StateView>) {
+        let (tx, rx) = watch::channel(StateView::default());
+        (
+            Follower {
+                tx,
+                stats: Arc::default(),
+                buffered: VecDeque::new(),
+                state: StateMap::new(),
+                num: -1,
+            },
+            rx,
+        )
+    }
+
+    fn delta(n: i64, snap: bool, pairs: &[(&str, Value)]) -> DeltaArgs {
+        DeltaArgs {
+            current_num: n,
+            is_snapshot: snap,
+            state: m(pairs),
+        }
+    }
+
+    #[test]
+    fn the_originals_scenarios() {
+        let (mut f, rx) = follower();
+        // Reset snapshot, full snapshot, deltas with deletes.
+        assert!(f.apply(delta(0, true, &[])));
+        assert!(f.apply(delta(
+            1,
+            true,
+            &[("x", Value::from(1)), ("y", Value::from(2))]
+        )));
+        assert!(f.apply(delta(2, false, &[("x", Value::Nil), ("z", Value::from(3))])));
+        assert_eq!(
+            *rx.borrow().state,
+            m(&[("y", Value::from(2)), ("z", Value::from(3))])
+        );
+        // Old number ignored, duplicate ignored (not a gap).
+        assert!(f.apply(delta(1, false, &[("y", Value::from(99))])));
+        assert!(f.apply(delta(2, false, &[("y", Value::from(99))])));
+        assert_eq!(f.stats.get(Counter::Duplicates), 2);
+        assert_eq!(rx.borrow().current_num, 2);
+        // A future number is a gap: buffered, then the snapshot plus replay converges.
+        assert!(!f.apply(delta(4, false, &[("w", Value::from(4))])));
+        f.buffer(delta(5, false, &[("z", Value::Nil)]));
+        f.adopt(SnapshotReply {
+            state: m(&[
+                ("y", Value::from(2)),
+                ("z", Value::from(3)),
+                ("v", Value::from(3)),
+            ]),
+            current_num: 3,
+        });
+        assert_eq!(rx.borrow().current_num, 5);
+        assert_eq!(
+            *rx.borrow().state,
+            m(&[
+                ("y", Value::from(2)),
+                ("v", Value::from(3)),
+                ("w", Value::from(4))
+            ])
+        );
+        assert!(!f.has_gap());
+    }
+
+    #[test]
+    fn a_stale_snapshot_reply_does_not_go_back() {
+        let (mut f, rx) = follower();
+        assert!(f.apply(delta(7, true, &[("a", Value::from(1))])));
+        f.adopt(SnapshotReply {
+            state: StateMap::new(),
+            current_num: 3,
+        });
+        assert_eq!(rx.borrow().current_num, 7);
+        assert_eq!(*rx.borrow().state, m(&[("a", Value::from(1))]));
+    }
+}
+
+/// Converts a typed value (a struct or map) into a state map.
+pub fn to_state_map<T: Serialize + ?Sized>(value: &T) -> Result<StateMap, String> {
+    let bytes = sf_connections::wire::encode(value).map_err(|e| e.to_string())?;
+    sf_connections::wire::decode::<StateMap>(&bytes)
+        .map_err(|_| "a state must be a map with string keys".to_owned())
+}
+
+/// Reads a state map as a typed value.
+pub fn from_state_map<T: serde::de::DeserializeOwned>(state: &StateMap) -> Result<T, String> {
+    let bytes = sf_connections::wire::encode(state).map_err(|e| e.to_string())?;
+    sf_connections::wire::decode_with_path::<T>(&bytes).map_err(|e| e.to_string())
+}

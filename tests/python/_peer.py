@@ -11,7 +11,6 @@ alarm as a last resort.
 
 import json
 import signal
-import sys
 import uuid
 from decimal import Decimal
 
@@ -19,7 +18,7 @@ import numpy
 import zmq
 from service_framework.connections.out.publisher import Publisher
 from service_framework.utils.connection_utils import get_connection
-from service_framework.utils.msgpack_utils import msg_pack, msg_unpack  # noqa: F401 (re-exported)
+from service_framework.utils.msgpack_utils import msg_unpack  # noqa: F401 (used by the peers)
 
 
 def start(max_seconds=20):
@@ -62,8 +61,3 @@ def set_timeout(socket, ms):
 def connection(side, model, addresses):
     """A real 0.0.18 connection (validated, runtime_setup done)."""
     return get_connection(model, side, addresses)
-
-
-def fail(message):
-    print(message, file=sys.stderr, flush=True)
-    sys.exit(1)
