@@ -448,6 +448,11 @@ async fn build_states(
                 .get("resync_timeout_s")
                 .and_then(Value::as_f64)
                 .map(|s| Duration::from_secs_f64(s.max(0.001))),
+            snapshot_interval: m
+                .creation
+                .get("snapshot_interval_s")
+                .and_then(Value::as_f64)
+                .map(|s| Duration::from_secs_f64(s.max(0.0))),
         };
         let err = |e: sf_states::Error| Error::Other(format!("state {:?}: {e}", m.name));
         match m.kind {

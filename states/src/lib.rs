@@ -104,6 +104,10 @@ pub struct StateOptions {
     pub is_binder: bool,
     /// In side (delta): how long one snapshot request may take (default 2 s).
     pub resync_timeout: Option<Duration>,
+    /// Out side (delta): re-publish the state as a snapshot this often when it changed since
+    /// the last one (default 1 s; `Some(Duration::ZERO)` turns it off). Without it, a lost
+    /// final delta would go unnoticed until the next change.
+    pub snapshot_interval: Option<Duration>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -193,12 +197,17 @@ impl DeltaUpdateOut {
             credit: None,
         };
         let publisher = Publisher::start(publisher, opts).await?;
-        Ok(DeltaUpdateOut {
+        let out = DeltaUpdateOut {
             publisher,
             inner,
             replyer: Arc::new(std::sync::Mutex::new(Some(rep))),
             replyer_endpoint,
-        })
+        };
+        let every = options.snapshot_interval.unwrap_or(Duration::from_secs(1));
+        if !every.is_zero() {
+            tokio::spawn(periodic_snapshots(out.clone(), every));
+        }
+        Ok(out)
     }
 
     /// The publisher's endpoint.
@@ -264,6 +273,24 @@ impl DeltaUpdateOut {
             rep.shutdown().await;
         }
         self.publisher.shutdown(linger).await;
+    }
+}
+
+/// Re-publishes the state as a snapshot when it changed since the last one, so a follower
+/// that lost the final delta still converges. Ends when the publisher is shut down.
+async fn periodic_snapshots(out: DeltaUpdateOut, every: Duration) {
+    let mut last = 0;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let n = out.inner.lock().await.1;
+        if n != last {
+            if out.publish_snapshot(&WorkflowId::None).await.is_err() {
+                return;
+            }
+            last = n;
+        }
     }
 }
 
@@ -402,6 +429,7 @@ impl DeltaUpdateIn {
             buffered: VecDeque::new(),
             state: StateMap::new(),
             num: -1,
+            source: None,
         };
         tokio::spawn(follower.run(sub, req, stop.clone()));
         Ok(DeltaUpdateIn {
@@ -432,6 +460,9 @@ struct Follower {
     buffered: VecDeque<DeltaArgs>,
     state: StateMap,
     num: i64,
+    /// The publisher instance followed (framework out sides only): a new one means the out
+    /// side restarted and its numbering started again.
+    source: Option<u64>,
 }
 
 impl Follower {
@@ -459,6 +490,24 @@ impl Follower {
                 d = sub.next() => {
                     let Some(d) = d else { return };
                     let Some(args) = self.parse(&d) else { continue };
+                    if let Some((_, pub_id)) = d.seq {
+                        if self.source.is_some_and(|s| s != pub_id) && !args.is_snapshot {
+                            // The out side restarted: its numbers mean nothing against ours.
+                            tracing::info!("delta_update_out restarted; resyncing by snapshot");
+                            self.num = -1;
+                            self.buffered.clear();
+                            self.source = Some(pub_id);
+                            self.buffer(args);
+                            if resync.is_none() {
+                                resync = Some(spawn_resync(req.clone(), snap_tx.clone(), self.stats.clone(), stop.clone()));
+                            }
+                            continue;
+                        }
+                        if self.source != Some(pub_id) && args.is_snapshot {
+                            self.num = -1;
+                        }
+                        self.source = Some(pub_id);
+                    }
                     if resync.is_some() {
                         self.buffer(args);
                         continue;
@@ -633,6 +682,7 @@ mod tests {
                 buffered: VecDeque::new(),
                 state: StateMap::new(),
                 num: -1,
+                source: None,
             },
             rx,
         )
