@@ -572,6 +572,8 @@ impl Follower {
     }
 
     fn adopt(&mut self, snap: SnapshotReply) {
+        // Kept only for a Python out side (see below); framework out sides number truly.
+        let python_state = self.source.is_none().then(|| snap.state.clone());
         if snap.current_num >= self.num {
             self.state = snap.state;
             self.num = snap.current_num;
@@ -598,6 +600,19 @@ impl Follower {
             } else {
                 rest.push(a);
             }
+        }
+        if !rest.is_empty() && self.source.is_none() {
+            // No framework pub_id seen: a Python 0.0.18 out side, whose snapshot replies always
+            // say 0. It updates its state before publishing, so a snapshot answered after a
+            // delta arrived already contains it: take the snapshot as current at the newest
+            // number seen instead of resyncing forever.
+            let newest = rest.iter().map(|a| a.current_num).max().unwrap_or(self.num);
+            tracing::debug!(newest, "snapshot number is behind the deltas of a Python out side; adopting it at {newest}");
+            self.num = newest.max(self.num);
+            if let Some(state) = python_state {
+                self.state = state;
+            }
+            rest.clear();
         }
         self.buffered = rest.into();
         self.publish();
@@ -737,6 +752,30 @@ mod tests {
             ])
         );
         assert!(!f.has_gap());
+    }
+
+    #[test]
+    fn a_python_out_side_whose_snapshots_say_zero_still_converges() {
+        let (mut f, rx) = follower();
+        assert!(f.apply(delta(1, true, &[("a", Value::from(1))])));
+        assert!(!f.apply(delta(3, false, &[("c", Value::from(3))])));
+        // 0.0.18's replyer answers with the right state but current_num 0.
+        f.adopt(SnapshotReply {
+            state: m(&[
+                ("a", Value::from(1)),
+                ("b", Value::from(2)),
+                ("c", Value::from(3)),
+            ]),
+            current_num: 0,
+        });
+        assert!(!f.has_gap(), "no endless resync");
+        assert_eq!(rx.borrow().current_num, 3);
+        assert_eq!(rx.borrow().state.len(), 3);
+        assert!(
+            f.apply(delta(4, false, &[("d", Value::from(4))])),
+            "follows on from there"
+        );
+        assert_eq!(rx.borrow().state.len(), 4);
     }
 
     #[test]
