@@ -663,6 +663,19 @@ fn spawn_resync(
     })
 }
 
+/// Converts a typed value (a struct or map) into a state map.
+pub fn to_state_map<T: Serialize + ?Sized>(value: &T) -> Result<StateMap, String> {
+    let bytes = sf_connections::wire::encode(value).map_err(|e| e.to_string())?;
+    sf_connections::wire::decode::<StateMap>(&bytes)
+        .map_err(|_| "a state must be a map with string keys".to_owned())
+}
+
+/// Reads a state map as a typed value.
+pub fn from_state_map<T: serde::de::DeserializeOwned>(state: &StateMap) -> Result<T, String> {
+    let bytes = sf_connections::wire::encode(state).map_err(|e| e.to_string())?;
+    sf_connections::wire::decode_with_path::<T>(&bytes).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -789,17 +802,4 @@ mod tests {
         assert_eq!(rx.borrow().current_num, 7);
         assert_eq!(*rx.borrow().state, m(&[("a", Value::from(1))]));
     }
-}
-
-/// Converts a typed value (a struct or map) into a state map.
-pub fn to_state_map<T: Serialize + ?Sized>(value: &T) -> Result<StateMap, String> {
-    let bytes = sf_connections::wire::encode(value).map_err(|e| e.to_string())?;
-    sf_connections::wire::decode::<StateMap>(&bytes)
-        .map_err(|_| "a state must be a map with string keys".to_owned())
-}
-
-/// Reads a state map as a typed value.
-pub fn from_state_map<T: serde::de::DeserializeOwned>(state: &StateMap) -> Result<T, String> {
-    let bytes = sf_connections::wire::encode(state).map_err(|e| e.to_string())?;
-    sf_connections::wire::decode_with_path::<T>(&bytes).map_err(|e| e.to_string())
 }
