@@ -1,3 +1,5 @@
 //! The example services, as definitions that the binaries run and the tests embed.
 
 pub mod echo;
+pub mod slow;
+pub mod state_mirror;

@@ -14,8 +14,10 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sf_connections::Address;
 
+use crate::config::kind;
 use crate::error::{Error, Result};
 use crate::model::{ConnectionModel, ConnectionModels, StateModel, StateModels};
 
@@ -58,18 +60,26 @@ impl AddressesFile {
         Self::parse(&text, &path.display().to_string())
     }
 
-    /// Parses JSON text; `origin` names it in errors.
+    /// Parses JSON text; `origin` names it in errors, with the key at fault and what was
+    /// expected there.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        serde_json::from_str(text).map_err(|e| {
-            Error::Addresses(format!(
-                "{origin} does not have the addresses shape {{\"connections\": {{\"in\": {{..}}, \"out\": {{..}}}}, \"states\": {{..}}}}: {e}"
-            ))
-        })
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Addresses(format!("{origin} is not valid JSON: {e}")))?;
+        Self::from_json(value, origin)
     }
 
     /// From a JSON value (for embedding).
-    pub fn from_value(value: serde_json::Value) -> Result<Self> {
-        serde_json::from_value(value).map_err(|e| Error::Addresses(format!("addresses: {e}")))
+    pub fn from_value(value: Value) -> Result<Self> {
+        Self::from_json(value, "addresses")
+    }
+
+    fn from_json(value: Value, origin: &str) -> Result<Self> {
+        check_shape(&value).map_err(|e| Error::Addresses(format!("{origin}: {e}")))?;
+        serde_json::from_value(value).map_err(|e| {
+            Error::Addresses(format!(
+                "{origin} does not have the addresses shape {SHAPE}: {e}"
+            ))
+        })
     }
 
     /// The address of `model`, or an error naming the missing entry.
@@ -99,7 +109,7 @@ impl AddressesFile {
                 "{origin}: connections.{}.{} has no {key:?} address (found: {})",
                 side.0,
                 model.name,
-                entry.keys().cloned().collect::<Vec<_>>().join(", ")
+                found_keys(entry)
             ))
         })
     }
@@ -131,7 +141,7 @@ impl AddressesFile {
                     Error::Addresses(format!(
                         "{origin}: states.{side_name}.{} has no {k:?} address (found: {})",
                         model.name,
-                        entry.keys().cloned().collect::<Vec<_>>().join(", ")
+                        found_keys(entry)
                     ))
                 })
             })
@@ -188,5 +198,83 @@ pub(crate) fn binds(m: &ConnectionModel) -> bool {
         Publisher => !m.creation_bool("is_x_pub"),
         Subscriber | Puller | Pusher => m.creation_bool("is_binder"),
         Requester | ExternalTarget => false,
+    }
+}
+
+const SHAPE: &str =
+    r#"{"connections": {"in": {..}, "out": {..}}, "states": {"in": {..}, "out": {..}}}"#;
+const ADDRESS: &str = r#""host:port", a tcp:// or ipc:// endpoint, or {"bind": .., "connect": ..}"#;
+
+fn found_keys<V>(entry: &BTreeMap<String, V>) -> String {
+    if entry.is_empty() {
+        "nothing".to_owned()
+    } else {
+        entry.keys().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Checks the file's shape before it is decoded, so that a mistake is reported with its key
+/// path (`connections.out.request.requester`) and what belongs there.
+fn check_shape(root: &Value) -> std::result::Result<(), String> {
+    let top = root
+        .as_object()
+        .ok_or_else(|| format!("must be a JSON object {SHAPE}, found {}", kind(root)))?;
+    for (section, sides) in top {
+        if section != "connections" && section != "states" {
+            return Err(format!(
+                "unknown key {section:?} (expected \"connections\" or \"states\")"
+            ));
+        }
+        let sides = sides.as_object().ok_or_else(|| {
+            format!(
+                "{section} must be an object {{\"in\": {{..}}, \"out\": {{..}}}}, found {}",
+                kind(sides)
+            )
+        })?;
+        for (side, entries) in sides {
+            if side != "in" && side != "out" {
+                return Err(format!(
+                    "{section}: unknown key {side:?} (expected \"in\" or \"out\")"
+                ));
+            }
+            let entries = entries.as_object().ok_or_else(|| {
+                format!(
+                    "{section}.{side} must be an object of names, found {}",
+                    kind(entries)
+                )
+            })?;
+            for (name, sockets) in entries {
+                let sockets = sockets.as_object().ok_or_else(|| {
+                    format!(
+                        "{section}.{side}.{name} must be an object like {{\"replyer\": \"host:port\"}}, found {}",
+                        kind(sockets)
+                    )
+                })?;
+                for (socket, address) in sockets {
+                    check_address(address).map_err(|found| {
+                        format!("{section}.{side}.{name}.{socket} must be {ADDRESS}, found {found}")
+                    })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_address(v: &Value) -> std::result::Result<(), String> {
+    match v {
+        Value::String(_) => Ok(()),
+        Value::Object(m) => {
+            for (k, part) in m {
+                if k != "bind" && k != "connect" {
+                    return Err(format!("an object with the unknown key {k:?}"));
+                }
+                if !part.is_string() && !part.is_null() {
+                    return Err(format!("{k:?}: {}", kind(part)));
+                }
+            }
+            Ok(())
+        }
+        other => Err(kind(other)),
     }
 }

@@ -15,6 +15,7 @@
 //!
 //! Multi-letter short flags (`-cl`) are the original's and are accepted as such.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -187,17 +188,26 @@ pub fn load_run_options(def: &ServiceDef, args: &CliArgs) -> Result<RunOptions> 
         Some(path) => read_config_file(path)?,
         None => Map::new(),
     };
-    let origin = args
-        .config
-        .as_ref()
-        .map_or("config".to_owned(), |p| p.display().to_string());
+    let origin = args.config.as_ref().map_or_else(
+        || "no config file given (-c)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    // Where each key not from the file came from, so that errors blame the right source.
+    let mut sources = BTreeMap::new();
+    let env = env_overrides(&def.config);
+    for (key, _) in &env {
+        sources.insert(
+            key.clone(),
+            format!("environment SF_CONFIG_{}", key.to_uppercase()),
+        );
+    }
+    def.config.apply_strings(&mut config, env, "environment")?;
+    let extras = pairs_from_extras(&args.extras)?;
+    for (key, _) in &extras {
+        sources.insert(key.clone(), format!("command line --{key}"));
+    }
     def.config
-        .apply_strings(&mut config, env_overrides(&def.config), "environment")?;
-    def.config.apply_strings(
-        &mut config,
-        pairs_from_extras(&args.extras)?,
-        "command line",
-    )?;
+        .apply_strings(&mut config, extras, "command line")?;
     let (addresses, addresses_origin) = match &args.addresses {
         Some(path) => (AddressesFile::read(path)?, path.display().to_string()),
         None => (
@@ -208,6 +218,7 @@ pub fn load_run_options(def: &ServiceDef, args: &CliArgs) -> Result<RunOptions> 
     Ok(RunOptions {
         config,
         config_origin: origin,
+        config_sources: sources,
         addresses,
         addresses_origin,
         main_mode: args.main_mode,
@@ -270,7 +281,12 @@ pub fn main(def: ServiceDef) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&Error::Other(e.to_string())),
     };
-    match rt.block_on(service.run(main_mode, os_signals(), |ready| {
+    // Installed before the sockets are bound: a signal during start-up stops gracefully.
+    let signals = {
+        let _in_runtime = rt.enter();
+        os_signals()
+    };
+    match rt.block_on(service.run(main_mode, signals, |ready| {
         for (name, ep) in &ready.endpoints {
             tracing::info!("{name}: {ep}");
         }

@@ -9,6 +9,7 @@
 //! wins, which is what a user typing a flag expects.) Environment and CLI values arrive as
 //! strings and are converted to the type the model declares for that key.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use schemars::Schema;
@@ -36,8 +37,9 @@ pub fn read_config_file(path: &Path) -> Result<Map<String, Value>> {
 pub fn pairs_from_extras(extras: &[String]) -> Result<Vec<(String, String)>> {
     if extras.len() % 2 != 0 {
         return Err(Error::Config(format!(
-            "extra command-line arguments must come in --key value pairs; got {} words: {}",
+            "extra command-line arguments must come in --key value pairs; got {} word{}: {}",
             extras.len(),
+            if extras.len() == 1 { "" } else { "s" },
             extras.join(" ")
         )));
     }
@@ -168,48 +170,89 @@ impl ConfigModel {
     /// Checks a complete config: undeclared keys, missing required keys and wrong types are
     /// errors naming the key, what was expected and `origin` (the file).
     pub fn validate(&self, config: &Map<String, Value>, origin: &str) -> Result<()> {
+        self.validate_sourced(config, origin, &BTreeMap::new())
+    }
+
+    /// [`validate`](Self::validate), naming for each key that did not come from `origin` where
+    /// it came from instead (`sources`: key -> `command line`, `environment SF_CONFIG_KEY`), so
+    /// a mistyped command-line key is not blamed on the file.
+    pub fn validate_sourced(
+        &self,
+        config: &Map<String, Value>,
+        origin: &str,
+        sources: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let source = |key: &str| sources.get(key).map_or(origin, String::as_str);
+        let mut problems: Vec<(&str, String)> = Vec::new();
         if !self.is_declared() {
             if let Some(key) = config.keys().next() {
-                return Err(Error::Config(format!(
-                    "{origin}: key {key:?} is not declared: this service declares no config"
-                )));
+                problems.push((
+                    source(key),
+                    format!("key {key:?} is not declared: this service declares no config"),
+                ));
             }
-            return Ok(());
+            return report(problems);
         }
         let keys = self.keys();
-        let mut problems = Vec::new();
         for key in config.keys() {
             if !keys.contains(key) {
-                problems.push(format!(
-                    "key {key:?} is not declared (declared: {})",
-                    keys.join(", ")
+                problems.push((
+                    source(key),
+                    format!(
+                        "key {key:?} is not declared (declared: {})",
+                        keys.join(", ")
+                    ),
                 ));
             }
         }
         for key in self.required() {
             if !config.contains_key(&key) {
-                problems.push(format!(
-                    "required key {key:?} is missing (expected {})",
-                    self.types_of(&key).join(" or ")
+                problems.push((
+                    origin,
+                    format!(
+                        "required key {key:?} is missing (expected {})",
+                        self.types_of(&key).join(" or ")
+                    ),
                 ));
             }
         }
         for (key, value) in config {
             let types = self.types_of(key);
             if !types.is_empty() && !types.iter().any(|t| matches_type(value, t)) {
-                problems.push(format!(
-                    "key {key:?} must be {}, found {}",
-                    types.join(" or "),
-                    kind(value)
+                problems.push((
+                    source(key),
+                    format!(
+                        "key {key:?} must be {}, found {}",
+                        types.join(" or "),
+                        kind(value)
+                    ),
                 ));
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Config(format!("{origin}: {}", problems.join("; "))))
-        }
+        report(problems)
     }
+}
+
+/// `origin: problem; problem; other origin: problem`: each run of problems from one source
+/// is introduced by its name once.
+fn report(problems: Vec<(&str, String)>) -> Result<()> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let mut out = String::new();
+    let mut last: Option<&str> = None;
+    for (source, problem) in problems {
+        if !out.is_empty() {
+            out.push_str("; ");
+        }
+        if last != Some(source) {
+            out.push_str(source);
+            out.push_str(": ");
+            last = Some(source);
+        }
+        out.push_str(&problem);
+    }
+    Err(Error::Config(out))
 }
 
 fn types_in(prop: &Value, root: Option<&Value>) -> Vec<String> {
@@ -345,6 +388,24 @@ mod tests {
         assert!(
             err.contains("key \"ratio\" must be number or null, found string \"high\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn problems_name_the_source_of_each_key() {
+        let c = json!({"num_req_to_send": 1, "colour": "red", "ratio": "x"})
+            .as_object()
+            .unwrap()
+            .clone();
+        let sources = BTreeMap::from([("colour".to_owned(), "command line --colour".to_owned())]);
+        let err = model()
+            .validate_sourced(&c, "config.json", &sources)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config: command line --colour: key \"colour\" is not declared (declared: name, num_req_to_send, ratio, verbose); \
+             config.json: key \"ratio\" must be number or null, found string \"x\""
         );
     }
 

@@ -2,7 +2,10 @@
 //! level rotated every hour keeping `backup_count` files, the workflow id on every line that
 //! belongs to a message (handlers run inside a `workflow{id=...}` span).
 
-use std::path::PathBuf;
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt;
@@ -51,6 +54,149 @@ pub fn parse_level(name: &str) -> Result<LevelFilter> {
     })
 }
 
+/// The original's `TimedRotatingFileHandler(path, when="h", backupCount=n)`: lines go to
+/// `path` itself; at the first write in a new hour the file is renamed `path.YYYY-MM-DD_HH`
+/// (the hour it covers) and a fresh `path` is started, and only the newest `backup_count`
+/// renamed files are kept (0 keeps them all). Hours are UTC clock hours, like the timestamps.
+#[derive(Debug)]
+pub struct HourlyFile {
+    path: PathBuf,
+    backup_count: usize,
+    file: Option<File>,
+    hour: u64,
+}
+
+impl HourlyFile {
+    /// Opens (appends to) `path`. A file left from an earlier hour is rotated at the first
+    /// write.
+    pub fn open(path: &Path, backup_count: usize) -> std::io::Result<Self> {
+        let hour = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map_or_else(|_| unix_hour(SystemTime::now()), unix_hour);
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(HourlyFile {
+            path: path.to_path_buf(),
+            backup_count,
+            file: Some(file),
+            hour,
+        })
+    }
+
+    /// The name a file covering `hour` (hours since the Unix epoch) is rotated to.
+    pub fn rotated_name(path: &Path, hour: u64) -> PathBuf {
+        let (y, m, d) = civil_from_days((hour / 24) as i64);
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{y:04}-{m:02}-{d:02}_{:02}", hour % 24));
+        path.with_file_name(name)
+    }
+
+    fn rotate_if_due(&mut self) -> std::io::Result<()> {
+        let now = unix_hour(SystemTime::now());
+        if now <= self.hour && self.file.is_some() {
+            return Ok(());
+        }
+        if now > self.hour {
+            self.file = None;
+            let rotated = Self::rotated_name(&self.path, self.hour);
+            match std::fs::rename(&self.path, &rotated) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            self.hour = now;
+            self.prune();
+        }
+        self.file = Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?,
+        );
+        Ok(())
+    }
+
+    /// Deletes rotated files beyond the newest `backup_count`.
+    fn prune(&self) {
+        if self.backup_count == 0 {
+            return;
+        }
+        let Some(name) = self.path.file_name().and_then(|n| n.to_str()) else {
+            return;
+        };
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let prefix = format!("{name}.");
+        let mut rotated: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(&prefix))
+                    .is_some_and(is_hour_suffix)
+            })
+            .map(|e| e.path())
+            .collect();
+        rotated.sort();
+        let excess = rotated.len().saturating_sub(self.backup_count);
+        for old in &rotated[..excess] {
+            let _ = std::fs::remove_file(old);
+        }
+    }
+}
+
+impl Write for HourlyFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.rotate_if_due()?;
+        match &mut self.file {
+            Some(f) => f.write(buf),
+            None => Err(std::io::Error::other("log file not open")),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+fn unix_hour(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 3600)
+}
+
+/// `YYYY-MM-DD_HH`.
+fn is_hour_suffix(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 13
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'_',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+/// Days since 1970-01-01 -> (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
 /// Keeps the file writer flushing; drop it last.
 #[derive(Debug)]
 pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::WorkerGuard>);
@@ -60,8 +206,10 @@ pub struct LogGuard(#[allow(dead_code)] Option<tracing_appender::non_blocking::W
 pub fn init(options: &LogOptions) -> Result<LogGuard> {
     let console_level = parse_level(&options.console_level)?;
     let file_level = parse_level(&options.file_level)?;
+    // Colours only for a person at a terminal: a pipe or a log collector gets plain text.
     let console = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .with_filter(console_level);
     let (file, guard) = match &options.log_path {
@@ -69,23 +217,14 @@ pub fn init(options: &LogOptions) -> Result<LogGuard> {
             let dir = path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            let prefix = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("service.log");
+                .unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir).map_err(|e| {
                 Error::Other(format!("cannot create log folder {}: {e}", dir.display()))
             })?;
-            let appender = tracing_appender::rolling::Builder::new()
-                .rotation(tracing_appender::rolling::Rotation::HOURLY)
-                .filename_prefix(prefix)
-                .max_log_files(options.backup_count.max(1))
-                .build(dir)
-                .map_err(|e| {
-                    Error::Other(format!("cannot open log file {}: {e}", path.display()))
-                })?;
-            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let file = HourlyFile::open(path, options.backup_count).map_err(|e| {
+                Error::Other(format!("cannot open log file {}: {e}", path.display()))
+            })?;
+            let (writer, guard) = tracing_appender::non_blocking(file);
             (
                 Some(
                     fmt::layer()
@@ -131,5 +270,57 @@ impl Logger {
     /// Logs at ERROR.
     pub fn error(&self, msg: impl std::fmt::Display) {
         tracing::error!(target: "service_framework", "{msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_names_carry_the_hour_they_cover() {
+        // 2024-02-29 13:00 UTC is 1_709_211_600 s after the epoch.
+        let hour = 1_709_211_600 / 3600;
+        assert_eq!(
+            HourlyFile::rotated_name(Path::new("/logs/service.log"), hour),
+            PathBuf::from("/logs/service.log.2024-02-29_13")
+        );
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert!(is_hour_suffix("2024-02-29_13"));
+        assert!(!is_hour_suffix("2024-02-29-13"));
+        assert!(!is_hour_suffix("old"));
+    }
+
+    #[test]
+    fn writes_to_the_path_rotates_a_stale_file_and_keeps_backup_count() {
+        let dir = std::env::temp_dir().join(format!("sf-hourly-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("service.log");
+        // Three rotated files from long ago, and a current file from an earlier hour.
+        for h in [10, 11, 12] {
+            std::fs::write(HourlyFile::rotated_name(&path, h), "old\n").unwrap();
+        }
+        std::fs::write(&path, "previous hour\n").unwrap();
+        let mut f = HourlyFile::open(&path, 2).unwrap();
+        f.hour = 13; // as if the file were written in hour 13 of 1970
+        f.write_all(b"now\n").unwrap();
+        f.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "now\n");
+        let rotated_13 = HourlyFile::rotated_name(&path, 13);
+        assert_eq!(
+            std::fs::read_to_string(&rotated_13).unwrap(),
+            "previous hour\n"
+        );
+        // backup_count 2: hours 12 and 13 remain, 10 and 11 are gone.
+        assert!(HourlyFile::rotated_name(&path, 12).exists());
+        assert!(!HourlyFile::rotated_name(&path, 11).exists());
+        assert!(!HourlyFile::rotated_name(&path, 10).exists());
+        // Within the same hour, writes append to the same file.
+        f.write_all(b"again\n").unwrap();
+        f.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "now\nagain\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

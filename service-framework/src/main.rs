@@ -14,7 +14,10 @@ use std::time::Duration;
 use service_framework::cli::{self, CliArgs};
 use service_framework::{AddressesFile, Error};
 
-const BUILT_INS: &str = "bus";
+const BUILT_INS: &str = "bus, bridge";
+
+/// The HTTP bridge lives in its own binary so that this one never compiles axum.
+const BRIDGE_BINARY: &str = "service-framework-bridge";
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -48,11 +51,13 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
+            Some("bridge") => exec_service(BRIDGE_BINARY, vec![OsString::from("describe")]),
             Some(name) => exec_service(name, vec![OsString::from("describe")]),
             None => cli::fail(&Error::Other("describe needs -s SERVICE".into())),
         },
         _ => match args.service.as_deref() {
             Some("bus") => run_bus(&args),
+            Some("bridge") => exec_service(BRIDGE_BINARY, argv),
             Some(name) => exec_service(name, argv),
             None => cli::fail(&Error::Other("-s SERVICE is required".into())),
         },

@@ -49,6 +49,9 @@ pub struct RunOptions {
     pub config: Map<String, Value>,
     /// Names the config's origin in error messages (e.g. the file path).
     pub config_origin: String,
+    /// Keys that came from elsewhere than `config_origin`, with where (`command line
+    /// --key`, `environment SF_CONFIG_KEY`), for error messages.
+    pub config_sources: BTreeMap<String, String>,
     /// The addresses.
     pub addresses: AddressesFile,
     /// Names the addresses' origin in error messages.
@@ -66,6 +69,7 @@ impl Default for RunOptions {
         RunOptions {
             config: Map::new(),
             config_origin: "config".into(),
+            config_sources: BTreeMap::new(),
             addresses: AddressesFile::default(),
             addresses_origin: "addresses".into(),
             main_mode: false,
@@ -108,7 +112,8 @@ pub async fn run(
             error,
         })?;
     }
-    def.config.validate(&config, &options.config_origin)?;
+    def.config
+        .validate_sourced(&config, &options.config_origin, &options.config_sources)?;
 
     // 2. addresses
     let mut addresses = options.addresses.clone();

@@ -100,7 +100,11 @@ impl Service {
 
     fn block(self, main_mode: bool) -> Result<()> {
         let rt = runtime()?;
-        rt.block_on(self.run(main_mode, os_signals(), |_| {}))
+        let signals = {
+            let _in_runtime = rt.enter();
+            os_signals()
+        };
+        rt.block_on(self.run(main_mode, signals, |_| {}))
     }
 
     fn spawn(self, main_mode: bool) -> ServiceHandle {
@@ -147,26 +151,36 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// SIGINT or SIGTERM, whichever comes first.
-pub async fn os_signals() -> StopReason {
+///
+/// The handlers are installed when this is called, not when the future is first polled:
+/// call it inside the runtime before starting the service, so that a signal arriving while the
+/// service starts up (sockets bound, `init_function` running) leads to a graceful stop instead
+/// of the default action, which kills the process.
+pub fn os_signals() -> impl Future<Output = StopReason> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let installed = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => StopReason::Sigterm,
-            _ = int.recv() => StopReason::Sigint,
+        );
+        async move {
+            let (Ok(mut term), Ok(mut int)) = installed else {
+                tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = term.recv() => StopReason::Sigterm,
+                _ = int.recv() => StopReason::Sigint,
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
-        StopReason::Sigint
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            StopReason::Sigint
+        }
     }
 }
 

@@ -1,0 +1,185 @@
+//! Workflow ids as the original numbers them: a handler's first send reuses the incoming id,
+//! later sends are `{id}_1`, `{id}_2`, ...; every send of `main` (and `init_function`) carries a
+//! fresh UUID; the reply echoes the request's id.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use service_framework::connections::WorkflowId;
+use service_framework::{Ctx, Service, ServiceDef, ServiceError};
+use support::*;
+
+type Seen = Arc<Mutex<Vec<WorkflowId>>>;
+
+/// A replyer `reply` that records the workflow id of every request.
+fn recorder(seen: &Seen) -> ServiceDef {
+    let seen = seen.clone();
+    ServiceDef::new("recorder").replyer("reply", move |a: Echo, ctx: Ctx| {
+        seen.lock().unwrap().push(ctx.workflow_id().clone());
+        async move { Ok::<_, ServiceError>(Echoed { echoed: a.to_echo }) }
+    })
+}
+
+/// A replyer `relay` whose handler sends three requests on to `down`.
+fn relay() -> ServiceDef {
+    ServiceDef::new("relay")
+        .requester::<Echo, Echoed>("down")
+        .replyer("relay", |a: Echo, ctx: Ctx| async move {
+            for i in 0..3 {
+                let _: Echoed = ctx
+                    .request(
+                        "down",
+                        &Echo {
+                            to_echo: format!("{} {i}", a.to_echo),
+                        },
+                    )
+                    .await?;
+            }
+            Ok::<_, ServiceError>(Echoed { echoed: a.to_echo })
+        })
+}
+
+fn s(v: &str) -> WorkflowId {
+    WorkflowId::Str(v.to_owned())
+}
+
+#[test]
+fn sends_inside_a_handler_continue_the_incoming_workflow() {
+    let seen: Seen = Arc::default();
+    let (down, down_ready) = start(recorder(&seen), replyer_at("127.0.0.1:0"));
+    let addrs = addresses(json!({"connections": {
+        "in": {"relay": {"replyer": "127.0.0.1:0"}},
+        "out": {"down": {"requester": down_ready.endpoint("reply").unwrap()}}
+    }}));
+    let (up, up_ready) = start(relay(), addrs);
+    let relay_endpoint = up_ready.endpoint("relay").unwrap().to_owned();
+    let timeout = Duration::from_secs(5);
+
+    // A string id (what a handler forwards).
+    request_with(
+        &relay_endpoint,
+        &json!({"to_echo": "s"}),
+        s("wf-42"),
+        timeout,
+    )
+    .unwrap();
+    assert_eq!(
+        std::mem::take(&mut *seen.lock().unwrap()),
+        [s("wf-42"), s("wf-42_1"), s("wf-42_2")]
+    );
+
+    // A UUID id (what main sends): the first send keeps the UUID itself.
+    let uuid = WorkflowId::new_random();
+    request_with(
+        &relay_endpoint,
+        &json!({"to_echo": "u"}),
+        uuid.clone(),
+        timeout,
+    )
+    .unwrap();
+    assert_eq!(
+        std::mem::take(&mut *seen.lock().unwrap()),
+        [
+            uuid.clone(),
+            s(&format!("{uuid}_1")),
+            s(&format!("{uuid}_2"))
+        ]
+    );
+
+    // Concurrent messages each number their own sends.
+    let callers: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|id| {
+            let endpoint = relay_endpoint.clone();
+            std::thread::spawn(move || {
+                request_with(&endpoint, &json!({"to_echo": id}), s(id), timeout)
+            })
+        })
+        .collect();
+    for c in callers {
+        c.join().unwrap().unwrap();
+    }
+    let mut got: Vec<String> = seen.lock().unwrap().iter().map(|w| w.to_string()).collect();
+    got.sort();
+    assert_eq!(got, ["a", "a_1", "a_2", "b", "b_1", "b_2"]);
+
+    // The reply carries the request's id back.
+    let reply = request_envelope(&relay_endpoint, &json!({"to_echo": "e"}), s("wf-echo"));
+    assert_eq!(reply["workflow_id"], "wf-echo", "{reply}");
+    assert_eq!(reply["return_args"], json!({"echoed": "e"}));
+
+    up.stop().unwrap();
+    down.stop().unwrap();
+}
+
+#[test]
+fn every_send_of_main_and_init_gets_a_fresh_uuid() {
+    let seen: Seen = Arc::default();
+    let (down, down_ready) = start(recorder(&seen), replyer_at("127.0.0.1:0"));
+    let send = |ctx: Ctx, what: &'static str| async move {
+        let _: Echoed = ctx
+            .request(
+                "down",
+                &Echo {
+                    to_echo: what.into(),
+                },
+            )
+            .await?;
+        Ok::<_, ServiceError>(())
+    };
+    let def = ServiceDef::new("leader")
+        .requester::<Echo, Echoed>("down")
+        .init_function(move |ctx: Ctx| send(ctx, "init"))
+        .main(move |ctx: Ctx| async move {
+            assert!(ctx.workflow_id().is_none(), "main handles no message");
+            for _ in 0..3 {
+                send(ctx.clone(), "main").await?;
+            }
+            Ok(())
+        });
+    let addrs = addresses(json!({"connections": {
+        "out": {"down": {"requester": down_ready.endpoint("reply").unwrap()}}
+    }}));
+    Service::new(def)
+        .addresses(addrs)
+        .run_as_main_in_background()
+        .join()
+        .unwrap();
+    let ids = seen.lock().unwrap().clone();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    for id in &ids {
+        assert!(matches!(id, WorkflowId::Uuid(_)), "{id:?} is not a UUID");
+    }
+    let mut distinct: Vec<String> = ids.iter().map(|w| w.to_string()).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 4, "{ids:?}");
+    down.stop().unwrap();
+}
+
+#[test]
+fn the_context_numbers_ids_like_the_original() {
+    // Inside a handler: the same numbering through the public helper.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let def = ServiceDef::new("numbering").replyer("reply", {
+        let seen = seen.clone();
+        move |_a: Value, ctx: Ctx| {
+            let ids: Vec<String> = (0..3).map(|_| ctx.next_workflow_id().to_string()).collect();
+            seen.lock().unwrap().extend(ids);
+            async move { Ok::<_, ServiceError>(json!({})) }
+        }
+    });
+    let (h, ready) = start(def, replyer_at("127.0.0.1:0"));
+    request_with(
+        ready.endpoint("reply").unwrap(),
+        &json!({}),
+        s("id"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(*seen.lock().unwrap(), ["id", "id_1", "id_2"]);
+    h.stop().unwrap();
+}
