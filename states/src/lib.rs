@@ -278,9 +278,14 @@ impl DeltaUpdateOut {
 
 /// Re-publishes the state as a snapshot when it changed since the last one, so a follower
 /// that lost the final delta still converges. Ends when the publisher is shut down.
+///
+/// The first check comes one period after the start, not at once: a burst of changes made
+/// right after start-up (before subscribers finished connecting, the slow-joiner window) must
+/// be followed by a snapshot that has a chance to reach them, not by one sent in the same
+/// instant and lost the same way.
 async fn periodic_snapshots(out: DeltaUpdateOut, every: Duration) {
     let mut last = 0;
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -603,14 +608,21 @@ impl Follower {
         }
         if !rest.is_empty() && self.source.is_none() {
             // No framework pub_id seen: a Python 0.0.18 out side, whose snapshot replies always
-            // say 0. It updates its state before publishing, so a snapshot answered after a
-            // delta arrived already contains it: take the snapshot as current at the newest
-            // number seen instead of resyncing forever.
+            // say 0. It updates its state before publishing, so the snapshot (asked for after
+            // the first of these deltas arrived) already contains that one; later ones may or
+            // may not be in it (one published just after the reply can arrive before it).
+            // Take the snapshot and re-apply these deltas on top, in order: a shallow
+            // set/delete repeated in order lands on the same values, and one missing from the
+            // snapshot is not lost. Then continue from the newest number seen instead of
+            // resyncing forever.
             let newest = rest.iter().map(|a| a.current_num).max().unwrap_or(self.num);
             tracing::debug!(newest, "snapshot number is behind the deltas of a Python out side; adopting it at {newest}");
             self.num = newest.max(self.num);
             if let Some(state) = python_state {
                 self.state = state;
+                for a in &rest {
+                    apply_delta(&mut self.state, &a.state);
+                }
             }
             rest.clear();
         }
@@ -789,6 +801,35 @@ mod tests {
             "follows on from there"
         );
         assert_eq!(rx.borrow().state.len(), 4);
+    }
+
+    #[test]
+    fn a_python_snapshot_older_than_a_buffered_delta_loses_nothing() {
+        let (mut f, rx) = follower();
+        assert!(f.apply(delta(1, true, &[("a", Value::from(1))])));
+        // Gap: 3 arrives; the resync is asked for; 4 is published just after the Python out
+        // side answered, yet reaches us before the answer does.
+        assert!(!f.apply(delta(3, false, &[("c", Value::from(3))])));
+        f.buffer(delta(4, false, &[("a", Value::Nil), ("d", Value::from(4))]));
+        f.adopt(SnapshotReply {
+            state: m(&[
+                ("a", Value::from(1)),
+                ("b", Value::from(2)),
+                ("c", Value::from(3)),
+            ]),
+            current_num: 0,
+        });
+        assert!(!f.has_gap());
+        assert_eq!(rx.borrow().current_num, 4);
+        assert_eq!(
+            *rx.borrow().state,
+            m(&[
+                ("b", Value::from(2)),
+                ("c", Value::from(3)),
+                ("d", Value::from(4))
+            ]),
+            "delta 4, missing from the snapshot, is applied on top of it"
+        );
     }
 
     #[test]
