@@ -1,0 +1,316 @@
+//! The command line of `service-framework-bridge` (run directly, or as
+//! `service-framework -s bridge ...`, which passes every argument on):
+//!
+//! ```text
+//! --host HOST  --port PORT  --load-plugins NAME (repeatable)  --load-builtin-plugins NAME
+//! (repeatable)  --enable-proxy / --no-enable-proxy       FrameX's `framex run` flags
+//! -s bridge  -a addresses.json  -c config.json  -cl LEVEL  -f LEVEL  -l LOG  -bc N
+//!                                                        service-framework's flags
+//! ```
+//!
+//! A program with its own plugins has the same command line:
+//! `fn main() -> ExitCode { sf_bridge::cli::main(vec![my_plugin()]) }`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use service_framework::logging::{self, LogOptions};
+use service_framework::AddressesFile;
+
+use crate::config::{CliOverrides, Settings, Sources};
+use crate::error::{Error, Result};
+use crate::plugin::Plugin;
+use crate::server::Bridge;
+
+/// The usage text.
+pub const USAGE: &str = "\
+usage: service-framework -s bridge [--host HOST] [--port PORT] [--load-plugins NAME]...
+                         [--load-builtin-plugins NAME]... [--enable-proxy|--no-enable-proxy]
+                         [-a addresses.json] [-c config.json] [-cl LEVEL] [-f LEVEL] [-l LOG]
+
+The HTTP bridge: plugins, bus services and upstream OpenAPI services under /api/v1, with
+/docs, /redoc and /api/v1/openapi.json. Settings come from config.toml in the working
+directory, .env, .env.prod, the environment (SERVER__PORT=9000) and these flags, the later
+overriding the earlier.
+
+  --host HOST                  bind address (server.host, 127.0.0.1)
+  --port PORT                  port (server.port, 8080; 0 picks one)
+  --load-plugins NAME          load a plugin compiled into this binary (repeatable)
+  --load-builtin-plugins NAME  load a built-in plugin: echo (repeatable)
+  --enable-proxy               forward the upstreams of [plugins.proxy] proxy_urls
+  --no-enable-proxy            do not, whatever the config says
+  -a, --addresses_path FILE    addresses.json: bus routes by connection name
+  -c, --config_path FILE       config.json with the keys of config.toml (above it)
+  -cl, --console_loglevel L    DEBUG|INFO|WARNING|ERROR (INFO)
+  -f, --file_loglevel L        level of the log file     -l, --log_path FILE  log file
+  -bc, --backup_count N        hourly log files kept (24)
+  -h, --help                   this text                 --version  the version
+";
+
+/// Parsed arguments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Args {
+    /// FrameX's flags.
+    pub overrides: CliOverrides,
+    /// `-a`.
+    pub addresses: Option<PathBuf>,
+    /// `-c`.
+    pub config: Option<PathBuf>,
+    /// `-cl`, `-f`, `-l`, `-bc`.
+    pub console_level: Option<String>,
+    /// `-f`.
+    pub file_level: Option<String>,
+    /// `-l`.
+    pub log_path: Option<PathBuf>,
+    /// `-bc`.
+    pub backup_count: Option<usize>,
+    /// `-h`.
+    pub help: bool,
+    /// `--version`.
+    pub version: bool,
+    /// `describe`.
+    pub describe: bool,
+}
+
+/// Parses arguments (without the program name). Unknown flags are an error naming them.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| Error::Config(format!("argument {a:?} is not UTF-8")))
+        })
+        .collect::<Result<_>>()?;
+    let mut out = Args::default();
+    let mut i = 0;
+    if args.first().map(String::as_str) == Some("describe") {
+        out.describe = true;
+        i = 1;
+    }
+    while i < args.len() {
+        let raw = &args[i];
+        let (flag, inline) = match raw.split_once('=') {
+            Some((f, v)) if f.starts_with('-') => (f.to_owned(), Some(v.to_owned())),
+            _ => (raw.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String> {
+            if let Some(v) = &inline {
+                return Ok(v.clone());
+            }
+            i += 1;
+            args.get(i)
+                .cloned()
+                .ok_or_else(|| Error::Config(format!("{name} needs a value")))
+        };
+        match flag.as_str() {
+            "--host" => out.overrides.host = Some(value(&flag)?),
+            "--port" => {
+                let v = value(&flag)?;
+                out.overrides.port = Some(v.parse().map_err(|_| {
+                    Error::Config(format!("--port needs a port number (0-65535), got {v:?}"))
+                })?);
+            }
+            "--load-plugins" => out.overrides.load_plugins.push(value(&flag)?),
+            "--load-builtin-plugins" => out.overrides.load_builtin_plugins.push(value(&flag)?),
+            "--enable-proxy" => out.overrides.enable_proxy = Some(true),
+            "--no-enable-proxy" => out.overrides.enable_proxy = Some(false),
+            "-s" | "--service_path" => {
+                value(&flag)?;
+            }
+            "-a" | "--addresses_path" => out.addresses = Some(value(&flag)?.into()),
+            "-c" | "--config_path" => out.config = Some(value(&flag)?.into()),
+            "-cl" | "--console_loglevel" => out.console_level = Some(value(&flag)?),
+            "-f" | "--file_loglevel" => out.file_level = Some(value(&flag)?),
+            "-l" | "--log_path" => out.log_path = Some(value(&flag)?.into()),
+            "-bc" | "--backup_count" => {
+                let v = value(&flag)?;
+                out.backup_count = Some(v.parse().map_err(|_| {
+                    Error::Config(format!("{flag} needs a whole number, got {v:?}"))
+                })?);
+            }
+            // Accepted for the service-framework command line; a bridge has no main mode and
+            // never polls.
+            "-m" | "--main_mode" => {}
+            "-wt" | "--service_loop_min_wait_time_s" => {
+                value(&flag)?;
+            }
+            "-h" | "--help" => out.help = true,
+            "--version" | "-V" => out.version = true,
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown argument {other:?} (see --help)"
+                )))
+            }
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+/// The bridge's `main`: parses the command line, loads settings, serves until SIGINT or
+/// SIGTERM. Exit 0 after a graceful stop, 2 for a config mistake, 1 otherwise.
+pub fn main(plugins: Vec<Plugin>) -> ExitCode {
+    let args = match parse(std::env::args_os().skip(1)) {
+        Ok(a) => a,
+        Err(e) => return fail(&e),
+    };
+    if args.help {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.version {
+        println!("service-framework-bridge {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if args.describe {
+        let mut names: Vec<String> = plugins.iter().map(|p| p.name().to_owned()).collect();
+        names.sort();
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": "bridge",
+                "description": "HTTP bridge: plugins, bus services and upstream OpenAPI services under /api/v1",
+                "builtin_plugins": ["echo", "proxy"],
+                "plugins": names,
+                "config": ["server.host", "server.port", "server.enable_proxy", "load_plugins",
+                    "load_builtin_plugins", "plugins.<name>", "auth.rules", "bus.routes", "bus.streams", "bus.auto_routes"],
+            })
+        );
+        return ExitCode::SUCCESS;
+    }
+    let defaults = LogOptions::default();
+    let log = LogOptions {
+        console_level: args.console_level.clone().unwrap_or(defaults.console_level),
+        file_level: args.file_level.clone().unwrap_or(defaults.file_level),
+        log_path: args.log_path.clone(),
+        backup_count: args.backup_count.unwrap_or(defaults.backup_count),
+    };
+    let _guard = match logging::init(&log) {
+        Ok(g) => g,
+        Err(e) => return fail(&Error::Config(e.to_string())),
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&Error::Server(format!("cannot start the runtime: {e}"))),
+    };
+    match rt.block_on(run(args, plugins)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+async fn run(args: Args, plugins: Vec<Plugin>) -> Result<()> {
+    let settings = Settings::load(&Sources::from_process(
+        args.overrides.clone(),
+        args.config.clone(),
+    ))?;
+    let mut bridge = Bridge::new(settings).plugins(plugins);
+    if let Some(path) = &args.addresses {
+        let file = AddressesFile::read(path).map_err(|e| Error::Config(e.to_string()))?;
+        bridge = bridge.addresses(file);
+    }
+    let running = bridge.start().await?;
+    // Handlers go in before the announcement, so a signal sent as soon as it is read is
+    // already a graceful stop.
+    let stop = signals()?;
+    // The line scripts and tests wait for.
+    println!("bridge serving on {}", running.url());
+    let reason = stop.await;
+    tracing::info!("bridge stopping on {reason}");
+    running.stop().await;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM, with the handlers installed now.
+#[cfg(unix)]
+fn signals() -> Result<impl std::future::Future<Output = &'static str>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| Error::Server(format!("cannot install a SIGTERM handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| Error::Server(format!("cannot install a SIGINT handler: {e}")))?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn signals() -> Result<impl std::future::Future<Output = &'static str>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    })
+}
+
+/// Prints `error: ...` and picks the exit code.
+pub fn fail(e: &Error) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        Error::Config(_) => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(words: &[&str]) -> Result<Args> {
+        parse(words.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn framex_and_service_framework_flags() {
+        let a = p(&[
+            "-s",
+            "bridge",
+            "--port",
+            "8080",
+            "--load-builtin-plugins",
+            "echo",
+            "--load-plugins",
+            "a",
+            "--load-plugins=b",
+            "--enable-proxy",
+            "-a",
+            "x.json",
+            "-cl",
+            "DEBUG",
+        ])
+        .unwrap();
+        assert_eq!(a.overrides.port, Some(8080));
+        assert_eq!(a.overrides.load_builtin_plugins, vec!["echo"]);
+        assert_eq!(a.overrides.load_plugins, vec!["a", "b"]);
+        assert_eq!(a.overrides.enable_proxy, Some(true));
+        assert_eq!(a.addresses, Some("x.json".into()));
+        assert_eq!(a.console_level.as_deref(), Some("DEBUG"));
+        assert_eq!(
+            p(&["--no-enable-proxy"]).unwrap().overrides.enable_proxy,
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        assert!(p(&["--prot", "1"])
+            .unwrap_err()
+            .to_string()
+            .contains("--prot"));
+        assert!(p(&["--port", "x"])
+            .unwrap_err()
+            .to_string()
+            .contains("--port"));
+        assert!(p(&["--host"])
+            .unwrap_err()
+            .to_string()
+            .contains("needs a value"));
+    }
+}

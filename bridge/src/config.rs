@@ -1,0 +1,440 @@
+//! Settings, from FrameX's sources with FrameX's precedence, highest first:
+//!
+//! 1. the command line (`--host`, `--port`, `--enable-proxy/--no-enable-proxy`; the plugin
+//!    lists given with `--load-plugins` / `--load-builtin-plugins` are added to the configured
+//!    ones, as `framex run` does);
+//! 2. the environment, nested with `__` (`SERVER__PORT=9000`, `PLUGINS__ECHO__X=1`); a value
+//!    that parses as JSON is taken as JSON (`LOAD_PLUGINS='["a"]'`), otherwise as a string;
+//! 3. `.env.prod`, then `.env`, with the same names as the environment;
+//! 4. `config.json` given with `-c` (the service-framework convention), same keys;
+//! 5. `config.toml` in the working directory.
+//!
+//! Objects merge key by key across sources; any other value replaces. The merged tree is
+//! checked in one place: an unknown key or a wrong type is an error naming the key.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// The top-level keys, also the environment variable names that are read.
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "server",
+    "load_plugins",
+    "load_builtin_plugins",
+    "plugins",
+    "auth",
+    "bus",
+];
+
+/// Everything the bridge is configured with.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerSettings,
+    /// Plugins to load, by name, from those compiled into the binary.
+    #[serde(default)]
+    pub load_plugins: Vec<String>,
+    /// Built-in plugins to load (`echo`; `proxy` is accepted and means `enable_proxy`).
+    #[serde(default)]
+    pub load_builtin_plugins: Vec<String>,
+    /// `[plugins.<name>]`: each plugin's config, checked against its config model.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, Value>,
+    /// `[auth]`.
+    #[serde(default)]
+    pub auth: AuthSettings,
+    /// `[bus]`: services on the bus published as routes.
+    #[serde(default)]
+    pub bus: BusSettings,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Host to bind (127.0.0.1).
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Port to bind (8080; 0 picks a free one).
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Turns the proxy for upstream OpenAPI services on (`[plugins.proxy]`).
+    #[serde(default)]
+    pub enable_proxy: bool,
+    /// Accepted for FrameX compatibility; there is no Ray here, so it must stay false.
+    #[serde(default)]
+    pub use_ray: bool,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".into()
+}
+
+fn default_port() -> u16 {
+    8080
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            host: default_host(),
+            port: default_port(),
+            enable_proxy: false,
+            use_ray: false,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Exact path or `prefix/*` -> the keys accepted in `Authorization`.
+    #[serde(default)]
+    pub rules: BTreeMap<String, Vec<String>>,
+}
+
+/// `[bus]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusSettings {
+    /// HTTP path -> a replyer to call.
+    #[serde(default)]
+    pub routes: BTreeMap<String, BusRouteConfig>,
+    /// HTTP path -> a publisher topic served as server-sent events.
+    #[serde(default)]
+    pub streams: BTreeMap<String, BusStreamConfig>,
+    /// HTTP path -> an in-state (full or delta) whose current value a GET answers.
+    #[serde(default)]
+    pub states: BTreeMap<String, BusStateConfig>,
+    /// Publish every `connections.out.<name>.requester` of addresses.json as
+    /// `POST /api/v1/bus/<name>` and every `connections.in.<name>.subscriber` as
+    /// `GET /api/v1/bus/<name>` (events) unless a configured route already names it.
+    #[serde(default = "yes")]
+    pub auto_routes: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for BusSettings {
+    fn default() -> Self {
+        BusSettings {
+            routes: BTreeMap::new(),
+            streams: BTreeMap::new(),
+            states: BTreeMap::new(),
+            auto_routes: true,
+        }
+    }
+}
+
+/// One replyer published as a route.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusRouteConfig {
+    /// HTTP method (POST): the JSON body is the args. With GET the query parameters are.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// The replyer's address (`host:port`, `tcp://...`).
+    #[serde(default)]
+    pub requester: Option<String>,
+    /// Or the name of an out-connection in addresses.json (`connections.out.<name>.requester`).
+    #[serde(default)]
+    pub connection: Option<String>,
+    /// Seconds to wait for the reply (10); past it the route answers 504.
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// Extra attempts after a timeout (0).
+    #[serde(default)]
+    pub retries: Option<u32>,
+    /// A summary for the OpenAPI document.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// OpenAPI tags (`["bus"]`).
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// Answer with the reply as is, without the envelope.
+    #[serde(default)]
+    pub raw_response: bool,
+    /// JSON Schema of the args (the request body), for the OpenAPI document.
+    #[serde(default)]
+    pub args_schema: Option<Value>,
+    /// JSON Schema of the reply.
+    #[serde(default)]
+    pub return_schema: Option<Value>,
+    /// A file with a Rust service's `describe` output: the schemas of
+    /// `connections.in.<describe_connection>` are used when none are given above.
+    #[serde(default)]
+    pub describe_file: Option<PathBuf>,
+    /// Which in-connection of the described service this route reaches (`reply`).
+    #[serde(default)]
+    pub describe_connection: Option<String>,
+}
+
+/// One publisher topic served as a stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusStreamConfig {
+    /// The publisher's address (or the bus proxy's subscriber side).
+    #[serde(default)]
+    pub subscriber: Option<String>,
+    /// Or the name of an in-connection in addresses.json (`connections.in.<name>.subscriber`).
+    #[serde(default)]
+    pub connection: Option<String>,
+    /// Only this topic (empty: everything).
+    #[serde(default)]
+    pub topic: String,
+    /// A summary for the OpenAPI document.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// OpenAPI tags (`["bus"]`).
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// JSON Schema of a message's args.
+    #[serde(default)]
+    pub args_schema: Option<Value>,
+}
+
+/// One in-state served as a GET route with its current value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BusStateConfig {
+    /// `full` (the whole state on every change) or `delta` (changes plus snapshots).
+    pub kind: StateKindConfig,
+    /// The out side's publisher (or the bus proxy's subscriber side).
+    pub subscriber: String,
+    /// Delta states: the out side's snapshot replyer.
+    #[serde(default)]
+    pub requester: Option<String>,
+    /// The state's topic (empty: none).
+    #[serde(default)]
+    pub topic: String,
+    /// A summary for the OpenAPI document.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// OpenAPI tags (`["bus"]`).
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+}
+
+/// `full` or `delta`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKindConfig {
+    /// `full_update_in`.
+    #[default]
+    Full,
+    /// `delta_update_in`.
+    Delta,
+}
+
+/// What the command line says (only what was given).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CliOverrides {
+    /// `--host`.
+    pub host: Option<String>,
+    /// `--port`.
+    pub port: Option<u16>,
+    /// `--load-plugins` (repeatable).
+    pub load_plugins: Vec<String>,
+    /// `--load-builtin-plugins` (repeatable).
+    pub load_builtin_plugins: Vec<String>,
+    /// `--enable-proxy` / `--no-enable-proxy`.
+    pub enable_proxy: Option<bool>,
+}
+
+/// Where settings come from. [`Sources::from_process`] is what the binary uses; tests give
+/// the directory and the environment explicitly.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The folder holding `config.toml`, `.env` and `.env.prod`.
+    pub dir: PathBuf,
+    /// `-c config.json`.
+    pub config_json: Option<PathBuf>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+    /// The command line.
+    pub cli: CliOverrides,
+}
+
+impl Sources {
+    /// The working directory and the process environment.
+    pub fn from_process(cli: CliOverrides, config_json: Option<PathBuf>) -> Self {
+        Sources {
+            dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+            config_json,
+            env: std::env::vars().collect(),
+            cli,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads every source and checks the result.
+    pub fn load(sources: &Sources) -> Result<Settings> {
+        let mut tree = Value::Object(Map::new());
+        let toml_path = sources.dir.join("config.toml");
+        if toml_path.is_file() {
+            merge(&mut tree, read_toml(&toml_path)?);
+        }
+        if let Some(path) = &sources.config_json {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| Error::Config(format!("{} is not JSON: {e}", path.display())))?;
+            if !v.is_object() {
+                return Err(Error::Config(format!(
+                    "{} must hold a JSON object",
+                    path.display()
+                )));
+            }
+            merge(&mut tree, v);
+        }
+        for name in [".env", ".env.prod"] {
+            let path = sources.dir.join(name);
+            if path.is_file() {
+                let pairs = dotenvy::from_path_iter(&path)
+                    .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                merge(&mut tree, env_tree(&pairs));
+            }
+        }
+        merge(&mut tree, env_tree(&sources.env));
+        let mut settings = Settings::from_value(tree)?;
+        let cli = &sources.cli;
+        if let Some(h) = &cli.host {
+            settings.server.host = h.clone();
+        }
+        if let Some(p) = cli.port {
+            settings.server.port = p;
+        }
+        if let Some(e) = cli.enable_proxy {
+            settings.server.enable_proxy = e;
+        }
+        for p in &cli.load_plugins {
+            if !settings.load_plugins.contains(p) {
+                settings.load_plugins.push(p.clone());
+            }
+        }
+        for p in &cli.load_builtin_plugins {
+            if !settings.load_builtin_plugins.contains(p) {
+                settings.load_builtin_plugins.push(p.clone());
+            }
+        }
+        if settings.server.use_ray {
+            return Err(Error::Config(
+                "server.use_ray: there is no Ray in this bridge; leave it false".into(),
+            ));
+        }
+        Ok(settings)
+    }
+
+    /// Checks a merged tree; errors name the key.
+    pub fn from_value(tree: Value) -> Result<Settings> {
+        serde_path_to_error::deserialize::<_, Settings>(tree).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                Error::Config(e.inner().to_string())
+            } else {
+                Error::Config(format!("{path}: {}", e.inner()))
+            }
+        })
+    }
+}
+
+fn read_toml(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    let v: toml::Table =
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    serde_json::to_value(v).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// Deep merge: objects key by key, anything else replaces.
+pub(crate) fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Environment-style pairs (`SERVER__PORT=9000`) as a tree. Only names whose first part is a
+/// top-level key are read, so the rest of the environment is left alone.
+fn env_tree(pairs: &[(String, String)]) -> Value {
+    let mut tree = Value::Object(Map::new());
+    for (name, raw) in pairs {
+        let lower = name.to_ascii_lowercase();
+        let parts: Vec<&str> = lower.split("__").collect();
+        if !TOP_LEVEL_KEYS.contains(&parts[0]) || parts.iter().any(|p| p.is_empty()) {
+            continue;
+        }
+        // server.host is text even when it looks like a number.
+        let value = if parts == ["server", "host"] {
+            Value::String(raw.clone())
+        } else {
+            serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()))
+        };
+        let mut node = value;
+        for p in parts.iter().rev() {
+            let mut m = Map::new();
+            m.insert((*p).to_owned(), node);
+            node = Value::Object(m);
+        }
+        merge(&mut tree, node);
+    }
+    tree
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn env_names_nest_and_parse() {
+        let t = env_tree(&[
+            ("SERVER__PORT".into(), "9000".into()),
+            ("SERVER__HOST".into(), "1".into()),
+            ("LOAD_PLUGINS".into(), "[\"a\"]".into()),
+            ("PATH".into(), "/bin".into()),
+            ("PLUGINS__ECHO__NAME".into(), "x".into()),
+        ]);
+        assert_eq!(
+            t,
+            json!({"server": {"port": 9000, "host": "1"}, "load_plugins": ["a"], "plugins": {"echo": {"name": "x"}}})
+        );
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_named() {
+        let e = Settings::from_value(json!({"server": {"prot": 1}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server") && e.contains("prot"), "{e}");
+        let e = Settings::from_value(json!({"server": {"port": "x"}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.port"), "{e}");
+        let e = Settings::from_value(json!({"sever": {}}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("sever"), "{e}");
+    }
+}

@@ -1,0 +1,213 @@
+//! What goes on the wire to HTTP clients: the JSON envelope and server-sent events.
+//!
+//! The envelope is FrameX's `{"status", "message", "timestamp", "data"}`, with two deliberate
+//! differences: an error keeps its real HTTP status (FrameX answers 401/404/405 with HTTP 200),
+//! and the timestamp is UTC and says so (`2026-01-01 12:00:00+00:00`; FrameX prints local time
+//! and calls it Shanghai time).
+//!
+//! Events are FrameX's helper format, `event: <type>\ndata: <json>\n\n`, where a string payload
+//! travels as `{"content": "..."}` and `finish` carries `{}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+
+/// The current time as the envelope prints it.
+pub fn timestamp() -> String {
+    chrono::Utc::now()
+        .format("%Y-%m-%d %H:%M:%S+00:00")
+        .to_string()
+}
+
+/// The envelope, its keys in FrameX's order.
+#[derive(Debug, Serialize)]
+struct Envelope<'a> {
+    status: u16,
+    message: &'a str,
+    timestamp: String,
+    data: &'a Value,
+}
+
+/// `{"status": 200, "message": "success", "timestamp", "data"}` with `status` as given.
+pub fn success(status: StatusCode, data: Value) -> Response {
+    let body = Envelope {
+        status: status.as_u16(),
+        message: "success",
+        timestamp: timestamp(),
+        data: &data,
+    };
+    json_response(status, &body)
+}
+
+/// The error envelope, with the error's real status as the HTTP status.
+pub fn failure(e: &ApiError) -> Response {
+    let body = Envelope {
+        status: e.status.as_u16(),
+        message: &e.message,
+        timestamp: timestamp(),
+        data: e.data.as_ref().unwrap_or(&Value::Null),
+    };
+    let mut r = json_response(e.status, &body);
+    if e.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
+/// A JSON body as is (raw responses, pages outside `/api`).
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            Bytes::from(bytes),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot serialize the response: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// The type of a server-sent event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    /// A piece of the result.
+    MessageChunk,
+    /// The stream ended normally.
+    Finish,
+    /// The stream failed; no `finish` follows.
+    Error,
+    /// Diagnostic output.
+    Debug,
+}
+
+impl EventType {
+    /// The name on the `event:` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::MessageChunk => "message_chunk",
+            EventType::Finish => "finish",
+            EventType::Error => "error",
+            EventType::Debug => "debug",
+        }
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamEvent {
+    /// Its type.
+    pub kind: EventType,
+    /// Its payload (a string becomes `{"content": ...}` as in FrameX).
+    pub data: Value,
+}
+
+impl StreamEvent {
+    /// A `message_chunk` event.
+    pub fn chunk(data: impl Serialize) -> Self {
+        Self::of(EventType::MessageChunk, data)
+    }
+
+    /// A `debug` event.
+    pub fn debug(data: impl Serialize) -> Self {
+        Self::of(EventType::Debug, data)
+    }
+
+    /// A `finish` event with `{}`.
+    pub fn finish() -> Self {
+        StreamEvent {
+            kind: EventType::Finish,
+            data: json!({}),
+        }
+    }
+
+    /// The `error` event a failed stream ends with.
+    pub fn error(e: &ApiError) -> Self {
+        StreamEvent {
+            kind: EventType::Error,
+            data: json!({"status": e.status.as_u16(), "message": e.message}),
+        }
+    }
+
+    fn of(kind: EventType, data: impl Serialize) -> Self {
+        let data = match serde_json::to_value(data) {
+            Ok(Value::String(s)) => json!({"content": s}),
+            Ok(Value::Null) => json!({}),
+            Ok(v) => v,
+            Err(e) => json!({"content": format!("unserializable event: {e}")}),
+        };
+        StreamEvent { kind, data }
+    }
+
+    /// The event's bytes: `event: <type>\ndata: <json>\n\n`.
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(format!(
+            "event: {}\ndata: {}\n\n",
+            self.kind.as_str(),
+            self.data
+        ))
+    }
+}
+
+/// Parses the events of a `text/event-stream` body (for tests and for collecting streams
+/// that arrive over HTTP). Unknown lines are ignored.
+pub fn parse_events(text: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut event = None;
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(v) = line.strip_prefix("event:") {
+                event = Some(v.trim().to_owned());
+            } else if let Some(v) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(v.trim_start());
+            }
+        }
+        if event.is_none() && data.is_empty() {
+            continue;
+        }
+        let value = serde_json::from_str(&data).unwrap_or(Value::String(data));
+        out.push((event.unwrap_or_else(|| "message".into()), value));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_bytes_follow_framex() {
+        assert_eq!(
+            StreamEvent::chunk("a").to_bytes(),
+            "event: message_chunk\ndata: {\"content\":\"a\"}\n\n"
+        );
+        assert_eq!(
+            StreamEvent::finish().to_bytes(),
+            "event: finish\ndata: {}\n\n"
+        );
+        let parsed = parse_events(
+            "event: message_chunk\ndata: {\"content\":\"a\"}\n\nevent: finish\ndata: {}\n\n",
+        );
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].1["content"], "a");
+    }
+
+    #[test]
+    fn timestamp_is_labelled_utc() {
+        let t = timestamp();
+        assert!(t.ends_with("+00:00"), "{t}");
+        assert!(chrono::DateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%:z").is_ok());
+    }
+}

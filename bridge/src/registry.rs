@@ -1,0 +1,423 @@
+//! The running registry: every route (plugin, bus, proxy), every function API, and each
+//! plugin's resolved `required_remote_apis`, which is what [`PluginCtx::call_plugin_api`] uses.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::http::Method;
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use crate::auth::AuthRules;
+use crate::bus::{BusRoute, BusState, BusStream};
+use crate::config::Settings;
+use crate::envelope::EventType;
+use crate::error::{ApiError, Error, Result};
+use crate::plugin::{self, Api, CallType, HandlerSpec, Output, Plugin, PluginMetadata};
+use crate::proxy::ProxyRoute;
+
+/// A loaded plugin.
+#[derive(Debug)]
+pub(crate) struct PluginInfo {
+    pub meta: PluginMetadata,
+    pub type_name: String,
+    pub config: Value,
+}
+
+/// One API of a loaded plugin.
+pub(crate) struct ApiEntry {
+    pub plugin: Arc<PluginInfo>,
+    pub api: Api,
+    pub handler: HandlerSpec,
+    pub func_name: String,
+}
+
+impl ApiEntry {
+    /// `<plugin>.<Type>.<method>`, what errors and logs call it.
+    pub fn what(&self) -> &str {
+        &self.func_name
+    }
+}
+
+/// What a route or a required API leads to.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Local(Arc<ApiEntry>),
+    Bus(Arc<BusRoute>),
+    BusStream(Arc<BusStream>),
+    BusState(Arc<BusState>),
+    Proxy(Arc<ProxyRoute>),
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Local(e) => format!("plugin API {}", e.func_name),
+            Target::Bus(r) => format!("bus route {}", r.path),
+            Target::BusStream(s) => format!("bus stream {}", s.path),
+            Target::BusState(s) => format!("bus state {}", s.path),
+            Target::Proxy(p) => format!("proxied {} {}", p.method, p.path),
+        }
+    }
+}
+
+/// Everything the server and the contexts need.
+pub(crate) struct Registry {
+    pub settings: Settings,
+    pub plugins: Vec<Arc<PluginInfo>>,
+    pub entries: Vec<Arc<ApiEntry>>,
+    pub funcs: BTreeMap<String, Arc<ApiEntry>>,
+    /// path -> (method, target), in declaration order.
+    pub http: BTreeMap<String, Vec<(Method, Target)>>,
+    pub resolved: HashMap<String, HashMap<String, Target>>,
+    pub auth: AuthRules,
+    /// Upstream component schemas, merged into the OpenAPI document.
+    pub upstream_schemas: Map<String, Value>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("plugins", &self.plugins)
+            .field("routes", &self.http.keys().collect::<Vec<_>>())
+            .field("funcs", &self.funcs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Registers the loaded plugins (config checked, paths and names unique).
+    pub fn new(settings: Settings, plugins: &[Plugin]) -> Result<Registry> {
+        let mut reg = Registry {
+            auth: AuthRules::new(&settings.auth.rules),
+            settings,
+            plugins: Vec::new(),
+            entries: Vec::new(),
+            funcs: BTreeMap::new(),
+            http: BTreeMap::new(),
+            resolved: HashMap::new(),
+            upstream_schemas: Map::new(),
+        };
+        for p in plugins {
+            reg.add_plugin(p)?;
+        }
+        Ok(reg)
+    }
+
+    fn add_plugin(&mut self, p: &Plugin) -> Result<()> {
+        let name = &p.meta.name;
+        if self.plugins.iter().any(|i| &i.meta.name == name) {
+            return Err(Error::Plugin(format!("plugin {name:?} is loaded twice")));
+        }
+        let config = self.plugin_config(p)?;
+        let info = Arc::new(PluginInfo {
+            meta: p.meta.clone(),
+            type_name: p.type_name.clone(),
+            config,
+        });
+        self.plugins.push(info.clone());
+        for api in &p.apis {
+            let Some(handler) = api.handler.clone() else {
+                return Err(Error::Plugin(format!(
+                    "{}.{}: the API has no handler (call .handle(...))",
+                    p.deployment(),
+                    api.name
+                )));
+            };
+            let call_type = api.effective_call_type();
+            let http = matches!(call_type, CallType::Http | CallType::All);
+            let path = if http { api.full_path() } else { None };
+            if http && path.is_none() {
+                return Err(Error::Plugin(format!(
+                    "{}.{}: an http API needs a path",
+                    p.deployment(),
+                    api.name
+                )));
+            }
+            let entry = Arc::new(ApiEntry {
+                plugin: info.clone(),
+                api: api.clone(),
+                handler,
+                func_name: format!("{}.{}", p.deployment(), api.name),
+            });
+            if matches!(call_type, CallType::Func | CallType::All)
+                && self
+                    .funcs
+                    .insert(entry.func_name.clone(), entry.clone())
+                    .is_some()
+            {
+                return Err(Error::Plugin(format!(
+                    "function API {} is declared twice",
+                    entry.func_name
+                )));
+            }
+            if let Some(path) = path {
+                if !api.bad_methods.is_empty() || api.methods.is_empty() {
+                    return Err(Error::Plugin(format!(
+                        "{}: the methods must be HTTP methods (got {:?} that are not, and {} that are)",
+                        entry.func_name,
+                        api.bad_methods,
+                        api.methods.len()
+                    )));
+                }
+                for m in &api.methods {
+                    self.add_route(&path, m.clone(), Target::Local(entry.clone()))?;
+                }
+            }
+            self.entries.push(entry);
+        }
+        Ok(())
+    }
+
+    /// Adds a route; a path and method already taken is an error naming both owners.
+    pub fn add_route(&mut self, path: &str, method: Method, target: Target) -> Result<()> {
+        let slot = self.http.entry(path.to_owned()).or_default();
+        if let Some((_, existing)) = slot.iter().find(|(m, _)| *m == method) {
+            return Err(Error::Plugin(format!(
+                "{method} {path} is declared by both {} and {}",
+                existing.describe(),
+                target.describe()
+            )));
+        }
+        slot.push((method, target));
+        Ok(())
+    }
+
+    /// True if some route serves `method path`.
+    pub fn has_route(&self, path: &str, method: &Method) -> bool {
+        self.http
+            .get(path)
+            .is_some_and(|v| v.iter().any(|(m, _)| m == method))
+    }
+
+    fn plugin_config(&self, p: &Plugin) -> Result<Value> {
+        let name = &p.meta.name;
+        let given = self
+            .settings
+            .plugins
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        let Value::Object(map) = &given else {
+            return Err(Error::Config(format!(
+                "plugins.{name} must be a table of keys, got {given}"
+            )));
+        };
+        let Some(spec) = &p.config else {
+            if map.is_empty() {
+                return Ok(given);
+            }
+            return Err(Error::Config(format!(
+                "plugins.{name}: plugin {name:?} takes no config, but got key(s) {}",
+                names(map.keys())
+            )));
+        };
+        let allowed = plugin::declared_properties(&spec.schema);
+        let unknown: Vec<&String> = map.keys().filter(|k| !allowed.contains(k)).collect();
+        if !unknown.is_empty() {
+            return Err(Error::Config(format!(
+                "plugins.{name}: unknown key(s) {}; allowed: {}",
+                names(unknown),
+                names(allowed.iter())
+            )));
+        }
+        (spec.check)(given.clone()).map_err(|e| {
+            let detail = e.data.as_ref().and_then(|d| d["detail"].get(0)).cloned();
+            match detail {
+                Some(d) => {
+                    let loc: Vec<String> = d["loc"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .skip(1)
+                                .map(|v| v.as_str().map_or(v.to_string(), str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let key = std::iter::once(format!("plugins.{name}"))
+                        .chain(loc)
+                        .collect::<Vec<_>>()
+                        .join(".");
+                    Error::Config(format!("{key}: {}", d["msg"].as_str().unwrap_or("invalid")))
+                }
+                None => Error::Config(format!("plugins.{name}: {}", e.message)),
+            }
+        })?;
+        Ok(given)
+    }
+
+    /// Resolves every plugin's `required_remote_apis`; a missing one is an error naming the
+    /// plugin and the API.
+    pub fn resolve(&mut self) -> Result<()> {
+        let mut resolved = HashMap::new();
+        for info in &self.plugins {
+            let mut mine = HashMap::new();
+            for name in &info.meta.required_remote_apis {
+                let target = self.lookup(name).ok_or_else(|| {
+                    let hint = if name.starts_with('/') && !name.starts_with(crate::API_PREFIX) {
+                        format!(" (HTTP APIs are named by their full path, e.g. {})", plugin::prefixed(name))
+                    } else {
+                        String::new()
+                    };
+                    Error::Plugin(format!(
+                        "plugin {:?} requires {name:?} (required_remote_apis), but no loaded plugin, bus route or proxied upstream provides it{hint}; HTTP paths: {}; function APIs: {}",
+                        info.meta.name,
+                        names(self.http.keys()),
+                        names(self.funcs.keys()),
+                    ))
+                })?;
+                mine.insert(name.clone(), target);
+            }
+            resolved.insert(info.meta.name.clone(), mine);
+        }
+        self.resolved = resolved;
+        Ok(())
+    }
+
+    /// `"/api/v1/x"`, `"POST /api/v1/x"` or a function name.
+    fn lookup(&self, name: &str) -> Option<Target> {
+        let (method, path) = match name.split_once(' ') {
+            Some((m, p)) if p.starts_with('/') => (Method::from_bytes(m.as_bytes()).ok(), p),
+            _ => (None, name),
+        };
+        if path.starts_with('/') {
+            let routes = self.http.get(path)?;
+            let found = match method {
+                Some(m) => routes.iter().find(|(rm, _)| *rm == m),
+                None => routes.first(),
+            };
+            found.map(|(_, t)| t.clone())
+        } else {
+            self.funcs.get(name).map(|e| Target::Local(e.clone()))
+        }
+    }
+}
+
+fn names<I, S>(it: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let v: Vec<String> = it
+        .into_iter()
+        .map(|s| format!("`{}`", s.as_ref()))
+        .collect();
+    if v.is_empty() {
+        "(none)".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// What a handler or start hook gets: its plugin's config, and `call_plugin_api`.
+#[derive(Clone)]
+pub struct PluginCtx {
+    pub(crate) plugin: Arc<PluginInfo>,
+    pub(crate) registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for PluginCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginCtx")
+            .field("plugin", &self.plugin.meta.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginCtx {
+    /// The plugin's name.
+    pub fn plugin(&self) -> &str {
+        &self.plugin.meta.name
+    }
+
+    /// The plugin's config, `plugins.<name>`, as its declared model (checked at start).
+    pub fn config<C: DeserializeOwned>(&self) -> Result<C, ApiError> {
+        plugin::from_json(self.plugin.config.clone(), "config")
+    }
+
+    /// Calls an API this plugin declared in `required_remote_apis`: an HTTP path or a
+    /// function name, with keyword arguments as a JSON object (query parameters by name, the
+    /// body under its body name). Local APIs answer with the handler's value (no envelope);
+    /// a stream is collected into a list of its `message_chunk` payloads.
+    pub async fn call_plugin_api(&self, name: &str, kwargs: Value) -> Result<Value, ApiError> {
+        let target = self
+            .registry
+            .resolved
+            .get(&self.plugin.meta.name)
+            .and_then(|m| m.get(name))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::internal(format!(
+                    "plugin {:?} called {name:?}, which is not in its required_remote_apis: add it there to call it",
+                    self.plugin.meta.name
+                ))
+            })?;
+        let kwargs = match kwargs {
+            Value::Object(m) => m,
+            Value::Null => Map::new(),
+            other => {
+                return Err(ApiError::bad_request(format!(
+                "call_plugin_api({name:?}) takes a JSON object of keyword arguments, got {other}"
+            )))
+            }
+        };
+        match target {
+            Target::Local(entry) => call_local(&self.registry, &entry, kwargs).await,
+            Target::Bus(route) => route.call(Value::Object(kwargs)).await,
+            Target::BusStream(s) => Err(ApiError::bad_request(format!(
+                "{} is an endless stream of bus messages and cannot be collected",
+                s.path
+            ))),
+            Target::BusState(s) => Ok(s.current()),
+            Target::Proxy(p) => p.call(kwargs).await,
+        }
+    }
+}
+
+/// Calls a local API with kwargs: the body under its name, the rest as query parameters.
+pub(crate) async fn call_local(
+    registry: &Arc<Registry>,
+    entry: &Arc<ApiEntry>,
+    mut kwargs: Map<String, Value>,
+) -> Result<Value, ApiError> {
+    let body = match &entry.handler.body {
+        Some((body_name, _)) => kwargs.remove(body_name),
+        None => None,
+    };
+    let ctx = PluginCtx {
+        plugin: entry.plugin.clone(),
+        registry: registry.clone(),
+    };
+    let out = plugin::invoke(
+        &entry.handler.erased,
+        Value::Object(kwargs),
+        body,
+        ctx,
+        entry.what(),
+    )
+    .await?;
+    match out {
+        Output::Value(v) => Ok(v),
+        Output::Stream(mut s) => {
+            let mut items = Vec::new();
+            while let Some(ev) = s.next().await {
+                let ev = ev?;
+                match ev.kind {
+                    EventType::MessageChunk => items.push(ev.data),
+                    EventType::Error => {
+                        return Err(ApiError::internal(
+                            ev.data["message"]
+                                .as_str()
+                                .unwrap_or("stream failed")
+                                .to_owned(),
+                        ))
+                    }
+                    EventType::Finish => break,
+                    EventType::Debug => {}
+                }
+            }
+            Ok(Value::Array(items))
+        }
+    }
+}

@@ -1,0 +1,564 @@
+//! Putting it together: loading plugins, bus routes and the proxy into a registry, the axum
+//! router, and running it until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, MethodFilter, MethodRouter};
+use axum::Router;
+use futures::StreamExt;
+use serde_json::{json, Value};
+use service_framework::AddressesFile;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::envelope::{self, EventType, StreamEvent};
+use crate::error::{ApiError, Error, Result};
+use crate::plugin::{self, Output, Plugin};
+use crate::registry::{PluginCtx, Registry, Target};
+use crate::{bus, proxy, API_PREFIX, OPENAPI_PATH};
+
+/// The largest request body a plugin or bus route reads (16 MiB).
+const BODY_LIMIT: usize = 16 << 20;
+/// The largest body forwarded to an upstream (256 MiB; uploads).
+const PROXY_BODY_LIMIT: usize = 256 << 20;
+
+/// Builds and starts a bridge.
+///
+/// ```no_run
+/// # async fn run() -> sf_bridge::Result<()> {
+/// use sf_bridge::{config::Settings, Bridge};
+/// let mut settings = Settings::default();
+/// settings.server.port = 0;
+/// settings.load_builtin_plugins = vec!["echo".into()];
+/// let running = Bridge::new(settings).start().await?;
+/// println!("serving on http://{}", running.addr());
+/// running.stop().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Bridge {
+    settings: Settings,
+    available: Vec<Plugin>,
+    addresses: Option<AddressesFile>,
+}
+
+impl Bridge {
+    /// A bridge with the built-in plugins available (`echo`).
+    pub fn new(settings: Settings) -> Self {
+        Bridge {
+            settings,
+            available: Vec::new(),
+            addresses: None,
+        }
+    }
+
+    /// Makes a plugin available to `load_plugins` (loaded when named there or with
+    /// `--load-plugins`).
+    pub fn plugin(mut self, p: Plugin) -> Self {
+        self.available.push(p);
+        self
+    }
+
+    /// Makes several plugins available.
+    pub fn plugins(mut self, ps: impl IntoIterator<Item = Plugin>) -> Self {
+        self.available.extend(ps);
+        self
+    }
+
+    /// addresses.json, for bus routes that name a connection and for automatic routes.
+    pub fn addresses(mut self, a: AddressesFile) -> Self {
+        self.addresses = Some(a);
+        self
+    }
+
+    /// The plugins to load, by the settings' names; unknown names are an error listing the
+    /// available ones.
+    fn selected(&self) -> Result<Vec<Plugin>> {
+        let builtins = builtin_plugins();
+        let mut out: Vec<Plugin> = Vec::new();
+        for name in &self.settings.load_builtin_plugins {
+            if name == "proxy" {
+                continue; // the proxy is turned on by server.enable_proxy
+            }
+            let p = builtins.iter().find(|p| p.name() == name).ok_or_else(|| {
+                Error::Config(format!(
+                    "load_builtin_plugins: there is no built-in plugin {name:?}; built-ins: echo, proxy"
+                ))
+            })?;
+            out.push(p.clone());
+        }
+        for name in &self.settings.load_plugins {
+            let p = self
+                .available
+                .iter()
+                .find(|p| p.name() == name)
+                .ok_or_else(|| {
+                    let names: Vec<&str> = self.available.iter().map(Plugin::name).collect();
+                    Error::Config(format!(
+                    "load_plugins: no plugin {name:?} is compiled into this bridge; available: {}",
+                    if names.is_empty() { "(none)".into() } else { names.join(", ") }
+                ))
+                })?;
+            if !out.iter().any(|o| o.name() == p.name()) {
+                out.push(p.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads everything (plugins, bus routes, upstream documents), resolves
+    /// `required_remote_apis` and runs the start hooks; the result is ready to serve.
+    pub async fn build(self) -> Result<App> {
+        let plugins = self.selected()?;
+        let mut reg = Registry::new(self.settings.clone(), &plugins)?;
+        let (routes, streams) = bus::build(&reg.settings.bus, self.addresses.as_ref())?;
+        for r in routes {
+            let (path, method) = (r.path.clone(), r.method.clone());
+            reg.add_route(&path, method, Target::Bus(Arc::new(r)))?;
+        }
+        for s in streams {
+            let path = s.path.clone();
+            reg.add_route(&path, Method::GET, Target::BusStream(Arc::new(s)))?;
+        }
+        for s in bus::states(&reg.settings.bus).await? {
+            let path = s.path.clone();
+            reg.add_route(&path, Method::GET, Target::BusState(Arc::new(s)))?;
+        }
+        if reg.settings.server.enable_proxy {
+            let up = proxy::load(reg.settings.plugins.get("proxy")).await?;
+            for r in up.routes {
+                if reg.has_route(&r.path, &r.method) {
+                    tracing::warn!(path = %r.path, method = %r.method, "a local route takes precedence over the upstream's");
+                    continue;
+                }
+                let (path, method) = (r.path.clone(), r.method.clone());
+                reg.add_route(&path, method, Target::Proxy(Arc::new(r)))?;
+            }
+            reg.upstream_schemas = up.schemas;
+        }
+        reg.resolve()?;
+        let openapi = Arc::new(crate::openapi::document(&reg));
+        let registry = Arc::new(reg);
+        for p in &plugins {
+            if let Some(hook) = &p.on_start {
+                let info = registry
+                    .plugins
+                    .iter()
+                    .find(|i| i.meta.name == p.meta.name)
+                    .cloned()
+                    .expect("a loaded plugin");
+                let ctx = PluginCtx {
+                    plugin: info,
+                    registry: registry.clone(),
+                };
+                hook(ctx).await.map_err(|e| {
+                    Error::Plugin(format!("{}: on_start failed: {}", p.name(), e.message))
+                })?;
+            }
+        }
+        let router = router(registry.clone(), openapi.clone());
+        Ok(App {
+            registry,
+            router,
+            openapi,
+        })
+    }
+
+    /// Builds, binds `server.host:server.port` and serves in the background.
+    pub async fn start(self) -> Result<RunningBridge> {
+        let app = self.build().await?;
+        app.start().await
+    }
+}
+
+/// The built-in plugins.
+pub fn builtin_plugins() -> Vec<Plugin> {
+    vec![crate::echo::plugin()]
+}
+
+/// A built bridge, ready to serve.
+#[derive(Debug)]
+pub struct App {
+    registry: Arc<Registry>,
+    router: Router,
+    openapi: Arc<Value>,
+}
+
+impl App {
+    /// The axum router (for embedding in a larger server).
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    /// The OpenAPI document.
+    pub fn openapi(&self) -> &Value {
+        &self.openapi
+    }
+
+    /// Binds `server.host:server.port` and serves in the background.
+    pub async fn start(self) -> Result<RunningBridge> {
+        let s = &self.registry.settings.server;
+        let bind = format!("{}:{}", s.host, s.port);
+        let listener = tokio::net::TcpListener::bind(&bind)
+            .await
+            .map_err(|e| Error::Server(format!("cannot listen on {bind}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Server(e.to_string()))?;
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let router = self.router.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .map_err(|e| Error::Server(e.to_string()))
+        });
+        tracing::info!("bridge serving on http://{addr} (docs: http://{addr}/docs)");
+        Ok(RunningBridge { addr, stop, task })
+    }
+
+    /// Serves until `shutdown` resolves, then finishes the requests in flight.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let running = self.start().await?;
+        shutdown.await;
+        running.stop().await;
+        Ok(())
+    }
+}
+
+/// A bridge serving in the background; dropping it stops it.
+#[derive(Debug)]
+pub struct RunningBridge {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl RunningBridge {
+    /// The address actually bound.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops taking connections and waits (up to 10 s) for the requests in flight.
+    /// Open event streams are cut at the deadline.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let task = &mut self.task;
+        if tokio::time::timeout(std::time::Duration::from_secs(10), &mut *task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for RunningBridge {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
+    let mut api = Router::new();
+    for (path, routes) in &reg.http {
+        let mut mr: MethodRouter<()> = MethodRouter::new();
+        let mut allowed = Vec::new();
+        for (method, target) in routes {
+            let Ok(filter) = MethodFilter::try_from(method.clone()) else {
+                tracing::warn!(%method, %path, "method not routable; skipped");
+                continue;
+            };
+            allowed.push(method.as_str().to_owned());
+            let (reg, target) = (reg.clone(), target.clone());
+            mr = mr.on(filter, move |req: Request| {
+                dispatch(reg.clone(), target.clone(), req)
+            });
+        }
+        let allow = allowed.join(", ");
+        mr = mr.fallback(move |req: Request| {
+            let allow = allow.clone();
+            async move {
+                let mut r = envelope::failure(&ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!(
+                        "{} is not allowed on {}; allowed: {allow}",
+                        req.method(),
+                        req.uri().path()
+                    ),
+                ));
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    r.headers_mut().insert(header::ALLOW, v);
+                }
+                r
+            }
+        });
+        api = api.route(path, mr);
+    }
+    let api = api.route_layer(middleware::from_fn_with_state(reg.clone(), auth));
+
+    let doc = openapi.clone();
+    let swagger = Arc::new(utoipa_swagger_ui::Config::from(OPENAPI_PATH));
+    let redoc_html: &'static str = Box::leak(
+        aide::redoc::Redoc::new(OPENAPI_PATH)
+            .with_title("Bridge ReDoc")
+            .html()
+            .into_boxed_str(),
+    );
+    Router::new()
+        .route("/health", get(|| async { axum::Json("ok") }))
+        .route("/ping", get(|| async { axum::Json("pong") }))
+        .route(
+            "/version",
+            get(|| async {
+                axum::Json(
+                    json!({"name": "sf-bridge", "version": env!("CARGO_PKG_VERSION"),
+                    "service_framework": "0.0.18 wire-compatible"}),
+                )
+            }),
+        )
+        .route(
+            OPENAPI_PATH,
+            get(move || {
+                let doc = doc.clone();
+                async move { envelope::json_response(StatusCode::OK, &*doc) }
+            }),
+        )
+        .route("/docs", get(|| async { Redirect::permanent("/docs/") }))
+        .route(
+            "/docs/",
+            get({
+                let c = swagger.clone();
+                move || swagger_file(String::new(), c.clone())
+            }),
+        )
+        .route(
+            "/docs/{*file}",
+            get({
+                let c = swagger.clone();
+                move |axum::extract::Path(file): axum::extract::Path<String>| {
+                    swagger_file(file, c.clone())
+                }
+            }),
+        )
+        .route("/redoc", get(move || async move { Html(redoc_html) }))
+        .merge(api)
+        .fallback(not_found)
+}
+
+async fn swagger_file(file: String, config: Arc<utoipa_swagger_ui::Config<'static>>) -> Response {
+    match utoipa_swagger_ui::serve(&file, config) {
+        Ok(Some(f)) => {
+            let mut r = Response::new(Body::from(f.bytes.into_owned()));
+            if let Ok(v) = HeaderValue::from_str(&f.content_type) {
+                r.headers_mut().insert(header::CONTENT_TYPE, v);
+            }
+            if f.gzpipped {
+                r.headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            r
+        }
+        Ok(None) => (StatusCode::NOT_FOUND, "not found").into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    let path = req.uri().path();
+    if path == "/api" || path.starts_with("/api/") {
+        envelope::failure(&ApiError::not_found(format!(
+            "no route for {} {path}",
+            req.method()
+        )))
+    } else {
+        envelope::json_response(StatusCode::NOT_FOUND, &json!({"detail": "Not Found"}))
+    }
+}
+
+async fn auth(State(reg): State<Arc<Registry>>, req: Request, next: Next) -> Response {
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    match reg
+        .auth
+        .check(req.uri().path(), template.as_deref(), req.headers())
+    {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            tracing::warn!(path = %req.uri().path(), "rejected: {}", e.message);
+            envelope::failure(&e)
+        }
+    }
+}
+
+fn under_api(path: &str) -> bool {
+    path == "/api" || path.starts_with("/api/") || path.starts_with(API_PREFIX)
+}
+
+async fn dispatch(reg: Arc<Registry>, target: Target, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let result = match target {
+        Target::Local(entry) => {
+            let pairs: Vec<(String, String)> = match req.uri().query() {
+                Some(q) => match serde_urlencoded_pairs(q) {
+                    Ok(p) => p,
+                    Err(e) => return envelope::failure(&e),
+                },
+                None => Vec::new(),
+            };
+            let query = plugin::coerce_query(&entry.handler.query_root, pairs);
+            let body = if entry.handler.body.is_some() {
+                match read_json_body(req).await {
+                    Ok(b) => b,
+                    Err(e) => return envelope::failure(&e),
+                }
+            } else {
+                None
+            };
+            let ctx = PluginCtx {
+                plugin: entry.plugin.clone(),
+                registry: reg.clone(),
+            };
+            match plugin::invoke(&entry.handler.erased, query, body, ctx, entry.what()).await {
+                Ok(Output::Value(v)) if entry.api.raw_response || !under_api(&path) => {
+                    return envelope::json_response(StatusCode::OK, &v)
+                }
+                Ok(Output::Value(v)) => Ok(v),
+                Ok(Output::Stream(s)) => return sse(s),
+                Err(e) => Err(e),
+            }
+        }
+        Target::Bus(route) => {
+            let args = if route.method == Method::GET {
+                let pairs = match req.uri().query() {
+                    Some(q) => match serde_urlencoded_pairs(q) {
+                        Ok(p) => p,
+                        Err(e) => return envelope::failure(&e),
+                    },
+                    None => Vec::new(),
+                };
+                let schema = route.args_schema.clone().unwrap_or(Value::Null);
+                plugin::coerce_query(&schema, pairs)
+            } else {
+                match read_json_body(req).await {
+                    Ok(b) => b.unwrap_or_else(|| json!({})),
+                    Err(e) => return envelope::failure(&e),
+                }
+            };
+            match route.call(args).await {
+                Ok(v) if route.raw_response => return envelope::json_response(StatusCode::OK, &v),
+                other => other,
+            }
+        }
+        Target::BusStream(s) => match s.open().await {
+            Ok(stream) => return sse(stream),
+            Err(e) => Err(e),
+        },
+        Target::BusState(s) => Ok(s.current()),
+        Target::Proxy(p) => {
+            let method = req.method().clone();
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map_or(path.clone(), |pq| pq.as_str().to_owned());
+            let headers = req.headers().clone();
+            let body = match axum::body::to_bytes(req.into_body(), PROXY_BODY_LIMIT).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return envelope::failure(&ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("cannot read the request body: {e}"),
+                    ))
+                }
+            };
+            return p.forward(method, &pq, &path, &headers, body).await;
+        }
+    };
+    match result {
+        Ok(v) => envelope::success(StatusCode::OK, v),
+        Err(e) => {
+            if e.status.is_server_error() {
+                tracing::error!(%path, "{}", e.message);
+            }
+            envelope::failure(&e)
+        }
+    }
+}
+
+fn serde_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let parsed: axum::extract::Query<Vec<(String, String)>> = axum::extract::Query::try_from_uri(
+        &format!("/?{q}")
+            .parse()
+            .map_err(|_| ApiError::bad_request("the query string is not valid"))?,
+    )
+    .map_err(|e| ApiError::bad_request(format!("the query string is not valid: {e}")))?;
+    Ok(parsed.0)
+}
+
+async fn read_json_body(req: Request) -> Result<Option<Value>, ApiError> {
+    let bytes = axum::body::to_bytes(req.into_body(), BODY_LIMIT)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the request body (limit {BODY_LIMIT} bytes): {e}"),
+            )
+        })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        ApiError::validation(
+            vec!["body".into(), e.column().into()],
+            format!("JSON decode error: {e}"),
+            "json_invalid",
+        )
+    })
+}
+
+/// Events as FrameX sends them; `finish` is added unless the handler sent one, and an error
+/// becomes an `error` event that ends the stream.
+fn sse(stream: crate::plugin::EventStream) -> Response {
+    let body = futures::stream::unfold((stream, false), |(mut s, done)| async move {
+        if done {
+            return None;
+        }
+        match s.next().await {
+            Some(Ok(ev)) => {
+                let finished = ev.kind == EventType::Finish;
+                Some((
+                    Ok::<_, std::convert::Infallible>(ev.to_bytes()),
+                    (s, finished),
+                ))
+            }
+            Some(Err(e)) => {
+                tracing::warn!("stream failed midway: {}", e.message);
+                Some((Ok(StreamEvent::error(&e).to_bytes()), (s, true)))
+            }
+            None => Some((Ok(StreamEvent::finish().to_bytes()), (s, true))),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|e| envelope::failure(&ApiError::internal(e.to_string())))
+}

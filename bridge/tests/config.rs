@@ -1,0 +1,325 @@
+//! Settings precedence (CLI > environment > .env.prod > .env > config.json > config.toml),
+//! errors that name the key, and the real binaries: `service-framework-bridge` reading
+//! config.toml from its working directory, and `service-framework -s bridge` handing over to it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use sf_bridge::config::{CliOverrides, Settings, Sources};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+fn sources(dir: &Path, env: &[(&str, &str)], cli: CliOverrides) -> Sources {
+    Sources {
+        dir: dir.to_owned(),
+        config_json: None,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        cli,
+    }
+}
+
+#[test]
+fn framex_precedence() {
+    let dir = scratch("precedence");
+    write(
+        &dir,
+        "config.toml",
+        r#"
+load_builtin_plugins = ["echo"]
+load_plugins = ["a"]
+[server]
+host = "127.0.0.2"
+port = 1111
+[plugins.echo]
+prefix = "toml:"
+[auth.rules]
+"/api/v1/*" = ["k"]
+"#,
+    );
+    let only_toml = Settings::load(&sources(&dir, &[], CliOverrides::default())).unwrap();
+    assert_eq!(only_toml.server.port, 1111);
+    assert_eq!(only_toml.server.host, "127.0.0.2");
+    assert_eq!(only_toml.plugins["echo"], json!({"prefix": "toml:"}));
+    assert_eq!(only_toml.auth.rules["/api/v1/*"], vec!["k"]);
+    assert_eq!(only_toml.load_builtin_plugins, vec!["echo"]);
+
+    // config.json (-c) is above config.toml.
+    let cfg_json = dir.join("config.json");
+    std::fs::write(&cfg_json, r#"{"server": {"port": 1500}}"#).unwrap();
+    let mut src = sources(&dir, &[], CliOverrides::default());
+    src.config_json = Some(cfg_json);
+    assert_eq!(Settings::load(&src).unwrap().server.port, 1500);
+
+    write(
+        &dir,
+        ".env",
+        "SERVER__PORT=2222\nPLUGINS__ECHO__PREFIX=dotenv:\n# a comment\n",
+    );
+    let s = Settings::load(&sources(&dir, &[], CliOverrides::default())).unwrap();
+    assert_eq!(s.server.port, 2222);
+    assert_eq!(s.server.host, "127.0.0.2", "objects merge key by key");
+    assert_eq!(s.plugins["echo"]["prefix"], "dotenv:");
+
+    write(&dir, ".env.prod", "SERVER__PORT=2500\n");
+    assert_eq!(
+        Settings::load(&sources(&dir, &[], CliOverrides::default()))
+            .unwrap()
+            .server
+            .port,
+        2500
+    );
+
+    let env = [
+        ("SERVER__PORT", "3333"),
+        ("SERVER__ENABLE_PROXY", "true"),
+        ("LOAD_PLUGINS", "[\"b\"]"),
+        ("HOME", "/x"),
+    ];
+    let s = Settings::load(&sources(&dir, &env, CliOverrides::default())).unwrap();
+    assert_eq!(s.server.port, 3333);
+    assert!(s.server.enable_proxy);
+    assert_eq!(
+        s.load_plugins,
+        vec!["b"],
+        "a list from the environment replaces"
+    );
+    assert_eq!(s.plugins["echo"]["prefix"], "dotenv:");
+
+    let cli = CliOverrides {
+        host: Some("0.0.0.0".into()),
+        port: Some(4444),
+        load_plugins: vec!["c".into(), "b".into()],
+        load_builtin_plugins: vec!["echo".into()],
+        enable_proxy: Some(false),
+    };
+    let s = Settings::load(&sources(&dir, &env, cli)).unwrap();
+    assert_eq!(s.server.port, 4444);
+    assert_eq!(s.server.host, "0.0.0.0");
+    assert!(
+        !s.server.enable_proxy,
+        "--no-enable-proxy beats the environment"
+    );
+    assert_eq!(s.load_plugins, vec!["b", "c"], "CLI plugins are added");
+    assert_eq!(s.load_builtin_plugins, vec!["echo"]);
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let dir = scratch("bad");
+    write(&dir, "config.toml", "[server]\nprot = 1\n");
+    let e = Settings::load(&sources(&dir, &[], CliOverrides::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("server") && e.contains("prot") && e.contains("port"),
+        "{e}"
+    );
+
+    write(&dir, "config.toml", "[server]\nport = 1\n");
+    let e = Settings::load(&sources(
+        &dir,
+        &[("SERVER__PORT", "eighty")],
+        CliOverrides::default(),
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("server.port"), "{e}");
+
+    write(&dir, "config.toml", "[server\nport = 1\n");
+    let e = Settings::load(&sources(&dir, &[], CliOverrides::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("config.toml"), "{e}");
+
+    write(&dir, "config.toml", "load_plugins = \"x\"\n");
+    let e = Settings::load(&sources(&dir, &[], CliOverrides::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("load_plugins"), "{e}");
+
+    write(
+        &dir,
+        "config.toml",
+        "[bus.routes.\"/x\"]\nmethdo = \"GET\"\n",
+    );
+    let e = Settings::load(&sources(&dir, &[], CliOverrides::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("methdo"), "{e}");
+}
+
+/// A child process that is killed if the test fails.
+struct Proc {
+    child: Child,
+    stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Proc {
+    fn spawn(program: &Path, args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars() {
+            let l = k.to_ascii_lowercase();
+            if sf_bridge::config::TOP_LEVEL_KEYS
+                .iter()
+                .any(|t| l == *t || l.starts_with(&format!("{t}__")))
+            {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Proc { child, stdout }
+    }
+
+    /// Waits (bounded) for the line announcing the address.
+    async fn url(&mut self) -> String {
+        let line = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(l) = self.stdout.next_line().await.unwrap() {
+                if let Some(u) = l.strip_prefix("bridge serving on ") {
+                    return Some(u.trim().to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .expect("the bridge announces itself within 20 s");
+        match line {
+            Some(u) => u,
+            None => {
+                let out = self.child.wait_with_output_ref().await;
+                panic!("the bridge exited without serving: {out}")
+            }
+        }
+    }
+
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("stops within 15 s of SIGTERM")
+            .unwrap()
+    }
+}
+
+trait WaitRef {
+    async fn wait_with_output_ref(&mut self) -> String;
+}
+
+impl WaitRef for Child {
+    async fn wait_with_output_ref(&mut self) -> String {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait()).await;
+        let mut err = String::new();
+        if let Some(mut e) = self.stderr.take() {
+            use tokio::io::AsyncReadExt;
+            let _ = tokio::time::timeout(Duration::from_secs(2), e.read_to_string(&mut err)).await;
+        }
+        err
+    }
+}
+
+fn bridge_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_service-framework-bridge"))
+}
+
+#[tokio::test]
+async fn the_binary_reads_config_toml_from_its_working_directory() {
+    let dir = scratch("binary");
+    write(
+        &dir,
+        "config.toml",
+        "load_builtin_plugins = [\"echo\"]\n[server]\nport = 1\n[plugins.echo]\nprefix = \"cfg:\"\n",
+    );
+    // The environment beats config.toml's port 1 (which could not be bound).
+    let mut p = Proc::spawn(
+        &bridge_binary(),
+        &["-cl", "WARNING"],
+        &dir,
+        &[("SERVER__PORT", "0")],
+    );
+    let url = p.url().await;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let (s, v) = get(&format!("{url}/api/v1/echo?message=x")).await;
+    assert_eq!((s, data_of(200, &v)), (200, json!("cfg:x")));
+    let status = p.terminate().await;
+    assert!(status.success(), "{status}");
+
+    // A config mistake exits 2 naming the key.
+    let out = Command::new(bridge_binary())
+        .args(["--port", "0", "--load-builtin-plugins", "ehco"])
+        .current_dir(&dir)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ehco") && err.contains("load_builtin_plugins"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn service_framework_dash_s_bridge_runs_it() {
+    let sf = bridge_binary().with_file_name("service-framework");
+    if !sf.is_file() {
+        // `cargo test --workspace` (scripts/test) builds it; `-p sf-bridge` alone may not.
+        eprintln!("SKIPPED: {} is not built", sf.display());
+        return;
+    }
+    let dir = scratch("dash-s");
+    let mut p = Proc::spawn(
+        &sf,
+        &[
+            "-s",
+            "bridge",
+            "--port",
+            "0",
+            "--load-builtin-plugins",
+            "echo",
+        ],
+        &dir,
+        &[],
+    );
+    let url = p.url().await;
+    let (s, v) = get(&format!("{url}/api/v1/echo?message=via%20sf")).await;
+    assert_eq!((s, data_of(200, &v)), (200, json!("via sf")));
+    assert_eq!(get(&format!("{url}/health")).await, (200, json!("ok")));
+    assert!(p.terminate().await.success());
+
+    let out = Command::new(&sf)
+        .args(["describe", "-s", "bridge"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["name"], "bridge");
+}

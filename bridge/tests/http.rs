@@ -1,0 +1,779 @@
+//! The HTTP surface against a running bridge (127.0.0.1, port 0) with a real client: system
+//! routes, docs pages, the echo plugin, the envelope and error statuses, streams, FrameX's
+//! handler options, call_plugin_api, plugin config, auth rules and the OpenAPI document.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use futures::stream;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sf_bridge::{Api, ApiError, Bridge, NoParams, Plugin, PluginCtx, PluginMetadata, StreamEvent};
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+struct Defaults {
+    #[serde(default = "seven")]
+    n: i64,
+    #[serde(default)]
+    flag: bool,
+    name: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+fn seven() -> i64 {
+    7
+}
+
+#[derive(Debug, Deserialize, Serialize, JsonSchema)]
+struct Item {
+    id: u32,
+    label: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[allow(dead_code)]
+struct DemoConfig {
+    greeting: String,
+    #[serde(default)]
+    times: u32,
+}
+
+/// Exercises FrameX's handler options and the failure paths.
+fn demo() -> Plugin {
+    Plugin::new(
+        PluginMetadata::new("demo")
+            .version("1.2.3")
+            .description("Demo plugin")
+            .author("tests")
+            .url("https://example.invalid/demo"),
+    )
+    .config::<DemoConfig>()
+    .api(
+        Api::new("defaults")
+            .path("defaults")
+            .handle(|q: Defaults, _c: PluginCtx| async move { Ok::<_, ApiError>(q) }),
+    )
+    // Two APIs on one path, different methods (FrameX keeps only one).
+    .api(Api::new("list_items").path("/items").get().handle(
+        |_: NoParams, _c: PluginCtx| async move { Ok::<_, ApiError>(vec!["a".to_owned()]) },
+    ))
+    .api(Api::new("add_item").path("/items").post().handle_with_body(
+        "item",
+        |_: NoParams, item: Item, _c: PluginCtx| async move { Ok::<_, ApiError>(item) },
+    ))
+    // One API with two methods.
+    .api(
+        Api::new("multi")
+            .path("/multi")
+            .methods(["PUT", "DELETE"])
+            .handle(|_: NoParams, _c: PluginCtx| async move { Ok::<_, ApiError>("multi") }),
+    )
+    .api(
+        Api::new("raw")
+            .path("/raw")
+            .raw_response()
+            .tags(["raw", "demo"])
+            .handle(|_: NoParams, _c: PluginCtx| async move { Ok::<_, ApiError>(json!({"x": 1})) }),
+    )
+    .api(
+        Api::new("fail")
+            .path("/fail")
+            .handle(|_: NoParams, _c: PluginCtx| async move {
+                Err::<String, _>(ApiError::internal("boom"))
+            }),
+    )
+    .api(
+        Api::new("missing")
+            .path("/missing")
+            .handle(|_: NoParams, _c: PluginCtx| async move {
+                Err::<String, _>(ApiError::not_found("no such thing"))
+            }),
+    )
+    .api(
+        Api::new("panic")
+            .path("/panic")
+            .handle(|_: NoParams, _c: PluginCtx| async move {
+                if std::hint::black_box(true) {
+                    panic!("secret detail 42");
+                }
+                Ok::<_, ApiError>(())
+            }),
+    )
+    .api(
+        Api::new("broken_stream")
+            .path("/broken_stream")
+            .handle_stream(|_: NoParams, _c: PluginCtx| async move {
+                Ok::<_, ApiError>(stream::iter(vec![
+                    Ok(StreamEvent::chunk("a")),
+                    Ok(StreamEvent::debug(json!({"step": 1}))),
+                    Err(ApiError::internal("disk on fire")),
+                    Ok(StreamEvent::chunk("never")),
+                ]))
+            }),
+    )
+    .api(Api::new("plain").path("/plain").no_prefix().handle(
+        |_: NoParams, c: PluginCtx| async move {
+            let cfg: DemoConfig = c.config()?;
+            Ok::<_, ApiError>(format!("{} x{}", cfg.greeting, cfg.times))
+        },
+    ))
+    .api(
+        Api::new("both")
+            .path("/both")
+            .call_type(sf_bridge::CallType::All)
+            .handle(|q: sf_bridge::echo::EchoQuery, _c: PluginCtx| async move {
+                Ok::<_, ApiError>(format!("both {}", q.message))
+            }),
+    )
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+struct CallQuery {
+    name: String,
+    #[serde(default)]
+    kwargs: Option<String>,
+}
+
+/// Calls other APIs with call_plugin_api; its start hook does too.
+fn caller(started: Arc<Mutex<Option<Value>>>) -> Plugin {
+    Plugin::new(PluginMetadata::new("caller").required_remote_apis([
+        "/api/v1/echo",
+        "echo.EchoPlugin.confess",
+        "/api/v1/echo_stream",
+        "POST /api/v1/echo_model",
+        "demo.DemoPlugin.both",
+    ]))
+    .on_start(move |ctx: PluginCtx| {
+        let started = started.clone();
+        async move {
+            let v = ctx
+                .call_plugin_api("echo.EchoPlugin.confess", json!({"message": "at start"}))
+                .await?;
+            *started.lock().unwrap() = Some(v);
+            Ok(())
+        }
+    })
+    .api(
+        Api::new("call")
+            .path("/call")
+            .handle(|q: CallQuery, ctx: PluginCtx| async move {
+                let kwargs: Value = match q.kwargs {
+                    Some(k) => serde_json::from_str(&k)
+                        .map_err(|e| ApiError::bad_request(e.to_string()))?,
+                    None => json!({}),
+                };
+                ctx.call_plugin_api(&q.name, kwargs).await
+            }),
+    )
+}
+
+async fn demo_bridge(
+    extra: impl FnOnce(&mut sf_bridge::Settings),
+) -> (sf_bridge::RunningBridge, Arc<Mutex<Option<Value>>>) {
+    let mut s = settings(&["echo"], &["demo", "caller"]);
+    s.plugins
+        .insert("demo".into(), json!({"greeting": "hi", "times": 2}));
+    extra(&mut s);
+    let started = Arc::new(Mutex::new(None));
+    let b = start(s, vec![demo(), caller(started.clone())]).await;
+    (b, started)
+}
+
+#[tokio::test]
+async fn system_routes_and_docs_pages() {
+    let (b, _) = demo_bridge(|_| {}).await;
+    let u = b.url();
+    assert_eq!(get(&format!("{u}/health")).await, (200, json!("ok")));
+    // FrameX answers 422 here outside Ray.
+    assert_eq!(get(&format!("{u}/ping")).await, (200, json!("pong")));
+    let (s, v) = get(&format!("{u}/version")).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+
+    // Swagger UI: the page and its assets come from the binary, not a CDN.
+    let page = client().get(format!("{u}/docs")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(!html.contains("cdn.") && !html.contains("unpkg"), "{html}");
+    let init = client()
+        .get(format!("{u}/docs/swagger-initializer.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(init.status(), 200);
+    assert!(init.text().await.unwrap().contains("/api/v1/openapi.json"));
+    let bundle = client()
+        .get(format!("{u}/docs/swagger-ui-bundle.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bundle.status(), 200);
+    assert!(bundle.bytes().await.unwrap().len() > 100_000);
+
+    // ReDoc: the script is inlined in the page.
+    let redoc = client().get(format!("{u}/redoc")).send().await.unwrap();
+    assert_eq!(redoc.status(), 200);
+    let html = redoc.text().await.unwrap();
+    assert!(html.contains("Redoc.init(\"/api/v1/openapi.json\""));
+    assert!(html.len() > 500_000);
+    assert!(!html.contains("<script src=\"http"), "an external script");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn echo_plugin_routes_and_function_api() {
+    let (b, started) = demo_bridge(|_| {}).await;
+    let u = b.url();
+    let (s, v) = get(&format!("{u}/api/v1/echo?message=hello%20world")).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["message"], "success");
+    assert_eq!(data_of(200, &v), "hello world");
+    // Keys in FrameX's order.
+    let text = client()
+        .get(format!("{u}/api/v1/echo?message=x"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.starts_with("{\"status\":200,\"message\":\"success\",\"timestamp\":"),
+        "{text}"
+    );
+
+    let (s, v) = post(
+        &format!("{u}/api/v1/echo_model?message=m"),
+        &json!({"id": 5}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(data_of(200, &v), "m,{\"id\":5,\"name\":\"echo\"}");
+    let (s, v) = post(
+        &format!("{u}/api/v1/echo_model?message=m"),
+        &json!({"id": 5, "name": "n"}),
+    )
+    .await;
+    assert_eq!(
+        (s, data_of(200, &v)),
+        (200, json!("m,{\"id\":5,\"name\":\"n\"}"))
+    );
+
+    let r = client()
+        .get(format!("{u}/api/v1/echo_stream?message=héy"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let body = r.text().await.unwrap();
+    assert!(
+        body.starts_with("event: message_chunk\ndata: {\"content\":\"h\"}\n\n"),
+        "{body}"
+    );
+    let evs = events(&body);
+    let chunks: Vec<_> = evs
+        .iter()
+        .filter(|e| e.0 == "message_chunk")
+        .map(|e| e.1["content"].clone())
+        .collect();
+    assert_eq!(chunks, vec![json!("h"), json!("é"), json!("y")]);
+    assert_eq!(evs.last().unwrap(), &("finish".to_owned(), json!({})));
+
+    // The function API is not a route, but call_plugin_api reached it from a start hook.
+    assert_eq!(
+        started.lock().unwrap().clone(),
+        Some(json!("confessed: at start"))
+    );
+    let (s, _) = get(&format!("{u}/api/v1/confess?message=x")).await;
+    assert_eq!(s, 404);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn errors_keep_their_status_inside_the_envelope() {
+    let (b, _) = demo_bridge(|_| {}).await;
+    let u = b.url();
+    // 422 with FastAPI's detail shape.
+    let (s, v) = get(&format!("{u}/api/v1/echo")).await;
+    assert_eq!(s, 422);
+    let d = data_of(422, &v);
+    assert_eq!(d["detail"][0]["loc"], json!(["query", "message"]));
+    assert_eq!(d["detail"][0]["type"], "missing");
+    let (s, v) = post(
+        &format!("{u}/api/v1/echo_model?message=m"),
+        &json!({"id": "x"}),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert_eq!(data_of(422, &v)["detail"][0]["loc"], json!(["body", "id"]));
+    let r = client()
+        .post(format!("{u}/api/v1/echo_model?message=m"))
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = client()
+        .post(format!("{u}/api/v1/echo_model?message=m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "a missing body");
+    let (s, v) = get(&format!("{u}/api/v1/demo_defaults_nope")).await;
+    assert_eq!((s, v["status"].clone()), (404, json!(404)));
+    // Outside /api a 404 is FastAPI's.
+    assert_eq!(
+        get(&format!("{u}/nope")).await,
+        (404, json!({"detail": "Not Found"}))
+    );
+    // 405 with Allow.
+    let r = client()
+        .delete(format!("{u}/api/v1/echo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], 405);
+    // A plugin's own errors.
+    let (s, v) = get(&format!("{u}/api/v1/fail")).await;
+    assert_eq!((s, v["message"].clone()), (500, json!("boom")));
+    let (s, v) = get(&format!("{u}/api/v1/missing")).await;
+    assert_eq!((s, v["message"].clone()), (404, json!("no such thing")));
+    // A panic is a 500 whose message gives nothing away.
+    let (s, v) = get(&format!("{u}/api/v1/panic")).await;
+    assert_eq!(s, 500);
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.contains("demo.DemoPlugin.panic") && !m.contains("42"),
+        "{m}"
+    );
+    // The bridge still serves.
+    assert_eq!(get(&format!("{u}/health")).await.0, 200);
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn handler_options_defaults_methods_raw_and_streams() {
+    let (b, _) = demo_bridge(|_| {}).await;
+    let u = b.url();
+    // Defaults are honoured (FrameX makes every parameter required); types are converted.
+    let (s, v) = get(&format!("{u}/api/v1/defaults")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        data_of(200, &v),
+        json!({"n": 7, "flag": false, "name": null, "tags": []})
+    );
+    let (_, v) = get(&format!(
+        "{u}/api/v1/defaults?n=3&flag=true&name=z&tags=a&tags=b"
+    ))
+    .await;
+    assert_eq!(
+        data_of(200, &v),
+        json!({"n": 3, "flag": true, "name": "z", "tags": ["a", "b"]})
+    );
+    let (s, v) = get(&format!("{u}/api/v1/defaults?n=three")).await;
+    assert_eq!(s, 422);
+    assert_eq!(v["data"]["detail"][0]["loc"], json!(["query", "n"]));
+
+    // Several methods on one path.
+    let (s, v) = get(&format!("{u}/api/v1/items")).await;
+    assert_eq!((s, data_of(200, &v)), (200, json!(["a"])));
+    let (s, v) = post(
+        &format!("{u}/api/v1/items"),
+        &json!({"id": 1, "label": "l"}),
+    )
+    .await;
+    assert_eq!((s, data_of(200, &v)), (200, json!({"id": 1, "label": "l"})));
+    let r = client()
+        .put(format!("{u}/api/v1/multi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .delete(format!("{u}/api/v1/multi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .get(format!("{u}/api/v1/multi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    let allow = r.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("PUT") && allow.contains("DELETE"), "{allow}");
+
+    // raw_response: no envelope.
+    assert_eq!(
+        get(&format!("{u}/api/v1/raw")).await,
+        (200, json!({"x": 1}))
+    );
+    // No prefix, outside /api: no envelope; the typed config is read.
+    assert_eq!(get(&format!("{u}/plain")).await, (200, json!("hi x2")));
+    // call_type all: a route and a function.
+    let (_, v) = get(&format!("{u}/api/v1/both?message=q")).await;
+    assert_eq!(data_of(200, &v), "both q");
+
+    // A stream that fails midway ends with an error event and no finish.
+    let body = client()
+        .get(format!("{u}/api/v1/broken_stream"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let evs = events(&body);
+    let kinds: Vec<&str> = evs.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(kinds, ["message_chunk", "debug", "error"], "{body}");
+    assert_eq!(evs[2].1, json!({"status": 500, "message": "disk on fire"}));
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn call_plugin_api_rules() {
+    let (b, _) = demo_bridge(|_| {}).await;
+    let u = b.url();
+    let call = |name: &str, kwargs: Value| {
+        let url = format!(
+            "{u}/api/v1/call?name={}&kwargs={}",
+            urlencode(name),
+            urlencode(&kwargs.to_string())
+        );
+        async move { get(&url).await }
+    };
+    // By HTTP path: the handler's value, no envelope inside.
+    let (s, v) = call("/api/v1/echo", json!({"message": "p"})).await;
+    assert_eq!((s, data_of(200, &v)), (200, json!("p")));
+    // By function name.
+    let (_, v) = call("echo.EchoPlugin.confess", json!({"message": "f"})).await;
+    assert_eq!(data_of(200, &v), "confessed: f");
+    let (_, v) = call("demo.DemoPlugin.both", json!({"message": "b"})).await;
+    assert_eq!(data_of(200, &v), "both b");
+    // With a method and a body under its name.
+    let (s, v) = call(
+        "POST /api/v1/echo_model",
+        json!({"message": "m", "model": {"id": 2}}),
+    )
+    .await;
+    assert_eq!(
+        (s, data_of(200, &v)),
+        (200, json!("m,{\"id\":2,\"name\":\"echo\"}"))
+    );
+    // A stream is collected into a list.
+    let (_, v) = call("/api/v1/echo_stream", json!({"message": "ab"})).await;
+    assert_eq!(
+        data_of(200, &v),
+        json!([{"content": "a"}, {"content": "b"}])
+    );
+    // Validation errors of the callee come back as such.
+    let (s, _) = call("/api/v1/echo", json!({})).await;
+    assert_eq!(s, 422);
+    // Not declared: an error that says to declare it.
+    let (s, v) = call("/api/v1/raw", json!({})).await;
+    assert_eq!(s, 500);
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.contains("required_remote_apis") && m.contains("/api/v1/raw"),
+        "{m}"
+    );
+    b.stop().await;
+
+    // A declared API that nothing provides stops the start, naming plugin and API.
+    let mut s = settings(&[], &["caller"]);
+    s.load_builtin_plugins.clear();
+    let e = Bridge::new(s)
+        .plugin(caller(Arc::default()))
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"caller\"") && e.contains("/api/v1/echo"),
+        "{e}"
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn plugin_config_is_typed_and_unknown_keys_are_named() {
+    let build = |cfg: Value| async move {
+        let mut s = settings(&[], &["demo"]);
+        s.plugins.insert("demo".into(), cfg);
+        Bridge::new(s).plugin(demo()).build().await.map(|_| ())
+    };
+    let e = build(json!({"greeting": "x", "greetng": "y"}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("plugins.demo")
+            && e.contains("`greetng`")
+            && e.contains("`greeting`")
+            && e.contains("`times`"),
+        "{e}"
+    );
+    let e = build(json!({"greeting": "x", "times": "many"}))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("plugins.demo.times"), "{e}");
+    let e = build(json!({})).await.unwrap_err().to_string();
+    assert!(
+        e.contains("plugins.demo.greeting") && e.contains("required"),
+        "{e}"
+    );
+    assert!(build(json!({"greeting": "x"})).await.is_ok());
+    // A plugin without a config model takes no keys.
+    let mut s = settings(&[], &["caller"]);
+    s.plugins.insert("caller".into(), json!({"x": 1}));
+    let e = Bridge::new(s)
+        .plugin(caller(Arc::default()))
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("plugins.caller") && e.contains("`x`"), "{e}");
+    // A definition mistake is named too.
+    let bad = Plugin::new(PluginMetadata::new("bad")).api(
+        Api::new("x")
+            .path("/x")
+            .methods(["GET", "FETCH"])
+            .handle(|_: NoParams, _c: PluginCtx| async move { Ok::<_, ApiError>(()) }),
+    );
+    let e = Bridge::new(settings(&[], &["bad"]))
+        .plugin(bad)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad.BadPlugin.x") && e.contains("FETCH"), "{e}");
+    let twice = Plugin::new(PluginMetadata::new("twice"))
+        .api(
+            Api::new("a")
+                .path("/same")
+                .handle(|_: NoParams, _c: PluginCtx| async move { Ok::<_, ApiError>(()) }),
+        )
+        .api(
+            Api::new("b")
+                .path("/api/v1/same")
+                .handle(|_: NoParams, _c: PluginCtx| async move { Ok::<_, ApiError>(()) }),
+        );
+    let e = Bridge::new(settings(&[], &["twice"]))
+        .plugin(twice)
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("GET /api/v1/same")
+            && e.contains("twice.TwicePlugin.a")
+            && e.contains("twice.TwicePlugin.b"),
+        "{e}"
+    );
+    // Unknown plugin names are named with what is available.
+    let e = Bridge::new(settings(&["nope"], &[]))
+        .build()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope") && e.contains("echo"), "{e}");
+}
+
+#[tokio::test]
+async fn auth_rules() {
+    let (b, _) = demo_bridge(|s| {
+        s.auth.rules = BTreeMap::from([
+            ("/api/v1/*".to_owned(), vec!["general".to_owned()]),
+            (
+                "/api/v1/echo_stream".to_owned(),
+                vec!["streamer".to_owned(), "other".to_owned()],
+            ),
+            ("/api/v1/items/*".to_owned(), vec!["never".to_owned()]),
+        ]);
+    })
+    .await;
+    let u = b.url();
+    let with = |path: &str, key: Option<&str>| {
+        let mut rq = client().get(format!("{u}{path}"));
+        if let Some(k) = key {
+            rq = rq.header("authorization", k);
+        }
+        async move { rq.send().await.unwrap() }
+    };
+    // Covered by the prefix rule.
+    let r = with("/api/v1/echo?message=x", None).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"], 401);
+    assert_eq!(
+        with("/api/v1/echo?message=x", Some("wrong")).await.status(),
+        401
+    );
+    assert_eq!(
+        with("/api/v1/echo?message=x", Some("general"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        with("/api/v1/echo?message=x", Some("Bearer general"))
+            .await
+            .status(),
+        200
+    );
+    // The exact rule wins over the prefix.
+    assert_eq!(
+        with("/api/v1/echo_stream?message=x", Some("general"))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        with("/api/v1/echo_stream?message=x", Some("Bearer other"))
+            .await
+            .status(),
+        200
+    );
+    // `/api/v1/items/*` covers paths under it, not /api/v1/items itself.
+    assert_eq!(with("/api/v1/items", Some("general")).await.status(), 200);
+    // Unmatched paths are public; the key is never echoed.
+    assert_eq!(with("/health", None).await.status(), 200);
+    assert_eq!(with("/plain", None).await.status(), 200);
+    let r = with("/api/v1/echo?message=x", Some("Bearer s3cr3t-guess")).await;
+    assert!(!r.text().await.unwrap().contains("s3cr3t"));
+    // The document marks protected operations.
+    let (_, doc) = get(&format!("{u}/api/v1/openapi.json")).await;
+    assert!(doc["paths"]["/api/v1/echo"]["get"]["responses"]
+        .get("401")
+        .is_some());
+    assert!(doc["paths"]["/health"]["get"]["responses"]
+        .get("401")
+        .is_none());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_document_is_valid_3_1() {
+    let (b, _) = demo_bridge(|_| {}).await;
+    let (s, doc) = get(&format!("{}/api/v1/openapi.json", b.url())).await;
+    assert_eq!(s, 200);
+    b.stop().await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."));
+
+    // A typed OpenAPI 3.1 parser accepts it.
+    let spec: oas3::Spec = serde_json::from_value(doc.clone()).expect("oas3 parses the document");
+    assert!(spec.validate_version().is_ok());
+    assert!(spec.operations().count() >= 14);
+    for (path, method, op) in spec.operations() {
+        assert!(
+            !op.responses.as_ref().is_none_or(|r| r.is_empty()),
+            "{method} {path} has no responses"
+        );
+        for p in &op.parameters {
+            p.resolve(&spec)
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        }
+        if let Some(rb) = &op.request_body {
+            rb.resolve(&spec)
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        }
+    }
+    // Every $ref anywhere resolves inside the document.
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(!refs.is_empty());
+    for r in refs {
+        let pointer = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("external ref {r}"));
+        assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+    }
+
+    // Tags per plugin with metadata.
+    let tags = doc["tags"].as_array().unwrap();
+    let demo = tags.iter().find(|t| t["name"] == "demo").unwrap();
+    assert!(demo["description"]
+        .as_str()
+        .unwrap()
+        .contains("Demo plugin"));
+    assert_eq!(demo["x-plugin"]["version"], "1.2.3");
+    assert_eq!(demo["x-plugin"]["author"], "tests");
+    assert_eq!(demo["externalDocs"]["url"], "https://example.invalid/demo");
+    assert!(tags.iter().any(|t| t["name"] == "echo"));
+
+    // Schemas from the Rust types, defaults included.
+    let echo = &doc["paths"]["/api/v1/echo"]["get"];
+    assert_eq!(echo["parameters"][0]["name"], "message");
+    assert_eq!(echo["parameters"][0]["required"], true);
+    let d = &doc["paths"]["/api/v1/defaults"]["get"]["parameters"];
+    let n = d
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "n")
+        .unwrap();
+    assert_eq!(
+        (n["required"].clone(), n["schema"]["default"].clone()),
+        (json!(false), json!(7))
+    );
+    let body = &doc["paths"]["/api/v1/echo_model"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"];
+    let r = body["$ref"].as_str().unwrap();
+    let model = doc.pointer(r.trim_start_matches('#')).unwrap();
+    assert_eq!(model["properties"]["name"]["default"], "echo");
+    assert_eq!(model["required"], json!(["id"]));
+    // Both methods of /api/v1/items are documented.
+    assert!(doc["paths"]["/api/v1/items"].get("get").is_some());
+    assert!(doc["paths"]["/api/v1/items"].get("post").is_some());
+    // Streams are documented as event streams; function APIs are not routes.
+    assert!(
+        doc["paths"]["/api/v1/echo_stream"]["get"]["responses"]["200"]["content"]
+            .get("text/event-stream")
+            .is_some()
+    );
+    assert!(!doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.contains("confess")));
+}
+
+fn collect_refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r.clone());
+            }
+            m.values().for_each(|x| collect_refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
+}
