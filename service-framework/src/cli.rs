@@ -91,7 +91,7 @@ usage: service-framework -s SERVICE [-a addresses.json] [-c config.json] [-m] [o
        service-framework describe -s SERVICE
        service-framework call ADDRESS '{\"arg\": ...}' [--timeout SECONDS]
 
-  -s,  --service_path      built-in service (bus) or a service binary: a path, or a name found
+  -s,  --service_path      built-in service (bus, bridge) or a service binary: a path, or a name found
                            beside this executable or on PATH
   -a,  --addresses_path    addresses.json          -c, --config_path   config.json
   -m,  --main_mode         run the service's main (a leading-edge service)
