@@ -6,12 +6,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::handler::{typed, RawHandler, RequestMeta};
-use crate::wire::{self, Reply, Request, WireError, WorkflowId};
+use crate::wire::{self, ErrorCode, Reply, Request, WireError, WorkflowId};
 
 /// A callable target, cheap to clone.
 #[derive(Clone)]
@@ -64,7 +65,17 @@ impl ExternalTarget {
         workflow_id: WorkflowId,
     ) -> Result<R> {
         let body = wire::encode(&Request { args, workflow_id })?;
-        let outcome = (self.call)(body.into()).await;
+        // A panic becomes the `internal` error a replyer would answer, not a panic in the caller.
+        let outcome = std::panic::AssertUnwindSafe((self.call)(body.into()))
+            .catch_unwind()
+            .await
+            .map_err(|_| {
+                tracing::error!(name = %self.name, "external target panicked");
+                Error::Remote(WireError::new(
+                    ErrorCode::Internal,
+                    "the handler failed unexpectedly",
+                ))
+            })?;
         if let Some(e) = outcome.error {
             return Err(Error::Remote(e));
         }

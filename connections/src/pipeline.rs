@@ -169,6 +169,10 @@ async fn push_loop(
                 // bounds this).
                 let mut pause = Duration::from_millis(1);
                 let result = loop {
+                    if done.is_closed() {
+                        // Its caller gave up (timed out): do not deliver it after the fact.
+                        break Err(Error::Closed);
+                    }
                     match sock.send(msg.clone()).await {
                         Ok(()) => break Ok(()),
                         Err(zeromq::ZmqError::ReturnToSender { .. }) if !done.is_closed() => {
@@ -209,7 +213,7 @@ impl Puller {
                 .await
                 .map_err(|e| Error::Socket(format!("cannot bind puller to {ep}: {e}")))?;
             tokio::spawn(pull_loop(
-                Some((socket, None)),
+                Some((ClosingPull(socket), None)),
                 None,
                 tx,
                 max,
@@ -263,8 +267,20 @@ impl Puller {
     }
 }
 
+/// A PULL socket that closes its connections when dropped. zeromq 0.7's `PullSocket` has no
+/// `Drop`: dropped as it is, its connections stay open (each read half is kept alive by the
+/// waker it registered), so a pusher connected to a puller that went away goes on writing
+/// into a connection nobody reads and never reconnects. Shutting the backend down closes them.
+struct ClosingPull(PullSocket);
+
+impl Drop for ClosingPull {
+    fn drop(&mut self) {
+        self.0.backend().shutdown();
+    }
+}
+
 async fn pull_loop(
-    mut socket: Option<(PullSocket, Option<Monitor>)>,
+    mut socket: Option<(ClosingPull, Option<Monitor>)>,
     reconnect: Option<String>,
     tx: mpsc::Sender<Bytes>,
     max: usize,
@@ -275,7 +291,7 @@ async fn pull_loop(
         if socket.is_none() {
             let Some(ep) = &reconnect else { return };
             match connect_until::<PullSocket>(ep, &stop).await {
-                Some((s, m)) => socket = Some((s, Some(m))),
+                Some((s, m)) => socket = Some((ClosingPull(s), Some(m))),
                 None => return,
             }
         }
@@ -290,7 +306,7 @@ async fn pull_loop(
                 }
                 continue;
             }
-            m = sock.recv() => m,
+            m = sock.0.recv() => m,
         };
         let Ok(msg) = msg else { continue };
         let Some(frame) = msg.into_vec().pop() else {

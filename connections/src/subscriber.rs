@@ -212,6 +212,11 @@ impl Subscriber {
     }
 }
 
+/// A no-op sent upstream by plain subscribers every 500 ms: an unsubscribe (0x00) from a
+/// prefix nobody subscribes to (0xc1 is never the first byte of msgpack, so of any topic or
+/// envelope). PUB and XPUB sockets, libzmq's included, ignore it.
+const KEEPALIVE: &[u8] = b"\x00\xc1sf-keepalive";
+
 fn credit_frame(c: &CreditMsg) -> Result<ZmqMessage> {
     let mut frame = vec![CREDIT_TAG];
     wire::encode_into(&mut frame, c)?;
@@ -263,12 +268,20 @@ impl Reader {
                     }
                     continue;
                 }
-                _ = keepalive.tick(), if acks.is_some() => {
-                    // Tells credit publishers this subscriber is alive (and registers it with
-                    // publishers that started after it).
-                    let window = acks.as_ref().map_or(1, |a| a.1);
-                    let c = CreditMsg { sub: sub_id, pub_id: None, acked: None, window };
-                    if let Ok(frame) = credit_frame(&c) {
+                _ = keepalive.tick() => {
+                    // Credit mode: tells credit publishers this subscriber is alive (and
+                    // registers it with publishers that started after it). Both modes: an
+                    // XPUB socket (bus proxy, credit publisher) dropped while its process
+                    // lives leaves its connections open in zeromq 0.7, so this side would
+                    // never notice and never reconnect; any message up such a connection
+                    // closes it. Plain mode sends an unsubscribe that matches nothing.
+                    let frame = match &acks {
+                        Some((_, window)) => {
+                            credit_frame(&CreditMsg { sub: sub_id, pub_id: None, acked: None, window: *window })
+                        }
+                        None => Ok(ZmqMessage::from(KEEPALIVE.to_vec())),
+                    };
+                    if let Ok(frame) = frame {
                         let _ = socket.send(frame).await;
                     }
                     continue;
