@@ -48,8 +48,8 @@ pub(crate) struct CreditMsg {
 /// Credit-window settings (both sides must enable it).
 #[derive(Debug, Clone)]
 pub struct CreditOptions {
-    /// How far the publisher may run ahead of the slowest subscriber (default 50,000; keep it
-    /// under the socket library's 100,000-message queue).
+    /// How far the publisher may run ahead of the slowest subscriber (default 50,000). Each
+    /// subscriber asks for its own window; the smaller of the two is used.
     pub window: u64,
     /// How long a registered subscriber may stay silent while the publisher waits on it
     /// before it is dropped from the window (default 5 s).
@@ -335,7 +335,7 @@ impl Writer {
             }
             tokio::select! {
                 up = socket.recv() => match up {
-                    Ok(msg) => self.on_upstream(msg, &mut subs, &subs_tx),
+                    Ok(msg) => self.on_upstream(msg, &mut subs, credit.window, &subs_tx),
                     Err(e) => tracing::debug!("credit publisher receive error: {e}"),
                 },
                 entries = rx.recv(), if pending.is_none() => match entries {
@@ -366,6 +366,7 @@ impl Writer {
         &mut self,
         msg: ZmqMessage,
         subs: &mut HashMap<u64, CreditSub>,
+        max_window: u64,
         subs_tx: &watch::Sender<usize>,
     ) {
         let Some(frame) = msg.get(0) else { return };
@@ -396,7 +397,7 @@ impl Writer {
                     c.sub,
                     CreditSub {
                         acked: start,
-                        window: c.window.max(1),
+                        window: c.window.min(max_window).max(1),
                         heard: now,
                     },
                 );

@@ -105,22 +105,23 @@ impl Drop for Subscriber {
 impl Subscriber {
     /// Connects (or binds, with `is_binder`) to `address` and subscribes.
     pub async fn start(address: &Address, options: SubscriberOptions) -> Result<Subscriber> {
-        let mut socket = XSubSocket::new();
-        let endpoint = if options.is_binder {
+        let mut socket_options = zeromq::SocketOptions::default();
+        socket_options.connect_timeout(Duration::from_secs(2));
+        let mut socket = XSubSocket::with_options(socket_options);
+        let (endpoint, connect) = if options.is_binder {
             let ep = address.bind_endpoint()?;
-            socket
+            let bound = socket
                 .bind(&ep)
                 .await
                 .map_err(|e| Error::Socket(format!("cannot bind subscriber to {ep}: {e}")))?
-                .to_string()
+                .to_string();
+            (bound, None)
         } else {
+            // The first connect waits for the publisher to be up, so it happens in the
+            // reader task: a subscriber never holds up the service that owns it. After that
+            // the XSUB reconnects by itself.
             let ep = address.connect_endpoint()?;
-            // XSUB connects in the background and reconnects by itself.
-            socket
-                .connect(&ep)
-                .await
-                .map_err(|e| Error::Socket(format!("cannot connect subscriber to {ep}: {e}")))?;
-            ep
+            (ep.clone(), Some(ep))
         };
         let prefix = if options.topic.is_empty() {
             Vec::new()
@@ -144,7 +145,9 @@ impl Subscriber {
                     acked: None,
                     window,
                 };
-                socket.send(credit_frame(&hello)?).await?;
+                if connect.is_none() {
+                    socket.send(credit_frame(&hello)?).await?;
+                }
                 let acks = Acks {
                     tx: atx,
                     every: (window / 4).max(1),
@@ -161,7 +164,7 @@ impl Subscriber {
             max: options.max_message_bytes,
             stats: stats.clone(),
         };
-        tokio::spawn(reader.run(socket, tx, ack_rx, sub_id, stop.clone()));
+        tokio::spawn(reader.run(socket, connect, tx, ack_rx, sub_id, stop.clone()));
         Ok(Subscriber {
             endpoint,
             rx,
@@ -188,7 +191,10 @@ impl Subscriber {
             if let Some((pub_id, seq)) = acks.last.take() {
                 let entry = acks.taken.entry(pub_id).or_insert((0, 0));
                 entry.0 = seq;
-                if seq >= entry.1 + acks.every {
+                // Ack every quarter window, and whenever the consumer has caught up with
+                // everything received: a publisher whose own window is smaller than ours
+                // then never waits on an ack that would only come later.
+                if seq >= entry.1 + acks.every || (seq > entry.1 && self.rx.is_empty()) {
                     entry.1 = seq;
                     let _ = acks.tx.send((pub_id, seq));
                 }
@@ -245,14 +251,51 @@ struct Header {
 }
 
 impl Reader {
+    #[allow(clippy::too_many_arguments)]
     async fn run(
         self,
         mut socket: XSubSocket,
+        connect: Option<String>,
         tx: mpsc::Sender<Delivery>,
         mut acks: Option<(mpsc::UnboundedReceiver<(u64, u64)>, u64)>,
         sub_id: u64,
         stop: CancellationToken,
     ) {
+        if let Some(ep) = connect {
+            let mut pause = Duration::from_millis(5);
+            let mut attempts = 0u32;
+            loop {
+                let done = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = socket.connect(&ep) => r,
+                };
+                match done {
+                    Ok(()) => break,
+                    Err(e) => {
+                        attempts += 1;
+                        if attempts == 5 {
+                            tracing::warn!(endpoint = %ep, "subscriber still cannot connect, retrying: {e}");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            if let Some((_, window)) = &acks {
+                let hello = CreditMsg {
+                    sub: sub_id,
+                    pub_id: None,
+                    acked: None,
+                    window: *window,
+                };
+                if let Ok(frame) = credit_frame(&hello) {
+                    let _ = socket.send(frame).await;
+                }
+            }
+        }
         let mut last_seq: HashMap<u64, u64> = HashMap::new();
         let mut keepalive = tokio::time::interval(Duration::from_millis(500));
         loop {
