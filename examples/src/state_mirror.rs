@@ -82,6 +82,9 @@ pub fn mirror() -> ServiceDef {
                 .iter()
                 .map(|(k, v)| Ok((k.clone(), service_framework::serde_json::to_value(v)?)))
                 .collect::<Result<Prices, ServiceError>>()?;
-            Ok::<_, ServiceError>(MirrorReply { state, current_num: view.current_num })
+            Ok::<_, ServiceError>(MirrorReply {
+                state,
+                current_num: view.current_num,
+            })
         })
 }

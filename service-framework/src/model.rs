@@ -222,7 +222,12 @@ impl StateKind {
         if self.is_inbound() {
             &["topic", "is_binder", "resync_timeout_s"]
         } else {
-            &["topic", "is_x_pub", "wait_after_creation_s", "snapshot_interval_s"]
+            &[
+                "topic",
+                "is_x_pub",
+                "wait_after_creation_s",
+                "snapshot_interval_s",
+            ]
         }
     }
 
