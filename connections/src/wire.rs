@@ -101,7 +101,8 @@ impl<'de> Deserialize<'de> for WorkflowId {
                 self,
                 map: A,
             ) -> std::result::Result<WorkflowId, A::Error> {
-                let u = uuid_from_map(map)?;
+                let u = parse_uuid(read_tagged(map, "__uuid__", "as_str")?)
+                    .map_err(de::Error::custom)?;
                 Ok(WorkflowId::Uuid(u))
             }
         }
@@ -109,26 +110,61 @@ impl<'de> Deserialize<'de> for WorkflowId {
     }
 }
 
-fn uuid_from_map<'de, A: MapAccess<'de>>(mut map: A) -> std::result::Result<uuid::Uuid, A::Error> {
-    let mut as_str: Option<String> = None;
-    let mut tagged = false;
-    while let Some(key) = map.next_key::<String>()? {
-        match key.as_str() {
-            "__uuid__" => {
-                map.next_value::<IgnoredAny>()?;
-                tagged = true;
-            }
-            "as_str" => as_str = Some(map.next_value()?),
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+/// Reads one of Python's tagged maps, `{tag: true, key: value}`, recognised by key
+/// presence as the original decodes them, and returns `value`.
+fn read_tagged<'de, A: MapAccess<'de>, V: Deserialize<'de>>(
+    mut map: A,
+    tag: &str,
+    key: &'static str,
+) -> std::result::Result<V, A::Error> {
+    let (mut tagged, mut value) = (false, None);
+    while let Some(k) = map.next_key::<String>()? {
+        if k == tag {
+            map.next_value::<IgnoredAny>()?;
+            tagged = true;
+        } else if k == key {
+            value = Some(map.next_value()?);
+        } else {
+            map.next_value::<IgnoredAny>()?;
         }
     }
     if !tagged {
-        return Err(de::Error::custom("a UUID map needs the key \"__uuid__\""));
+        return Err(de::Error::custom(format!("expected the key {tag:?}")));
     }
-    let s = as_str.ok_or_else(|| de::Error::missing_field("as_str"))?;
-    uuid::Uuid::parse_str(&s).map_err(|e| de::Error::custom(format!("bad UUID {s:?}: {e}")))
+    value.ok_or_else(|| de::Error::missing_field(key))
+}
+
+/// Deserializes a tagged map and converts its value into `T`.
+fn deserialize_tagged<'de, D, V, T>(
+    d: D,
+    tag: &'static str,
+    key: &'static str,
+    convert: fn(V) -> std::result::Result<T, String>,
+) -> std::result::Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    V: Deserialize<'de>,
+{
+    struct Tagged<V, T> {
+        tag: &'static str,
+        key: &'static str,
+        convert: fn(V) -> std::result::Result<T, String>,
+    }
+    impl<'de, V: Deserialize<'de>, T> Visitor<'de> for Tagged<V, T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            write!(f, "a {{{:?}: true, {:?}: ...}} map", self.tag, self.key)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<T, A::Error> {
+            let value = read_tagged(map, self.tag, self.key)?;
+            (self.convert)(value).map_err(de::Error::custom)
+        }
+    }
+    d.deserialize_map(Tagged { tag, key, convert })
+}
+
+fn parse_uuid(s: String) -> std::result::Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(&s).map_err(|e| format!("bad UUID {s:?}: {e}"))
 }
 
 /// Python's `uuid.UUID`: `{"__uuid__": true, "as_str": "..."}`.
@@ -146,17 +182,9 @@ impl Serialize for PyUuid {
 
 impl<'de> Deserialize<'de> for PyUuid {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = PyUuid;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a {\"__uuid__\": true, \"as_str\": ...} map")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<PyUuid, A::Error> {
-                uuid_from_map(map).map(PyUuid)
-            }
-        }
-        d.deserialize_map(V)
+        deserialize_tagged(d, "__uuid__", "as_str", |s: String| {
+            parse_uuid(s).map(PyUuid)
+        })
     }
 }
 
@@ -225,39 +253,9 @@ impl Serialize for Decimal {
 
 impl<'de> Deserialize<'de> for Decimal {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Decimal;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a {\"__decimal__\": true, \"as_str\": ...} map")
-            }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<Decimal, A::Error> {
-                let (mut tagged, mut as_str) = (false, None::<String>);
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "__decimal__" => {
-                            map.next_value::<IgnoredAny>()?;
-                            tagged = true;
-                        }
-                        "as_str" => as_str = Some(map.next_value()?),
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                if !tagged {
-                    return Err(de::Error::custom(
-                        "a Decimal map needs the key \"__decimal__\"",
-                    ));
-                }
-                let s = as_str.ok_or_else(|| de::Error::missing_field("as_str"))?;
-                Decimal::new(s).map_err(de::Error::custom)
-            }
-        }
-        d.deserialize_map(V)
+        deserialize_tagged(d, "__decimal__", "as_str", |s: String| {
+            Decimal::new(s).map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -276,38 +274,7 @@ impl<T: Serialize> Serialize for PySet<T> {
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for PySet<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
-            type Value = PySet<T>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a {\"__set__\": true, \"value\": [...]} map")
-            }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<PySet<T>, A::Error> {
-                let (mut tagged, mut value) = (false, None::<Vec<T>>);
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "__set__" => {
-                            map.next_value::<IgnoredAny>()?;
-                            tagged = true;
-                        }
-                        "value" => value = Some(map.next_value()?),
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                if !tagged {
-                    return Err(de::Error::custom("a set map needs the key \"__set__\""));
-                }
-                Ok(PySet(
-                    value.ok_or_else(|| de::Error::missing_field("value"))?,
-                ))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
+        deserialize_tagged(d, "__set__", "value", |v: Vec<T>| Ok(PySet(v)))
     }
 }
 
@@ -331,49 +298,24 @@ impl Serialize for NdArray {
 
 impl<'de> Deserialize<'de> for NdArray {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = NdArray;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a {\"__numpy.ndarray__\": true, \"as_bytes\": <bin>} map")
-            }
-            fn visit_map<A: MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<NdArray, A::Error> {
-                let (mut tagged, mut raw) = (false, None::<serde_bytes::ByteBuf>);
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "__numpy.ndarray__" => {
-                            map.next_value::<IgnoredAny>()?;
-                            tagged = true;
-                        }
-                        "as_bytes" => raw = Some(map.next_value()?),
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                if !tagged {
-                    return Err(de::Error::custom(
-                        "an ndarray map needs \"__numpy.ndarray__\"",
-                    ));
-                }
-                let raw = raw.ok_or_else(|| de::Error::missing_field("as_bytes"))?;
+        deserialize_tagged(
+            d,
+            "__numpy.ndarray__",
+            "as_bytes",
+            |raw: serde_bytes::ByteBuf| {
                 if raw.len() % 8 != 0 {
-                    return Err(de::Error::custom(format!(
+                    return Err(format!(
                         "ndarray buffer of {} bytes is not a whole number of float64",
                         raw.len()
-                    )));
+                    ));
                 }
                 let values = raw
                     .chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")))
                     .collect();
                 Ok(NdArray(values))
-            }
-        }
-        d.deserialize_map(V)
+            },
+        )
     }
 }
 
@@ -644,6 +586,18 @@ mod tests {
         assert_eq!(decode::<Publish<u8>>(rest).unwrap(), env);
         let without = encode_publish("", &env).unwrap();
         assert_eq!(split_publish(&without).unwrap(), (None, &without[..]));
+    }
+
+    #[test]
+    fn tagged_maps_need_their_tag_and_value() {
+        let untagged = encode(&serde_json::json!({"as_str": "1.5"})).unwrap();
+        let e = decode::<Decimal>(&untagged).unwrap_err().to_string();
+        assert!(e.contains("expected the key \"__decimal__\""), "{e}");
+        let no_value = encode(&serde_json::json!({"__set__": true})).unwrap();
+        let e = decode::<PySet<u8>>(&no_value).unwrap_err().to_string();
+        assert!(e.contains("missing field `value`"), "{e}");
+        let bad = encode(&serde_json::json!({"__uuid__": true, "as_str": "nope"})).unwrap();
+        assert!(decode::<WorkflowId>(&bad).unwrap_err().to_string().contains("bad UUID"));
     }
 
     #[test]

@@ -195,20 +195,7 @@ impl Ctx {
         name: &str,
         changes: &A,
     ) -> Result<i64, ServiceError> {
-        let map = sf_states::to_state_map(changes)
-            .map_err(|e| ServiceError::invalid_args(format!("state {name:?}: {e}")))?;
-        let id = self.next_workflow_id();
-        match self.out_state(name)? {
-            OutState::Delta(d) => d
-                .delta(map, &id)
-                .await
-                .map_err(|e| ServiceError::new(e.to_string())),
-            OutState::Full(f) => f
-                .set(map, &id)
-                .await
-                .map(|_| 0)
-                .map_err(|e| ServiceError::new(e.to_string())),
-        }
+        self.write_state(name, changes, false).await
     }
 
     /// Replaces out-state `name` whole (a snapshot for a delta state).
@@ -217,20 +204,24 @@ impl Ctx {
         name: &str,
         state: &A,
     ) -> Result<i64, ServiceError> {
-        let map = sf_states::to_state_map(state)
+        self.write_state(name, state, true).await
+    }
+
+    async fn write_state<A: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &A,
+        whole: bool,
+    ) -> Result<i64, ServiceError> {
+        let map = sf_states::to_state_map(value)
             .map_err(|e| ServiceError::invalid_args(format!("state {name:?}: {e}")))?;
         let id = self.next_workflow_id();
-        match self.out_state(name)? {
-            OutState::Delta(d) => d
-                .snapshot(map, &id)
-                .await
-                .map_err(|e| ServiceError::new(e.to_string())),
-            OutState::Full(f) => f
-                .set(map, &id)
-                .await
-                .map(|_| 0)
-                .map_err(|e| ServiceError::new(e.to_string())),
-        }
+        let written = match self.out_state(name)? {
+            OutState::Delta(d) if whole => d.snapshot(map, &id).await,
+            OutState::Delta(d) => d.delta(map, &id).await,
+            OutState::Full(f) => f.set(map, &id).await.map(|_| 0),
+        };
+        written.map_err(|e| ServiceError::new(format!("state {name:?}: {e}")))
     }
 
     /// The original's `to_send("state", name, args)`: for a delta state `args` is

@@ -49,8 +49,8 @@ pub use context::Ctx;
 pub use error::{Error, Result, ServiceError};
 pub use logging::get_logger;
 pub use model::{
-    ConnectionKind, ConnectionModel, ConnectionModels, ServiceDef, StateKind, StateModel,
-    StateModels,
+    ConnectionKind, ConnectionModel, ConnectionModels, Model, Models, ServiceDef, StateKind,
+    StateModel, StateModels,
 };
 pub use runtime::{Ready, RunOptions, StopReason};
 pub use service::{Service, ServiceHandle};

@@ -163,28 +163,65 @@ impl ConnectionModel {
     }
 }
 
-/// All declared connections, by side.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectionModels {
-    /// In-connections (replyer, subscriber, puller).
-    pub inbound: Vec<ConnectionModel>,
-    /// Out-connections (requester, publisher, pusher, external target).
-    pub outbound: Vec<ConnectionModel>,
+/// A declared connection or state: what [`Models`] needs to file and find it.
+pub trait Model {
+    /// Its name.
+    fn name(&self) -> &str;
+    /// True for the in side.
+    fn is_inbound(&self) -> bool;
 }
 
-impl ConnectionModels {
-    /// Looks a connection up by name on either side.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut ConnectionModel> {
+impl Model for ConnectionModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn is_inbound(&self) -> bool {
+        self.kind.is_inbound()
+    }
+}
+
+/// Declared models (connections or states), by side.
+#[derive(Debug, Clone)]
+pub struct Models<M> {
+    /// The in side (replyers, subscribers, pullers; in-states).
+    pub inbound: Vec<M>,
+    /// The out side (requesters, publishers, pushers, external targets; out-states).
+    pub outbound: Vec<M>,
+}
+
+impl<M> Default for Models<M> {
+    fn default() -> Self {
+        Models {
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+        }
+    }
+}
+
+impl<M: Model> Models<M> {
+    /// Looks a model up by name on either side.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut M> {
         self.inbound
             .iter_mut()
             .chain(self.outbound.iter_mut())
-            .find(|c| c.name == name)
+            .find(|m| m.name() == name)
     }
 
-    pub(crate) fn all(&self) -> impl Iterator<Item = &ConnectionModel> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &M> {
         self.inbound.iter().chain(self.outbound.iter())
     }
+
+    fn push(&mut self, model: M) {
+        if model.is_inbound() {
+            self.inbound.push(model);
+        } else {
+            self.outbound.push(model);
+        }
+    }
 }
+
+/// All declared connections, by side.
+pub type ConnectionModels = Models<ConnectionModel>;
 
 /// The kinds of state, with the original's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -271,28 +308,17 @@ impl std::fmt::Debug for StateModel {
     }
 }
 
+impl Model for StateModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn is_inbound(&self) -> bool {
+        self.kind.is_inbound()
+    }
+}
+
 /// All declared states, by side.
-#[derive(Debug, Clone, Default)]
-pub struct StateModels {
-    /// In-states.
-    pub inbound: Vec<StateModel>,
-    /// Out-states.
-    pub outbound: Vec<StateModel>,
-}
-
-impl StateModels {
-    /// Looks a state up by name on either side.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut StateModel> {
-        self.inbound
-            .iter_mut()
-            .chain(self.outbound.iter_mut())
-            .find(|c| c.name == name)
-    }
-
-    pub(crate) fn all(&self) -> impl Iterator<Item = &StateModel> {
-        self.inbound.iter().chain(self.outbound.iter())
-    }
-}
+pub type StateModels = Models<StateModel>;
 
 type SetupStates =
     Box<dyn FnOnce(&mut StateModels, &Map<String, Value>) -> Result<(), ServiceError> + Send>;
@@ -504,11 +530,7 @@ impl ServiceDef {
             return_schema: ret,
             handler,
         };
-        if kind.is_inbound() {
-            self.connections.inbound.push(model);
-        } else {
-            self.connections.outbound.push(model);
-        }
+        self.connections.push(model);
         self
     }
 
@@ -575,11 +597,7 @@ impl ServiceDef {
             schema,
             on_change: None,
         };
-        if kind.is_inbound() {
-            self.states.inbound.push(model);
-        } else {
-            self.states.outbound.push(model);
-        }
+        self.states.push(model);
         self
     }
 
