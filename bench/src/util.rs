@@ -1,0 +1,190 @@
+//! Runtimes, latency summaries and bounded waits shared by the patterns.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// Which tokio runtime a measurement runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flavor {
+    /// Multi-thread runtime, one worker per core (tokio's default).
+    Multi,
+    /// Single-thread runtime: every task on the calling thread.
+    Current,
+}
+
+impl Flavor {
+    /// As printed in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Flavor::Multi => "multi-thread",
+            Flavor::Current => "current-thread",
+        }
+    }
+}
+
+/// Builds a runtime of `flavor`.
+pub fn runtime(flavor: Flavor) -> tokio::runtime::Runtime {
+    let mut b = match flavor {
+        Flavor::Multi => tokio::runtime::Builder::new_multi_thread(),
+        Flavor::Current => tokio::runtime::Builder::new_current_thread(),
+    };
+    b.enable_all().build().expect("a tokio runtime builds")
+}
+
+/// Runs `fut` as a task on a fresh runtime of `flavor`, bounded by `limit`, then shuts the
+/// runtime down (ending whatever tasks the measurement left behind: socket tasks, servers).
+///
+/// A task, not the `block_on` root future: on a multi-thread runtime the root future runs on
+/// the calling thread, outside the workers, and every wake-up would cross threads.
+pub fn block_on<F, T>(flavor: Flavor, limit: Duration, fut: F) -> anyhow::Result<T>
+where
+    F: Future<Output = anyhow::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = runtime(flavor);
+    let out = rt.block_on(async {
+        match tokio::time::timeout(limit, tokio::spawn(fut)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(anyhow::anyhow!("the measurement task failed: {e}")),
+            Err(_) => Err(anyhow::anyhow!("did not finish within {limit:?}")),
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    out
+}
+
+/// Latency percentiles of a set of round trips.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    /// Median, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// Mean, microseconds.
+    pub mean_us: f64,
+}
+
+impl Latency {
+    /// Summarises `samples` (sorted in place).
+    pub fn of(samples: &mut [Duration]) -> Latency {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+            samples[i.min(samples.len() - 1)].as_secs_f64() * 1e6
+        };
+        let mean = samples.iter().map(Duration::as_secs_f64).sum::<f64>() / samples.len() as f64;
+        Latency {
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+            mean_us: mean * 1e6,
+        }
+    }
+}
+
+/// Per-second rate of `n` events over `d`.
+pub fn rate(n: u64, d: Duration) -> f64 {
+    let s = d.as_secs_f64();
+    if s <= 0.0 {
+        0.0
+    } else {
+        n as f64 / s
+    }
+}
+
+/// What a counting consumer saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted {
+    /// Messages received.
+    pub received: u64,
+    /// When the last one arrived.
+    pub last: Option<Instant>,
+}
+
+/// Something a counting consumer reads messages from.
+pub trait Inbox {
+    /// The next message; false once the stream has ended.
+    fn next_message(&mut self) -> impl Future<Output = bool> + Send;
+}
+
+impl Inbox for sf_connections::Subscriber {
+    async fn next_message(&mut self) -> bool {
+        self.next().await.is_some()
+    }
+}
+
+impl Inbox for sf_connections::Puller {
+    async fn next_message(&mut self) -> bool {
+        self.next_raw().await.is_some()
+    }
+}
+
+impl Inbox for zeromq::SubSocket {
+    async fn next_message(&mut self) -> bool {
+        zeromq::SocketRecv::recv(self).await.is_ok()
+    }
+}
+
+impl Inbox for zeromq::PullSocket {
+    async fn next_message(&mut self) -> bool {
+        zeromq::SocketRecv::recv(self).await.is_ok()
+    }
+}
+
+/// Counts messages from `inbox` until `expected` arrived, nothing arrived for `quiet`, or
+/// the stream ends.
+pub async fn count_until<I: Inbox>(inbox: &mut I, expected: u64, quiet: Duration) -> Counted {
+    let mut received = 0;
+    let mut last = None;
+    while received < expected {
+        match tokio::time::timeout(quiet, inbox.next_message()).await {
+            Ok(true) => {
+                received += 1;
+                last = Some(Instant::now());
+            }
+            _ => break,
+        }
+    }
+    Counted { received, last }
+}
+
+/// `n` printed as a readable count (`1,000,000`).
+pub fn count(n: u64) -> String {
+    crate::report::format_value(n as f64, "msgs")
+}
+
+/// A payload of `len` ASCII bytes.
+pub fn payload(len: usize) -> String {
+    "x".repeat(len)
+}
+
+/// Resident memory of process `pid` (`VmRSS` in /proc/<pid>/status), in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let mut v: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        let l = Latency::of(&mut v);
+        assert!((l.p50_us - 50.0).abs() <= 1.0, "{l:?}");
+        assert!((l.p99_us - 99.0).abs() <= 1.0, "{l:?}");
+    }
+
+    #[test]
+    fn own_rss_is_read() {
+        assert!(rss_mib(std::process::id()).unwrap() > 0.0);
+    }
+}
