@@ -13,10 +13,11 @@
 //! subscriber, and a subscriber that stays silent for `stall_timeout` while the publisher
 //! waits on it is dropped from the window (logged and counted), so no wait is unbounded.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -28,6 +29,9 @@ use crate::error::{Error, Result};
 use crate::stats::{Counter, Stats};
 use crate::util::connect_until;
 use crate::wire::{self, WorkflowId};
+
+/// Most publishes sent as one multipart message in credit mode.
+const MAX_BATCH: usize = 1024;
 
 /// The first byte of a credit message (0 and 1 are unsubscribe and subscribe).
 pub(crate) const CREDIT_TAG: u8 = 0x02;
@@ -244,6 +248,10 @@ impl Writer {
     /// `topic + {seq, pub_id, args, workflow_id}` around the pre-encoded `args`/`workflow_id`
     /// entries; numbering here keeps `seq` in send order however many tasks publish.
     fn frame(&mut self, entries: &[u8]) -> ZmqMessage {
+        ZmqMessage::from(self.frame_bytes(entries))
+    }
+
+    fn frame_bytes(&mut self, entries: &[u8]) -> Vec<u8> {
         self.seq += 1;
         let mut out = Vec::with_capacity(self.topic_prefix.len() + entries.len() + 32);
         out.extend_from_slice(&self.topic_prefix);
@@ -253,7 +261,7 @@ impl Writer {
         rmp::encode::write_str(&mut out, "pub_id").expect("vec write");
         rmp::encode::write_uint(&mut out, self.pub_id).expect("vec write");
         out.extend_from_slice(entries);
-        ZmqMessage::from(out)
+        out
     }
 
     async fn run_plain(
@@ -315,21 +323,45 @@ impl Writer {
         stop: CancellationToken,
     ) {
         let mut subs: HashMap<u64, CreditSub> = HashMap::new();
-        let mut pending: Option<Vec<u8>> = None;
+        // Publishes waiting for room. The XPUB socket flushes on every send, so as many as
+        // the window allows go out as one multipart message, one publish per frame
+        // (subscribers read every frame as a message).
+        let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
+        let mut closed = false;
         let poll = credit.stall_timeout.min(Duration::from_millis(250));
         loop {
-            // May the next message go out? Only if every registered subscriber has room.
-            let next_seq = self.seq + 1;
-            let blocked = subs.values().any(|s| next_seq > s.acked + s.window);
-            if pending.is_some() && !blocked {
-                let entries = pending.take().expect("checked");
-                let msg = self.frame(&entries);
+            while !closed && pending.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(e) => pending.push_back(e),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+                }
+            }
+            // Room = how far the slowest registered subscriber lets us run ahead.
+            let room = subs
+                .values()
+                .map(|s| (s.acked + s.window).saturating_sub(self.seq))
+                .min()
+                .unwrap_or(u64::MAX);
+            if !pending.is_empty() && room > 0 {
+                let n = pending
+                    .len()
+                    .min(usize::try_from(room).unwrap_or(usize::MAX));
+                let frames: Vec<Bytes> = pending
+                    .drain(..n)
+                    .map(|e| Bytes::from(self.frame_bytes(&e)))
+                    .collect();
+                let msg = ZmqMessage::try_from(frames).expect("at least one frame");
                 match socket.send(msg).await {
-                    Ok(()) => self.stats.bump(Counter::Sent),
-                    Err(_) => self.stats.bump(Counter::Dropped),
+                    Ok(()) => self.stats.add(Counter::Sent, n as u64),
+                    Err(_) => self.stats.add(Counter::Dropped, n as u64),
                 }
                 continue;
             }
+            if closed && pending.is_empty() {
+                return;
+            }
+            let blocked = !pending.is_empty();
             if blocked {
                 self.stats.bump(Counter::CreditWaits);
             }
@@ -338,9 +370,9 @@ impl Writer {
                     Ok(msg) => self.on_upstream(msg, &mut subs, credit.window, &subs_tx),
                     Err(e) => tracing::debug!("credit publisher receive error: {e}"),
                 },
-                entries = rx.recv(), if pending.is_none() => match entries {
-                    Some(e) => pending = Some(e),
-                    None => return,
+                entry = rx.recv(), if !blocked && !closed => match entry {
+                    Some(e) => pending.push_back(e),
+                    None => closed = true,
                 },
                 _ = tokio::time::sleep(poll), if blocked => {
                     let now = Instant::now();
@@ -357,7 +389,7 @@ impl Writer {
                         let _ = subs_tx.send(subs.len());
                     }
                 }
-                _ = stop.cancelled(), if pending.is_none() && rx.is_empty() => return,
+                _ = stop.cancelled(), if pending.is_empty() && rx.is_empty() => return,
             }
         }
     }

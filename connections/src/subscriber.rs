@@ -338,18 +338,20 @@ impl Reader {
                     continue;
                 }
             };
-            self.stats.bump(Counter::Received);
-            let Some(delivery) = self.parse(msg, &mut last_seq) else {
-                continue;
-            };
-            if tx.send(delivery).await.is_err() {
-                return; // the consumer is gone
+            // One frame is one publish; a credit publisher batches several into one message.
+            for frame in msg.into_vec() {
+                self.stats.bump(Counter::Received);
+                let Some(delivery) = self.parse(frame, &mut last_seq) else {
+                    continue;
+                };
+                if tx.send(delivery).await.is_err() {
+                    return; // the consumer is gone
+                }
             }
         }
     }
 
-    fn parse(&self, msg: ZmqMessage, last_seq: &mut HashMap<u64, u64>) -> Option<Delivery> {
-        let frame = msg.into_vec().into_iter().next()?;
+    fn parse(&self, frame: Bytes, last_seq: &mut HashMap<u64, u64>) -> Option<Delivery> {
         if frame.len() > self.max {
             self.stats.bump(Counter::TooLarge);
             tracing::warn!(

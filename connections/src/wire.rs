@@ -597,7 +597,10 @@ mod tests {
         let e = decode::<PySet<u8>>(&no_value).unwrap_err().to_string();
         assert!(e.contains("missing field `value`"), "{e}");
         let bad = encode(&serde_json::json!({"__uuid__": true, "as_str": "nope"})).unwrap();
-        assert!(decode::<WorkflowId>(&bad).unwrap_err().to_string().contains("bad UUID"));
+        assert!(decode::<WorkflowId>(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("bad UUID"));
     }
 
     #[test]
