@@ -179,6 +179,11 @@ impl Subscriber {
         &self.endpoint
     }
 
+    /// True when a message is already waiting (the next [`Subscriber::next`] will not wait).
+    pub fn has_pending(&self) -> bool {
+        !self.rx.is_empty()
+    }
+
     /// Live counters (`lost` counts sequence gaps from framework publishers).
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats

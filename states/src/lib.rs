@@ -435,6 +435,7 @@ impl DeltaUpdateIn {
             state: StateMap::new(),
             num: -1,
             source: None,
+            dirty: false,
         };
         tokio::spawn(follower.run(sub, req, stop.clone()));
         Ok(DeltaUpdateIn {
@@ -468,6 +469,8 @@ struct Follower {
     /// The publisher instance followed (framework out sides only): a new one means the out
     /// side restarted and its numbering started again.
     source: Option<u64>,
+    /// Updates applied since the view was last published.
+    dirty: bool,
 }
 
 impl Follower {
@@ -520,6 +523,9 @@ impl Follower {
                     if !self.apply(args) {
                         resync = Some(spawn_resync(req.clone(), snap_tx.clone(), self.stats.clone(), stop.clone()));
                     }
+                    if !sub.has_pending() {
+                        self.flush();
+                    }
                 }
             }
         }
@@ -552,7 +558,7 @@ impl Follower {
             }
             self.state = args.state;
             self.num = args.current_num;
-            self.publish();
+            self.dirty = true;
             return true;
         }
         if args.current_num <= self.num {
@@ -572,7 +578,7 @@ impl Follower {
         apply_delta(&mut self.state, &args.state);
         self.num = args.current_num;
         self.stats.bump(Counter::Received);
-        self.publish();
+        self.dirty = true;
         true
     }
 
@@ -634,11 +640,21 @@ impl Follower {
         !self.buffered.is_empty()
     }
 
-    fn publish(&self) {
+    fn publish(&mut self) {
+        self.dirty = false;
         self.tx.send_replace(StateView {
             state: Arc::new(self.state.clone()),
             current_num: self.num,
         });
+    }
+
+    /// Publishes the view if updates were applied since the last one. The view is a copy of
+    /// the whole state, so the run loop calls this only once no further update is waiting:
+    /// a burst costs one copy, not one per delta.
+    fn flush(&mut self) {
+        if self.dirty {
+            self.publish();
+        }
     }
 }
 
@@ -723,9 +739,19 @@ mod tests {
                 state: StateMap::new(),
                 num: -1,
                 source: None,
+                dirty: false,
             },
             rx,
         )
+    }
+
+    impl Follower {
+        /// What the run loop does for one update with nothing else waiting.
+        fn apply_now(&mut self, args: DeltaArgs) -> bool {
+            let applied = self.apply(args);
+            self.flush();
+            applied
+        }
     }
 
     fn delta(n: i64, snap: bool, pairs: &[(&str, Value)]) -> DeltaArgs {
@@ -740,24 +766,24 @@ mod tests {
     fn the_originals_scenarios() {
         let (mut f, rx) = follower();
         // Reset snapshot, full snapshot, deltas with deletes.
-        assert!(f.apply(delta(0, true, &[])));
-        assert!(f.apply(delta(
+        assert!(f.apply_now(delta(0, true, &[])));
+        assert!(f.apply_now(delta(
             1,
             true,
             &[("x", Value::from(1)), ("y", Value::from(2))]
         )));
-        assert!(f.apply(delta(2, false, &[("x", Value::Nil), ("z", Value::from(3))])));
+        assert!(f.apply_now(delta(2, false, &[("x", Value::Nil), ("z", Value::from(3))])));
         assert_eq!(
             *rx.borrow().state,
             m(&[("y", Value::from(2)), ("z", Value::from(3))])
         );
         // Old number ignored, duplicate ignored (not a gap).
-        assert!(f.apply(delta(1, false, &[("y", Value::from(99))])));
-        assert!(f.apply(delta(2, false, &[("y", Value::from(99))])));
+        assert!(f.apply_now(delta(1, false, &[("y", Value::from(99))])));
+        assert!(f.apply_now(delta(2, false, &[("y", Value::from(99))])));
         assert_eq!(f.stats.get(Counter::Duplicates), 2);
         assert_eq!(rx.borrow().current_num, 2);
         // A future number is a gap: buffered, then the snapshot plus replay converges.
-        assert!(!f.apply(delta(4, false, &[("w", Value::from(4))])));
+        assert!(!f.apply_now(delta(4, false, &[("w", Value::from(4))])));
         f.buffer(delta(5, false, &[("z", Value::Nil)]));
         f.adopt(SnapshotReply {
             state: m(&[
@@ -782,8 +808,8 @@ mod tests {
     #[test]
     fn a_python_out_side_whose_snapshots_say_zero_still_converges() {
         let (mut f, rx) = follower();
-        assert!(f.apply(delta(1, true, &[("a", Value::from(1))])));
-        assert!(!f.apply(delta(3, false, &[("c", Value::from(3))])));
+        assert!(f.apply_now(delta(1, true, &[("a", Value::from(1))])));
+        assert!(!f.apply_now(delta(3, false, &[("c", Value::from(3))])));
         // 0.0.18's replyer answers with the right state but current_num 0.
         f.adopt(SnapshotReply {
             state: m(&[
@@ -797,7 +823,7 @@ mod tests {
         assert_eq!(rx.borrow().current_num, 3);
         assert_eq!(rx.borrow().state.len(), 3);
         assert!(
-            f.apply(delta(4, false, &[("d", Value::from(4))])),
+            f.apply_now(delta(4, false, &[("d", Value::from(4))])),
             "follows on from there"
         );
         assert_eq!(rx.borrow().state.len(), 4);
@@ -806,10 +832,10 @@ mod tests {
     #[test]
     fn a_python_snapshot_older_than_a_buffered_delta_loses_nothing() {
         let (mut f, rx) = follower();
-        assert!(f.apply(delta(1, true, &[("a", Value::from(1))])));
+        assert!(f.apply_now(delta(1, true, &[("a", Value::from(1))])));
         // Gap: 3 arrives; the resync is asked for; 4 is published just after the Python out
         // side answered, yet reaches us before the answer does.
-        assert!(!f.apply(delta(3, false, &[("c", Value::from(3))])));
+        assert!(!f.apply_now(delta(3, false, &[("c", Value::from(3))])));
         f.buffer(delta(4, false, &[("a", Value::Nil), ("d", Value::from(4))]));
         f.adopt(SnapshotReply {
             state: m(&[
@@ -835,7 +861,7 @@ mod tests {
     #[test]
     fn a_stale_snapshot_reply_does_not_go_back() {
         let (mut f, rx) = follower();
-        assert!(f.apply(delta(7, true, &[("a", Value::from(1))])));
+        assert!(f.apply_now(delta(7, true, &[("a", Value::from(1))])));
         f.adopt(SnapshotReply {
             state: StateMap::new(),
             current_num: 3,
