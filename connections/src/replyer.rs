@@ -180,30 +180,27 @@ async fn serve(
             let _ = reply_tx.send(with_routing(routing, outcome.frame));
             continue;
         }
+        let mut run = Box::pin(std::panic::AssertUnwindSafe(handler(body)).catch_unwind());
+        // Most handlers finish without waiting (an echo, a lookup): answer those right here
+        // and skip the task spawn. Only a handler that has to wait gets a task (and a slot).
+        if let Some(outcome) = (&mut run).now_or_never() {
+            finish(outcome, &stats, &peer, routing, &reply_tx);
+            continue;
+        }
         let permit = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
-        let handler = handler.clone();
         let reply_tx = reply_tx.clone();
         let stats = stats.clone();
         let abandon = abandon.clone();
         tracker.spawn(async move {
-            let run = std::panic::AssertUnwindSafe(handler(body)).catch_unwind();
             let outcome = tokio::select! {
                 o = run => o,
                 _ = abandon.cancelled() => return,
             };
-            let outcome = outcome.unwrap_or_else(|_| {
-                tracing::error!(peer, "request handler panicked");
-                Outcome::err(
-                    WorkflowId::None,
-                    WireError::new(ErrorCode::Internal, "the handler failed unexpectedly"),
-                )
-            });
-            count_outcome(&stats, &outcome, &peer);
-            let _ = reply_tx.send(with_routing(routing, outcome.frame));
+            finish(outcome, &stats, &peer, routing, &reply_tx);
             drop(permit);
         });
     }
@@ -228,6 +225,25 @@ async fn serve(
         let _ = writer.await;
     }
     tokio::time::sleep(options.linger).await;
+}
+
+/// Counts a handler's outcome and queues its reply (a panic becomes an `internal` error).
+fn finish(
+    outcome: std::thread::Result<Outcome>,
+    stats: &Stats,
+    peer: &str,
+    routing: Vec<Bytes>,
+    reply_tx: &mpsc::UnboundedSender<ZmqMessage>,
+) {
+    let outcome = outcome.unwrap_or_else(|_| {
+        tracing::error!(peer, "request handler panicked");
+        Outcome::err(
+            WorkflowId::None,
+            WireError::new(ErrorCode::Internal, "the handler failed unexpectedly"),
+        )
+    });
+    count_outcome(stats, &outcome, peer);
+    let _ = reply_tx.send(with_routing(routing, outcome.frame));
 }
 
 fn count_outcome(stats: &Stats, outcome: &Outcome, peer: &str) {

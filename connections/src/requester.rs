@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use zeromq::{DealerSocket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{DealerSendHalf, DealerSocket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::address::Address;
 use crate::error::{Error, Result};
@@ -56,21 +56,43 @@ impl Default for RequesterOptions {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes>>>>>;
 
+/// The connected socket's send half, shared so that callers send directly (one task hop
+/// fewer per request); `None` while no peer is connected, when requests wait in the queue.
+type SendSlot = Arc<tokio::sync::Mutex<Option<DealerSendHalf>>>;
+
+fn request_frame(id: u64, body: Bytes) -> ZmqMessage {
+    ZmqMessage::try_from(vec![
+        Bytes::copy_from_slice(&id.to_be_bytes()),
+        Bytes::new(),
+        body,
+    ])
+    .expect("three frames")
+}
+
 /// A connection to one replyer (framework or Python), shared freely between tasks.
 #[derive(Debug, Clone)]
 pub struct Requester {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     endpoint: String,
     options: RequesterOptions,
-    queue: mpsc::Sender<(u64, Vec<u8>)>,
+    queue: mpsc::Sender<(u64, Bytes)>,
+    slot: SendSlot,
     pending: Pending,
     next_id: std::sync::atomic::AtomicU64,
     stats: Arc<Stats>,
     stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("endpoint", &self.endpoint)
+            .field("options", &self.options)
+            .finish()
+    }
 }
 
 impl Drop for Inner {
@@ -87,9 +109,11 @@ impl Requester {
         let pending: Pending = Arc::default();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
+        let slot: SendSlot = Arc::default();
         tokio::spawn(supervise(
             endpoint.clone(),
             rx,
+            slot.clone(),
             pending.clone(),
             stats.clone(),
             stop.clone(),
@@ -99,6 +123,7 @@ impl Requester {
                 endpoint,
                 options,
                 queue,
+                slot,
                 pending,
                 next_id: std::sync::atomic::AtomicU64::new(1),
                 stats,
@@ -150,6 +175,8 @@ impl Requester {
     /// Sends an encoded request frame and returns the encoded reply frame, with the
     /// configured timeout and retries.
     pub async fn request_raw(&self, body: Vec<u8>) -> Result<Bytes> {
+        // Shared, not copied, by every attempt.
+        let body = Bytes::from(body);
         let inner = &self.inner;
         let attempts = inner.options.retries + 1;
         let mut last = Error::Closed;
@@ -163,13 +190,16 @@ impl Requester {
             let (tx, rx) = oneshot::channel();
             inner.pending.lock().expect("pending lock").insert(id, tx);
             let sent =
-                tokio::time::timeout(inner.options.timeout, inner.queue.send((id, body.clone())))
-                    .await;
+                tokio::time::timeout(inner.options.timeout, self.send(id, body.clone())).await;
             match sent {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) => {
+                Ok(Err(e)) => {
                     inner.pending.lock().expect("pending lock").remove(&id);
-                    return Err(Error::Closed);
+                    if matches!(e, Error::Closed) {
+                        return Err(e);
+                    }
+                    last = e;
+                    continue;
                 }
                 Err(_) => {
                     inner.pending.lock().expect("pending lock").remove(&id);
@@ -201,10 +231,33 @@ impl Requester {
     }
 }
 
+impl Requester {
+    /// Sends on the connected socket, or queues for the supervisor while none is connected.
+    async fn send(&self, id: u64, body: Bytes) -> Result<()> {
+        let inner = &self.inner;
+        {
+            let mut slot = inner.slot.lock().await;
+            if let Some(tx) = slot.as_mut() {
+                inner.stats.bump(Counter::Sent);
+                return tx
+                    .send(request_frame(id, body))
+                    .await
+                    .map_err(|e| Error::Socket(format!("send to {}: {e}", inner.endpoint)));
+            }
+        }
+        inner
+            .queue
+            .send((id, body))
+            .await
+            .map_err(|_| Error::Closed)
+    }
+}
+
 /// Owns the socket: connects, sends queued requests, routes replies, rebuilds on loss.
 async fn supervise(
     endpoint: String,
-    mut queue: mpsc::Receiver<(u64, Vec<u8>)>,
+    mut queue: mpsc::Receiver<(u64, Bytes)>,
+    slot: SendSlot,
     pending: Pending,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -220,7 +273,7 @@ async fn supervise(
             tracing::info!(%endpoint, "requester reconnected");
         }
         generation += 1;
-        let (mut tx, mut rx) = socket.split();
+        let (tx, mut rx) = socket.split();
         let lost = CancellationToken::new();
         let reader = {
             let (pending, stats, lost) = (pending.clone(), stats.clone(), lost.clone());
@@ -237,7 +290,9 @@ async fn supervise(
                 }
             })
         };
+        *slot.lock().await = Some(tx);
         let mut closing = false;
+        let mut batch = Vec::with_capacity(64);
         loop {
             tokio::select! {
                 biased;
@@ -247,28 +302,33 @@ async fn supervise(
                     Some(SocketEvent::Disconnected(_)) | None => break,
                     Some(_) => {}
                 },
-                cmd = queue.recv() => match cmd {
-                    None => { closing = true; break; }
-                    Some((id, body)) => {
-                        if !pending.lock().expect("pending lock").contains_key(&id) {
-                            continue; // its caller already gave up
+                n = queue.recv_many(&mut batch, 64) => {
+                    if n == 0 {
+                        closing = true;
+                        break;
+                    }
+                    let mut failed = false;
+                    for (id, body) in batch.drain(..) {
+                        if failed || !pending.lock().expect("pending lock").contains_key(&id) {
+                            continue; // its caller already gave up (or the socket just failed)
                         }
-                        let msg = ZmqMessage::try_from(vec![
-                            Bytes::copy_from_slice(&id.to_be_bytes()),
-                            Bytes::new(),
-                            Bytes::from(body),
-                        ])
-                        .expect("three frames");
                         stats.bump(Counter::Sent);
-                        if let Err(e) = tx.send(msg).await {
+                        let mut guard = slot.lock().await;
+                        let Some(tx) = guard.as_mut() else { break };
+                        if let Err(e) = tx.send(request_frame(id, body)).await {
                             tracing::debug!("requester send failed: {e}");
                             fail(&pending, &id, Error::Socket(e.to_string()));
-                            break;
+                            failed = true;
                         }
                     }
-                },
+                    if failed {
+                        break;
+                    }
+                }
             }
         }
+        // New requests wait in the queue until the next socket is up.
+        *slot.lock().await = None;
         reader.abort();
         // Whatever was in flight on this socket will not be answered on the next one.
         let in_flight: Vec<_> = pending.lock().expect("pending lock").drain().collect();
