@@ -159,8 +159,8 @@ async fn serve(
             tracing::warn!("replyer dropped a message with no body frame");
             continue;
         };
-        let peer = peer_name(&routing);
         if body.len() > options.max_message_bytes {
+            let peer = peer_name(&routing);
             stats.bump(Counter::TooLarge);
             tracing::warn!(
                 peer,
@@ -184,7 +184,7 @@ async fn serve(
         // Most handlers finish without waiting (an echo, a lookup): answer those right here
         // and skip the task spawn. Only a handler that has to wait gets a task (and a slot).
         if let Some(outcome) = (&mut run).now_or_never() {
-            finish(outcome, &stats, &peer, routing, &reply_tx);
+            finish(outcome, &stats, routing, &reply_tx);
             continue;
         }
         let permit = tokio::select! {
@@ -200,7 +200,7 @@ async fn serve(
                 o = run => o,
                 _ = abandon.cancelled() => return,
             };
-            finish(outcome, &stats, &peer, routing, &reply_tx);
+            finish(outcome, &stats, routing, &reply_tx);
             drop(permit);
         });
     }
@@ -231,22 +231,21 @@ async fn serve(
 fn finish(
     outcome: std::thread::Result<Outcome>,
     stats: &Stats,
-    peer: &str,
     routing: Vec<Bytes>,
     reply_tx: &mpsc::UnboundedSender<ZmqMessage>,
 ) {
     let outcome = outcome.unwrap_or_else(|_| {
-        tracing::error!(peer, "request handler panicked");
+        tracing::error!(peer = peer_name(&routing), "request handler panicked");
         Outcome::err(
             WorkflowId::None,
             WireError::new(ErrorCode::Internal, "the handler failed unexpectedly"),
         )
     });
-    count_outcome(stats, &outcome, peer);
+    count_outcome(stats, &outcome, &routing);
     let _ = reply_tx.send(with_routing(routing, outcome.frame));
 }
 
-fn count_outcome(stats: &Stats, outcome: &Outcome, peer: &str) {
+fn count_outcome(stats: &Stats, outcome: &Outcome, routing: &[Bytes]) {
     match &outcome.error {
         None => stats.bump(Counter::Replied),
         Some(e) => {
@@ -256,7 +255,7 @@ fn count_outcome(stats: &Stats, outcome: &Outcome, peer: &str) {
                 ErrorCode::TooLarge => Counter::TooLarge,
                 _ => Counter::HandlerFailed,
             });
-            tracing::warn!(peer, code = %e.code, "request answered with an error: {}", e.message);
+            tracing::warn!(peer = peer_name(routing), code = %e.code, "request answered with an error: {}", e.message);
         }
     }
 }
@@ -277,6 +276,7 @@ fn with_routing(mut routing: Vec<Bytes>, body: Vec<u8>) -> ZmqMessage {
     ZmqMessage::try_from(routing).expect("routing has at least the identity frame")
 }
 
+/// The peer's identity in hex, for log lines (computed only when one is written).
 fn peer_name(routing: &[Bytes]) -> String {
     routing
         .first()

@@ -459,7 +459,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 
 /// Like [`decode`], but a failure names where in the value it happened (`args.to_echo:
 /// invalid type: integer `5`, expected a string`), which is what a caller needs to fix it.
+/// The path is tracked only to explain a failure: valid input takes the plain decoder.
 pub fn decode_with_path<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    decode(bytes).or_else(|_| decode_tracking_path(bytes))
+}
+
+fn decode_tracking_path<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let mut rest = bytes;
     let mut de = rmp_serde::Deserializer::new(&mut rest);
     let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
