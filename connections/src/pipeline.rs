@@ -46,13 +46,23 @@ impl Default for PipelineOptions {
 }
 
 /// The sending end; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pusher {
-    queue: mpsc::Sender<(Vec<u8>, tokio::sync::oneshot::Sender<Result<()>>)>,
+    /// The socket, used by `push` itself (no hand-off to another task per message); `None`
+    /// while a connecting pusher is between connections.
+    slot: Arc<tokio::sync::Mutex<Option<PushSocket>>>,
     endpoint: String,
     timeout: Duration,
     stats: Arc<Stats>,
     _stop: Arc<DropCancel>,
+}
+
+impl std::fmt::Debug for Pusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pusher")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -69,7 +79,7 @@ impl Pusher {
     pub async fn start(address: &Address, options: PipelineOptions) -> Result<Pusher> {
         let stop = CancellationToken::new();
         let stats = Arc::new(Stats::default());
-        let (queue, rx) = mpsc::channel(1024);
+        let slot = Arc::new(tokio::sync::Mutex::new(None));
         let endpoint = if options.is_binder {
             let mut socket = PushSocket::new();
             let ep = address.bind_endpoint()?;
@@ -77,27 +87,20 @@ impl Pusher {
                 .bind(&ep)
                 .await
                 .map_err(|e| Error::Socket(format!("cannot bind pusher to {ep}: {e}")))?;
-            tokio::spawn(push_loop(
-                Some((socket, None)),
-                None,
-                rx,
-                stats.clone(),
-                stop.clone(),
-            ));
+            *slot.lock().await = Some(socket);
             bound.to_string()
         } else {
             let ep = address.connect_endpoint()?;
-            tokio::spawn(push_loop(
-                None,
-                Some(ep.clone()),
-                rx,
+            tokio::spawn(keep_connected(
+                ep.clone(),
+                slot.clone(),
                 stats.clone(),
                 stop.clone(),
             ));
             ep
         };
         Ok(Pusher {
-            queue,
+            slot,
             endpoint,
             timeout: options.send_timeout,
             stats,
@@ -116,76 +119,74 @@ impl Pusher {
     }
 
     /// Hands `args` to one puller; waits (bounded by the send timeout) while every puller is
-    /// full or none is connected.
+    /// full or none is connected. `Ok` means the message is on the socket; a push that timed
+    /// out is never sent later (counted in `dropped`).
     pub async fn push<A: Serialize + ?Sized>(
         &self,
         args: &A,
         workflow_id: WorkflowId,
     ) -> Result<()> {
-        let body = wire::encode(&Request { args, workflow_id })?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let msg = ZmqMessage::from(wire::encode(&Request { args, workflow_id })?);
         let work = async {
-            self.queue
-                .send((body, tx))
-                .await
-                .map_err(|_| Error::Closed)?;
-            rx.await.map_err(|_| Error::Closed)?
+            let mut pause = Duration::from_millis(1);
+            loop {
+                {
+                    let mut slot = self.slot.lock().await;
+                    if let Some(sock) = slot.as_mut() {
+                        // With no peer the socket refuses at once: wait for one below.
+                        match sock.send(msg.clone()).await {
+                            Ok(()) => return Ok(()),
+                            Err(zeromq::ZmqError::ReturnToSender { .. }) => {}
+                            Err(e) => return Err(Error::Socket(e.to_string())),
+                        }
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| Error::Timeout(self.timeout))?
+        let result = match tokio::time::timeout(self.timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        };
+        match &result {
+            Ok(()) => self.stats.bump(Counter::Sent),
+            Err(_) => self.stats.bump(Counter::Dropped),
+        }
+        result
     }
 }
 
-async fn push_loop(
-    mut socket: Option<(PushSocket, Option<Monitor>)>,
-    reconnect: Option<String>,
-    mut rx: mpsc::Receiver<(Vec<u8>, tokio::sync::oneshot::Sender<Result<()>>)>,
+/// Keeps a connecting pusher's socket connected: the `zeromq` crate does not reconnect
+/// PUSH, so a new socket replaces the old one when the peer goes away.
+async fn keep_connected(
+    endpoint: String,
+    slot: Arc<tokio::sync::Mutex<Option<PushSocket>>>,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
+    let mut first = true;
     loop {
-        if socket.is_none() {
-            let Some(ep) = &reconnect else { return };
-            match connect_until::<PushSocket>(ep, &stop).await {
-                Some((s, m)) => socket = Some((s, Some(m))),
-                None => return,
-            }
+        let Some((socket, mut monitor)) = connect_until::<PushSocket>(&endpoint, &stop).await
+        else {
+            return;
+        };
+        if !first {
+            stats.bump(Counter::Reconnects);
         }
-        let (sock, monitor) = socket.as_mut().expect("set above");
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            ev = async { match monitor { Some(m) => m.next().await, None => std::future::pending().await } } => {
-                if matches!(ev, Some(SocketEvent::Disconnected(_)) | None) {
-                    stats.bump(Counter::Reconnects);
-                    socket = None;
+        first = false;
+        *slot.lock().await = Some(socket);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = monitor.next() => {
+                    if matches!(ev, Some(SocketEvent::Disconnected(_)) | None) {
+                        break;
+                    }
                 }
             }
-            item = rx.recv() => {
-                let Some((body, done)) = item else { return };
-                let msg = ZmqMessage::from(body);
-                // With no peer the socket refuses at once; wait for one (the caller's timeout
-                // bounds this).
-                let mut pause = Duration::from_millis(1);
-                let result = loop {
-                    if done.is_closed() {
-                        // Its caller gave up (timed out): do not deliver it after the fact.
-                        break Err(Error::Closed);
-                    }
-                    match sock.send(msg.clone()).await {
-                        Ok(()) => break Ok(()),
-                        Err(zeromq::ZmqError::ReturnToSender { .. }) if !done.is_closed() => {
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_millis(50));
-                        }
-                        Err(e) => break Err(Error::Socket(e.to_string())),
-                    }
-                };
-                if result.is_ok() { stats.bump(Counter::Sent) } else { stats.bump(Counter::Dropped) }
-                let _ = done.send(result);
-            }
         }
+        *slot.lock().await = None;
     }
 }
 
