@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -127,6 +127,24 @@ impl Pusher {
         workflow_id: WorkflowId,
     ) -> Result<()> {
         let msg = ZmqMessage::from(wire::encode(&Request { args, workflow_id })?);
+        // Fast path, no timer: a connected peer with room takes the message at once.
+        if let Ok(mut slot) = self.slot.try_lock() {
+            if let Some(sock) = slot.as_mut() {
+                if let Some(sent) = sock.send(msg.clone()).now_or_never() {
+                    match sent {
+                        Ok(()) => {
+                            self.stats.bump(Counter::Sent);
+                            return Ok(());
+                        }
+                        Err(zeromq::ZmqError::ReturnToSender { .. }) => {}
+                        Err(e) => {
+                            self.stats.bump(Counter::Dropped);
+                            return Err(Error::Socket(e.to_string()));
+                        }
+                    }
+                }
+            }
+        }
         let work = async {
             let mut pause = Duration::from_millis(1);
             loop {
