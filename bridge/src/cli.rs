@@ -15,6 +15,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use service_framework::cli::ArgWalker;
 use service_framework::logging::{self, LogOptions};
 use service_framework::AddressesFile;
 
@@ -75,34 +76,16 @@ pub struct Args {
 
 /// Parses arguments (without the program name). Unknown flags are an error naming them.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
-    let args: Vec<String> = args
-        .into_iter()
-        .map(|a| {
-            a.into_string()
-                .map_err(|a| Error::Config(format!("argument {a:?} is not UTF-8")))
-        })
-        .collect::<Result<_>>()?;
+    let args = ArgWalker::strings(args).map_err(Error::Config)?;
     let mut out = Args::default();
-    let mut i = 0;
+    let mut start = 0;
     if args.first().map(String::as_str) == Some("describe") {
         out.describe = true;
-        i = 1;
+        start = 1;
     }
-    while i < args.len() {
-        let raw = &args[i];
-        let (flag, inline) = match raw.split_once('=') {
-            Some((f, v)) if f.starts_with('-') => (f.to_owned(), Some(v.to_owned())),
-            _ => (raw.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<String> {
-            if let Some(v) = &inline {
-                return Ok(v.clone());
-            }
-            i += 1;
-            args.get(i)
-                .cloned()
-                .ok_or_else(|| Error::Config(format!("{name} needs a value")))
-        };
+    let mut words = ArgWalker::new(args, start);
+    while let Some((flag, _raw)) = words.next_word() {
+        let mut value = |name: &str| words.value(name).map_err(Error::Config);
         match flag.as_str() {
             "--host" => out.overrides.host = Some(value(&flag)?),
             "--port" => {
@@ -143,7 +126,6 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
                 )))
             }
         }
-        i += 1;
     }
     Ok(out)
 }

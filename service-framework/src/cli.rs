@@ -105,38 +105,85 @@ usage: service-framework -s SERVICE [-a addresses.json] [-c config.json] [-m] [o
                            environment SF_CONFIG_<KEY> does the same, below the command line
 ";
 
-/// Parses arguments (without the program name).
-pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<CliArgs> {
-    let args: Vec<String> = args
-        .into_iter()
-        .map(|a| {
-            a.into_string()
-                .map_err(|a| Error::Other(format!("argument {a:?} is not UTF-8")))
-        })
-        .collect::<Result<_>>()?;
-    let mut out = CliArgs::default();
-    let mut i = 0;
-    if let Some(first) = args.first() {
-        if first == "describe" || first == "call" {
-            out.command = Some(first.clone());
-            i = 1;
+/// Walks command-line words the way the original's argparse reads them: `--flag value`,
+/// `--flag=value`, and its multi-letter short flags (`-cl INFO`). Shared by every binary of
+/// the framework that takes the original's flags.
+#[derive(Debug)]
+pub struct ArgWalker {
+    args: Vec<String>,
+    next: usize,
+    inline: Option<String>,
+}
+
+impl ArgWalker {
+    /// Walks `args` (without the program name) from word `start`.
+    pub fn new(args: Vec<String>, start: usize) -> Self {
+        ArgWalker {
+            args,
+            next: start,
+            inline: None,
         }
     }
-    while i < args.len() {
-        let raw = &args[i];
+
+    /// Converts OS arguments, refusing any that is not UTF-8.
+    pub fn strings(
+        args: impl IntoIterator<Item = OsString>,
+    ) -> std::result::Result<Vec<String>, String> {
+        args.into_iter()
+            .map(|a| {
+                a.into_string()
+                    .map_err(|a| format!("argument {a:?} is not UTF-8"))
+            })
+            .collect()
+    }
+
+    /// The next word as `(flag, raw word)`: `--flag=value` gives `("--flag", ...)` and keeps
+    /// the value for [`ArgWalker::value`]; any other word is its own flag.
+    pub fn next_word(&mut self) -> Option<(String, String)> {
+        let raw = self.args.get(self.next)?.clone();
+        self.next += 1;
         let (flag, inline) = match raw.split_once('=') {
             Some((f, v)) if f.starts_with('-') => (f.to_owned(), Some(v.to_owned())),
             _ => (raw.clone(), None),
         };
-        let mut value = |name: &str| -> Result<String> {
-            if let Some(v) = &inline {
-                return Ok(v.clone());
-            }
-            i += 1;
-            args.get(i)
-                .cloned()
-                .ok_or_else(|| Error::Other(format!("{name} needs a value")))
-        };
+        self.inline = inline;
+        Some((flag, raw))
+    }
+
+    /// The value of the flag just read: its `=value`, else the next word.
+    pub fn value(&mut self, flag: &str) -> std::result::Result<String, String> {
+        if let Some(v) = self.inline.take() {
+            return Ok(v);
+        }
+        let v = self
+            .args
+            .get(self.next)
+            .cloned()
+            .ok_or_else(|| format!("{flag} needs a value"))?;
+        self.next += 1;
+        Ok(v)
+    }
+
+    /// The `=value` of the flag just read, if it had one and it was not taken.
+    pub fn take_inline(&mut self) -> Option<String> {
+        self.inline.take()
+    }
+}
+
+/// Parses arguments (without the program name).
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<CliArgs> {
+    let args = ArgWalker::strings(args).map_err(Error::Other)?;
+    let mut out = CliArgs::default();
+    let mut start = 0;
+    if let Some(first) = args.first() {
+        if first == "describe" || first == "call" {
+            out.command = Some(first.clone());
+            start = 1;
+        }
+    }
+    let mut words = ArgWalker::new(args, start);
+    while let Some((flag, raw)) = words.next_word() {
+        let mut value = |name: &str| words.value(name).map_err(Error::Other);
         match flag.as_str() {
             "-s" | "--service_path" => out.service = Some(value(&flag)?),
             "-a" | "--addresses_path" => out.addresses = Some(value(&flag)?.into()),
@@ -168,16 +215,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<CliArgs> {
             "-h" | "--help" => out.help = true,
             "--version" | "-V" => out.version = true,
             _ if out.command.is_some() && !raw.starts_with('-') && out.extras.is_empty() => {
-                out.positional.push(raw.clone())
+                out.positional.push(raw)
             }
             _ => {
-                out.extras.push(flag.clone());
-                if let Some(v) = inline {
+                out.extras.push(flag);
+                if let Some(v) = words.take_inline() {
                     out.extras.push(v);
                 }
             }
         }
-        i += 1;
     }
     Ok(out)
 }
