@@ -17,7 +17,7 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use zeromq::{RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::address::Address;
 use crate::error::{Error, Result};
@@ -115,34 +115,24 @@ async fn serve(
     // at once (and frees the port for a successor) while in-flight requests drain.
     let listeners = std::mem::take(socket.binds());
     let (mut tx, mut rx) = socket.split();
+    // Replies of handlers that had to wait come back here; the serve loop owns the send half
+    // and sends them, and sends the replies of handlers that finished at once directly.
     let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<ZmqMessage>();
-    // Cancelled once the drain is over: the writer sends what is queued and stops, and
-    // handlers still running are abandoned (their futures dropped).
+    // Cancelled once the drain is over: handlers still running are abandoned (their
+    // futures dropped).
     let abandon = CancellationToken::new();
-    // The writer owns the send half, so the socket closes only once the writer has ended.
-    let mut writer = tokio::spawn({
-        let abandon = abandon.clone();
-        async move {
-            loop {
-                let msg = tokio::select! {
-                    biased;
-                    m = reply_rx.recv() => m,
-                    _ = abandon.cancelled() => reply_rx.try_recv().ok(),
-                };
-                let Some(msg) = msg else { break };
-                if let Err(e) = tx.send(msg).await {
-                    // ROUTER refuses a reply to a peer that has gone: nothing to deliver it to.
-                    tracing::debug!("reply not delivered: {e}");
-                }
-            }
-        }
-    });
     let slots = Arc::new(Semaphore::new(options.max_concurrency.max(1)));
     let tracker = TaskTracker::new();
     loop {
         let msg = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
+            reply = reply_rx.recv() => {
+                if let Some(reply) = reply {
+                    send_reply(&mut tx, reply).await;
+                }
+                continue;
+            }
             m = rx.recv() => m,
         };
         let msg = match msg {
@@ -177,14 +167,15 @@ async fn serve(
                 ),
             );
             let outcome = Outcome::err(WorkflowId::None, err);
-            let _ = reply_tx.send(with_routing(routing, outcome.frame));
+            send_reply(&mut tx, with_routing(routing, outcome.frame)).await;
             continue;
         }
         let mut run = Box::pin(std::panic::AssertUnwindSafe(handler(body)).catch_unwind());
-        // Most handlers finish without waiting (an echo, a lookup): answer those right here
-        // and skip the task spawn. Only a handler that has to wait gets a task (and a slot).
+        // Most handlers finish without waiting (an echo, a lookup): answer those right here,
+        // with no task spawn and no hand-off. Only a handler that has to wait gets a task
+        // (and a slot).
         if let Some(outcome) = (&mut run).now_or_never() {
-            finish(outcome, &stats, routing, &reply_tx);
+            send_reply(&mut tx, finish(outcome, &stats, routing)).await;
             continue;
         }
         let permit = tokio::select! {
@@ -200,40 +191,51 @@ async fn serve(
                 o = run => o,
                 _ = abandon.cancelled() => return,
             };
-            finish(outcome, &stats, routing, &reply_tx);
+            let _ = reply_tx.send(finish(outcome, &stats, routing));
             drop(permit);
         });
     }
+    // Stop accepting connections (and free the port) while in-flight requests drain.
     drop(listeners);
     tracker.close();
-    if tokio::time::timeout(options.drain_timeout, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            in_flight = tracker.len(),
-            "replyer drain deadline passed; abandoning in-flight requests"
-        );
+    let drained = tracker.wait();
+    tokio::pin!(drained);
+    let deadline = tokio::time::sleep(options.drain_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            reply = reply_rx.recv() => {
+                if let Some(reply) = reply {
+                    send_reply(&mut tx, reply).await;
+                }
+            }
+            _ = &mut drained => break,
+            _ = &mut deadline => {
+                tracing::warn!(
+                    in_flight = tracker.len(),
+                    "replyer drain deadline passed; abandoning in-flight requests"
+                );
+                break;
+            }
+        }
     }
-    drop(reply_tx);
     abandon.cancel();
-    if tokio::time::timeout(options.drain_timeout, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
-        let _ = writer.await;
+    while let Ok(reply) = reply_rx.try_recv() {
+        send_reply(&mut tx, reply).await;
     }
     tokio::time::sleep(options.linger).await;
 }
 
-/// Counts a handler's outcome and queues its reply (a panic becomes an `internal` error).
-fn finish(
-    outcome: std::thread::Result<Outcome>,
-    stats: &Stats,
-    routing: Vec<Bytes>,
-    reply_tx: &mpsc::UnboundedSender<ZmqMessage>,
-) {
+async fn send_reply(tx: &mut RouterSendHalf, reply: ZmqMessage) {
+    if let Err(e) = tx.send(reply).await {
+        // ROUTER refuses a reply to a peer that has gone: nothing to deliver it to.
+        tracing::debug!("reply not delivered: {e}");
+    }
+}
+
+/// Counts a handler's outcome and builds its reply (a panic becomes an `internal` error).
+fn finish(outcome: std::thread::Result<Outcome>, stats: &Stats, routing: Vec<Bytes>) -> ZmqMessage {
     let outcome = outcome.unwrap_or_else(|_| {
         tracing::error!(peer = peer_name(&routing), "request handler panicked");
         Outcome::err(
@@ -242,7 +244,7 @@ fn finish(
         )
     });
     count_outcome(stats, &outcome, &routing);
-    let _ = reply_tx.send(with_routing(routing, outcome.frame));
+    with_routing(routing, outcome.frame)
 }
 
 fn count_outcome(stats: &Stats, outcome: &Outcome, routing: &[Bytes]) {
