@@ -24,6 +24,7 @@ use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::publisher::{CreditMsg, CREDIT_TAG};
 use crate::stats::{Counter, Stats};
+use crate::util::connect_until;
 use crate::wire::{self, Publish, WorkflowId};
 
 /// Tuning for a [`Subscriber`].
@@ -105,33 +106,27 @@ impl Drop for Subscriber {
 impl Subscriber {
     /// Connects (or binds, with `is_binder`) to `address` and subscribes.
     pub async fn start(address: &Address, options: SubscriberOptions) -> Result<Subscriber> {
-        let mut socket_options = zeromq::SocketOptions::default();
-        socket_options.connect_timeout(Duration::from_secs(2));
-        let mut socket = XSubSocket::with_options(socket_options);
-        let (endpoint, connect) = if options.is_binder {
+        let (endpoint, source) = if options.is_binder {
             let ep = address.bind_endpoint()?;
+            let mut socket = XSubSocket::new();
             let bound = socket
                 .bind(&ep)
                 .await
                 .map_err(|e| Error::Socket(format!("cannot bind subscriber to {ep}: {e}")))?
                 .to_string();
-            (bound, None)
+            (bound, Source::Bound(socket))
         } else {
             // The first connect waits for the publisher to be up, so it happens in the
             // reader task: a subscriber never holds up the service that owns it. After that
             // the XSUB reconnects by itself.
             let ep = address.connect_endpoint()?;
-            (ep.clone(), Some(ep))
+            (ep.clone(), Source::Connect(ep))
         };
         let prefix = if options.topic.is_empty() {
             Vec::new()
         } else {
             wire::topic_prefix(&options.topic)
         };
-        let mut sub = Vec::with_capacity(prefix.len() + 1);
-        sub.push(1u8);
-        sub.extend_from_slice(&prefix);
-        socket.send(ZmqMessage::from(sub)).await?;
         let sub_id: u64 = rand::random();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
@@ -139,15 +134,6 @@ impl Subscriber {
         let (acks, ack_rx) = match options.credit_window {
             Some(window) => {
                 let (atx, arx) = mpsc::unbounded_channel();
-                let hello = CreditMsg {
-                    sub: sub_id,
-                    pub_id: None,
-                    acked: None,
-                    window,
-                };
-                if connect.is_none() {
-                    socket.send(credit_frame(&hello)?).await?;
-                }
                 let acks = Acks {
                     tx: atx,
                     every: (window / 4).max(1),
@@ -164,7 +150,7 @@ impl Subscriber {
             max: options.max_message_bytes,
             stats: stats.clone(),
         };
-        tokio::spawn(reader.run(socket, connect, tx, ack_rx, sub_id, stop.clone()));
+        tokio::spawn(reader.run(source, tx, ack_rx, sub_id, stop.clone()));
         Ok(Subscriber {
             endpoint,
             rx,
@@ -234,6 +220,14 @@ fn credit_frame(c: &CreditMsg) -> Result<ZmqMessage> {
     Ok(ZmqMessage::from(frame))
 }
 
+/// Where the reader's socket comes from.
+enum Source {
+    /// Already bound (`is_binder`): publishers connect to it.
+    Bound(XSubSocket),
+    /// To connect to, in the reader task.
+    Connect(String),
+}
+
 struct Reader {
     topic: String,
     prefix: Vec<u8>,
@@ -256,49 +250,39 @@ struct Header {
 }
 
 impl Reader {
-    #[allow(clippy::too_many_arguments)]
     async fn run(
         self,
-        mut socket: XSubSocket,
-        connect: Option<String>,
+        source: Source,
         tx: mpsc::Sender<Delivery>,
         mut acks: Option<(mpsc::UnboundedReceiver<(u64, u64)>, u64)>,
         sub_id: u64,
         stop: CancellationToken,
     ) {
-        if let Some(ep) = connect {
-            let mut pause = Duration::from_millis(5);
-            let mut attempts = 0u32;
-            loop {
-                let done = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = socket.connect(&ep) => r,
-                };
-                match done {
-                    Ok(()) => break,
-                    Err(e) => {
-                        attempts += 1;
-                        if attempts == 5 {
-                            tracing::warn!(endpoint = %ep, "subscriber still cannot connect, retrying: {e}");
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause = (pause * 2).min(Duration::from_millis(500));
-            }
-            if let Some((_, window)) = &acks {
-                let hello = CreditMsg {
-                    sub: sub_id,
-                    pub_id: None,
-                    acked: None,
-                    window: *window,
-                };
-                if let Ok(frame) = credit_frame(&hello) {
-                    let _ = socket.send(frame).await;
-                }
+        let mut socket = match source {
+            Source::Bound(socket) => socket,
+            Source::Connect(ep) => match connect_until::<XSubSocket>(&ep, &stop).await {
+                Some((socket, _monitor)) => socket,
+                None => return,
+            },
+        };
+        // The subscription is remembered by the socket and re-sent to every new peer; a
+        // credit hello follows it on the same connection, so the publisher registers this
+        // subscriber only once its subscription is in place.
+        let mut subscription = Vec::with_capacity(self.prefix.len() + 1);
+        subscription.push(1u8);
+        subscription.extend_from_slice(&self.prefix);
+        if let Err(e) = socket.send(ZmqMessage::from(subscription)).await {
+            tracing::warn!("subscriber cannot subscribe: {e}");
+        }
+        if let Some((_, window)) = &acks {
+            let hello = CreditMsg {
+                sub: sub_id,
+                pub_id: None,
+                acked: None,
+                window: *window,
+            };
+            if let Ok(frame) = credit_frame(&hello) {
+                let _ = socket.send(frame).await;
             }
         }
         let mut last_seq: HashMap<u64, u64> = HashMap::new();

@@ -15,6 +15,7 @@ pub(crate) async fn connect_until<S: Socket>(
     stop: &CancellationToken,
 ) -> Option<(S, Monitor)> {
     let mut backoff = Duration::from_millis(5);
+    let mut attempts = 0u32;
     loop {
         let mut options = SocketOptions::default();
         options.connect_timeout(Duration::from_secs(2));
@@ -24,7 +25,14 @@ pub(crate) async fn connect_until<S: Socket>(
             _ = stop.cancelled() => return None,
             r = socket.connect(endpoint) => match r {
                 Ok(()) => return Some((socket, monitor)),
-                Err(e) => tracing::debug!(endpoint, "connect failed, retrying: {e}"),
+                Err(e) => {
+                    attempts += 1;
+                    if attempts == 5 {
+                        tracing::warn!(endpoint, "still cannot connect, retrying: {e}");
+                    } else {
+                        tracing::debug!(endpoint, "connect failed, retrying: {e}");
+                    }
+                }
             },
         }
         tokio::select! {
