@@ -4,7 +4,6 @@
 //! from the outside whether a target is local or remote.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
@@ -87,6 +86,3 @@ impl ExternalTarget {
         }
     }
 }
-
-/// Shared handle type for registries.
-pub type SharedTarget = Arc<ExternalTarget>;

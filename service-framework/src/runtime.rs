@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::addresses::{binds, AddressesFile};
 use crate::context::{Ctx, OutState, Outbound, Shared};
-use crate::error::{Error, Result, ServiceError};
+use crate::error::{Error, Result};
 use crate::model::{
     ConnectionKind, ConnectionModel, CtxHook, Handler, MessageHandler, ServiceDef, StateHandler,
     StateKind,
@@ -638,12 +638,5 @@ async fn consume_puller(
         if let Err(e) = handler(body, ctx.clone()).await {
             tracing::warn!(connection = %name, code = %e.code, "puller handler failed: {}", e.message);
         }
-    }
-}
-
-/// Turns an error of a hook into one a handler would return (for symmetry in tests).
-impl From<Error> for ServiceError {
-    fn from(e: Error) -> Self {
-        ServiceError::new(e.to_string())
     }
 }

@@ -110,6 +110,26 @@ pub struct StateOptions {
     pub snapshot_interval: Option<Duration>,
 }
 
+impl StateOptions {
+    /// The out side's publisher settings.
+    fn publisher(&self) -> PublisherOptions {
+        PublisherOptions {
+            topic: self.topic.clone(),
+            is_x_pub: self.is_x_pub,
+            credit: None,
+        }
+    }
+
+    /// The in side's subscriber settings.
+    fn subscriber(&self) -> SubscriberOptions {
+        SubscriberOptions {
+            topic: self.topic.clone(),
+            is_binder: self.is_binder,
+            ..Default::default()
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Out sides
 // ---------------------------------------------------------------------------------------
@@ -124,11 +144,7 @@ pub struct FullUpdateOut {
 impl FullUpdateOut {
     /// Binds (or connects, `is_x_pub`) the publisher.
     pub async fn start(publisher: &Address, options: &StateOptions) -> Result<Self> {
-        let opts = PublisherOptions {
-            topic: options.topic.clone(),
-            is_x_pub: options.is_x_pub,
-            credit: None,
-        };
+        let opts = options.publisher();
         Ok(FullUpdateOut {
             publisher: Publisher::start(publisher, opts).await?,
             state: Arc::default(),
@@ -191,11 +207,7 @@ impl DeltaUpdateOut {
         });
         let rep = Replyer::bind(replyer, handler, ReplyerOptions::default()).await?;
         let replyer_endpoint = rep.endpoint().to_owned();
-        let opts = PublisherOptions {
-            topic: options.topic.clone(),
-            is_x_pub: options.is_x_pub,
-            credit: None,
-        };
+        let opts = options.publisher();
         let publisher = Publisher::start(publisher, opts).await?;
         let out = DeltaUpdateOut {
             publisher,
@@ -323,15 +335,7 @@ impl Drop for DropCancel {
 impl FullUpdateIn {
     /// Subscribes to `subscriber`.
     pub async fn start(subscriber: &Address, options: &StateOptions) -> Result<Self> {
-        let sub = Subscriber::start(
-            subscriber,
-            SubscriberOptions {
-                topic: options.topic.clone(),
-                is_binder: options.is_binder,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let sub = Subscriber::start(subscriber, options.subscriber()).await?;
         let (tx, view) = watch::channel(StateView {
             state: Arc::default(),
             current_num: -1,
@@ -405,15 +409,7 @@ impl DeltaUpdateIn {
         requester: &Address,
         options: &StateOptions,
     ) -> Result<Self> {
-        let sub = Subscriber::start(
-            subscriber,
-            SubscriberOptions {
-                topic: options.topic.clone(),
-                is_binder: options.is_binder,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let sub = Subscriber::start(subscriber, options.subscriber()).await?;
         let timeout = options.resync_timeout.unwrap_or(Duration::from_secs(2));
         let req = Requester::connect(
             requester,
