@@ -76,7 +76,7 @@ pub fn request_frame() -> Bytes {
 // Framework
 // ---------------------------------------------------------------------------------------
 
-async fn fw_replyer() -> anyhow::Result<Replyer> {
+pub async fn fw_replyer() -> anyhow::Result<Replyer> {
     let handler = typed(|a: Echo, _m: RequestMeta| async move {
         Ok::<_, WireError>(Echoed { echoed: a.to_echo })
     });
@@ -116,7 +116,7 @@ pub async fn fw_calls(
 
 /// `typed`: `request` (encode args, decode the reply); otherwise `request_raw` with the
 /// encoded request (against a raw echo, whose "reply" is the request itself).
-async fn fw_calls_as(
+pub async fn fw_calls_as(
     endpoint: String,
     callers: usize,
     total: usize,

@@ -429,7 +429,8 @@ pub struct Publish<A> {
 /// Encodes any value as msgpack with named struct fields, as Python's `msgpack.packb` would
 /// encode the equivalent dict.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(64);
+    // Room for a typical request or reply, so encoding it does not reallocate.
+    let mut out = Vec::with_capacity(256);
     encode_into(&mut out, value)?;
     Ok(out)
 }
@@ -443,17 +444,13 @@ pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Resul
 }
 
 /// Decodes one msgpack value that must span the whole of `bytes`.
+///
+/// Strings and binaries are read straight from the slice (no intermediate buffer); the extent
+/// of the value is checked afterwards by [`value_len`], which only walks the headers.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let mut rest = bytes;
-    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     let v = T::deserialize(&mut de).map_err(|e| Error::Codec(e.to_string()))?;
-    drop(de);
-    if !rest.is_empty() {
-        return Err(Error::Codec(format!(
-            "{} trailing bytes after the msgpack value",
-            rest.len()
-        )));
-    }
+    whole_value(bytes)?;
     Ok(v)
 }
 
@@ -465,8 +462,7 @@ pub fn decode_with_path<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 }
 
 fn decode_tracking_path<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    let mut rest = bytes;
-    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     let v = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         if path == "." || path.is_empty() {
@@ -475,14 +471,71 @@ fn decode_tracking_path<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
             Error::Codec(format!("{path}: {}", e.inner()))
         }
     })?;
-    drop(de);
-    if !rest.is_empty() {
-        return Err(Error::Codec(format!(
-            "{} trailing bytes after the msgpack value",
-            rest.len()
-        )));
-    }
+    whole_value(bytes)?;
     Ok(v)
+}
+
+/// Fails if `bytes` holds more than the one msgpack value it starts with.
+fn whole_value(bytes: &[u8]) -> Result<()> {
+    match value_len(bytes) {
+        Some(n) if n == bytes.len() => Ok(()),
+        Some(n) => Err(Error::Codec(format!(
+            "{} trailing bytes after the msgpack value",
+            bytes.len() - n
+        ))),
+        None => Err(Error::Codec("the msgpack value is cut short".into())),
+    }
+}
+
+/// The length in bytes of the msgpack value at the start of `b`, or `None` if it is cut short
+/// or starts with the reserved byte 0xc1. Walks headers only: a string or a binary is skipped
+/// by its length, an array or a map adds its items to the count still to walk.
+pub fn value_len(b: &[u8]) -> Option<usize> {
+    // A big-endian length of `n` bytes at `at`.
+    let be = |at: usize, n: usize| -> Option<usize> {
+        let s = b.get(at..at + n)?;
+        Some(s.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x)))
+    };
+    let mut pos = 0usize;
+    let mut left: usize = 1;
+    while left > 0 {
+        left -= 1;
+        let m = *b.get(pos)?;
+        pos += 1;
+        // (header bytes after the marker, payload bytes, items to walk)
+        let (head, body, items) = match m {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0, 0),
+            0x80..=0x8f => (0, 0, 2 * usize::from(m & 0x0f)),
+            0x90..=0x9f => (0, 0, usize::from(m & 0x0f)),
+            0xa0..=0xbf => (0, usize::from(m & 0x1f), 0),
+            0xc4 | 0xd9 => (1, be(pos, 1)?, 0),
+            0xc5 | 0xda => (2, be(pos, 2)?, 0),
+            0xc6 | 0xdb => (4, be(pos, 4)?, 0),
+            0xc7 => (2, be(pos, 1)?, 0),
+            0xc8 => (3, be(pos, 2)?, 0),
+            0xc9 => (5, be(pos, 4)?, 0),
+            0xcc | 0xd0 => (0, 1, 0),
+            0xcd | 0xd1 => (0, 2, 0),
+            0xca | 0xce | 0xd2 => (0, 4, 0),
+            0xcb | 0xcf | 0xd3 => (0, 8, 0),
+            0xd4 => (1, 1, 0),
+            0xd5 => (1, 2, 0),
+            0xd6 => (1, 4, 0),
+            0xd7 => (1, 8, 0),
+            0xd8 => (1, 16, 0),
+            0xdc => (2, 0, be(pos, 2)?),
+            0xdd => (4, 0, be(pos, 4)?),
+            0xde => (2, 0, 2 * be(pos, 2)?),
+            0xdf => (4, 0, 2 * be(pos, 4)?),
+            0xc1 => return None,
+        };
+        pos = pos.checked_add(head)?.checked_add(body)?;
+        if pos > b.len() {
+            return None;
+        }
+        left = left.checked_add(items)?;
+    }
+    Some(pos)
 }
 
 /// The subscription prefix of a topic: the bytes of `msgpack(topic)`. Its length header makes
@@ -616,5 +669,68 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("trailing"));
+    }
+    #[test]
+    fn value_len_spans_every_kind_of_value_and_rejects_short_ones() {
+        use rmpv::Value as V;
+        let long = |n: usize| "x".repeat(n);
+        let values = vec![
+            V::Nil,
+            V::Boolean(true),
+            V::from(5),
+            V::from(-5),
+            V::from(200u8),
+            V::from(-200),
+            V::from(70_000),
+            V::from(-70_000),
+            V::from(u64::MAX),
+            V::from(i64::MIN),
+            V::F32(1.5),
+            V::F64(2.5),
+            V::from(long(3)),
+            V::from(long(40)),
+            V::from(long(300)),
+            V::from(long(70_000)),
+            V::Binary(vec![1; 3]),
+            V::Binary(vec![1; 300]),
+            V::Binary(vec![1; 70_000]),
+            V::Ext(1, vec![0; 1]),
+            V::Ext(1, vec![0; 2]),
+            V::Ext(1, vec![0; 4]),
+            V::Ext(1, vec![0; 8]),
+            V::Ext(1, vec![0; 16]),
+            V::Ext(1, vec![0; 5]),
+            V::Ext(1, vec![0; 300]),
+            V::Ext(1, vec![0; 70_000]),
+            V::Array((0..20).map(V::from).collect()),
+            V::Array((0..70_000).map(|_| V::Nil).collect()),
+            V::Map(vec![(V::from("a"), V::Array(vec![V::Map(vec![])]))]),
+            V::Map(
+                (0..20)
+                    .map(|i| (V::from(i), V::from(long(i as usize))))
+                    .collect(),
+            ),
+            V::Map((0..70_000).map(|i| (V::from(i), V::Nil)).collect()),
+        ];
+        for v in values {
+            let mut b = Vec::new();
+            rmpv::encode::write_value(&mut b, &v).unwrap();
+            assert_eq!(value_len(&b), Some(b.len()), "{:?}", &b[..b.len().min(8)]);
+            for cut in [0, 1, b.len() / 2, b.len() - 1] {
+                if cut < b.len() {
+                    assert_eq!(value_len(&b[..cut]), None, "cut at {cut}");
+                }
+            }
+            let mut more = b.clone();
+            more.push(0xc0);
+            assert_eq!(value_len(&more), Some(b.len()));
+            assert!(decode::<rmpv::Value>(&more)
+                .unwrap_err()
+                .to_string()
+                .contains("1 trailing bytes"));
+            assert_eq!(decode::<rmpv::Value>(&b).unwrap(), v);
+        }
+        assert_eq!(value_len(&[0xc1]), None);
+        assert_eq!(value_len(&[0xdd, 0xff, 0xff, 0xff, 0xff]), None);
     }
 }

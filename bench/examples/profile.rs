@@ -1,0 +1,37 @@
+//! Runs one request/reply case on a current-thread runtime, for a profiler
+//! (`valgrind --tool=callgrind target/release/examples/profile fw-rep 20000`).
+use sf_bench::reqrep::{fw_calls_as, fw_replyer, raw_calls, raw_router_echo};
+use sf_bench::util::{block_on, Flavor};
+use std::time::Duration;
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let case = args.next().unwrap_or_else(|| "fw".into());
+    let n: usize = args
+        .next()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(20_000);
+    let callers = 16;
+    let lim = Duration::from_secs(600);
+    let r = match case.as_str() {
+        "fw" => block_on(Flavor::Current, lim, async move {
+            let rep = fw_replyer().await?;
+            fw_calls_as(rep.endpoint().to_owned(), callers, n, 100, true).await
+        }),
+        "fw-req" => block_on(Flavor::Current, lim, async move {
+            let ep = raw_router_echo().await?;
+            fw_calls_as(ep, callers, n, 100, false).await
+        }),
+        "fw-rep" => block_on(Flavor::Current, lim, async move {
+            let rep = fw_replyer().await?;
+            raw_calls(rep.endpoint().to_owned(), callers, n, 100).await
+        }),
+        _ => block_on(Flavor::Current, lim, async move {
+            let ep = raw_router_echo().await?;
+            raw_calls(ep, callers, n, 100).await
+        }),
+    }?;
+    println!("{case}: {:.0} rt/s p50 {:.1} us", r.per_s, r.latency.p50_us);
+    Ok(())
+}
