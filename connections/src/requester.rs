@@ -12,6 +12,7 @@
 //! made while no peer is connected wait, bounded by their own timeout.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,7 +55,64 @@ impl Default for RequesterOptions {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes>>>>>;
+/// A request waiting for its reply: where the reply goes, and the clock tick it was made on.
+struct Waiting {
+    tx: oneshot::Sender<Result<Bytes>>,
+    born: u64,
+}
+
+/// Requests in flight by id. Ids are sequential, so a multiplicative hash spreads them as
+/// well as SipHash does, for a fraction of the cost.
+type Pending = Arc<Mutex<HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>>>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// The coarse clock that times requests out. Arming a runtime timer for every request costs
+/// more than the rest of the request path put together; instead one sweeper task ticks eight
+/// times per timeout and fails the requests that have waited longer than the timeout. A
+/// request therefore times out after its timeout and at most an eighth of it more.
+struct Clock {
+    now: std::sync::atomic::AtomicU64,
+    /// Ticks a request may wait before the sweeper fails it.
+    limit: u64,
+    period: Duration,
+}
+
+impl Clock {
+    const TICKS_PER_TIMEOUT: u32 = 8;
+
+    fn new(timeout: Duration) -> Clock {
+        let period = (timeout / Self::TICKS_PER_TIMEOUT)
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
+        // Whole ticks covering the timeout; the sweeper waits one more for the partial tick
+        // a request is born into.
+        let limit = timeout.as_nanos().div_ceil(period.as_nanos().max(1)) as u64;
+        Clock {
+            now: std::sync::atomic::AtomicU64::new(0),
+            limit,
+            period,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.now.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// The connected socket's send half, shared so that callers send directly (one task hop
 /// fewer per request); `None` while no peer is connected, when requests wait in the queue.
@@ -82,6 +140,7 @@ struct Inner {
     slot: SendSlot,
     pending: Pending,
     next_id: std::sync::atomic::AtomicU64,
+    clock: Arc<Clock>,
     stats: Arc<Stats>,
     stop: CancellationToken,
 }
@@ -110,6 +169,14 @@ impl Requester {
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let slot: SendSlot = Arc::default();
+        let clock = Arc::new(Clock::new(options.timeout));
+        tokio::spawn(sweep(
+            clock.clone(),
+            options.timeout,
+            pending.clone(),
+            stats.clone(),
+            stop.clone(),
+        ));
         tokio::spawn(supervise(
             endpoint.clone(),
             rx,
@@ -126,6 +193,7 @@ impl Requester {
                 slot,
                 pending,
                 next_id: std::sync::atomic::AtomicU64::new(1),
+                clock,
                 stats,
                 stop,
             }),
@@ -188,7 +256,12 @@ impl Requester {
                 .next_id
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            inner.pending.lock().expect("pending lock").insert(id, tx);
+            let born = inner.clock.now();
+            inner
+                .pending
+                .lock()
+                .expect("pending lock")
+                .insert(id, Waiting { tx, born });
             let sent =
                 tokio::time::timeout(inner.options.timeout, self.send(id, body.clone())).await;
             match sent {
@@ -208,8 +281,9 @@ impl Requester {
                     continue;
                 }
             }
-            match tokio::time::timeout(inner.options.timeout, rx).await {
-                Ok(Ok(Ok(reply))) => {
+            // Bounded by the sweeper, which answers `Timeout` once the request is too old.
+            match rx.await {
+                Ok(Ok(reply)) => {
                     if reply.len() > inner.options.max_message_bytes {
                         return Err(Error::TooLarge {
                             size: reply.len(),
@@ -218,13 +292,8 @@ impl Requester {
                     }
                     return Ok(reply);
                 }
-                Ok(Ok(Err(e))) => last = e,
-                Ok(Err(_)) => last = Error::Closed,
-                Err(_) => {
-                    inner.pending.lock().expect("pending lock").remove(&id);
-                    inner.stats.bump(Counter::Timeouts);
-                    last = Error::Timeout(inner.options.timeout);
-                }
+                Ok(Err(e)) => last = e,
+                Err(_) => last = Error::Closed,
             }
         }
         Err(last)
@@ -250,6 +319,46 @@ impl Requester {
             .send((id, body))
             .await
             .map_err(|_| Error::Closed)
+    }
+}
+
+/// Fails the requests that have waited longer than the timeout, once per clock tick. Also
+/// clears the entries of callers that stopped waiting (their futures were dropped).
+async fn sweep(
+    clock: Arc<Clock>,
+    timeout: Duration,
+    pending: Pending,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(clock.period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        let now = clock
+            .now
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let expired: Vec<Waiting> = {
+            let mut map = pending.lock().expect("pending lock");
+            if map.is_empty() {
+                continue;
+            }
+            let old: Vec<u64> = map
+                .iter()
+                .filter(|(_, w)| now - w.born > clock.limit)
+                .map(|(id, _)| *id)
+                .collect();
+            old.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        for w in expired {
+            if w.tx.send(Err(Error::Timeout(timeout))).is_ok() {
+                stats.bump(Counter::Timeouts);
+            }
+        }
     }
 }
 
@@ -335,8 +444,8 @@ async fn supervise(
         if !in_flight.is_empty() {
             tracing::warn!(%endpoint, count = in_flight.len(), "replyer went away with requests in flight");
         }
-        for (_, tx) in in_flight {
-            let _ = tx.send(Err(Error::Socket(format!(
+        for (_, w) in in_flight {
+            let _ = w.tx.send(Err(Error::Socket(format!(
                 "the replyer at {endpoint} went away before replying"
             ))));
         }
@@ -347,8 +456,8 @@ async fn supervise(
 }
 
 fn fail(pending: &Pending, id: &u64, e: Error) {
-    if let Some(tx) = pending.lock().expect("pending lock").remove(id) {
-        let _ = tx.send(Err(e));
+    if let Some(w) = pending.lock().expect("pending lock").remove(id) {
+        let _ = w.tx.send(Err(e));
     }
 }
 
@@ -368,9 +477,9 @@ fn route_reply(msg: ZmqMessage, pending: &Pending, stats: &Stats) {
     }
     let id = u64::from_be_bytes(id[..].try_into().expect("8 bytes"));
     match pending.lock().expect("pending lock").remove(&id) {
-        Some(tx) => {
+        Some(w) => {
             stats.bump(Counter::Received);
-            let _ = tx.send(Ok(body.clone()));
+            let _ = w.tx.send(Ok(body.clone()));
         }
         None => stats.bump(Counter::LateReplies),
     }
