@@ -123,12 +123,18 @@ async fn serve(
     let abandon = CancellationToken::new();
     let slots = Arc::new(Semaphore::new(options.max_concurrency.max(1)));
     let tracker = TaskTracker::new();
+    // Made once, not per request: a fresh cancellation future registers a fresh waiter.
+    let stopped = stop.clone().cancelled_owned();
+    tokio::pin!(stopped);
+    // Replies owed by handler tasks; the reply channel is polled only while some are.
+    let mut owed = 0usize;
     loop {
         let msg = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
-            reply = reply_rx.recv() => {
+            _ = &mut stopped => break,
+            reply = reply_rx.recv(), if owed > 0 => {
                 if let Some(reply) = reply {
+                    owed -= 1;
                     send_reply(&mut tx, reply).await;
                 }
                 continue;
@@ -170,7 +176,7 @@ async fn serve(
             send_reply(&mut tx, with_routing(routing, outcome.frame)).await;
             continue;
         }
-        let mut run = Box::pin(std::panic::AssertUnwindSafe(handler(body)).catch_unwind());
+        let mut run = std::panic::AssertUnwindSafe(handler(body)).catch_unwind();
         // Most handlers finish without waiting (an echo, a lookup): answer those right here,
         // with no task spawn and no hand-off. Only a handler that has to wait gets a task
         // (and a slot).
@@ -180,12 +186,13 @@ async fn serve(
         }
         let permit = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = &mut stopped => break,
             p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
         let reply_tx = reply_tx.clone();
         let stats = stats.clone();
         let abandon = abandon.clone();
+        owed += 1;
         tracker.spawn(async move {
             let outcome = tokio::select! {
                 o = run => o,
