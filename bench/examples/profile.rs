@@ -1,5 +1,5 @@
 //! Runs one request/reply case on a current-thread runtime, for a profiler
-//! (`valgrind --tool=callgrind target/release/examples/profile fw-rep 20000`).
+//! (`valgrind --tool=callgrind target/release/examples/profile fw-rep 20000 [mt]`).
 use sf_bench::reqrep::{fw_calls_as, fw_replyer, raw_calls, raw_router_echo};
 use sf_bench::util::{block_on, Flavor};
 use std::time::Duration;
@@ -12,22 +12,26 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(20_000);
+    let flavor = match args.next().as_deref() {
+        Some("mt") => Flavor::Multi,
+        _ => Flavor::Current,
+    };
     let callers = 16;
     let lim = Duration::from_secs(600);
     let r = match case.as_str() {
-        "fw" => block_on(Flavor::Current, lim, async move {
+        "fw" => block_on(flavor, lim, async move {
             let rep = fw_replyer().await?;
             fw_calls_as(rep.endpoint().to_owned(), callers, n, 100, true).await
         }),
-        "fw-req" => block_on(Flavor::Current, lim, async move {
+        "fw-req" => block_on(flavor, lim, async move {
             let ep = raw_router_echo().await?;
             fw_calls_as(ep, callers, n, 100, false).await
         }),
-        "fw-rep" => block_on(Flavor::Current, lim, async move {
+        "fw-rep" => block_on(flavor, lim, async move {
             let rep = fw_replyer().await?;
             raw_calls(rep.endpoint().to_owned(), callers, n, 100).await
         }),
-        _ => block_on(Flavor::Current, lim, async move {
+        _ => block_on(flavor, lim, async move {
             let ep = raw_router_echo().await?;
             raw_calls(ep, callers, n, 100).await
         }),

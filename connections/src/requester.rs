@@ -22,7 +22,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use zeromq::{DealerSendHalf, DealerSocket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
+use zeromq::{
+    DealerRecvHalf, DealerSendHalf, DealerSocket, SocketEvent, SocketRecv, SocketSend, ZmqMessage,
+};
 
 use crate::address::Address;
 use crate::error::{Error, Result};
@@ -338,10 +340,7 @@ async fn sweep(
             _ = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        let now = clock
-            .now
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
+        let now = clock.now.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let expired: Vec<Waiting> = {
             let mut map = pending.lock().expect("pending lock");
             if map.is_empty() {
@@ -355,8 +354,10 @@ async fn sweep(
             old.iter().filter_map(|id| map.remove(id)).collect()
         };
         for w in expired {
-            if w.tx.send(Err(Error::Timeout(timeout))).is_ok() {
+            // Counted before the caller can see it; not counted for a caller that left.
+            if !w.tx.is_closed() {
                 stats.bump(Counter::Timeouts);
+                let _ = w.tx.send(Err(Error::Timeout(timeout)));
             }
         }
     }
@@ -384,9 +385,16 @@ async fn supervise(
         generation += 1;
         let (tx, mut rx) = socket.split();
         let lost = CancellationToken::new();
-        let reader = {
+        // On a single-thread runtime callers send directly and a reader task routes replies:
+        // nothing runs in parallel, so that is the fewest hand-offs. On a multi-thread runtime
+        // this task does all the socket's I/O itself: callers on other workers writing while
+        // the reader reads contend for the lock the socket library puts between the two
+        // halves of its TCP stream, which cost more than the hop through the queue.
+        let direct = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread;
+        let (mut own, reader) = if direct {
             let (pending, stats, lost) = (pending.clone(), stats.clone(), lost.clone());
-            tokio::spawn(async move {
+            let reader = tokio::spawn(async move {
                 loop {
                     match rx.recv().await {
                         Ok(msg) => route_reply(msg, &pending, &stats),
@@ -397,9 +405,12 @@ async fn supervise(
                         }
                     }
                 }
-            })
+            });
+            *slot.lock().await = Some(tx);
+            (None, Some(reader))
+        } else {
+            (Some((tx, rx)), None)
         };
-        *slot.lock().await = Some(tx);
         let mut closing = false;
         let mut batch = Vec::with_capacity(64);
         loop {
@@ -410,6 +421,13 @@ async fn supervise(
                 ev = monitor.next() => match ev {
                     Some(SocketEvent::Disconnected(_)) | None => break,
                     Some(_) => {}
+                },
+                m = recv_own(&mut own), if own.is_some() => match m {
+                    Ok(msg) => route_reply(msg, &pending, &stats),
+                    Err(e) => {
+                        tracing::debug!("requester receive error: {e}");
+                        break;
+                    }
                 },
                 n = queue.recv_many(&mut batch, 64) => {
                     if n == 0 {
@@ -422,9 +440,16 @@ async fn supervise(
                             continue; // its caller already gave up (or the socket just failed)
                         }
                         stats.bump(Counter::Sent);
-                        let mut guard = slot.lock().await;
-                        let Some(tx) = guard.as_mut() else { break };
-                        if let Err(e) = tx.send(request_frame(id, body)).await {
+                        let frame = request_frame(id, body);
+                        let sent = match own.as_mut() {
+                            Some((tx, _)) => tx.send(frame).await,
+                            None => {
+                                let mut guard = slot.lock().await;
+                                let Some(tx) = guard.as_mut() else { break };
+                                tx.send(frame).await
+                            }
+                        };
+                        if let Err(e) = sent {
                             tracing::debug!("requester send failed: {e}");
                             fail(&pending, &id, Error::Socket(e.to_string()));
                             failed = true;
@@ -438,7 +463,9 @@ async fn supervise(
         }
         // New requests wait in the queue until the next socket is up.
         *slot.lock().await = None;
-        reader.abort();
+        if let Some(reader) = reader {
+            reader.abort();
+        }
         // Whatever was in flight on this socket will not be answered on the next one.
         let in_flight: Vec<_> = pending.lock().expect("pending lock").drain().collect();
         if !in_flight.is_empty() {
@@ -452,6 +479,16 @@ async fn supervise(
         if closing {
             break;
         }
+    }
+}
+
+/// The next reply on this task's own receive half (multi-thread runtimes).
+async fn recv_own(
+    own: &mut Option<(DealerSendHalf, DealerRecvHalf)>,
+) -> zeromq::ZmqResult<ZmqMessage> {
+    match own {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
