@@ -14,7 +14,7 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use zeromq::{PullSocket, PushSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
 
@@ -126,11 +126,19 @@ impl Pusher {
         args: &A,
         workflow_id: WorkflowId,
     ) -> Result<()> {
-        let msg = ZmqMessage::from(wire::encode(&Request { args, workflow_id })?);
-        // Fast path, no timer: a connected peer with room takes the message at once.
+        let encode = || {
+            wire::encode(&RequestRef {
+                args,
+                workflow_id: &workflow_id,
+            })
+        };
+        // Fast path, no timer and no copy: a connected peer with room takes the message at
+        // once. If it has no room the send is dropped unfinished, and the slow path below
+        // encodes the message again (only then, when the push has to wait anyway).
         if let Ok(mut slot) = self.slot.try_lock() {
             if let Some(sock) = slot.as_mut() {
-                if let Some(sent) = sock.send(msg.clone()).now_or_never() {
+                let msg = ZmqMessage::from(encode()?);
+                if let Some(sent) = sock.send(msg).now_or_never() {
                     match sent {
                         Ok(()) => {
                             self.stats.bump(Counter::Sent);
@@ -145,6 +153,7 @@ impl Pusher {
                 }
             }
         }
+        let msg = ZmqMessage::from(encode()?);
         let work = async {
             let mut pause = Duration::from_millis(1);
             loop {
@@ -173,6 +182,13 @@ impl Pusher {
         }
         result
     }
+}
+
+/// A [`Request`] by reference, encoded the same, so a push can encode it twice.
+#[derive(Serialize)]
+struct RequestRef<'a, A: ?Sized> {
+    args: &'a A,
+    workflow_id: &'a WorkflowId,
 }
 
 /// Keeps a connecting pusher's socket connected: the `zeromq` crate does not reconnect
@@ -208,13 +224,47 @@ async fn keep_connected(
     }
 }
 
-/// The receiving end.
-#[derive(Debug)]
+/// The receiving end. It reads its socket itself, in [`Puller::next`]: no task and no
+/// channel between the socket and the consumer, so a message costs no hand-off, and a
+/// consumer that stops pulling makes the pushers wait (nothing piles up in between).
 pub struct Puller {
-    rx: mpsc::Receiver<Bytes>,
+    /// The socket and, for a connecting puller, its monitor; `None` while (re)connecting.
+    socket: Option<(ClosingPull, Option<Monitor>)>,
+    /// A connect under way (connecting pullers), started at once so that the connection is
+    /// up before the first `next`.
+    connecting: Option<JoinHandle<Option<(ClosingPull, Monitor)>>>,
+    /// Where a connecting puller connects; `None` for a binder.
+    reconnect: Option<String>,
     endpoint: String,
+    max: usize,
     stats: Arc<Stats>,
-    _stop: DropCancel,
+    stop: DropCancel,
+}
+
+impl std::fmt::Debug for Puller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Puller")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn start_connect(
+    endpoint: String,
+    stop: CancellationToken,
+) -> JoinHandle<Option<(ClosingPull, Monitor)>> {
+    tokio::spawn(async move {
+        connect_until::<PullSocket>(&endpoint, &stop)
+            .await
+            .map(|(s, m)| (ClosingPull(s), m))
+    })
+}
+
+/// What woke a waiting [`Puller::next_raw`].
+enum Woke {
+    Lost,
+    Event,
+    Message(zeromq::ZmqResult<ZmqMessage>),
 }
 
 impl Puller {
@@ -222,41 +272,33 @@ impl Puller {
     pub async fn start(address: &Address, options: PipelineOptions) -> Result<Puller> {
         let stop = CancellationToken::new();
         let stats = Arc::new(Stats::default());
-        let (tx, rx) = mpsc::channel(1024);
         let max = options.max_message_bytes;
-        let endpoint = if options.is_binder {
+        let (socket, connecting, reconnect, endpoint) = if options.is_binder {
             let mut socket = PullSocket::new();
             let ep = address.bind_endpoint()?;
             let bound = socket
                 .bind(&ep)
                 .await
                 .map_err(|e| Error::Socket(format!("cannot bind puller to {ep}: {e}")))?;
-            tokio::spawn(pull_loop(
+            (
                 Some((ClosingPull(socket), None)),
                 None,
-                tx,
-                max,
-                stats.clone(),
-                stop.clone(),
-            ));
-            bound.to_string()
+                None,
+                bound.to_string(),
+            )
         } else {
             let ep = address.connect_endpoint()?;
-            tokio::spawn(pull_loop(
-                None,
-                Some(ep.clone()),
-                tx,
-                max,
-                stats.clone(),
-                stop.clone(),
-            ));
-            ep
+            let task = start_connect(ep.clone(), stop.clone());
+            (None, Some(task), Some(ep.clone()), ep)
         };
         Ok(Puller {
-            rx,
+            socket,
+            connecting,
+            reconnect,
             endpoint,
+            max,
             stats,
-            _stop: DropCancel(stop),
+            stop: DropCancel(stop),
         })
     }
 
@@ -270,14 +312,72 @@ impl Puller {
         &self.stats
     }
 
-    /// The next envelope's raw bytes; `None` once closed.
+    /// The next envelope's raw bytes; `None` once the puller can receive no more. Cancel
+    /// safe: a message is never lost by dropping the future.
     pub async fn next_raw(&mut self) -> Option<Bytes> {
-        self.rx.recv().await
+        loop {
+            if self.socket.is_none() {
+                let ep = self.reconnect.clone()?;
+                let stop = self.stop.0.clone();
+                let task = self
+                    .connecting
+                    .get_or_insert_with(|| start_connect(ep, stop));
+                let connected = task.await;
+                self.connecting = None;
+                match connected {
+                    Ok(Some((socket, monitor))) => self.socket = Some((socket, Some(monitor))),
+                    _ => return None,
+                }
+            }
+            let (sock, monitor) = self.socket.as_mut().expect("set above");
+            let woke = tokio::select! {
+                biased;
+                ev = async {
+                    match monitor {
+                        Some(m) => m.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => match ev {
+                    Some(SocketEvent::Disconnected(_)) | None => Woke::Lost,
+                    Some(_) => Woke::Event,
+                },
+                m = sock.0.recv() => Woke::Message(m),
+            };
+            let msg = match woke {
+                Woke::Event => continue,
+                Woke::Lost => {
+                    // The socket library does not reconnect PULL: a new socket replaces it,
+                    // connecting at once whether or not anyone is pulling.
+                    self.stats.bump(Counter::Reconnects);
+                    self.socket = None;
+                    if let Some(ep) = &self.reconnect {
+                        self.connecting = Some(start_connect(ep.clone(), self.stop.0.clone()));
+                    }
+                    continue;
+                }
+                Woke::Message(Ok(m)) => m,
+                Woke::Message(Err(_)) => continue,
+            };
+            let Some(frame) = msg.into_vec().pop() else {
+                continue;
+            };
+            self.stats.bump(Counter::Received);
+            if frame.len() > self.max {
+                self.stats.bump(Counter::TooLarge);
+                tracing::warn!(
+                    size = frame.len(),
+                    limit = self.max,
+                    "puller dropped an oversize message"
+                );
+                continue;
+            }
+            return Some(frame);
+        }
     }
 
     /// The next message decoded; a malformed one is an `Err` (and counted), the stream goes on.
     pub async fn next<A: DeserializeOwned>(&mut self) -> Option<Result<Request<A>>> {
-        let raw = self.rx.recv().await?;
+        let raw = self.next_raw().await?;
         let decoded = wire::decode::<Request<A>>(&raw);
         if decoded.is_err() {
             self.stats.bump(Counter::Malformed);
@@ -295,54 +395,5 @@ struct ClosingPull(PullSocket);
 impl Drop for ClosingPull {
     fn drop(&mut self) {
         self.0.backend().shutdown();
-    }
-}
-
-async fn pull_loop(
-    mut socket: Option<(ClosingPull, Option<Monitor>)>,
-    reconnect: Option<String>,
-    tx: mpsc::Sender<Bytes>,
-    max: usize,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-) {
-    loop {
-        if socket.is_none() {
-            let Some(ep) = &reconnect else { return };
-            match connect_until::<PullSocket>(ep, &stop).await {
-                Some((s, m)) => socket = Some((ClosingPull(s), Some(m))),
-                None => return,
-            }
-        }
-        let (sock, monitor) = socket.as_mut().expect("set above");
-        let msg = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            ev = async { match monitor { Some(m) => m.next().await, None => std::future::pending().await } } => {
-                if matches!(ev, Some(SocketEvent::Disconnected(_)) | None) {
-                    stats.bump(Counter::Reconnects);
-                    socket = None;
-                }
-                continue;
-            }
-            m = sock.0.recv() => m,
-        };
-        let Ok(msg) = msg else { continue };
-        let Some(frame) = msg.into_vec().pop() else {
-            continue;
-        };
-        stats.bump(Counter::Received);
-        if frame.len() > max {
-            stats.bump(Counter::TooLarge);
-            tracing::warn!(
-                size = frame.len(),
-                limit = max,
-                "puller dropped an oversize message"
-            );
-            continue;
-        }
-        if tx.send(frame).await.is_err() {
-            return;
-        }
     }
 }
