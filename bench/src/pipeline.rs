@@ -102,8 +102,11 @@ pub async fn framework(n: u64, pushers: u64, quiet: Duration) -> anyhow::Result<
     })
 }
 
-/// Raw `zeromq` pipeline.
-pub async fn raw(n: u64, quiet: Duration) -> anyhow::Result<Through> {
+/// Raw `zeromq` pipeline. With `codec`, every stage does the msgpack work a validating
+/// pipeline must do, written by hand with `rmp-serde`: the source encodes each message, the
+/// worker decodes it and encodes it again (the framework's worker does the same through its
+/// own codec); otherwise the worker forwards the bytes untouched.
+pub async fn raw(n: u64, quiet: Duration, codec: bool) -> anyhow::Result<Through> {
     let mut sink = PullSocket::new();
     let sink_ep = sink.bind("tcp://127.0.0.1:0").await?.to_string();
     let mut worker_in = PullSocket::new();
@@ -114,14 +117,37 @@ pub async fn raw(n: u64, quiet: Duration) -> anyhow::Result<Through> {
     source.connect(&worker_ep).await?;
     let worker = tokio::spawn(async move {
         while let Ok(m) = worker_in.recv().await {
+            let m = if codec {
+                let Some(frame) = m.get(0) else { continue };
+                let Ok(req) = rmp_serde::from_slice::<RawRequest<String>>(frame) else {
+                    continue;
+                };
+                match rmp_serde::to_vec_named(&req) {
+                    Ok(v) => ZmqMessage::from(v),
+                    Err(_) => continue,
+                }
+            } else {
+                m
+            };
             if worker_out.send(m).await.is_err() {
                 break;
             }
         }
     });
-    let body = Bytes::from(payload(MESSAGE_BYTES));
+    let text = payload(MESSAGE_BYTES);
+    let body = Bytes::from(text.clone());
+    let message = || -> anyhow::Result<ZmqMessage> {
+        Ok(if codec {
+            ZmqMessage::from(rmp_serde::to_vec_named(&RawRequest {
+                args: &text,
+                workflow_id: None,
+            })?)
+        } else {
+            ZmqMessage::from(body.clone())
+        })
+    };
     for _ in 0..WARMUP {
-        source.send(ZmqMessage::from(body.clone())).await?;
+        source.send(message()?).await?;
     }
     let warm = count_until(&mut sink, WARMUP, WARMUP_LIMIT).await;
     anyhow::ensure!(
@@ -132,7 +158,7 @@ pub async fn raw(n: u64, quiet: Duration) -> anyhow::Result<Through> {
     let consumer = tokio::spawn(async move { count_until(&mut sink, n, quiet).await });
     let start = Instant::now();
     for _ in 0..n {
-        source.send(ZmqMessage::from(body.clone())).await?;
+        source.send(message()?).await?;
     }
     let counted = consumer.await?;
     worker.abort();
@@ -144,6 +170,13 @@ pub async fn raw(n: u64, quiet: Duration) -> anyhow::Result<Through> {
             counted.last.map_or(start.elapsed(), |l| l - start),
         ),
     })
+}
+
+/// The request envelope as a hand-written service would declare it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RawRequest<A> {
+    args: A,
+    workflow_id: Option<String>,
 }
 
 /// Diagnostic: one hop, source -> sink, each end framework or raw, to tell the sending
@@ -236,7 +269,8 @@ pub fn run(config: &Config) -> PatternReport {
         "pipeline",
         "push/pull through source -> worker -> sink, multi-thread runtime",
     );
-    let raw = block_on(Flavor::Multi, lim, raw(c.pipeline, c.quiet));
+    let raw_codec = block_on(Flavor::Multi, lim, raw(c.pipeline, c.quiet, true));
+    let raw = block_on(Flavor::Multi, lim, raw(c.pipeline, c.quiet, false));
     let r = raw.as_ref().ok();
     for pushers in [1u64, 16] {
         let fw = block_on(Flavor::Multi, lim, framework(c.pipeline, pushers, c.quiet));
@@ -275,6 +309,21 @@ pub fn run(config: &Config) -> PatternReport {
                 .raw(r.map(|t| (t.sent - t.received) as f64))
                 .target(Target::AtMost(0.0)),
         );
+        let mut row = Row::new(
+            format!("{case}, raw with codec"),
+            "through the pipeline",
+            "msg/s",
+        )
+        .fw(f.map(|t| t.per_s))
+        .raw(raw_codec.as_ref().ok().map(|t| t.per_s))
+        .note(
+            "diagnostic: raw stages doing the same msgpack work by hand (rmp-serde: the \
+             source encodes, the worker decodes and re-encodes)",
+        );
+        if let Err(e) = &raw_codec {
+            row = row.note(format!("diagnostic; raw with codec failed: {e:#}"));
+        }
+        p.push(row);
     }
     // Which end costs what: one hop, each end framework or raw, against raw PUSH -> PULL.
     let base = block_on(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sf_connections::wire::{self, Request, WorkflowId};
+use sf_connections::wire::{self, Reply, Request, WorkflowId};
 use sf_connections::{
     typed, Address, Replyer, ReplyerOptions, RequestMeta, Requester, RequesterOptions, WireError,
 };
@@ -248,6 +248,111 @@ pub async fn raw_calls(
     })
 }
 
+/// A raw ROUTER on 127.0.0.1 doing by hand what a validating service must: decode each
+/// request's envelope and args with `rmp-serde`, encode the reply; returns its endpoint.
+pub async fn raw_router_codec() -> anyhow::Result<String> {
+    let mut router = RouterSocket::new();
+    let ep = router.bind("tcp://127.0.0.1:0").await?.to_string();
+    tokio::spawn(async move {
+        while let Ok(m) = router.recv().await {
+            let mut frames = m.into_vec();
+            let Some(body) = frames.pop() else { continue };
+            let Ok(req) = rmp_serde::from_slice::<Request<Echo>>(&body) else {
+                continue;
+            };
+            let reply = Reply {
+                return_args: Some(Echoed {
+                    echoed: req.args.to_echo,
+                }),
+                workflow_id: req.workflow_id,
+                error: None,
+            };
+            let Ok(out) = rmp_serde::to_vec_named(&reply) else {
+                continue;
+            };
+            frames.push(Bytes::from(out));
+            let Ok(msg) = ZmqMessage::try_from(frames) else {
+                continue;
+            };
+            if router.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(ep)
+}
+
+/// Raw round trips like [`raw_calls`], but every request is encoded from the args and every
+/// reply decoded to its typed result by hand with `rmp-serde`, as the framework's typed
+/// `request` does; `window` requests in flight.
+pub async fn raw_calls_codec(
+    endpoint: String,
+    window: usize,
+    total: usize,
+    warmup: usize,
+) -> anyhow::Result<RoundTrips> {
+    let mut dealer = DealerSocket::new();
+    dealer.connect(&endpoint).await?;
+    let args = echo_args();
+    let msg = |id: u64| -> anyhow::Result<ZmqMessage> {
+        let body = rmp_serde::to_vec_named(&Request {
+            args: &args,
+            workflow_id: WorkflowId::None,
+        })?;
+        Ok(ZmqMessage::try_from(vec![
+            Bytes::copy_from_slice(&id.to_be_bytes()),
+            Bytes::new(),
+            Bytes::from(body),
+        ])
+        .expect("three frames"))
+    };
+    let check = |reply: &ZmqMessage| -> anyhow::Result<usize> {
+        let id = reply
+            .get(0)
+            .filter(|f| f.len() == 8)
+            .map(|f| u64::from_be_bytes(f[..].try_into().expect("8 bytes")) as usize)
+            .context("reply without its id")?;
+        let body = reply.get(2).context("reply without a body")?;
+        let r: Reply<Echoed> = rmp_serde::from_slice(body)?;
+        let echoed = r.return_args.context("reply without return_args")?;
+        anyhow::ensure!(echoed.echoed.len() == ECHO_CHARS, "wrong echo");
+        Ok(id)
+    };
+    for i in 0..warmup as u64 {
+        dealer.send(msg(i)?).await?;
+        let reply = tokio::time::timeout(REPLY_TIMEOUT, dealer.recv())
+            .await
+            .context("warm-up reply timed out")??;
+        check(&reply)?;
+    }
+    let mut starts = vec![Instant::now(); total];
+    let mut lat = Vec::with_capacity(total);
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < window.min(total) {
+        starts[sent] = Instant::now();
+        dealer.send(msg(sent as u64)?).await?;
+        sent += 1;
+    }
+    while lat.len() < total {
+        let reply = tokio::time::timeout(REPLY_TIMEOUT, dealer.recv())
+            .await
+            .context("raw reply timed out")??;
+        let id = check(&reply)?;
+        lat.push(starts[id].elapsed());
+        if sent < total {
+            starts[sent] = Instant::now();
+            dealer.send(msg(sent as u64)?).await?;
+            sent += 1;
+        }
+    }
+    let elapsed = start.elapsed();
+    Ok(RoundTrips {
+        per_s: rate(total as u64, elapsed),
+        latency: Latency::of(&mut lat),
+    })
+}
+
 async fn raw_case(window: usize, total: usize, warmup: usize) -> anyhow::Result<RoundTrips> {
     let ep = raw_router_echo().await?;
     raw_calls(ep, window, total, warmup).await
@@ -424,6 +529,33 @@ pub fn run(config: &Config) -> PatternReport {
             "one DEALER with 16 requests in flight",
         );
         let (c_many, c_warm) = (c.rr_many, c.rr_warmup);
+        // The same 16 in flight with raw sockets doing the framework's msgpack work by hand:
+        // what is left between this and the framework is the framework's own plumbing.
+        let raw_codec = block_on(flavor, lim, async move {
+            let ep = raw_router_codec().await?;
+            raw_calls_codec(ep, CALLERS, c_many, c_warm).await
+        });
+        {
+            let case = format!("{CALLERS} callers, {}, raw with codec", flavor.label());
+            let f = fw.as_ref().ok();
+            let r = raw_codec.as_ref().ok();
+            let mut row = Row::new(&case, "round trips/s", "rt/s")
+                .fw(f.map(|x| x.per_s))
+                .raw(r.map(|x| x.per_s))
+                .note(
+                    "diagnostic: raw DEALER -> ROUTER encoding and decoding the same \
+                     envelopes by hand with rmp-serde",
+                );
+            if let Err(e) = &raw_codec {
+                row = row.note(format!("diagnostic; raw with codec failed: {e:#}"));
+            }
+            p.push(row);
+            p.push(
+                Row::new(&case, "p50 latency", "us")
+                    .fw(f.map(|x| x.latency.p50_us))
+                    .raw(r.map(|x| x.latency.p50_us)),
+            );
+        }
         // Which side costs what with 16 in flight: each framework end against a raw one.
         let mixed_fw_caller = block_on(flavor, lim, async move {
             let ep = raw_router_echo().await?;
