@@ -16,11 +16,22 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 
-/// The current time as the envelope prints it.
+/// The current time as the envelope prints it. Formatted once per second per thread: the
+/// text only changes with the second, and formatting it was a visible part of a response.
 pub fn timestamp() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%d %H:%M:%S+00:00")
-        .to_string()
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = chrono::Utc::now();
+    let second = now.timestamp();
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != second {
+            *last = (second, now.format("%Y-%m-%d %H:%M:%S+00:00").to_string());
+        }
+        last.1.clone()
+    })
 }
 
 /// The envelope, its keys in FrameX's order.
@@ -208,6 +219,21 @@ mod tests {
     fn timestamp_is_labelled_utc() {
         let t = timestamp();
         assert!(t.ends_with("+00:00"), "{t}");
-        assert!(chrono::DateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%:z").is_ok());
+        let parsed = chrono::DateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%:z").unwrap();
+        // The cached text is the current second, not a stale one.
+        let drift = (chrono::Utc::now().timestamp() - parsed.timestamp()).abs();
+        assert!(drift <= 1, "{t} is {drift} s off");
+        let first = timestamp();
+        // The text moves on with the clock (within two seconds, polled).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let later = loop {
+            let t = timestamp();
+            if t != first {
+                break t;
+            }
+            assert!(std::time::Instant::now() < deadline, "stuck at {first}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(later > first, "{later} after {first}");
     }
 }
