@@ -1,6 +1,6 @@
 //! Runs one request/reply case on a current-thread runtime, for a profiler
 //! (`valgrind --tool=callgrind target/release/examples/profile fw-rep 20000 [mt]`).
-use sf_bench::reqrep::{fw_calls_as, fw_replyer, raw_calls, raw_router_echo};
+use sf_bench::reqrep::{fw_calls_as, fw_replyer, raw_calls, raw_calls_tasks, raw_router_echo};
 use sf_bench::util::{block_on, Flavor};
 use std::time::Duration;
 
@@ -30,6 +30,10 @@ fn main() -> anyhow::Result<()> {
         "fw-rep" => block_on(flavor, lim, async move {
             let rep = fw_replyer().await?;
             raw_calls(rep.endpoint().to_owned(), callers, n, 100).await
+        }),
+        "raw-tasks" => block_on(flavor, lim, async move {
+            let ep = raw_router_echo().await?;
+            raw_calls_tasks(ep, callers, n, 100).await
         }),
         _ => block_on(flavor, lim, async move {
             let ep = raw_router_echo().await?;

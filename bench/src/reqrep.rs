@@ -353,6 +353,91 @@ pub async fn raw_calls_codec(
     })
 }
 
+/// Raw round trips from `callers` tasks sharing one DEALER the way a hand-written program
+/// would: the send half behind a mutex, one reader task matching replies to waiting callers
+/// by id. Same frames as [`raw_calls`], no codec.
+pub async fn raw_calls_tasks(
+    endpoint: String,
+    callers: usize,
+    total: usize,
+    warmup: usize,
+) -> anyhow::Result<RoundTrips> {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::sync::{oneshot, Mutex};
+    type Waiting = Arc<std::sync::Mutex<HashMap<u64, oneshot::Sender<()>>>>;
+    let mut dealer = DealerSocket::new();
+    dealer.connect(&endpoint).await?;
+    let (tx, mut rx) = dealer.split();
+    let tx = Arc::new(Mutex::new(tx));
+    let waiting: Waiting = Arc::default();
+    let reader = {
+        let waiting = waiting.clone();
+        tokio::spawn(async move {
+            while let Ok(reply) = rx.recv().await {
+                let Some(id) = reply.get(0).filter(|f| f.len() == 8) else {
+                    continue;
+                };
+                let id = u64::from_be_bytes(id[..].try_into().expect("8 bytes"));
+                if let Some(w) = waiting.lock().expect("lock").remove(&id) {
+                    let _ = w.send(());
+                }
+            }
+        })
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let body = request_frame();
+    let call =
+        move |tx: Arc<Mutex<zeromq::DealerSendHalf>>, waiting: Waiting, next: Arc<AtomicU64>| {
+            let body = body.clone();
+            async move {
+                let id = next.fetch_add(1, Ordering::Relaxed);
+                let (done, wait) = oneshot::channel();
+                waiting.lock().expect("lock").insert(id, done);
+                let msg = ZmqMessage::try_from(vec![
+                    Bytes::copy_from_slice(&id.to_be_bytes()),
+                    Bytes::new(),
+                    body,
+                ])
+                .expect("three frames");
+                tx.lock().await.send(msg).await?;
+                tokio::time::timeout(REPLY_TIMEOUT, wait)
+                    .await
+                    .context("raw reply timed out")?
+                    .context("reader gone")?;
+                anyhow::Ok(())
+            }
+        };
+    for _ in 0..warmup {
+        call(tx.clone(), waiting.clone(), next.clone()).await?;
+    }
+    let per = total / callers;
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(callers);
+    for _ in 0..callers {
+        let (tx, waiting, next, call) = (tx.clone(), waiting.clone(), next.clone(), call.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                call(tx.clone(), waiting.clone(), next.clone()).await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    reader.abort();
+    Ok(RoundTrips {
+        per_s: rate(lat.len() as u64, elapsed),
+        latency: Latency::of(&mut lat),
+    })
+}
+
 async fn raw_case(window: usize, total: usize, warmup: usize) -> anyhow::Result<RoundTrips> {
     let ep = raw_router_echo().await?;
     raw_calls(ep, window, total, warmup).await
@@ -557,6 +642,31 @@ pub fn run(config: &Config) -> PatternReport {
             );
         }
         // Which side costs what with 16 in flight: each framework end against a raw one.
+        // The raw side written as the framework is used: 16 tasks sharing one socket.
+        let raw_tasks = block_on(flavor, lim, async move {
+            let ep = raw_router_echo().await?;
+            raw_calls_tasks(ep, CALLERS, c_many, c_warm).await
+        });
+        {
+            let case = format!("16: raw, 16 tasks share a DEALER, {}", flavor.label());
+            let base = raw16.as_ref().ok();
+            let mut row = Row::new(&case, "round trips/s", "rt/s")
+                .fw(raw_tasks.as_ref().ok().map(|x| x.per_s))
+                .raw(base.map(|x| x.per_s))
+                .note(
+                    "diagnostic, no framework: 16 caller tasks, send half behind a mutex, a \
+                     reader task and a oneshot per request; raw = one task, 16 in flight",
+                );
+            if let Err(e) = &raw_tasks {
+                row = row.note(format!("diagnostic; failed: {e:#}"));
+            }
+            p.push(row);
+            p.push(
+                Row::new(&case, "p50 latency", "us")
+                    .fw(raw_tasks.as_ref().ok().map(|x| x.latency.p50_us))
+                    .raw(base.map(|x| x.latency.p50_us)),
+            );
+        }
         let mixed_fw_caller = block_on(flavor, lim, async move {
             let ep = raw_router_echo().await?;
             fw_calls_as(ep, CALLERS, c_many, c_warm, false).await
