@@ -73,8 +73,18 @@ fn connect(endpoint: &str, timeout: Duration, retries: u32) -> Requester {
     Requester::connect(&Address::from(endpoint), options).unwrap()
 }
 
+// The requester is built differently per runtime flavor (see `requester.rs`): both run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requester_recovers_by_itself_when_the_replyer_restarts_on_the_same_port() {
+    recovers_after_restart().await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn requester_recovers_by_itself_when_the_replyer_restarts_on_the_same_port_current_thread() {
+    recovers_after_restart().await
+}
+
+async fn recovers_after_restart() {
     let quick = ReplyerOptions {
         drain_timeout: Duration::from_millis(100),
         linger: Duration::from_millis(50),
@@ -198,8 +208,18 @@ async fn requester_recovers_by_itself_when_the_replyer_restarts_on_the_same_port
     second.shutdown().await;
 }
 
+// The requester is built differently per runtime flavor (see `requester.rs`): both run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_never_finishes_gives_a_timeout_after_every_retry() {
+    timeout_after_every_retry().await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_handler_that_never_finishes_gives_a_timeout_after_every_retry_current_thread() {
+    timeout_after_every_retry().await
+}
+
+async fn timeout_after_every_retry() {
     let handler = typed(|_args: Work, _meta| std::future::pending::<Result<Done, WireError>>());
     let options = ReplyerOptions {
         drain_timeout: Duration::from_millis(50),
@@ -260,8 +280,18 @@ async fn a_port_nobody_listens_on_gives_a_timeout() {
     );
 }
 
+// The requester is built differently per runtime flavor (see `requester.rs`): both run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_reply_is_counted_and_never_given_to_a_later_request() {
+    late_reply_is_counted().await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_late_reply_is_counted_and_never_given_to_a_later_request_current_thread() {
+    late_reply_is_counted().await
+}
+
+async fn late_reply_is_counted() {
     // Each request's handler waits for its own gate, so the test decides when replies leave.
     let gates: Arc<[Notify; 2]> = Arc::new([Notify::new(), Notify::new()]);
     let (started_tx, mut started) = mpsc::unbounded_channel::<u64>();
