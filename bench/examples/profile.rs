@@ -1,6 +1,9 @@
 //! Runs one request/reply case on a current-thread runtime, for a profiler
 //! (`valgrind --tool=callgrind target/release/examples/profile fw-rep 20000 [mt]`).
-use sf_bench::reqrep::{fw_calls_as, fw_replyer, raw_calls, raw_calls_tasks, raw_router_echo};
+use sf_bench::reqrep::{
+    fw_calls_as, fw_replyer, fw_service_thread, raw_calls, raw_calls_tasks, raw_echo_thread,
+    raw_router_echo,
+};
 use sf_bench::util::{block_on, Flavor};
 use std::time::Duration;
 
@@ -31,6 +34,23 @@ fn main() -> anyhow::Result<()> {
             let rep = fw_replyer().await?;
             raw_calls(rep.endpoint().to_owned(), callers, n, 100).await
         }),
+        // The server on its own thread, as an embedded service runs.
+        "svc" => {
+            let (ep, handle) = fw_service_thread()?;
+            let r = block_on(flavor, lim, async move {
+                fw_calls_as(ep, callers, n, 100, true).await
+            });
+            let _ = handle.stop();
+            r
+        }
+        "raw-thread" => {
+            let (ep, _stop) = raw_echo_thread()?;
+            block_on(
+                flavor,
+                lim,
+                async move { raw_calls(ep, callers, n, 100).await },
+            )
+        }
         "raw-tasks" => block_on(flavor, lim, async move {
             let ep = raw_router_echo().await?;
             raw_calls_tasks(ep, callers, n, 100).await

@@ -486,7 +486,7 @@ async fn raw_req_rep(total: usize, warmup: usize) -> anyhow::Result<RoundTrips> 
 
 /// A raw ROUTER echo on its own thread and current-thread runtime; stops when the returned
 /// sender is dropped.
-fn raw_echo_thread() -> anyhow::Result<(String, std::sync::mpsc::Sender<()>)> {
+pub fn raw_echo_thread() -> anyhow::Result<(String, std::sync::mpsc::Sender<()>)> {
     let (ep_tx, ep_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
@@ -517,7 +517,7 @@ fn raw_echo_thread() -> anyhow::Result<(String, std::sync::mpsc::Sender<()>)> {
 }
 
 /// The example `echo_replyer` service embedded on its own thread.
-fn fw_service_thread() -> anyhow::Result<(String, service_framework::ServiceHandle)> {
+pub fn fw_service_thread() -> anyhow::Result<(String, service_framework::ServiceHandle)> {
     let addresses = service_framework::AddressesFile::parse(
         r#"{"connections": {"in": {"reply": {"replyer": "127.0.0.1:0"}}, "out": {}}, "states": {"in": {}, "out": {}}}"#,
         "bench addresses",

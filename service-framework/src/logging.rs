@@ -246,6 +246,10 @@ pub fn init(options: &LogOptions) -> Result<LogGuard> {
 
 /// The original's `get_logger()`: the logger services write to. In Rust the `tracing`
 /// macros are the logger; this handle logs under the `service_framework` target.
+///
+/// Pass `format_args!(...)` rather than `format!(...)`: the text is then only formatted when
+/// the level is enabled (a `format!` in a hot handler costs its formatting on every call,
+/// logged or not).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Logger;
 
