@@ -20,6 +20,12 @@ fn main() -> anyhow::Result<()> {
         _ => Flavor::Current,
     };
     let callers = 16;
+    // SF_PROFILE_LOG=1: log as a service run by the CLI does (console at INFO).
+    let _log = if std::env::var_os("SF_PROFILE_LOG").is_some() {
+        Some(service_framework::logging::init(&Default::default())?)
+    } else {
+        None
+    };
     let lim = Duration::from_secs(600);
     let r = match case.as_str() {
         "fw" => block_on(flavor, lim, async move {

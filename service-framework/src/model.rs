@@ -16,7 +16,6 @@ use serde_json::{json, Map, Value};
 use sf_connections::handler::BoxFuture;
 use sf_connections::wire::{self, Request};
 use sf_connections::{RawHandler, RequestMeta, WireError};
-use tracing::Instrument;
 
 use crate::addresses::AddressesFile;
 use crate::config::ConfigModel;
@@ -741,9 +740,9 @@ where
         let f = f.clone();
         sf_connections::typed(move |args: A, meta: RequestMeta| {
             let ctx = base.for_message(meta.workflow_id);
-            let span = tracing::info_span!("workflow", id = %ctx.workflow_id());
-            let fut = f(args, ctx);
-            async move { fut.instrument(span).await.map_err(WireError::from) }
+            let id = ctx.workflow_id().clone();
+            let fut = crate::logging::in_workflow(id, f(args, ctx));
+            async move { fut.await.map_err(WireError::from) }
         })
     })
 }
@@ -763,8 +762,8 @@ where
                 ServiceError::with_code(err.code, err.message)
             })?;
             let ctx = base.for_message(msg.workflow_id);
-            let span = tracing::info_span!("workflow", id = %ctx.workflow_id());
-            f(msg.args, ctx).instrument(span).await
+            let id = ctx.workflow_id().clone();
+            crate::logging::in_workflow(id, f(msg.args, ctx)).await
         })
     })
 }
