@@ -1,8 +1,8 @@
 //! Runs one request/reply case on a current-thread runtime, for a profiler
 //! (`valgrind --tool=callgrind target/release/examples/profile fw-rep 20000 [mt]`).
 use sf_bench::reqrep::{
-    fw_calls_as, fw_replyer, fw_service_thread, raw_calls, raw_calls_tasks, raw_echo_thread,
-    raw_router_echo,
+    fw_calls_as, fw_replyer, fw_service_thread, raw_calls, raw_calls_codec, raw_calls_tasks,
+    raw_echo_thread, raw_router_codec, raw_router_echo,
 };
 use sf_bench::util::{block_on, Flavor};
 use std::time::Duration;
@@ -57,6 +57,10 @@ fn main() -> anyhow::Result<()> {
                 async move { raw_calls(ep, callers, n, 100).await },
             )
         }
+        "raw-codec" => block_on(flavor, lim, async move {
+            let ep = raw_router_codec().await?;
+            raw_calls_codec(ep, callers, n, 100).await
+        }),
         "raw-tasks" => block_on(flavor, lim, async move {
             let ep = raw_router_echo().await?;
             raw_calls_tasks(ep, callers, n, 100).await

@@ -432,6 +432,8 @@ impl DeltaUpdateIn {
             num: -1,
             source: None,
             dirty: false,
+            published: tokio::time::Instant::now(),
+            copy_cost: Duration::ZERO,
         };
         tokio::spawn(follower.run(sub, req, stop.clone()));
         Ok(DeltaUpdateIn {
@@ -467,7 +469,17 @@ struct Follower {
     source: Option<u64>,
     /// Updates applied since the view was last published.
     dirty: bool,
+    /// When the view was last published, and how long copying the state for it took.
+    published: tokio::time::Instant,
+    copy_cost: Duration,
 }
+
+/// A view is a copy of the whole state (at 10,000 keys a copy costs as much as hundreds of
+/// deltas). While updates keep coming, a view is published at most once per this many times
+/// the last copy's cost, so copies take at most about a fifth of the follower's time; an
+/// update that arrives after a quiet spell is published at once, and the last one of a
+/// stream within that interval.
+const VIEW_COPY_FACTOR: u32 = 4;
 
 impl Follower {
     async fn run(mut self, mut sub: Subscriber, req: Requester, stop: CancellationToken) {
@@ -479,9 +491,18 @@ impl Follower {
             self.stats.clone(),
             stop.clone(),
         ));
+        // Armed when a view is owed but the last one is too recent; reset only when armed, so
+        // a steady stream registers one timer per interval, not one per delta.
+        let later = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(later);
+        let mut owed = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = &mut later, if owed => {
+                    owed = false;
+                    self.flush();
+                }
                 snap = snap_rx.recv() => {
                     resync = None;
                     if let Some(snap) = snap {
@@ -519,8 +540,14 @@ impl Follower {
                     if !self.apply(args) {
                         resync = Some(spawn_resync(req.clone(), snap_tx.clone(), self.stats.clone(), stop.clone()));
                     }
-                    if !sub.has_pending() {
-                        self.flush();
+                    if self.dirty && !sub.has_pending() && !owed {
+                        let due = self.published + self.copy_cost * VIEW_COPY_FACTOR;
+                        if tokio::time::Instant::now() >= due {
+                            self.flush();
+                        } else {
+                            later.as_mut().reset(due);
+                            owed = true;
+                        }
                     }
                 }
             }
@@ -638,10 +665,13 @@ impl Follower {
 
     fn publish(&mut self) {
         self.dirty = false;
+        let start = tokio::time::Instant::now();
         self.tx.send_replace(StateView {
             state: Arc::new(self.state.clone()),
             current_num: self.num,
         });
+        self.published = tokio::time::Instant::now();
+        self.copy_cost = self.published - start;
     }
 
     /// Publishes the view if updates were applied since the last one. The view is a copy of
@@ -736,6 +766,8 @@ mod tests {
                 num: -1,
                 source: None,
                 dirty: false,
+                published: tokio::time::Instant::now(),
+                copy_cost: Duration::ZERO,
             },
             rx,
         )

@@ -93,6 +93,66 @@ async fn a_late_joiner_converges_without_waiting_for_a_change() {
     assert_eq!(*view.state, state);
 }
 
+#[tokio::test]
+async fn a_stream_into_a_large_state_ends_with_its_last_update_in_the_view() {
+    // A large state makes each view copy expensive, so while deltas stream the follower
+    // publishes views less often than it applies deltas, and the view owed at the end of the
+    // stream comes from its timer. No periodic snapshots: nothing else would heal a miss.
+    let opts = StateOptions {
+        snapshot_interval: Some(Duration::ZERO),
+        ..Default::default()
+    };
+    let out = out_side(&opts).await;
+    let keys = 20_000;
+    let big: StateMap = (0..keys)
+        .map(|i| (format!("k{i}"), Value::from(i)))
+        .collect();
+    out.snapshot(big, &WorkflowId::None).await.unwrap();
+    let follower = DeltaUpdateIn::start(
+        &Address::from(out.publisher_endpoint()),
+        &Address::from(out.replyer_endpoint()),
+        &StateOptions::default(),
+    )
+    .await
+    .unwrap();
+    let mut rx = follower.watch();
+    wait_for(&mut rx, |v| {
+        v.current_num >= 1 && v.state.len() == keys as usize
+    })
+    .await;
+    // Live deltas until one arrives over the bus (the subscription is then in place).
+    let mut probe = 0;
+    loop {
+        let n = out
+            .delta(map(&[("probe", probe)]), &WorkflowId::None)
+            .await
+            .unwrap();
+        if tokio::time::timeout(
+            Duration::from_millis(100),
+            rx.wait_for(|v| v.current_num == n),
+        )
+        .await
+        .is_ok()
+        {
+            break;
+        }
+        probe += 1;
+        assert!(probe < 50, "the follower never received a live delta");
+    }
+    let mut last = 0;
+    for i in 0..5_000i64 {
+        let key = format!("k{}", i % keys);
+        let mut d = StateMap::new();
+        d.insert(key, Value::from(-i));
+        last = out.delta(d, &WorkflowId::None).await.unwrap();
+    }
+    let view = wait_for(&mut rx, |v| v.current_num == last).await;
+    let (state, n) = out.current().await;
+    assert_eq!(n, last);
+    assert_eq!(*view.state, state, "the last view is the out side's state");
+    assert_eq!(view.state.get("k4999"), Some(&Value::from(-4999)));
+}
+
 /// Forwards state publishes from `from` to a new publisher, dropping every `nth` one.
 async fn lossy_relay(from: &str, nth: usize) -> (Publisher, tokio::task::JoinHandle<usize>) {
     let mut sub = Subscriber::start(&Address::from(from), SubscriberOptions::default())
