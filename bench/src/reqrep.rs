@@ -142,16 +142,25 @@ pub async fn fw_calls_as(
             .await
             .context("warm-up request")?;
     }
+    concurrent(callers, total, move || call(req.clone(), args.clone())).await
+}
+
+/// `total` calls from `callers` tasks, each making its share one after the other.
+async fn concurrent<F, Fut>(callers: usize, total: usize, call: F) -> anyhow::Result<RoundTrips>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let per = total / callers;
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(callers);
     for _ in 0..callers {
-        let (req, args, call) = (req.clone(), args.clone(), call.clone());
+        let call = call.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per);
             for _ in 0..per {
                 let t = Instant::now();
-                call(req.clone(), args.clone()).await?;
+                call().await?;
                 lat.push(t.elapsed());
             }
             anyhow::Ok(lat)
@@ -191,30 +200,44 @@ pub async fn raw_router_echo() -> anyhow::Result<String> {
     Ok(ep)
 }
 
+/// The reply's request id (its first frame).
+fn reply_id(reply: &ZmqMessage) -> anyhow::Result<usize> {
+    reply
+        .get(0)
+        .filter(|f| f.len() == 8)
+        .map(|f| u64::from_be_bytes(f[..].try_into().expect("8 bytes")) as usize)
+        .context("reply without its id")
+}
+
+/// `[id, "", body]`.
+fn id_frame(id: u64, body: Bytes) -> ZmqMessage {
+    ZmqMessage::try_from(vec![
+        Bytes::copy_from_slice(&id.to_be_bytes()),
+        Bytes::new(),
+        body,
+    ])
+    .expect("three frames")
+}
+
 /// Raw round trips over one DEALER to `endpoint` keeping `window` requests in flight
-/// (1: lock-step), frames `[id, "", request]`.
-pub async fn raw_calls(
+/// (1: lock-step): `request(id)` builds each request, `check(reply)` checks a reply and
+/// returns its id.
+async fn pipelined(
     endpoint: String,
     window: usize,
     total: usize,
     warmup: usize,
+    request: impl Fn(u64) -> anyhow::Result<ZmqMessage>,
+    check: impl Fn(&ZmqMessage) -> anyhow::Result<usize>,
 ) -> anyhow::Result<RoundTrips> {
     let mut dealer = DealerSocket::new();
     dealer.connect(&endpoint).await?;
-    let body = request_frame();
-    let msg = |id: u64| {
-        ZmqMessage::try_from(vec![
-            Bytes::copy_from_slice(&id.to_be_bytes()),
-            Bytes::new(),
-            body.clone(),
-        ])
-        .expect("three frames")
-    };
     for i in 0..warmup as u64 {
-        dealer.send(msg(i)).await?;
-        tokio::time::timeout(REPLY_TIMEOUT, dealer.recv())
+        dealer.send(request(i)?).await?;
+        let reply = tokio::time::timeout(REPLY_TIMEOUT, dealer.recv())
             .await
             .context("warm-up reply timed out")??;
+        check(&reply)?;
     }
     let mut starts = vec![Instant::now(); total];
     let mut lat = Vec::with_capacity(total);
@@ -222,22 +245,18 @@ pub async fn raw_calls(
     let mut sent = 0;
     while sent < window.min(total) {
         starts[sent] = Instant::now();
-        dealer.send(msg(sent as u64)).await?;
+        dealer.send(request(sent as u64)?).await?;
         sent += 1;
     }
     while lat.len() < total {
         let reply = tokio::time::timeout(REPLY_TIMEOUT, dealer.recv())
             .await
             .context("raw reply timed out")??;
-        let id = reply
-            .get(0)
-            .filter(|f| f.len() == 8)
-            .map(|f| u64::from_be_bytes(f[..].try_into().expect("8 bytes")) as usize)
-            .context("reply without its id")?;
-        lat.push(starts[id].elapsed());
+        let id = check(&reply)?;
+        lat.push(starts.get(id).context("reply to an unknown id")?.elapsed());
         if sent < total {
             starts[sent] = Instant::now();
-            dealer.send(msg(sent as u64)).await?;
+            dealer.send(request(sent as u64)?).await?;
             sent += 1;
         }
     }
@@ -246,6 +265,19 @@ pub async fn raw_calls(
         per_s: rate(total as u64, elapsed),
         latency: Latency::of(&mut lat),
     })
+}
+
+/// Raw round trips over one DEALER to `endpoint` keeping `window` requests in flight
+/// (1: lock-step), frames `[id, "", request]`; replies are not looked into.
+pub async fn raw_calls(
+    endpoint: String,
+    window: usize,
+    total: usize,
+    warmup: usize,
+) -> anyhow::Result<RoundTrips> {
+    let body = request_frame();
+    let request = |id: u64| Ok(id_frame(id, body.clone()));
+    pipelined(endpoint, window, total, warmup, request, reply_id).await
 }
 
 /// A raw ROUTER on 127.0.0.1 doing by hand what a validating service must: decode each
@@ -291,66 +323,23 @@ pub async fn raw_calls_codec(
     total: usize,
     warmup: usize,
 ) -> anyhow::Result<RoundTrips> {
-    let mut dealer = DealerSocket::new();
-    dealer.connect(&endpoint).await?;
     let args = echo_args();
-    let msg = |id: u64| -> anyhow::Result<ZmqMessage> {
+    let request = |id: u64| -> anyhow::Result<ZmqMessage> {
         let body = rmp_serde::to_vec_named(&Request {
             args: &args,
             workflow_id: WorkflowId::None,
         })?;
-        Ok(ZmqMessage::try_from(vec![
-            Bytes::copy_from_slice(&id.to_be_bytes()),
-            Bytes::new(),
-            Bytes::from(body),
-        ])
-        .expect("three frames"))
+        Ok(id_frame(id, Bytes::from(body)))
     };
     let check = |reply: &ZmqMessage| -> anyhow::Result<usize> {
-        let id = reply
-            .get(0)
-            .filter(|f| f.len() == 8)
-            .map(|f| u64::from_be_bytes(f[..].try_into().expect("8 bytes")) as usize)
-            .context("reply without its id")?;
+        let id = reply_id(reply)?;
         let body = reply.get(2).context("reply without a body")?;
         let r: Reply<Echoed> = rmp_serde::from_slice(body)?;
         let echoed = r.return_args.context("reply without return_args")?;
         anyhow::ensure!(echoed.echoed.len() == ECHO_CHARS, "wrong echo");
         Ok(id)
     };
-    for i in 0..warmup as u64 {
-        dealer.send(msg(i)?).await?;
-        let reply = tokio::time::timeout(REPLY_TIMEOUT, dealer.recv())
-            .await
-            .context("warm-up reply timed out")??;
-        check(&reply)?;
-    }
-    let mut starts = vec![Instant::now(); total];
-    let mut lat = Vec::with_capacity(total);
-    let start = Instant::now();
-    let mut sent = 0;
-    while sent < window.min(total) {
-        starts[sent] = Instant::now();
-        dealer.send(msg(sent as u64)?).await?;
-        sent += 1;
-    }
-    while lat.len() < total {
-        let reply = tokio::time::timeout(REPLY_TIMEOUT, dealer.recv())
-            .await
-            .context("raw reply timed out")??;
-        let id = check(&reply)?;
-        lat.push(starts[id].elapsed());
-        if sent < total {
-            starts[sent] = Instant::now();
-            dealer.send(msg(sent as u64)?).await?;
-            sent += 1;
-        }
-    }
-    let elapsed = start.elapsed();
-    Ok(RoundTrips {
-        per_s: rate(total as u64, elapsed),
-        latency: Latency::of(&mut lat),
-    })
+    pipelined(endpoint, window, total, warmup, request, check).await
 }
 
 /// Raw round trips from `callers` tasks sharing one DEALER the way a hand-written program
@@ -375,11 +364,8 @@ pub async fn raw_calls_tasks(
         let waiting = waiting.clone();
         tokio::spawn(async move {
             while let Ok(reply) = rx.recv().await {
-                let Some(id) = reply.get(0).filter(|f| f.len() == 8) else {
-                    continue;
-                };
-                let id = u64::from_be_bytes(id[..].try_into().expect("8 bytes"));
-                if let Some(w) = waiting.lock().expect("lock").remove(&id) {
+                let Ok(id) = reply_id(&reply) else { continue };
+                if let Some(w) = waiting.lock().expect("lock").remove(&(id as u64)) {
                     let _ = w.send(());
                 }
             }
@@ -394,13 +380,7 @@ pub async fn raw_calls_tasks(
                 let id = next.fetch_add(1, Ordering::Relaxed);
                 let (done, wait) = oneshot::channel();
                 waiting.lock().expect("lock").insert(id, done);
-                let msg = ZmqMessage::try_from(vec![
-                    Bytes::copy_from_slice(&id.to_be_bytes()),
-                    Bytes::new(),
-                    body,
-                ])
-                .expect("three frames");
-                tx.lock().await.send(msg).await?;
+                tx.lock().await.send(id_frame(id, body)).await?;
                 tokio::time::timeout(REPLY_TIMEOUT, wait)
                     .await
                     .context("raw reply timed out")?
@@ -411,31 +391,12 @@ pub async fn raw_calls_tasks(
     for _ in 0..warmup {
         call(tx.clone(), waiting.clone(), next.clone()).await?;
     }
-    let per = total / callers;
-    let start = Instant::now();
-    let mut tasks = Vec::with_capacity(callers);
-    for _ in 0..callers {
-        let (tx, waiting, next, call) = (tx.clone(), waiting.clone(), next.clone(), call.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(per);
-            for _ in 0..per {
-                let t = Instant::now();
-                call(tx.clone(), waiting.clone(), next.clone()).await?;
-                lat.push(t.elapsed());
-            }
-            anyhow::Ok(lat)
-        }));
-    }
-    let mut lat = Vec::with_capacity(total);
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    let elapsed = start.elapsed();
-    reader.abort();
-    Ok(RoundTrips {
-        per_s: rate(lat.len() as u64, elapsed),
-        latency: Latency::of(&mut lat),
+    let result = concurrent(callers, total, move || {
+        call(tx.clone(), waiting.clone(), next.clone())
     })
+    .await;
+    reader.abort();
+    result
 }
 
 async fn raw_case(window: usize, total: usize, warmup: usize) -> anyhow::Result<RoundTrips> {

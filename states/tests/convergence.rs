@@ -48,6 +48,17 @@ async fn out_side(opts: &StateOptions) -> DeltaUpdateOut {
     DeltaUpdateOut::start(&any(), &any(), opts).await.unwrap()
 }
 
+/// A follower of `out`, straight from its sockets.
+async fn follower_of(out: &DeltaUpdateOut) -> DeltaUpdateIn {
+    DeltaUpdateIn::start(
+        &Address::from(out.publisher_endpoint()),
+        &Address::from(out.replyer_endpoint()),
+        &StateOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn a_late_joiner_converges_without_waiting_for_a_change() {
     // No periodic snapshots: the joiner must get there by asking at start.
@@ -66,13 +77,7 @@ async fn a_late_joiner_converges_without_waiting_for_a_change() {
     delete_b.insert("b".into(), Value::Nil);
     out.delta(delete_b, &WorkflowId::None).await.unwrap();
 
-    let follower = DeltaUpdateIn::start(
-        &Address::from(out.publisher_endpoint()),
-        &Address::from(out.replyer_endpoint()),
-        &StateOptions::default(),
-    )
-    .await
-    .unwrap();
+    let follower = follower_of(&out).await;
     let mut rx = follower.watch();
     let view = wait_for(&mut rx, |v| v.current_num == 3).await;
     assert_eq!(*view.state, map(&[("a", 1), ("c", 3)]));
@@ -108,13 +113,7 @@ async fn a_stream_into_a_large_state_ends_with_its_last_update_in_the_view() {
         .map(|i| (format!("k{i}"), Value::from(i)))
         .collect();
     out.snapshot(big, &WorkflowId::None).await.unwrap();
-    let follower = DeltaUpdateIn::start(
-        &Address::from(out.publisher_endpoint()),
-        &Address::from(out.replyer_endpoint()),
-        &StateOptions::default(),
-    )
-    .await
-    .unwrap();
+    let follower = follower_of(&out).await;
     let mut rx = follower.watch();
     wait_for(&mut rx, |v| {
         v.current_num >= 1 && v.state.len() == keys as usize
