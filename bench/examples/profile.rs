@@ -57,6 +57,24 @@ fn main() -> anyhow::Result<()> {
                 async move { raw_calls(ep, callers, n, 100).await },
             )
         }
+        "pubsub" => {
+            let d = block_on(flavor, lim, async move {
+                sf_bench::pubsub::framework(n as u64, None, Duration::from_secs(2)).await
+            })?;
+            println!(
+                "pubsub: {:.0} msg/s delivered, {} of {}",
+                d.per_s, d.received, d.sent
+            );
+            return Ok(());
+        }
+        "push" | "raw-push" => {
+            let fw = case == "push";
+            let t = block_on(flavor, lim, async move {
+                sf_bench::pipeline::one_hop(n as u64, fw, false, Duration::from_secs(2)).await
+            })?;
+            println!("{case}: {:.0} msg/s, {} of {}", t.per_s, t.received, t.sent);
+            return Ok(());
+        }
         "raw-codec" => block_on(flavor, lim, async move {
             let ep = raw_router_codec().await?;
             raw_calls_codec(ep, callers, n, 100).await

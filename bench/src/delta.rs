@@ -325,19 +325,6 @@ pub async fn resync(gaps: usize, late_keys: usize, late_runs: usize) -> anyhow::
     })
 }
 
-/// The run with the median figure; the first failure if any run failed.
-fn median_run<T>(runs: Vec<anyhow::Result<T>>, figure: impl Fn(&T) -> f64) -> anyhow::Result<T> {
-    let mut ok = Vec::with_capacity(runs.len());
-    for r in runs {
-        ok.push(r?);
-    }
-    ok.sort_by(|a, b| figure(a).total_cmp(&figure(b)));
-    let mid = ok.len() / 2;
-    ok.into_iter()
-        .nth(mid)
-        .ok_or_else(|| anyhow::anyhow!("no runs"))
-}
-
 /// Runs the delta-state pattern.
 pub fn run(config: &Config) -> PatternReport {
     let c = config.counts();
@@ -362,8 +349,8 @@ pub fn run(config: &Config) -> PatternReport {
             raws.push(block_on(Flavor::Multi, lim, raw(n, keys, c.quiet)));
             fws.push(block_on(Flavor::Multi, lim, framework(n, keys)));
         }
-        let raw = median_run(raws, |(u, _)| u.per_s);
-        let fw = median_run(fws, |u| u.per_s);
+        let raw = crate::util::median_run(raws, |(u, _)| u.per_s);
+        let fw = crate::util::median_run(fws, |u| u.per_s);
         let mut row = Row::new(
             format!("delta loop, {}-key state", count(keys)),
             "updates to converged",
