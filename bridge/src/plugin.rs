@@ -426,8 +426,13 @@ fn root_schema<T: JsonSchema>() -> Value {
     serde_json::to_value(schemars::schema_for!(T)).unwrap_or(Value::Null)
 }
 
-/// Deserializes with the path of the offending field, as a 422.
+/// Deserializes with the path of the offending field, as a 422. The path is tracked only to
+/// explain a failure: valid input takes the plain deserializer (path tracking allocates for
+/// every key it passes).
 pub(crate) fn from_json<T: DeserializeOwned>(v: Value, place: &str) -> Result<T, ApiError> {
+    if let Ok(t) = T::deserialize(&v) {
+        return Ok(t);
+    }
     serde_path_to_error::deserialize::<_, T>(v).map_err(|e| {
         let mut loc: Vec<Value> = vec![place.into()];
         let inner = e.inner().to_string();
