@@ -555,9 +555,26 @@ pub fn run(config: &Config) -> PatternReport {
         "reqrep",
         "request/reply, framework Requester->Replyer vs raw DEALER->ROUTER",
     );
+    // The rows with targets: each side runs several times, alternating, and the median run
+    // (by throughput) is reported; single runs on this kind of VM move by up to 1.3x.
+    let runs = if config.short { 1 } else { 3 };
+    let median_pair = |raw: &dyn Fn() -> anyhow::Result<RoundTrips>,
+                       fw: &dyn Fn() -> anyhow::Result<RoundTrips>| {
+        let (mut raws, mut fws) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            raws.push(raw());
+            fws.push(fw());
+        }
+        (
+            crate::util::median_run(raws, |r| r.per_s),
+            crate::util::median_run(fws, |r| r.per_s),
+        )
+    };
     for flavor in [Flavor::Multi, Flavor::Current] {
-        let raw = block_on(flavor, lim, raw_case(1, c.rr_one, c.rr_warmup));
-        let fw = block_on(flavor, lim, fw_case(1, c.rr_one, c.rr_warmup));
+        let (raw, fw) = median_pair(
+            &|| block_on(flavor, lim, raw_case(1, c.rr_one, c.rr_warmup)),
+            &|| block_on(flavor, lim, fw_case(1, c.rr_one, c.rr_warmup)),
+        );
         push_rows(
             &mut p,
             &format!("1 caller, {}", flavor.label()),
@@ -565,8 +582,10 @@ pub fn run(config: &Config) -> PatternReport {
             &raw,
             "DEALER->ROUTER lock-step",
         );
-        let raw16 = block_on(flavor, lim, raw_case(CALLERS, c.rr_many, c.rr_warmup));
-        let fw = block_on(flavor, lim, fw_case(CALLERS, c.rr_many, c.rr_warmup));
+        let (raw16, fw) = median_pair(
+            &|| block_on(flavor, lim, raw_case(CALLERS, c.rr_many, c.rr_warmup)),
+            &|| block_on(flavor, lim, fw_case(CALLERS, c.rr_many, c.rr_warmup)),
+        );
         push_rows(
             &mut p,
             &format!("{CALLERS} callers, {}", flavor.label()),
@@ -679,16 +698,22 @@ pub fn run(config: &Config) -> PatternReport {
     for callers in [1, CALLERS] {
         let case = format!("{callers} caller(s) -> service on own thread");
         let (n, warm) = (total(&c, callers), c.rr_warmup);
-        let raw = raw_echo_thread().and_then(|(ep, _stop)| {
-            block_on(Flavor::Current, lim, raw_calls(ep, callers, n, warm))
-        });
-        let fw = fw_service_thread().and_then(|(ep, handle)| {
-            let r = block_on(Flavor::Current, lim, async move {
-                fw_calls(ep, callers, n, warm).await
-            });
-            let _ = handle.stop();
-            r
-        });
+        let (raw, fw) = median_pair(
+            &|| {
+                raw_echo_thread().and_then(|(ep, _stop)| {
+                    block_on(Flavor::Current, lim, raw_calls(ep, callers, n, warm))
+                })
+            },
+            &|| {
+                fw_service_thread().and_then(|(ep, handle)| {
+                    let r = block_on(Flavor::Current, lim, async move {
+                        fw_calls(ep, callers, n, warm).await
+                    });
+                    let _ = handle.stop();
+                    r
+                })
+            },
+        );
         push_rows(
             &mut p,
             &case,
@@ -698,7 +723,7 @@ pub fn run(config: &Config) -> PatternReport {
         );
     }
     p.note(format!(
-        "request frame {body_len} bytes (to_echo of {ECHO_CHARS} chars); raw callers send the same bytes"
+        "request frame {body_len} bytes (to_echo of {ECHO_CHARS} chars); raw callers send the same bytes; rows with a target: median run of {runs} per side"
     ));
     p
 }
