@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
@@ -89,6 +89,8 @@ pub struct Publisher {
 #[derive(Debug)]
 struct PubInner {
     topic: String,
+    /// Bytes left free at the front of each publish for the writer's header.
+    headroom: usize,
     endpoint: String,
     queue: mpsc::Sender<Vec<u8>>,
     stats: Arc<Stats>,
@@ -105,10 +107,13 @@ impl Publisher {
         let (queue, rx) = mpsc::channel(4096);
         let (subs_tx, subscribers) = watch::channel(0usize);
         let pub_id: u64 = rand::random();
+        let prefix = topic_prefix(&options.topic);
+        let headroom = prefix.len() + MAX_HEADER;
         let mut writer = Writer {
             pub_id,
             seq: 0,
-            topic_prefix: topic_prefix(&options.topic),
+            topic_prefix: prefix,
+            headroom,
             stats: stats.clone(),
         };
         let (endpoint, task) = match (&options.credit, options.is_x_pub) {
@@ -156,6 +161,7 @@ impl Publisher {
         Ok(Publisher {
             inner: Arc::new(PubInner {
                 topic: options.topic,
+                headroom,
                 endpoint,
                 queue,
                 stats,
@@ -188,7 +194,11 @@ impl Publisher {
         args: &A,
         workflow_id: &WorkflowId,
     ) -> Result<()> {
-        let mut body = Vec::with_capacity(64);
+        // The writer puts the topic and its header in front, in the room left here: one
+        // buffer per message, no copy.
+        let room = self.inner.headroom;
+        let mut body = Vec::with_capacity(room + 128);
+        body.resize(room, 0);
         wire::encode_into(&mut body, "args")?;
         wire::encode_into(&mut body, args)?;
         wire::encode_into(&mut body, "workflow_id")?;
@@ -237,31 +247,45 @@ fn topic_prefix(topic: &str) -> Vec<u8> {
     }
 }
 
+/// The longest header after the topic: a map of four (1 byte), `"seq"` (4), a u64 (9),
+/// `"pub_id"` (7), a u64 (9).
+const MAX_HEADER: usize = 1 + 4 + 9 + 7 + 9;
+
 struct Writer {
     pub_id: u64,
     seq: u64,
     topic_prefix: Vec<u8>,
+    /// The room at the front of each queued publish (see [`Publisher::publish`]).
+    headroom: usize,
     stats: Arc<Stats>,
 }
 
 impl Writer {
     /// `topic + {seq, pub_id, args, workflow_id}` around the pre-encoded `args`/`workflow_id`
     /// entries; numbering here keeps `seq` in send order however many tasks publish.
-    fn frame(&mut self, entries: &[u8]) -> ZmqMessage {
-        ZmqMessage::from(self.frame_bytes(entries))
+    fn frame(&mut self, publish: Vec<u8>) -> ZmqMessage {
+        ZmqMessage::from(self.frame_bytes(publish))
     }
 
-    fn frame_bytes(&mut self, entries: &[u8]) -> Vec<u8> {
+    /// `publish` is the room left by [`Publisher::publish`] followed by the encoded entries:
+    /// the topic and header are written at the end of the room, and the frame starts there.
+    fn frame_bytes(&mut self, mut publish: Vec<u8>) -> Bytes {
         self.seq += 1;
-        let mut out = Vec::with_capacity(self.topic_prefix.len() + entries.len() + 32);
-        out.extend_from_slice(&self.topic_prefix);
-        rmp::encode::write_map_len(&mut out, 4).expect("vec write");
-        rmp::encode::write_str(&mut out, "seq").expect("vec write");
-        rmp::encode::write_uint(&mut out, self.seq).expect("vec write");
-        rmp::encode::write_str(&mut out, "pub_id").expect("vec write");
-        rmp::encode::write_uint(&mut out, self.pub_id).expect("vec write");
-        out.extend_from_slice(entries);
-        out
+        let mut head = [0u8; 64];
+        let mut w = &mut head[..];
+        rmp::encode::write_map_len(&mut w, 4).expect("fits");
+        rmp::encode::write_str(&mut w, "seq").expect("fits");
+        rmp::encode::write_uint(&mut w, self.seq).expect("fits");
+        rmp::encode::write_str(&mut w, "pub_id").expect("fits");
+        rmp::encode::write_uint(&mut w, self.pub_id).expect("fits");
+        let head_len = 64 - w.len();
+        let start = self.headroom - self.topic_prefix.len() - head_len;
+        let prefix_end = start + self.topic_prefix.len();
+        publish[start..prefix_end].copy_from_slice(&self.topic_prefix);
+        publish[prefix_end..self.headroom].copy_from_slice(&head[..head_len]);
+        let mut frame = Bytes::from(publish);
+        frame.advance(start);
+        frame
     }
 
     async fn run_plain(
@@ -300,7 +324,7 @@ impl Writer {
                         return;
                     }
                     for entries in batch.drain(..) {
-                        let msg = self.frame(&entries);
+                        let msg = self.frame(entries);
                         if sock.send(msg).await.is_err() {
                             self.stats.bump(Counter::Dropped);
                         } else {
@@ -349,7 +373,7 @@ impl Writer {
                     .min(usize::try_from(room).unwrap_or(usize::MAX));
                 let frames: Vec<Bytes> = pending
                     .drain(..n)
-                    .map(|e| Bytes::from(self.frame_bytes(&e)))
+                    .map(|e| self.frame_bytes(e))
                     .collect();
                 let msg = ZmqMessage::try_from(frames).expect("at least one frame");
                 match socket.send(msg).await {
