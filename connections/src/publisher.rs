@@ -371,10 +371,7 @@ impl Writer {
                 let n = pending
                     .len()
                     .min(usize::try_from(room).unwrap_or(usize::MAX));
-                let frames: Vec<Bytes> = pending
-                    .drain(..n)
-                    .map(|e| self.frame_bytes(e))
-                    .collect();
+                let frames: Vec<Bytes> = pending.drain(..n).map(|e| self.frame_bytes(e)).collect();
                 let msg = ZmqMessage::try_from(frames).expect("at least one frame");
                 match socket.send(msg).await {
                     Ok(()) => self.stats.add(Counter::Sent, n as u64),

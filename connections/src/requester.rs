@@ -11,8 +11,6 @@
 //! caller allowed retries) and builds a new socket that reconnects in the background. Requests
 //! made while no peer is connected wait, bounded by their own timeout.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,7 +27,7 @@ use zeromq::{
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::stats::{Counter, Stats};
-use crate::util::connect_until;
+use crate::util::{connect_until, IdMap};
 use crate::wire::{self, Reply, Request, WorkflowId};
 
 /// Tuning for a [`Requester`].
@@ -63,26 +61,8 @@ struct Waiting {
     born: u64,
 }
 
-/// Requests in flight by id. Ids are sequential, so a multiplicative hash spreads them as
-/// well as SipHash does, for a fraction of the cost.
-type Pending = Arc<Mutex<HashMap<u64, Waiting, BuildHasherDefault<IdHasher>>>>;
-
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
+/// Requests in flight by id.
+type Pending = Arc<Mutex<IdMap<Waiting>>>;
 
 /// The coarse clock that times requests out. Arming a runtime timer for every request costs
 /// more than the rest of the request path put together; instead one sweeper task ticks eight

@@ -24,7 +24,7 @@ use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::publisher::{CreditMsg, CREDIT_TAG};
 use crate::stats::{Counter, Stats};
-use crate::util::connect_until;
+use crate::util::{connect_until, IdMap};
 use crate::wire::{self, Publish, WorkflowId};
 
 /// Tuning for a [`Subscriber`].
@@ -236,7 +236,7 @@ struct Reader {
 }
 
 /// Just the header fields of a publish, the args skipped.
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Default, Debug)]
 struct Header {
     #[serde(default)]
     #[allow(dead_code)]
@@ -285,7 +285,11 @@ impl Reader {
                 let _ = socket.send(frame).await;
             }
         }
-        let mut last_seq: HashMap<u64, u64> = HashMap::new();
+        let mut last_seq: IdMap<u64> = IdMap::default();
+        // The last ack sent to each publisher, sent again with every keepalive: an ack lost
+        // on the way (a proxy in between, a reconnect) would otherwise leave a publisher
+        // waiting on a subscriber that waits on it, until the stall timeout.
+        let mut last_acks: IdMap<u64> = IdMap::default();
         let mut keepalive = tokio::time::interval(Duration::from_millis(500));
         loop {
             let msg = tokio::select! {
@@ -293,6 +297,7 @@ impl Reader {
                 _ = stop.cancelled() => return,
                 ack = recv_ack(&mut acks) => {
                     if let (Some((pub_id, seq)), Some((_, window))) = (ack, &acks) {
+                        last_acks.insert(pub_id, seq);
                         let c = CreditMsg { sub: sub_id, pub_id: Some(pub_id), acked: Some(seq), window: *window };
                         if let Ok(frame) = credit_frame(&c) {
                             let _ = socket.send(frame).await;
@@ -315,6 +320,14 @@ impl Reader {
                     };
                     if let Ok(frame) = frame {
                         let _ = socket.send(frame).await;
+                    }
+                    if let Some((_, window)) = &acks {
+                        for (&pub_id, &seq) in &last_acks {
+                            let c = CreditMsg { sub: sub_id, pub_id: Some(pub_id), acked: Some(seq), window: *window };
+                            if let Ok(frame) = credit_frame(&c) {
+                                let _ = socket.send(frame).await;
+                            }
+                        }
                     }
                     continue;
                 }
@@ -340,7 +353,7 @@ impl Reader {
         }
     }
 
-    fn parse(&self, frame: Bytes, last_seq: &mut HashMap<u64, u64>) -> Option<Delivery> {
+    fn parse(&self, frame: Bytes, last_seq: &mut IdMap<u64>) -> Option<Delivery> {
         if frame.len() > self.max {
             self.stats.bump(Counter::TooLarge);
             tracing::warn!(
@@ -363,30 +376,41 @@ impl Reader {
         } else {
             return None; // not ours (a shared XSUB peer may send more than we asked for)
         };
-        let header: Header = match wire::decode(&body) {
-            Ok(h) => h,
-            Err(e) => return self.malformed(&e.to_string()),
+        let header = match scan_header(&body) {
+            Some(h) => h,
+            // Anything the scan does not take goes through serde, which has the last word
+            // and the error message.
+            None => match wire::decode::<Header>(&body) {
+                Ok(h) => h,
+                Err(e) => return self.malformed(&e.to_string()),
+            },
         };
         let seq = match (header.seq, header.pub_id) {
             (Some(seq), Some(pub_id)) => {
-                match last_seq.get(&pub_id).copied() {
-                    Some(last) if seq <= last => {
-                        self.stats.bump(Counter::Duplicates);
-                        return None;
+                use std::collections::hash_map::Entry;
+                match last_seq.entry(pub_id) {
+                    Entry::Vacant(v) => {
+                        v.insert(seq);
                     }
-                    Some(last) if seq > last + 1 => {
-                        let missed = seq - last - 1;
-                        self.stats.add(Counter::Lost, missed);
-                        tracing::warn!(
-                            pub_id,
-                            missed,
-                            after = last,
-                            "subscriber detected lost messages"
-                        );
+                    Entry::Occupied(mut o) => {
+                        let last = *o.get();
+                        if seq <= last {
+                            self.stats.bump(Counter::Duplicates);
+                            return None;
+                        }
+                        if seq > last + 1 {
+                            let missed = seq - last - 1;
+                            self.stats.add(Counter::Lost, missed);
+                            tracing::warn!(
+                                pub_id,
+                                missed,
+                                after = last,
+                                "subscriber detected lost messages"
+                            );
+                        }
+                        o.insert(seq);
                     }
-                    _ => {}
                 }
-                last_seq.insert(pub_id, seq);
                 Some((seq, pub_id))
             }
             _ => None,
@@ -407,11 +431,178 @@ impl Reader {
     }
 }
 
+/// Reads a publish's header straight from its msgpack, skipping the args by their length:
+/// serde's walk validated and visited every byte of the args (1.5k instructions a message,
+/// most of a subscriber's own cost). Takes only the plain shapes (a map with string keys,
+/// nil or unsigned `seq`/`pub_id`, a nil or string `workflow_id`, each key once, nothing
+/// after the map) and returns `None` for anything else, which then goes through serde.
+fn scan_header(b: &[u8]) -> Option<Header> {
+    let (len, mut at) = match *b.first()? {
+        m @ 0x80..=0x8f => (usize::from(m & 0x0f), 1),
+        0xde => (usize::from(u16::from_be_bytes([*b.get(1)?, *b.get(2)?])), 3),
+        _ => return None,
+    };
+    let mut h = Header::default();
+    let mut seen = [false; 4];
+    for _ in 0..len {
+        let key_len = match *b.get(at)? {
+            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
+            _ => return None,
+        };
+        let key = b.get(at + 1..at + 1 + key_len)?;
+        at += 1 + key_len;
+        let value = b.get(at..at + wire::value_len(b.get(at..)?)?)?;
+        at += value.len();
+        let slot = match key {
+            b"seq" => 0,
+            b"pub_id" => 1,
+            b"workflow_id" => 2,
+            b"args" => 3,
+            _ => continue, // keys the header does not declare
+        };
+        if std::mem::replace(&mut seen[slot], true) {
+            return None; // a repeated field: serde says what is wrong
+        }
+        match slot {
+            0 => h.seq = nil_or_uint(value)?,
+            1 => h.pub_id = nil_or_uint(value)?,
+            3 => {} // skipped by its length
+            _ => {
+                h.workflow_id = match *value.first()? {
+                    0xc0 => WorkflowId::None,
+                    0xa0..=0xbf | 0xd9..=0xdb => {
+                        WorkflowId::Str(rmp::decode::read_str_from_slice(value).ok()?.0.to_owned())
+                    }
+                    _ => wire::decode(value).ok()?,
+                }
+            }
+        }
+    }
+    (at == b.len()).then_some(h)
+}
+
+/// `None` for nil, the value for an unsigned or non-negative integer; anything else fails.
+fn nil_or_uint(v: &[u8]) -> Option<Option<u64>> {
+    if v == [0xc0] {
+        return Some(None);
+    }
+    let mut r = v;
+    let n = rmp::decode::read_int::<u64, _>(&mut r).ok()?;
+    r.is_empty().then_some(Some(n))
+}
+
 async fn recv_ack(
     acks: &mut Option<(mpsc::UnboundedReceiver<(u64, u64)>, u64)>,
 ) -> Option<(u64, u64)> {
     match acks {
         Some((rx, _)) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmpv::Value as V;
+
+    fn frame(entries: Vec<(&str, V)>) -> Vec<u8> {
+        let map = V::Map(entries.into_iter().map(|(k, v)| (V::from(k), v)).collect());
+        let mut b = Vec::new();
+        rmpv::encode::write_value(&mut b, &map).unwrap();
+        b
+    }
+
+    #[test]
+    fn the_header_scan_agrees_with_serde_wherever_it_answers() {
+        let uuid = uuid::Uuid::new_v4();
+        let uuid_map = V::Map(vec![
+            (V::from("__uuid__"), V::from(true)),
+            (V::from("as_str"), V::from(uuid.to_string())),
+        ]);
+        let big_map = V::Map((0..20).map(|i| (V::from(i), V::from("x"))).collect());
+        let cases: Vec<(Vec<u8>, bool)> = vec![
+            // (frame, the scan must answer)
+            (
+                frame(vec![
+                    ("seq", V::from(7)),
+                    ("pub_id", V::from(u64::MAX)),
+                    ("args", V::from("x".repeat(100))),
+                    ("workflow_id", V::Nil),
+                ]),
+                true,
+            ),
+            (
+                frame(vec![
+                    ("args", big_map.clone()),
+                    ("workflow_id", V::from("wf-1")),
+                ]),
+                true,
+            ),
+            (
+                frame(vec![
+                    ("workflow_id", uuid_map.clone()),
+                    ("seq", V::from(300)),
+                ]),
+                true,
+            ),
+            (
+                frame(vec![
+                    ("args", V::Nil),
+                    ("extra", V::from(1)),
+                    ("seq", V::Nil),
+                ]),
+                true,
+            ),
+            (
+                {
+                    // 17 entries: a map16 header.
+                    let keys: Vec<String> = (0..16).map(|i| format!("k{i}")).collect();
+                    let mut e: Vec<(&str, V)> =
+                        keys.iter().map(|k| (k.as_str(), V::from(1))).collect();
+                    e.push(("seq", V::from(3)));
+                    frame(e)
+                },
+                true,
+            ),
+            (frame(vec![("args", V::Nil), ("args", V::Nil)]), false),
+            // Shapes left to serde (which accepts or rejects them itself).
+            (frame(vec![("seq", V::from(-1))]), false),
+            (frame(vec![("seq", V::from(1)), ("seq", V::from(2))]), false),
+            (frame(vec![("workflow_id", V::from(5))]), false),
+            (frame(vec![("seq", V::F64(1.0))]), false),
+            (vec![0x91, 0xc0], false),
+            (vec![0xc0], false),
+            (vec![0x81, 0xa3, b's', b'e', b'q'], false),
+        ];
+        for (i, (b, answers)) in cases.iter().enumerate() {
+            let scanned = scan_header(b);
+            let serde = wire::decode::<Header>(b).ok();
+            assert_eq!(scanned.is_some(), *answers, "case {i}: {scanned:?}");
+            if let Some(h) = scanned {
+                let s =
+                    serde.unwrap_or_else(|| panic!("case {i}: serde refuses what the scan took"));
+                assert_eq!(
+                    (h.seq, h.pub_id, h.workflow_id),
+                    (s.seq, s.pub_id, s.workflow_id),
+                    "case {i}"
+                );
+            }
+        }
+        // Trailing bytes after the map are for serde to report.
+        let mut b = frame(vec![("seq", V::from(1))]);
+        b.push(0xc0);
+        assert!(scan_header(&b).is_none());
+        assert!(wire::decode::<Header>(&b).is_err());
+        // A framework publish as the publisher frames it.
+        let wf = WorkflowId::Str("abc".into());
+        let publish = wire::encode(&Publish {
+            args: "hello",
+            workflow_id: wf.clone(),
+            seq: Some(9),
+            pub_id: Some(42),
+        })
+        .unwrap();
+        let h = scan_header(&publish).unwrap();
+        assert_eq!((h.seq, h.pub_id, h.workflow_id), (Some(9), Some(42), wf));
     }
 }

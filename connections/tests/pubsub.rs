@@ -635,3 +635,81 @@ async fn a_credit_window_works_through_the_bus_proxy() {
     assert!(publisher.stats().get(Counter::CreditWaits) > 0);
     proxy.shutdown().await;
 }
+
+/// The credit messages (pub_id, acked) a raw XPUB receives within `for_how_long`.
+async fn acks_seen(xpub: &mut zeromq::XPubSocket, for_how_long: Duration) -> Vec<(u64, u64)> {
+    use zeromq::SocketRecv;
+    let mut seen = Vec::new();
+    let until = Instant::now() + for_how_long;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(Ok(m)) = tokio::time::timeout(left, xpub.recv()).await else {
+            break;
+        };
+        let Some(frame) = m.get(0) else { continue };
+        if frame.first() != Some(&0x02) {
+            continue; // a subscription or a keepalive
+        }
+        let v: rmpv::Value = wire::decode(&frame[1..]).unwrap();
+        let field = |k: &str| {
+            v.as_map()
+                .and_then(|m| m.iter().find(|(key, _)| key.as_str() == Some(k)))
+                .and_then(|(_, val)| val.as_u64())
+        };
+        if let (Some(p), Some(a)) = (field("pub_id"), field("acked")) {
+            seen.push((p, a));
+        }
+    }
+    seen
+}
+
+#[tokio::test]
+async fn a_credit_subscriber_repeats_its_last_ack_so_a_lost_one_cannot_stall_the_stream() {
+    // A hand-written credit publisher (raw XPUB) that can watch what comes upstream.
+    let mut xpub = zeromq::XPubSocket::new();
+    let ep = xpub.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let mut sub = Subscriber::start(
+        &Address::from(ep.as_str()),
+        SubscriberOptions {
+            credit_window: Some(8),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let frame = |n: u64| {
+        let env = Publish {
+            args: n,
+            workflow_id: WorkflowId::None,
+            seq: Some(n),
+            pub_id: Some(77),
+        };
+        zeromq::ZmqMessage::from(wire::encode(&env).unwrap())
+    };
+    // Publish until the subscriber is connected and has taken three messages.
+    let mut sent = 0;
+    let mut taken = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while taken < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber took {taken} messages"
+        );
+        sent += 1;
+        xpub.send(frame(sent)).await.unwrap();
+        // The XPUB applies a subscription as it reads it: read what came up meanwhile.
+        acks_seen(&mut xpub, Duration::from_millis(10)).await;
+        if let Ok(d) = sub.next_timeout(Duration::from_millis(50)).await {
+            taken += 1;
+            assert_eq!(d.seq.map(|(_, p)| p), Some(77));
+        }
+    }
+    // Nothing more is published: the last ack (for the message before the last taken) must
+    // come again with the keepalives, every 500 ms.
+    let acks = acks_seen(&mut xpub, Duration::from_millis(1_600)).await;
+    let last = acks.iter().map(|(_, a)| *a).max().expect("no ack at all");
+    let repeats = acks.iter().filter(|(p, a)| *p == 77 && *a == last).count();
+    assert!(
+        repeats >= 3,
+        "ack {last} came {repeats} times in 1.6 s: {acks:?}"
+    );
+}
