@@ -55,45 +55,23 @@ impl Default for RequesterOptions {
     }
 }
 
-/// A request waiting for its reply: where the reply goes, and the clock tick it was made on.
+/// A request waiting for its reply: where the reply goes, and when it was made.
 struct Waiting {
     tx: oneshot::Sender<Result<Bytes>>,
-    born: u64,
+    born: tokio::time::Instant,
 }
 
 /// Requests in flight by id.
 type Pending = Arc<Mutex<IdMap<Waiting>>>;
 
-/// The coarse clock that times requests out. Arming a runtime timer for every request costs
-/// more than the rest of the request path put together; instead one sweeper task ticks eight
-/// times per timeout and fails the requests that have waited longer than the timeout. A
-/// request therefore times out after its timeout and at most an eighth of it more.
-struct Clock {
-    now: std::sync::atomic::AtomicU64,
-    /// Ticks a request may wait before the sweeper fails it.
-    limit: u64,
-    period: Duration,
-}
-
-impl Clock {
-    const TICKS_PER_TIMEOUT: u32 = 8;
-
-    fn new(timeout: Duration) -> Clock {
-        let period = (timeout / Self::TICKS_PER_TIMEOUT)
-            .clamp(Duration::from_millis(1), Duration::from_secs(1));
-        // Whole ticks covering the timeout; the sweeper waits one more for the partial tick
-        // a request is born into.
-        let limit = timeout.as_nanos().div_ceil(period.as_nanos().max(1)) as u64;
-        Clock {
-            now: std::sync::atomic::AtomicU64::new(0),
-            limit,
-            period,
-        }
-    }
-
-    fn now(&self) -> u64 {
-        self.now.load(std::sync::atomic::Ordering::Relaxed)
-    }
+/// How often the sweeper looks for requests past their timeout. Arming a runtime timer for
+/// every request costs more than the rest of the request path put together; instead one
+/// sweeper task per requester wakes eight times per timeout (at least every second, at most
+/// every millisecond) and fails the requests that have waited their timeout. A request
+/// therefore times out after its timeout, never before, and at most one sweep period later
+/// (an eighth of the timeout, or 1 ms for timeouts under 8 ms), plus scheduling delay.
+fn sweep_period(timeout: Duration) -> Duration {
+    (timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(1))
 }
 
 /// The connected socket's send half, shared so that callers send directly (one task hop
@@ -122,7 +100,6 @@ struct Inner {
     slot: SendSlot,
     pending: Pending,
     next_id: std::sync::atomic::AtomicU64,
-    clock: Arc<Clock>,
     stats: Arc<Stats>,
     stop: CancellationToken,
 }
@@ -151,9 +128,7 @@ impl Requester {
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let slot: SendSlot = Arc::default();
-        let clock = Arc::new(Clock::new(options.timeout));
         tokio::spawn(sweep(
-            clock.clone(),
             options.timeout,
             pending.clone(),
             stats.clone(),
@@ -175,7 +150,6 @@ impl Requester {
                 slot,
                 pending,
                 next_id: std::sync::atomic::AtomicU64::new(1),
-                clock,
                 stats,
                 stop,
             }),
@@ -238,7 +212,7 @@ impl Requester {
                 .next_id
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
-            let born = inner.clock.now();
+            let born = tokio::time::Instant::now();
             inner
                 .pending
                 .lock()
@@ -304,31 +278,26 @@ impl Requester {
     }
 }
 
-/// Fails the requests that have waited longer than the timeout, once per clock tick. Also
-/// clears the entries of callers that stopped waiting (their futures were dropped).
-async fn sweep(
-    clock: Arc<Clock>,
-    timeout: Duration,
-    pending: Pending,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval(clock.period);
+/// Fails the requests that have waited their timeout, once per sweep period. Also clears
+/// the entries of callers that stopped waiting (their futures were dropped).
+async fn sweep(timeout: Duration, pending: Pending, stats: Arc<Stats>, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(sweep_period(timeout));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        let now = clock.now.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let expired: Vec<Waiting> = {
             let mut map = pending.lock().expect("pending lock");
             if map.is_empty() {
                 continue;
             }
+            // Read after taking the lock: no request in the map was born after `now`.
+            let now = tokio::time::Instant::now();
             let old: Vec<u64> = map
                 .iter()
-                .filter(|(_, w)| now - w.born > clock.limit)
+                .filter(|(_, w)| now.saturating_duration_since(w.born) >= timeout)
                 .map(|(id, _)| *id)
                 .collect();
             old.iter().filter_map(|id| map.remove(id)).collect()

@@ -525,8 +525,8 @@ pub fn value_len(b: &[u8]) -> Option<usize> {
             0xd8 => (1, 16, 0),
             0xdc => (2, 0, be(pos, 2)?),
             0xdd => (4, 0, be(pos, 4)?),
-            0xde => (2, 0, 2 * be(pos, 2)?),
-            0xdf => (4, 0, 2 * be(pos, 4)?),
+            0xde => (2, 0, be(pos, 2)?.checked_mul(2)?),
+            0xdf => (4, 0, be(pos, 4)?.checked_mul(2)?),
             0xc1 => return None,
         };
         pos = pos.checked_add(head)?.checked_add(body)?;

@@ -488,3 +488,39 @@ async fn twenty_slow_requests_are_served_concurrently() {
     eprintln!("20 concurrent 200 ms requests: {took:?}");
     replyer.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_never_fires_before_its_time() {
+    // Short timeouts, many of them: the sweeper that times requests out runs on a coarse
+    // period, and none may end a request early.
+    let handler = typed(|_args: Work, _meta| std::future::pending::<Result<Done, WireError>>());
+    let options = ReplyerOptions {
+        drain_timeout: Duration::from_millis(20),
+        linger: Duration::ZERO,
+        ..Default::default()
+    };
+    let replyer = Replyer::bind(&Address::from("127.0.0.1:0"), handler, options)
+        .await
+        .unwrap();
+    for timeout in [Duration::from_millis(5), Duration::from_millis(20)] {
+        let req = connect(replyer.endpoint(), timeout, 0);
+        for i in 0..25 {
+            let t = Instant::now();
+            let err = req
+                .request::<_, Done>(&work(i, 0), WorkflowId::None)
+                .await
+                .unwrap_err();
+            let took = t.elapsed();
+            assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+            assert!(
+                took >= timeout,
+                "a {timeout:?} timeout fired after {took:?}"
+            );
+            assert!(
+                took < timeout + Duration::from_millis(500),
+                "a {timeout:?} timeout took {took:?}"
+            );
+        }
+    }
+    replyer.shutdown().await;
+}
