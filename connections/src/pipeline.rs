@@ -15,6 +15,7 @@ use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use zeromq::{PullSocket, PushSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
 
@@ -119,8 +120,13 @@ impl Pusher {
     }
 
     /// Hands `args` to one puller; waits (bounded by the send timeout) while every puller is
-    /// full or none is connected. `Ok` means the message is on the socket; a push that timed
-    /// out is never sent later (counted in `dropped`).
+    /// full or none is connected. `Ok` means the message is on the socket.
+    ///
+    /// A push that times out waiting for a puller to connect is never sent later (counted in
+    /// `dropped`). One that times out while the puller it was given to is full is still
+    /// delivered once that puller makes room (counted in `timeouts`): the socket library
+    /// cannot take back a message it has begun to send, and dropping such a send half way
+    /// makes it forget that puller for good, so the send is always carried to its end.
     pub async fn push<A: Serialize + ?Sized>(
         &self,
         args: &A,
@@ -131,56 +137,77 @@ impl Pusher {
                 args,
                 workflow_id: &workflow_id,
             })
+            .map(ZmqMessage::from)
         };
-        // Fast path, no timer and no copy: a connected peer with room takes the message at
-        // once. If it has no room the send is dropped unfinished, and the slow path below
-        // encodes the message again (only then, when the push has to wait anyway).
-        if let Ok(mut slot) = self.slot.try_lock() {
-            if let Some(sock) = slot.as_mut() {
-                let msg = ZmqMessage::from(encode()?);
-                if let Some(sent) = sock.send(msg).now_or_never() {
-                    match sent {
-                        Ok(()) => {
-                            self.stats.bump(Counter::Sent);
-                            return Ok(());
+        // Read the clock only once the push has to wait.
+        let mut deadline = None;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let guard = match self.slot.clone().try_lock_owned() {
+                Ok(g) => g,
+                Err(_) => {
+                    let d = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
+                    match tokio::time::timeout_at(d, self.slot.clone().lock_owned()).await {
+                        Ok(g) => g,
+                        Err(_) => return Err(self.gave_up()),
+                    }
+                }
+            };
+            if guard.is_some() {
+                let stats = self.stats.clone();
+                let msg = encode()?;
+                let mut send = Box::pin(async move {
+                    let mut guard = guard;
+                    let sock = guard.as_mut().expect("checked above");
+                    let sent = sock.send(msg).await;
+                    if sent.is_ok() {
+                        stats.bump(Counter::Sent);
+                    }
+                    sent
+                });
+                // Fast path, no timer: a peer with room takes the message at once.
+                let sent = match (&mut send).now_or_never() {
+                    Some(sent) => sent,
+                    None => {
+                        // The peer given the message is full: the send finishes in its own
+                        // task, whether or not this caller waits for it.
+                        let d = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
+                        match tokio::time::timeout_at(d, tokio::spawn(send)).await {
+                            Ok(Ok(sent)) => sent,
+                            Ok(Err(e)) => {
+                                self.stats.bump(Counter::Dropped);
+                                return Err(Error::Socket(format!("push task failed: {e}")));
+                            }
+                            Err(_) => {
+                                self.stats.bump(Counter::Timeouts);
+                                return Err(Error::Timeout(self.timeout));
+                            }
                         }
-                        Err(zeromq::ZmqError::ReturnToSender { .. }) => {}
-                        Err(e) => {
-                            self.stats.bump(Counter::Dropped);
-                            return Err(Error::Socket(e.to_string()));
-                        }
+                    }
+                };
+                match sent {
+                    Ok(()) => return Ok(()),
+                    // With no peer the socket refuses at once: wait for one below.
+                    Err(zeromq::ZmqError::ReturnToSender { .. }) => {}
+                    Err(e) => {
+                        self.stats.bump(Counter::Dropped);
+                        return Err(Error::Socket(e.to_string()));
                     }
                 }
             }
-        }
-        let msg = ZmqMessage::from(encode()?);
-        let work = async {
-            let mut pause = Duration::from_millis(1);
-            loop {
-                {
-                    let mut slot = self.slot.lock().await;
-                    if let Some(sock) = slot.as_mut() {
-                        // With no peer the socket refuses at once: wait for one below.
-                        match sock.send(msg.clone()).await {
-                            Ok(()) => return Ok(()),
-                            Err(zeromq::ZmqError::ReturnToSender { .. }) => {}
-                            Err(e) => return Err(Error::Socket(e.to_string())),
-                        }
-                    }
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
+            let d = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
+            if Instant::now() >= d {
+                return Err(self.gave_up());
             }
-        };
-        let result = match tokio::time::timeout(self.timeout, work).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Timeout(self.timeout)),
-        };
-        match &result {
-            Ok(()) => self.stats.bump(Counter::Sent),
-            Err(_) => self.stats.bump(Counter::Dropped),
+            tokio::time::sleep_until((Instant::now() + pause).min(d)).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
-        result
+    }
+
+    /// A push that found no puller within the timeout: never sent.
+    fn gave_up(&self) -> Error {
+        self.stats.bump(Counter::Dropped);
+        Error::Timeout(self.timeout)
     }
 }
 

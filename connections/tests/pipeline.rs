@@ -489,3 +489,108 @@ async fn a_connecting_pusher_recovers_when_its_binding_puller_restarts() {
     );
     eprintln!("puller restart: {resumed} pushes reported Ok but went to the old puller's closed connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pusher_with_two_full_pullers_recovers_once_they_drain() {
+    // The socket library forgets a puller whose send was dropped half way; with two pullers
+    // that made every later push fail. Pushes that time out on full pullers must leave the
+    // pusher whole.
+    let pusher = Pusher::start(
+        &Address::from("127.0.0.1:0"),
+        binder(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let mut pullers = Vec::new();
+    for _ in 0..2 {
+        pullers.push(
+            Puller::start(
+                &Address::from(pusher.endpoint()),
+                connecter(Duration::from_secs(1)),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    // Fill both pullers (nobody reads) until pushes time out. Every attempt carries its own
+    // number: a push that timed out on a full puller may still be delivered later.
+    let mut attempt = 0u64;
+    let mut timed_out = HashSet::new();
+    let start = Instant::now();
+    while timed_out.len() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{attempt} pushed and the pullers never filled"
+        );
+        match pusher.push(&attempt, WorkflowId::None).await {
+            Ok(()) => {}
+            Err(Error::Timeout(_)) => {
+                timed_out.insert(attempt);
+            }
+            Err(e) => panic!("{e}"),
+        }
+        attempt += 1;
+    }
+    let pushed = attempt - timed_out.len() as u64;
+    assert!(
+        pushed > 1_000,
+        "only {pushed} pushed before the pullers were full"
+    );
+    // Drain both: everything pushed arrives (the timed-out pushes may arrive too).
+    let (mut rx, tasks) = {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tasks: Vec<_> = pullers
+            .into_iter()
+            .map(|mut p| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    while let Some(r) = p.next::<u64>().await {
+                        if tx.send(r.unwrap().args).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        (rx, tasks)
+    };
+    let mut got = HashSet::new();
+    while (got.len() as u64) < pushed {
+        let n = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{} of {pushed} drained", got.len()))
+            .unwrap();
+        assert!(n < attempt, "{n} was never pushed");
+        if timed_out.contains(&n) {
+            continue; // timed out on a full puller, delivered after all
+        }
+        assert!(got.insert(n), "{n} arrived twice");
+    }
+    // Now the pullers have room: every further push succeeds and arrives.
+    for n in 0..1_000u64 {
+        pusher
+            .push(&(1_000_000_000 + n), WorkflowId::None)
+            .await
+            .unwrap_or_else(|e| panic!("push {n} after the drain: {e}"));
+    }
+    let mut after = 0;
+    while after < 1_000 {
+        let n = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{after} of 1000 later pushes arrived"))
+            .unwrap();
+        after += u64::from(n >= 1_000_000_000);
+    }
+    // The first push stuck on a full puller is a timeout (its send goes on); pushes that then
+    // wait for the socket and give up were never sent (dropped).
+    let stats = pusher.stats();
+    assert!(stats.get(Counter::Timeouts) >= 1, "{:?}", stats.snapshot());
+    assert!(
+        stats.get(Counter::Timeouts) + stats.get(Counter::Dropped) >= 3,
+        "{:?}",
+        stats.snapshot()
+    );
+    for t in tasks {
+        t.abort();
+    }
+}
