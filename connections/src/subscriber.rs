@@ -289,7 +289,11 @@ impl Reader {
         // The last ack sent to each publisher, sent again with every keepalive: an ack lost
         // on the way (a proxy in between, a reconnect) would otherwise leave a publisher
         // waiting on a subscriber that waits on it, until the stall timeout.
-        let mut last_acks: IdMap<u64> = IdMap::default();
+        // (seq, keepalive tick it was last updated on): a publisher not acked for 20 ticks
+        // (10 s, twice the default stall timeout) is forgotten, so restarted publishers (new
+        // ids) do not pile up.
+        let mut last_acks: IdMap<(u64, u64)> = IdMap::default();
+        let mut ticks = 0u64;
         let mut keepalive = tokio::time::interval(Duration::from_millis(500));
         loop {
             let msg = tokio::select! {
@@ -297,7 +301,7 @@ impl Reader {
                 _ = stop.cancelled() => return,
                 ack = recv_ack(&mut acks) => {
                     if let (Some((pub_id, seq)), Some((_, window))) = (ack, &acks) {
-                        last_acks.insert(pub_id, seq);
+                        last_acks.insert(pub_id, (seq, ticks));
                         let c = CreditMsg { sub: sub_id, pub_id: Some(pub_id), acked: Some(seq), window: *window };
                         if let Ok(frame) = credit_frame(&c) {
                             let _ = socket.send(frame).await;
@@ -321,8 +325,10 @@ impl Reader {
                     if let Ok(frame) = frame {
                         let _ = socket.send(frame).await;
                     }
+                    ticks += 1;
+                    last_acks.retain(|_, (_, at)| ticks - *at <= 20);
                     if let Some((_, window)) = &acks {
-                        for (&pub_id, &seq) in &last_acks {
+                        for (&pub_id, &(seq, _)) in &last_acks {
                             let c = CreditMsg { sub: sub_id, pub_id: Some(pub_id), acked: Some(seq), window: *window };
                             if let Ok(frame) = credit_frame(&c) {
                                 let _ = socket.send(frame).await;

@@ -481,6 +481,9 @@ struct Follower {
 /// stream within that interval.
 const VIEW_COPY_FACTOR: u32 = 4;
 
+/// The longest a view may lag behind applied updates, whatever one slow copy measured.
+const MAX_VIEW_INTERVAL: Duration = Duration::from_millis(50);
+
 impl Follower {
     async fn run(mut self, mut sub: Subscriber, req: Requester, stop: CancellationToken) {
         let (snap_tx, mut snap_rx) = mpsc::channel::<SnapshotReply>(1);
@@ -540,11 +543,14 @@ impl Follower {
                     if !self.apply(args) {
                         resync = Some(spawn_resync(req.clone(), snap_tx.clone(), self.stats.clone(), stop.clone()));
                     }
-                    if self.dirty && !sub.has_pending() && !owed {
-                        let due = self.published + self.copy_cost * VIEW_COPY_FACTOR;
-                        if tokio::time::Instant::now() >= due {
+                    if self.dirty && !owed {
+                        let interval = (self.copy_cost * VIEW_COPY_FACTOR).min(MAX_VIEW_INTERVAL);
+                        let due = self.published + interval;
+                        if !sub.has_pending() && tokio::time::Instant::now() >= due {
                             self.flush();
                         } else {
+                            // Also while a backlog lasts: a stream that never pauses still
+                            // gets a fresh view every interval.
                             later.as_mut().reset(due);
                             owed = true;
                         }
