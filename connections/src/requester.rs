@@ -322,6 +322,8 @@ async fn supervise(
     stop: CancellationToken,
 ) {
     let mut generation = 0u64;
+    // Requests queued but never sent when a socket went away: sent first on the next one.
+    let mut carried: std::collections::VecDeque<(u64, Bytes)> = Default::default();
     loop {
         let Some((socket, mut monitor)) = connect_until::<DealerSocket>(&endpoint, &stop).await
         else {
@@ -361,7 +363,9 @@ async fn supervise(
             (Some((tx, rx)), None)
         };
         let mut closing = false;
-        let mut batch = Vec::with_capacity(64);
+        let mut batch: Vec<(u64, Bytes)> = Vec::with_capacity(64);
+        batch.extend(carried.drain(..));
+        let mut first = !batch.is_empty();
         loop {
             tokio::select! {
                 biased;
@@ -378,15 +382,26 @@ async fn supervise(
                         break;
                     }
                 },
-                n = queue.recv_many(&mut batch, 64) => {
+                n = async {
+                    // What was carried over from the last socket goes out first.
+                    if std::mem::take(&mut first) {
+                        batch.len()
+                    } else {
+                        queue.recv_many(&mut batch, 64).await
+                    }
+                } => {
                     if n == 0 {
                         closing = true;
                         break;
                     }
                     let mut failed = false;
                     for (id, body) in batch.drain(..) {
-                        if failed || !pending.lock().expect("pending lock").contains_key(&id) {
-                            continue; // its caller already gave up (or the socket just failed)
+                        if failed {
+                            carried.push_back((id, body)); // never sent: try the next socket
+                            continue;
+                        }
+                        if !pending.lock().expect("pending lock").contains_key(&id) {
+                            continue; // its caller already gave up
                         }
                         stats.bump(Counter::Sent);
                         let frame = request_frame(id, body);
@@ -415,8 +430,28 @@ async fn supervise(
         if let Some(reader) = reader {
             reader.abort();
         }
-        // Whatever was in flight on this socket will not be answered on the next one.
-        let in_flight: Vec<_> = pending.lock().expect("pending lock").drain().collect();
+        // Requests still queued were never sent: they wait for the next socket (bounded by
+        // their timeout). Whatever was in flight on this one will not be answered there.
+        if !closing {
+            while let Ok(q) = queue.try_recv() {
+                carried.push_back(q);
+            }
+        }
+        if closing {
+            carried.clear();
+        }
+        let unsent: std::collections::HashSet<u64> = carried.iter().map(|(id, _)| *id).collect();
+        let in_flight: Vec<_> = {
+            let mut map = pending.lock().expect("pending lock");
+            let gone: Vec<u64> = map
+                .keys()
+                .filter(|id| !unsent.contains(id))
+                .copied()
+                .collect();
+            gone.iter()
+                .filter_map(|id| map.remove(id).map(|w| (*id, w)))
+                .collect()
+        };
         if !in_flight.is_empty() {
             tracing::warn!(%endpoint, count = in_flight.len(), "replyer went away with requests in flight");
         }
