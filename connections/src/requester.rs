@@ -231,8 +231,16 @@ impl Requester {
                     continue;
                 }
                 Err(_) => {
-                    inner.pending.lock().expect("pending lock").remove(&id);
-                    inner.stats.bump(Counter::Timeouts);
+                    // Counted here unless the sweeper got to it first (and counted it).
+                    if inner
+                        .pending
+                        .lock()
+                        .expect("pending lock")
+                        .remove(&id)
+                        .is_some()
+                    {
+                        inner.stats.bump(Counter::Timeouts);
+                    }
                     last = Error::Timeout(inner.options.timeout);
                     continue;
                 }
@@ -400,7 +408,12 @@ async fn supervise(
                             carried.push_back((id, body)); // never sent: try the next socket
                             continue;
                         }
-                        if !pending.lock().expect("pending lock").contains_key(&id) {
+                        let waiting = pending
+                            .lock()
+                            .expect("pending lock")
+                            .get(&id)
+                            .is_some_and(|w| !w.tx.is_closed());
+                        if !waiting {
                             continue; // its caller already gave up
                         }
                         stats.bump(Counter::Sent);
