@@ -47,7 +47,7 @@ pub mod service;
 pub use addresses::AddressesFile;
 pub use context::Ctx;
 pub use error::{Error, Result, ServiceError};
-pub use logging::get_logger;
+pub use logging::{current_workflow_id, get_logger, in_workflow};
 pub use model::{
     ConnectionKind, ConnectionModel, ConnectionModels, Model, Models, ServiceDef, StateKind,
     StateModel, StateModels,

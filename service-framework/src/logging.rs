@@ -213,9 +213,16 @@ tokio::task_local! {
     static WORKFLOW: WorkflowId;
 }
 
-/// Runs `fut` as the handler of the message `id`: every line it logs carries
-/// `workflow{id=...}`.
-pub(crate) fn in_workflow<F: std::future::Future>(
+/// The workflow id of the message the calling handler serves (`None` outside a handler,
+/// and in tasks a handler spawned unless they run inside [`in_workflow`]). The framework's
+/// line format prints it; a service that installs its own `tracing` subscriber reads it here.
+pub fn current_workflow_id() -> Option<WorkflowId> {
+    WORKFLOW.try_with(|id| id.clone()).ok()
+}
+
+/// Runs `fut` as serving the message `id`: every line it logs carries `workflow{id=...}`.
+/// Handlers already run this way; wrap a task a handler spawns to keep its id.
+pub fn in_workflow<F: std::future::Future>(
     id: WorkflowId,
     fut: F,
 ) -> tokio::task::futures::TaskLocalFuture<WorkflowId, F> {

@@ -183,3 +183,41 @@ fn the_context_numbers_ids_like_the_original() {
     assert_eq!(*seen.lock().unwrap(), ["id", "id_1", "id_2"]);
     h.stop().unwrap();
 }
+
+#[test]
+fn a_handler_and_the_tasks_it_wraps_can_read_the_workflow_id() {
+    // The handler reports the id it reads itself and the one a task it spawns reads, with and
+    // without `in_workflow`.
+    let def = ServiceDef::new("reader").replyer("reply", |a: Echo, _ctx: Ctx| async move {
+        let here = service_framework::current_workflow_id();
+        let id = here.clone().unwrap_or_default();
+        let wrapped = tokio::spawn(service_framework::in_workflow(id, async {
+            service_framework::current_workflow_id()
+        }))
+        .await
+        .unwrap();
+        let bare = tokio::spawn(async { service_framework::current_workflow_id() })
+            .await
+            .unwrap();
+        let show = |w: Option<WorkflowId>| w.map_or("-".to_owned(), |w| w.to_string());
+        Ok::<_, ServiceError>(Echoed {
+            echoed: format!(
+                "{} {} {} {}",
+                a.to_echo,
+                show(here),
+                show(wrapped),
+                show(bare)
+            ),
+        })
+    });
+    let (_svc, ready) = start(def, replyer_at("127.0.0.1:0"));
+    let reply = request_with(
+        ready.endpoint("reply").unwrap(),
+        &json!({"to_echo": "ids"}),
+        s("wf-7"),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(reply["echoed"], "ids wf-7 wf-7 -");
+    assert_eq!(service_framework::current_workflow_id(), None);
+}
