@@ -64,6 +64,13 @@ struct Waiting {
 /// Requests in flight by id.
 type Pending = Arc<Mutex<IdMap<Waiting>>>;
 
+/// How an idle sweeper is woken: a request that finds `sleeping` set notifies `wake`.
+#[derive(Default)]
+struct Idle {
+    sleeping: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
 /// How often the sweeper looks for requests past their timeout. Arming a runtime timer for
 /// every request costs more than the rest of the request path put together; instead one
 /// sweeper task per requester wakes eight times per timeout (at least every second, at most
@@ -99,6 +106,7 @@ struct Inner {
     queue: mpsc::Sender<(u64, Bytes)>,
     slot: SendSlot,
     pending: Pending,
+    idle: Arc<Idle>,
     next_id: std::sync::atomic::AtomicU64,
     stats: Arc<Stats>,
     stop: CancellationToken,
@@ -128,9 +136,11 @@ impl Requester {
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let slot: SendSlot = Arc::default();
+        let idle = Arc::new(Idle::default());
         tokio::spawn(sweep(
             options.timeout,
             pending.clone(),
+            idle.clone(),
             stats.clone(),
             stop.clone(),
         ));
@@ -149,6 +159,7 @@ impl Requester {
                 queue,
                 slot,
                 pending,
+                idle,
                 next_id: std::sync::atomic::AtomicU64::new(1),
                 stats,
                 stop,
@@ -218,6 +229,13 @@ impl Requester {
                 .lock()
                 .expect("pending lock")
                 .insert(id, Waiting { tx, born });
+            if inner
+                .idle
+                .sleeping
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                inner.idle.wake.notify_one();
+            }
             let sent =
                 tokio::time::timeout(inner.options.timeout, self.send(id, body.clone())).await;
             match sent {
@@ -288,19 +306,50 @@ impl Requester {
 
 /// Fails the requests that have waited their timeout, once per sweep period. Also clears
 /// the entries of callers that stopped waiting (their futures were dropped).
-async fn sweep(timeout: Duration, pending: Pending, stats: Arc<Stats>, stop: CancellationToken) {
+///
+/// After a whole timeout with nothing pending it sleeps until a request arrives (see
+/// [`Idle`]), so an idle requester costs no wake-ups, while a busy one pays nothing extra.
+async fn sweep(
+    timeout: Duration,
+    pending: Pending,
+    idle: Arc<Idle>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
     let mut ticks = tokio::time::interval(sweep_period(timeout));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut empty_ticks = 0u32;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = ticks.tick() => {}
         }
-        let expired: Vec<Waiting> = {
-            let mut map = pending.lock().expect("pending lock");
-            if map.is_empty() {
+        let empty = pending.lock().expect("pending lock").is_empty();
+        if empty {
+            empty_ticks += 1;
+            if empty_ticks < 8 {
                 continue;
             }
+            // Announce the sleep, then look again: a request inserted after this look sees
+            // the flag (the lock orders the two) and wakes the sweeper.
+            idle.sleeping
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let still_empty = pending.lock().expect("pending lock").is_empty();
+            if still_empty {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = idle.wake.notified() => {}
+                }
+            }
+            idle.sleeping
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            empty_ticks = 0;
+            ticks.reset();
+            continue;
+        }
+        empty_ticks = 0;
+        let expired: Vec<Waiting> = {
+            let mut map = pending.lock().expect("pending lock");
             // Read after taking the lock: no request in the map was born after `now`.
             let now = tokio::time::Instant::now();
             let old: Vec<u64> = map

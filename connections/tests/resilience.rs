@@ -521,6 +521,23 @@ async fn a_timeout_never_fires_before_its_time() {
                 "a {timeout:?} timeout took {took:?}"
             );
         }
+        // Idle for several timeouts (the sweeper goes to sleep), then a request must still
+        // time out on time: the request wakes it.
+        tokio::time::sleep(timeout * 4).await;
+        let t = Instant::now();
+        let err = tokio::time::timeout(
+            Duration::from_secs(5),
+            req.request::<_, Done>(&work(99, 0), WorkflowId::None),
+        )
+        .await
+        .expect("after an idle spell the request never timed out")
+        .unwrap_err();
+        let took = t.elapsed();
+        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+        assert!(
+            took >= timeout && took < timeout + Duration::from_millis(500),
+            "after an idle spell a {timeout:?} timeout took {took:?}"
+        );
     }
     replyer.shutdown().await;
 }
