@@ -32,59 +32,41 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 
 /// Everything the bridge is configured with.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// `[server]`.
-    #[serde(default)]
     pub server: ServerSettings,
     /// Plugins to load, by name, from those compiled into the binary.
-    #[serde(default)]
     pub load_plugins: Vec<String>,
     /// Built-in plugins to load (`echo`; `proxy` is accepted and means `enable_proxy`).
-    #[serde(default)]
     pub load_builtin_plugins: Vec<String>,
     /// `[plugins.<name>]`: each plugin's config, checked against its config model.
-    #[serde(default)]
     pub plugins: BTreeMap<String, Value>,
     /// `[auth]`.
-    #[serde(default)]
     pub auth: AuthSettings,
     /// `[bus]`: services on the bus published as routes.
-    #[serde(default)]
     pub bus: BusSettings,
 }
 
 /// `[server]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     /// Host to bind (127.0.0.1).
-    #[serde(default = "default_host")]
     pub host: String,
     /// Port to bind (8080; 0 picks a free one).
-    #[serde(default = "default_port")]
     pub port: u16,
     /// Turns the proxy for upstream OpenAPI services on (`[plugins.proxy]`).
-    #[serde(default)]
     pub enable_proxy: bool,
     /// Accepted for FrameX compatibility; there is no Ray here, so it must stay false.
-    #[serde(default)]
     pub use_ray: bool,
-}
-
-fn default_host() -> String {
-    "127.0.0.1".into()
-}
-
-fn default_port() -> u16 {
-    8080
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         ServerSettings {
-            host: default_host(),
-            port: default_port(),
+            host: "127.0.0.1".into(),
+            port: 8080,
             enable_proxy: false,
             use_ray: false,
         }
@@ -93,35 +75,26 @@ impl Default for ServerSettings {
 
 /// `[auth]`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// Exact path or `prefix/*` -> the keys accepted in `Authorization`.
-    #[serde(default)]
     pub rules: BTreeMap<String, Vec<String>>,
 }
 
 /// `[bus]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BusSettings {
     /// HTTP path -> a replyer to call.
-    #[serde(default)]
     pub routes: BTreeMap<String, BusRouteConfig>,
     /// HTTP path -> a publisher topic served as server-sent events.
-    #[serde(default)]
     pub streams: BTreeMap<String, BusStreamConfig>,
     /// HTTP path -> an in-state (full or delta) whose current value a GET answers.
-    #[serde(default)]
     pub states: BTreeMap<String, BusStateConfig>,
     /// Publish every `connections.out.<name>.requester` of addresses.json as
     /// `POST /api/v1/bus/<name>` and every `connections.in.<name>.subscriber` as
     /// `GET /api/v1/bus/<name>` (events) unless a configured route already names it.
-    #[serde(default = "yes")]
     pub auto_routes: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Default for BusSettings {
@@ -137,68 +110,50 @@ impl Default for BusSettings {
 
 /// One replyer published as a route.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BusRouteConfig {
     /// HTTP method (POST): the JSON body is the args. With GET the query parameters are.
-    #[serde(default)]
     pub method: Option<String>,
     /// The replyer's address (`host:port`, `tcp://...`).
-    #[serde(default)]
     pub requester: Option<String>,
     /// Or the name of an out-connection in addresses.json (`connections.out.<name>.requester`).
-    #[serde(default)]
     pub connection: Option<String>,
     /// Seconds to wait for the reply (10); past it the route answers 504.
-    #[serde(default)]
     pub timeout_s: Option<f64>,
     /// Extra attempts after a timeout (0).
-    #[serde(default)]
     pub retries: Option<u32>,
     /// A summary for the OpenAPI document.
-    #[serde(default)]
     pub description: Option<String>,
     /// OpenAPI tags (`["bus"]`).
-    #[serde(default)]
     pub tags: Option<Vec<String>>,
     /// Answer with the reply as is, without the envelope.
-    #[serde(default)]
     pub raw_response: bool,
     /// JSON Schema of the args (the request body), for the OpenAPI document.
-    #[serde(default)]
     pub args_schema: Option<Value>,
     /// JSON Schema of the reply.
-    #[serde(default)]
     pub return_schema: Option<Value>,
     /// A file with a Rust service's `describe` output: the schemas of
     /// `connections.in.<describe_connection>` are used when none are given above.
-    #[serde(default)]
     pub describe_file: Option<PathBuf>,
     /// Which in-connection of the described service this route reaches (`reply`).
-    #[serde(default)]
     pub describe_connection: Option<String>,
 }
 
 /// One publisher topic served as a stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BusStreamConfig {
     /// The publisher's address (or the bus proxy's subscriber side).
-    #[serde(default)]
     pub subscriber: Option<String>,
     /// Or the name of an in-connection in addresses.json (`connections.in.<name>.subscriber`).
-    #[serde(default)]
     pub connection: Option<String>,
     /// Only this topic (empty: everything).
-    #[serde(default)]
     pub topic: String,
     /// A summary for the OpenAPI document.
-    #[serde(default)]
     pub description: Option<String>,
     /// OpenAPI tags (`["bus"]`).
-    #[serde(default)]
     pub tags: Option<Vec<String>>,
     /// JSON Schema of a message's args.
-    #[serde(default)]
     pub args_schema: Option<Value>,
 }
 
