@@ -332,14 +332,19 @@ impl Drop for DropCancel {
     }
 }
 
+/// The view of an in-state before anything arrived: empty, number -1.
+fn empty_view() -> (watch::Sender<StateView>, watch::Receiver<StateView>) {
+    watch::channel(StateView {
+        state: Arc::default(),
+        current_num: -1,
+    })
+}
+
 impl FullUpdateIn {
     /// Subscribes to `subscriber`.
     pub async fn start(subscriber: &Address, options: &StateOptions) -> Result<Self> {
         let sub = Subscriber::start(subscriber, options.subscriber()).await?;
-        let (tx, view) = watch::channel(StateView {
-            state: Arc::default(),
-            current_num: -1,
-        });
+        let (tx, view) = empty_view();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         tokio::spawn(full_in_loop(sub, tx, stats.clone(), stop.clone()));
@@ -418,23 +423,10 @@ impl DeltaUpdateIn {
                 ..Default::default()
             },
         )?;
-        let (tx, view) = watch::channel(StateView {
-            state: Arc::default(),
-            current_num: -1,
-        });
+        let (tx, view) = empty_view();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
-        let follower = Follower {
-            tx,
-            stats: stats.clone(),
-            buffered: VecDeque::new(),
-            state: StateMap::new(),
-            num: -1,
-            source: None,
-            dirty: false,
-            published: tokio::time::Instant::now(),
-            copy_cost: Duration::ZERO,
-        };
+        let follower = Follower::new(tx, stats.clone());
         tokio::spawn(follower.run(sub, req, stop.clone()));
         Ok(DeltaUpdateIn {
             view,
@@ -485,6 +477,21 @@ const VIEW_COPY_FACTOR: u32 = 4;
 const MAX_VIEW_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Follower {
+    /// An empty follower, before its first snapshot.
+    fn new(tx: watch::Sender<StateView>, stats: Arc<Stats>) -> Follower {
+        Follower {
+            tx,
+            stats,
+            buffered: VecDeque::new(),
+            state: StateMap::new(),
+            num: -1,
+            source: None,
+            dirty: false,
+            published: tokio::time::Instant::now(),
+            copy_cost: Duration::ZERO,
+        }
+    }
+
     async fn run(mut self, mut sub: Subscriber, req: Requester, stop: CancellationToken) {
         let (snap_tx, mut snap_rx) = mpsc::channel::<SnapshotReply>(1);
         // Ask at once: a late joiner converges without waiting for the next change.
@@ -763,20 +770,7 @@ mod tests {
 
     fn follower() -> (Follower, watch::Receiver<StateView>) {
         let (tx, rx) = watch::channel(StateView::default());
-        (
-            Follower {
-                tx,
-                stats: Arc::default(),
-                buffered: VecDeque::new(),
-                state: StateMap::new(),
-                num: -1,
-                source: None,
-                dirty: false,
-                published: tokio::time::Instant::now(),
-                copy_cost: Duration::ZERO,
-            },
-            rx,
-        )
+        (Follower::new(tx, Arc::default()), rx)
     }
 
     impl Follower {
