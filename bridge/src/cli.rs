@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use service_framework::cli::ArgWalker;
+use service_framework::cli::{log_flag, ArgWalker};
 use service_framework::logging::{self, LogOptions};
 use service_framework::AddressesFile;
 
@@ -59,13 +59,7 @@ pub struct Args {
     /// `-c`.
     pub config: Option<PathBuf>,
     /// `-cl`, `-f`, `-l`, `-bc`.
-    pub console_level: Option<String>,
-    /// `-f`.
-    pub file_level: Option<String>,
-    /// `-l`.
-    pub log_path: Option<PathBuf>,
-    /// `-bc`.
-    pub backup_count: Option<usize>,
+    pub log: LogOptions,
     /// `-h`.
     pub help: bool,
     /// `--version`.
@@ -85,6 +79,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
     }
     let mut words = ArgWalker::new(args, start);
     while let Some((flag, _raw)) = words.next_word() {
+        if log_flag(&mut out.log, &flag, &mut words).map_err(Error::Config)? {
+            continue;
+        }
         let mut value = |name: &str| words.value(name).map_err(Error::Config);
         match flag.as_str() {
             "--host" => out.overrides.host = Some(value(&flag)?),
@@ -103,15 +100,6 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
             }
             "-a" | "--addresses_path" => out.addresses = Some(value(&flag)?.into()),
             "-c" | "--config_path" => out.config = Some(value(&flag)?.into()),
-            "-cl" | "--console_loglevel" => out.console_level = Some(value(&flag)?),
-            "-f" | "--file_loglevel" => out.file_level = Some(value(&flag)?),
-            "-l" | "--log_path" => out.log_path = Some(value(&flag)?.into()),
-            "-bc" | "--backup_count" => {
-                let v = value(&flag)?;
-                out.backup_count = Some(v.parse().map_err(|_| {
-                    Error::Config(format!("{flag} needs a whole number, got {v:?}"))
-                })?);
-            }
             // Accepted for the service-framework command line; a bridge has no main mode and
             // never polls.
             "-m" | "--main_mode" => {}
@@ -161,14 +149,7 @@ pub fn main(plugins: Vec<Plugin>) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let defaults = LogOptions::default();
-    let log = LogOptions {
-        console_level: args.console_level.clone().unwrap_or(defaults.console_level),
-        file_level: args.file_level.clone().unwrap_or(defaults.file_level),
-        log_path: args.log_path.clone(),
-        backup_count: args.backup_count.unwrap_or(defaults.backup_count),
-    };
-    let _guard = match logging::init(&log) {
+    let _guard = match logging::init(&args.log) {
         Ok(g) => g,
         Err(e) => return fail(&Error::Config(e.to_string())),
     };
@@ -273,7 +254,7 @@ mod tests {
         assert_eq!(a.overrides.load_plugins, vec!["a", "b"]);
         assert_eq!(a.overrides.enable_proxy, Some(true));
         assert_eq!(a.addresses, Some("x.json".into()));
-        assert_eq!(a.console_level.as_deref(), Some("DEBUG"));
+        assert_eq!(a.log.console_level, "DEBUG");
         assert_eq!(
             p(&["--no-enable-proxy"]).unwrap().overrides.enable_proxy,
             Some(false)

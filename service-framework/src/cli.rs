@@ -47,7 +47,7 @@ pub struct CliArgs {
     /// `-m`.
     pub main_mode: bool,
     /// `-cl`, `-f`, `-l`, `-bc`.
-    pub log: LogArgs,
+    pub log: LogOptions,
     /// `-wt` (accepted for compatibility).
     pub min_wait_s: Option<f64>,
     /// `-h`.
@@ -60,29 +60,27 @@ pub struct CliArgs {
     pub extras: Vec<String>,
 }
 
-/// The logging flags.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogArgs {
-    /// `-cl`.
-    pub console_level: String,
-    /// `-f`.
-    pub file_level: String,
-    /// `-l`.
-    pub log_path: Option<PathBuf>,
-    /// `-bc`.
-    pub backup_count: usize,
-}
-
-impl Default for LogArgs {
-    fn default() -> Self {
-        let d = LogOptions::default();
-        LogArgs {
-            console_level: d.console_level,
-            file_level: d.file_level,
-            log_path: d.log_path,
-            backup_count: d.backup_count,
+/// Reads one of the logging flags (`-cl`, `-f`, `-l`, `-bc`) into `log`, taking its value
+/// from `words`; `Ok(false)` for any other flag. Both command lines (services and the bridge)
+/// take these flags through here.
+pub fn log_flag(
+    log: &mut LogOptions,
+    flag: &str,
+    words: &mut ArgWalker,
+) -> std::result::Result<bool, String> {
+    match flag {
+        "-cl" | "--console_loglevel" => log.console_level = words.value(flag)?,
+        "-f" | "--file_loglevel" => log.file_level = words.value(flag)?,
+        "-l" | "--log_path" => log.log_path = Some(words.value(flag)?.into()),
+        "-bc" | "--backup_count" => {
+            let v = words.value(flag)?;
+            log.backup_count = v
+                .parse()
+                .map_err(|_| format!("{flag} needs a whole number, got {v:?}"))?;
         }
+        _ => return Ok(false),
     }
+    Ok(true)
 }
 
 /// The usage text.
@@ -183,21 +181,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<CliArgs> {
     }
     let mut words = ArgWalker::new(args, start);
     while let Some((flag, raw)) = words.next_word() {
+        if log_flag(&mut out.log, &flag, &mut words).map_err(Error::Other)? {
+            continue;
+        }
         let mut value = |name: &str| words.value(name).map_err(Error::Other);
         match flag.as_str() {
             "-s" | "--service_path" => out.service = Some(value(&flag)?),
             "-a" | "--addresses_path" => out.addresses = Some(value(&flag)?.into()),
             "-c" | "--config_path" => out.config = Some(value(&flag)?.into()),
             "-m" | "--main_mode" => out.main_mode = true,
-            "-cl" | "--console_loglevel" => out.log.console_level = value(&flag)?,
-            "-f" | "--file_loglevel" => out.log.file_level = value(&flag)?,
-            "-l" | "--log_path" => out.log.log_path = Some(value(&flag)?.into()),
-            "-bc" | "--backup_count" => {
-                let v = value(&flag)?;
-                out.log.backup_count = v
-                    .parse()
-                    .map_err(|_| Error::Other(format!("{flag} needs a whole number, got {v:?}")))?;
-            }
             "-wt" | "--service_loop_min_wait_time_s" => {
                 let v = value(&flag)?;
                 out.min_wait_s = Some(
@@ -299,13 +291,7 @@ pub fn main(def: ServiceDef) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let log = LogOptions {
-        console_level: args.log.console_level.clone(),
-        file_level: args.log.file_level.clone(),
-        log_path: args.log.log_path.clone(),
-        backup_count: args.log.backup_count,
-    };
-    let _guard = match logging::init(&log) {
+    let _guard = match logging::init(&args.log) {
         Ok(g) => g,
         Err(e) => return fail(&e),
     };

@@ -25,7 +25,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::error::{Error, Result};
 
 /// Logging settings (the CLI's `-cl`, `-f`, `-l`, `-bc`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogOptions {
     /// Console level (default INFO).
     pub console_level: String,

@@ -126,13 +126,7 @@ fn exec_service(name: &str, argv: Vec<OsString>) -> ExitCode {
 }
 
 fn run_bus(args: &CliArgs) -> ExitCode {
-    let log = service_framework::logging::LogOptions {
-        console_level: args.log.console_level.clone(),
-        file_level: args.log.file_level.clone(),
-        log_path: args.log.log_path.clone(),
-        backup_count: args.log.backup_count,
-    };
-    let _guard = match service_framework::logging::init(&log) {
+    let _guard = match service_framework::logging::init(&args.log) {
         Ok(g) => g,
         Err(e) => return cli::fail(&e),
     };
