@@ -21,31 +21,12 @@ fn pump<R: Read + Send + 'static>(r: R, tx: Sender<String>) {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
-            if tx.send(strip_ansi(&line)).is_err() {
+            // Plain text: the framework colours its logs only on a terminal, never on a pipe.
+            if tx.send(line).is_err() {
                 return;
             }
         }
     });
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
 }
 
 impl Proc {
