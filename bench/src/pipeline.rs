@@ -17,7 +17,7 @@ use sf_connections::{Address, PipelineOptions, Puller, Pusher};
 use zeromq::{PullSocket, PushSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::report::{PatternReport, Row, Target};
-use crate::util::{block_on, count, count_until, median_run, payload, rate, Flavor};
+use crate::util::{block_on, count, count_until, median_run, payload, Flavor};
 use crate::Config;
 
 /// Payload bytes per message.
@@ -95,10 +95,7 @@ pub async fn framework(n: u64, pushers: u64, quiet: Duration) -> anyhow::Result<
     Ok(Through {
         sent: n,
         received: counted.received,
-        per_s: rate(
-            counted.received,
-            counted.last.map_or(start.elapsed(), |l| l - start),
-        ),
+        per_s: counted.per_s(start, start.elapsed()),
     })
 }
 
@@ -165,10 +162,7 @@ pub async fn raw(n: u64, quiet: Duration, codec: bool) -> anyhow::Result<Through
     Ok(Through {
         sent: n,
         received: counted.received,
-        per_s: rate(
-            counted.received,
-            counted.last.map_or(start.elapsed(), |l| l - start),
-        ),
+        per_s: counted.per_s(start, start.elapsed()),
     })
 }
 
@@ -254,10 +248,7 @@ pub async fn one_hop(
     Ok(Through {
         sent: n,
         received: counted.received,
-        per_s: rate(
-            counted.received,
-            counted.last.map_or(start.elapsed(), |l| l - start),
-        ),
+        per_s: counted.per_s(start, start.elapsed()),
     })
 }
 

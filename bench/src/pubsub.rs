@@ -110,10 +110,7 @@ pub async fn framework(n: u64, credit: Option<u64>, quiet: Duration) -> anyhow::
     Ok(Delivered {
         sent: n,
         received: counted.received,
-        per_s: rate(
-            counted.received,
-            counted.last.map_or(published, |l| l - start),
-        ),
+        per_s: counted.per_s(start, published),
         publish_per_s: rate(n, published),
         lost_counter: Some(stats.get(Counter::Lost) - lost_before),
     })
@@ -213,10 +210,7 @@ pub async fn raw(n: u64, quiet: Duration, x_pub: bool, x_sub: bool) -> anyhow::R
     Ok(Delivered {
         sent: n,
         received: counted.received,
-        per_s: rate(
-            counted.received,
-            counted.last.map_or(published, |l| l - start),
-        ),
+        per_s: counted.per_s(start, published),
         publish_per_s: rate(n, published),
         lost_counter: None,
     })
@@ -292,10 +286,7 @@ pub async fn raw_credit(n: u64, window: u64, quiet: Duration) -> anyhow::Result<
     Ok(Delivered {
         sent: n,
         received: counted.received,
-        per_s: rate(
-            counted.received,
-            counted.last.map_or(published, |l| l - start),
-        ),
+        per_s: counted.per_s(start, published),
         publish_per_s: rate(n, published),
         lost_counter: None,
     })

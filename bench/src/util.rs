@@ -106,6 +106,14 @@ pub struct Counted {
     pub last: Option<Instant>,
 }
 
+impl Counted {
+    /// Messages per second from `start` to the last receipt (to `start + otherwise` if none
+    /// arrived).
+    pub fn per_s(&self, start: Instant, otherwise: Duration) -> f64 {
+        rate(self.received, self.last.map_or(otherwise, |l| l - start))
+    }
+}
+
 /// Something a counting consumer reads messages from.
 pub trait Inbox {
     /// The next message; false once the stream has ended.
