@@ -45,6 +45,43 @@ fn connecter(send_timeout: Duration) -> PipelineOptions {
     }
 }
 
+/// Pushes `job(phase, 0, attempt)` for attempt 0, 1, ... until one goes through (each may
+/// time out while `puller` connects; failing to within `limit` fails the test), then checks
+/// that `puller` gets that one push and nothing else: no push that timed out arrives later.
+/// Returns the number of the push that went through.
+async fn push_until_one_arrives(
+    pusher: &Pusher,
+    puller: &mut Puller,
+    phase: &str,
+    limit: Duration,
+    why: &str,
+) -> u64 {
+    let mut attempt = 0;
+    let start = Instant::now();
+    loop {
+        match pusher.push(&job(phase, 0, attempt), WorkflowId::None).await {
+            Ok(()) => break,
+            Err(Error::Timeout(_)) => {
+                assert!(start.elapsed() < limit, "puller never connected")
+            }
+            Err(e) => panic!("{e}"),
+        }
+        attempt += 1;
+    }
+    let first = tokio::time::timeout(Duration::from_secs(3), puller.next::<Job>())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.args, job(phase, 0, attempt), "{why}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), puller.next::<Job>())
+            .await
+            .is_err()
+    );
+    attempt
+}
+
 /// Moves every job each puller receives onto one channel, tagged with the puller's index.
 fn drain_into(
     pullers: Vec<Puller>,
@@ -186,37 +223,14 @@ async fn a_pusher_with_no_puller_times_out_instead_of_dropping() {
     let mut puller = Puller::start(&Address::from(pusher.endpoint()), connecter(timeout))
         .await
         .unwrap();
-    let mut attempt = 0;
-    let start = Instant::now();
-    loop {
-        match pusher
-            .push(&job("after", 0, attempt), WorkflowId::None)
-            .await
-        {
-            Ok(()) => break,
-            Err(Error::Timeout(_)) => assert!(
-                start.elapsed() < Duration::from_secs(3),
-                "puller never connected"
-            ),
-            Err(e) => panic!("{e}"),
-        }
-        attempt += 1;
-    }
-    let first = tokio::time::timeout(Duration::from_secs(3), puller.next::<Job>())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        first.args,
-        job("after", 0, attempt),
-        "only the push that succeeded is delivered"
-    );
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), puller.next::<Job>())
-            .await
-            .is_err()
-    );
+    let attempt = push_until_one_arrives(
+        &pusher,
+        &mut puller,
+        "after",
+        Duration::from_secs(3),
+        "only the push that succeeded is delivered",
+    )
+    .await;
     assert_eq!(
         pusher.stats().get(Counter::Dropped),
         1 + attempt,
@@ -247,36 +261,14 @@ async fn a_push_that_timed_out_is_not_delivered_when_a_puller_turns_up() {
     let mut puller = Puller::start(&Address::from(format!("127.0.0.1:{port}")), binder(timeout))
         .await
         .unwrap();
-    let mut attempt = 0;
-    let start = Instant::now();
-    loop {
-        match pusher
-            .push(&job("real", 0, attempt), WorkflowId::None)
-            .await
-        {
-            Ok(()) => break,
-            Err(Error::Timeout(_)) => {
-                assert!(start.elapsed() < Duration::from_secs(5), "never connected")
-            }
-            Err(e) => panic!("{e}"),
-        }
-        attempt += 1;
-    }
-    let first = tokio::time::timeout(Duration::from_secs(3), puller.next::<Job>())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        first.args,
-        job("real", 0, attempt),
-        "a push whose caller got a timeout was delivered later"
-    );
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), puller.next::<Job>())
-            .await
-            .is_err()
-    );
+    let attempt = push_until_one_arrives(
+        &pusher,
+        &mut puller,
+        "real",
+        Duration::from_secs(5),
+        "a push whose caller got a timeout was delivered later",
+    )
+    .await;
     assert_eq!(pusher.stats().get(Counter::Sent), 1);
     assert_eq!(pusher.stats().get(Counter::Dropped), 1 + attempt);
 }
