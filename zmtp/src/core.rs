@@ -1,0 +1,524 @@
+//! The state one socket shares between its handle and its connections: the peers, each with
+//! its own bounded send queue, the inbox all peers feed, subscriptions, and the routing rules
+//! of each socket kind (RFC 28, 29, 30).
+//!
+//! Every queue is bounded. A send that may drop (PUB, XPUB, ROUTER) never waits; one that must
+//! not (DEALER, PUSH, subscriptions) waits for room on *some* peer, never on one in particular,
+//! so one slow peer costs only its own queue.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::select_all;
+use futures::FutureExt;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::error::{Error, Result};
+use crate::handshake::{Mechanism, PeerInfo};
+use crate::message::Message;
+use crate::monitor::{Counters, Event, PeerId, RateLimit};
+use crate::options::{SocketOptions, SocketType};
+use crate::wire::Command;
+
+/// What a peer's writer sends: a message, or an encoded command body (a 3.1 subscription).
+#[derive(Debug)]
+pub(crate) enum Out {
+    Msg(Message),
+    Cmd(Bytes),
+}
+
+/// A multiset of topic prefixes.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Subscriptions {
+    list: Vec<(Bytes, usize)>,
+}
+
+impl Subscriptions {
+    /// Adds one; true if the topic is new.
+    pub(crate) fn add(&mut self, topic: &[u8]) -> bool {
+        if let Some(e) = self.list.iter_mut().find(|(t, _)| t[..] == *topic) {
+            e.1 += 1;
+            false
+        } else {
+            self.list.push((Bytes::copy_from_slice(topic), 1));
+            true
+        }
+    }
+
+    /// Removes one; true if that was the last of the topic. False if it was not there.
+    pub(crate) fn remove(&mut self, topic: &[u8]) -> bool {
+        if let Some(i) = self.list.iter().position(|(t, _)| t[..] == *topic) {
+            self.list[i].1 -= 1;
+            if self.list[i].1 == 0 {
+                self.list.swap_remove(i);
+                return true;
+            }
+        }
+        false
+    }
+
+    pub(crate) fn contains(&self, topic: &[u8]) -> bool {
+        self.list.iter().any(|(t, _)| t[..] == *topic)
+    }
+
+    /// Whether a message whose first frame is `first` matches a prefix.
+    pub(crate) fn matches(&self, first: &[u8]) -> bool {
+        self.list.iter().any(|(t, _)| first.starts_with(t))
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&Bytes, usize)> {
+        self.list.iter().map(|(t, n)| (t, *n))
+    }
+}
+
+/// A subscription as a 3.0 message: `0x01` (or `0x00` to cancel) then the prefix.
+pub(crate) fn subscription_message(subscribe: bool, topic: &[u8]) -> Message {
+    let mut b = BytesMut::with_capacity(topic.len() + 1);
+    b.put_u8(u8::from(subscribe));
+    b.put_slice(topic);
+    Message::single(b.freeze())
+}
+
+/// A subscription rendered for one peer: a command for 3.1 peers, a message for 3.0 ones.
+fn render_subscription(v31: bool, subscribe: bool, topic: &[u8]) -> Out {
+    if v31 {
+        let topic = Bytes::copy_from_slice(topic);
+        let c = if subscribe {
+            Command::Subscribe(topic)
+        } else {
+            Command::Cancel(topic)
+        };
+        Out::Cmd(c.encode().freeze())
+    } else {
+        Out::Msg(subscription_message(subscribe, topic))
+    }
+}
+
+/// Splits a subscription message (`0x01 topic` / `0x00 topic`).
+pub(crate) fn parse_subscription(msg: &Message) -> Option<(bool, &[u8])> {
+    if msg.len() != 1 {
+        return None;
+    }
+    let f = msg.first()?;
+    match f.first() {
+        Some(1) => Some((true, &f[1..])),
+        Some(0) => Some((false, &f[1..])),
+        _ => None,
+    }
+}
+
+pub(crate) struct Peer {
+    pub identity: Bytes,
+    pub tx: mpsc::Sender<Out>,
+    pub kick: CancellationToken,
+    pub v31: bool,
+    /// What this peer subscribed to (PUB, XPUB).
+    pub subs: Subscriptions,
+}
+
+#[derive(Default)]
+struct State {
+    peers: HashMap<PeerId, Peer>,
+    /// Peers in the order they came, for round-robin.
+    order: Vec<PeerId>,
+    rr: usize,
+    by_identity: HashMap<Bytes, PeerId>,
+    /// Our own subscriptions (SUB, XSUB): sent to every new peer, and the receive filter.
+    own: Subscriptions,
+    /// Subscribers per topic over all peers (XPUB), to pass each topic up once.
+    xpub_counts: HashMap<Bytes, usize>,
+    next_routing_id: u32,
+}
+
+/// What a session gets when its peer is registered.
+pub(crate) struct Registration {
+    pub id: PeerId,
+    pub identity: Bytes,
+    pub rx: mpsc::Receiver<Out>,
+    pub kick: CancellationToken,
+    /// Sent before anything else (our subscriptions, for SUB and XSUB).
+    pub initial: Vec<Out>,
+}
+
+pub(crate) struct Core {
+    pub kind: SocketType,
+    pub options: SocketOptions,
+    pub mechanism: Mechanism,
+    state: Mutex<State>,
+    pub inbox: mpsc::Sender<Message>,
+    pub peers_changed: Notify,
+    pub stop: CancellationToken,
+    pub tasks: TaskTracker,
+    pub counters: Counters,
+    monitors: Mutex<Vec<mpsc::Sender<Event>>>,
+    next_peer: AtomicU64,
+    pub warn: RateLimit,
+    /// Permits for accepted connections (the connection limit).
+    pub conn_limit: Arc<tokio::sync::Semaphore>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core").field("kind", &self.kind).finish()
+    }
+}
+
+impl Core {
+    pub(crate) fn new(
+        kind: SocketType,
+        options: SocketOptions,
+    ) -> (Arc<Core>, mpsc::Receiver<Message>) {
+        let (inbox, rx) = mpsc::channel(options.recv_hwm.max(1));
+        let conn_limit = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
+        let core = Core {
+            kind,
+            options,
+            mechanism: Mechanism::Null,
+            state: Mutex::default(),
+            inbox,
+            peers_changed: Notify::new(),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            counters: Counters::default(),
+            monitors: Mutex::default(),
+            next_peer: AtomicU64::new(1),
+            warn: RateLimit::new(10, std::time::Duration::from_secs(10)),
+            conn_limit,
+        };
+        (Arc::new(core), rx)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("socket state lock")
+    }
+
+    pub(crate) fn monitor(&self, capacity: usize) -> mpsc::Receiver<Event> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.monitors.lock().expect("monitor lock").push(tx);
+        rx
+    }
+
+    pub(crate) fn emit(&self, ev: Event) {
+        let mut mons = self.monitors.lock().expect("monitor lock");
+        mons.retain(|m| !m.is_closed());
+        for m in mons.iter() {
+            if m.try_send(ev.clone()).is_err() {
+                Counters::bump(&self.counters.events_missed);
+            }
+        }
+    }
+
+    pub(crate) fn peer_count(&self) -> usize {
+        self.state().peers.len()
+    }
+
+    /// Adds a peer that finished its handshake.
+    pub(crate) fn register(&self, info: &PeerInfo) -> Registration {
+        let id = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel(self.options.send_hwm.max(1));
+        let kick = self.stop.child_token();
+        let v31 = info.greeting.is_31();
+        let mut st = self.state();
+        let identity = if self.kind == SocketType::Router {
+            if info.identity.is_empty() {
+                st.next_routing_id = st.next_routing_id.wrapping_add(1);
+                let mut b = BytesMut::with_capacity(5);
+                b.put_u8(0);
+                b.put_u32(st.next_routing_id);
+                b.freeze()
+            } else {
+                // Handover: a peer that reconnects with its id takes over at once, instead of
+                // being refused until the old connection's heartbeat runs out.
+                if let Some(old) = st.by_identity.get(&info.identity).copied() {
+                    if let Some(p) = st.peers.get(&old) {
+                        p.kick.cancel();
+                    }
+                }
+                info.identity.clone()
+            }
+        } else {
+            info.identity.clone()
+        };
+        if self.kind == SocketType::Router {
+            st.by_identity.insert(identity.clone(), id);
+        }
+        let mut initial = Vec::new();
+        if matches!(self.kind, SocketType::Sub | SocketType::XSub) {
+            for (topic, n) in st.own.entries() {
+                for _ in 0..n {
+                    initial.push(render_subscription(v31, true, topic));
+                }
+            }
+        }
+        st.peers.insert(
+            id,
+            Peer {
+                identity: identity.clone(),
+                tx,
+                kick: kick.clone(),
+                v31,
+                subs: Subscriptions::default(),
+            },
+        );
+        st.order.push(id);
+        drop(st);
+        self.peers_changed.notify_waiters();
+        Registration {
+            id,
+            identity,
+            rx,
+            kick,
+            initial,
+        }
+    }
+
+    /// Removes a peer whose session ended. For XPUB, the topics nobody subscribes to any more
+    /// are passed up as cancels.
+    pub(crate) async fn unregister(&self, id: PeerId) {
+        let cancels = {
+            let mut st = self.state();
+            let Some(peer) = st.peers.remove(&id) else {
+                return;
+            };
+            st.order.retain(|p| *p != id);
+            if st.by_identity.get(&peer.identity) == Some(&id) {
+                st.by_identity.remove(&peer.identity);
+            }
+            let mut cancels = Vec::new();
+            if self.kind == SocketType::XPub {
+                for (topic, n) in peer.subs.entries() {
+                    if let Some(c) = st.xpub_counts.get_mut(topic) {
+                        *c = c.saturating_sub(n);
+                        if *c == 0 {
+                            st.xpub_counts.remove(topic);
+                            cancels.push(subscription_message(false, topic));
+                        }
+                    }
+                }
+            }
+            cancels
+        };
+        self.peers_changed.notify_waiters();
+        for c in cancels {
+            let _ = self.inbox.send(c).await;
+        }
+    }
+
+    /// Handles a message from a peer. `Some` goes to the inbox.
+    pub(crate) fn inbound(
+        &self,
+        peer: PeerId,
+        identity: &Bytes,
+        mut msg: Message,
+    ) -> Option<Message> {
+        match self.kind {
+            SocketType::Router => {
+                msg.push_front(identity.clone());
+                Some(msg)
+            }
+            SocketType::Dealer
+            | SocketType::Pull
+            | SocketType::Pair
+            | SocketType::Rep
+            | SocketType::Req => Some(msg),
+            SocketType::Sub | SocketType::XSub => {
+                let first = msg.first().map(|f| &f[..]).unwrap_or(&[]);
+                self.state().own.matches(first).then_some(msg)
+            }
+            SocketType::Pub | SocketType::XPub => match parse_subscription(&msg) {
+                Some((sub, topic)) => self.subscription(peer, sub, topic),
+                // XPUB hands other upstream messages to its reader, as libzmq does.
+                None if self.kind == SocketType::XPub => Some(msg),
+                None => None,
+            },
+            SocketType::Push => None,
+        }
+    }
+
+    /// A peer subscribed or cancelled (as a message or a command). For XPUB, returns the
+    /// message to pass up when the topic's first subscriber came or its last one left.
+    pub(crate) fn subscription(
+        &self,
+        peer: PeerId,
+        subscribe: bool,
+        topic: &[u8],
+    ) -> Option<Message> {
+        if !matches!(self.kind, SocketType::Pub | SocketType::XPub) {
+            return None;
+        }
+        let mut st = self.state();
+        let p = st.peers.get_mut(&peer)?;
+        let changed = if subscribe {
+            p.subs.add(topic);
+            true
+        } else {
+            let had = p.subs.contains(topic);
+            p.subs.remove(topic);
+            had
+        };
+        if !changed || self.kind != SocketType::XPub {
+            return None;
+        }
+        if subscribe {
+            let c = st
+                .xpub_counts
+                .entry(Bytes::copy_from_slice(topic))
+                .or_insert(0);
+            *c += 1;
+            (*c == 1).then(|| subscription_message(true, topic))
+        } else {
+            let c = st.xpub_counts.get_mut(topic)?;
+            *c -= 1;
+            if *c == 0 {
+                st.xpub_counts.remove(topic);
+                Some(subscription_message(false, topic))
+            } else {
+                None
+            }
+        }
+    }
+
+    /// PUB and XPUB: to every peer whose subscriptions match; a full peer misses it (counted).
+    pub(crate) fn send_fanout(&self, msg: Message) {
+        let st = self.state();
+        let first = msg.first().map(|f| &f[..]).unwrap_or(&[]);
+        for p in st.peers.values() {
+            if p.subs.matches(first) && p.tx.try_send(Out::Msg(msg.clone())).is_err() {
+                Counters::bump(&self.counters.dropped);
+            }
+        }
+    }
+
+    /// ROUTER: to the peer the first frame names. Never waits.
+    pub(crate) fn send_routed(&self, mut msg: Message) -> Result<()> {
+        let id = msg.pop_front().ok_or(Error::InvalidMessage(
+            "a ROUTER message needs a routing id frame",
+        ))?;
+        if msg.is_empty() {
+            return Err(Error::InvalidMessage(
+                "a ROUTER message needs a body after the routing id",
+            ));
+        }
+        let st = self.state();
+        let peer = st
+            .by_identity
+            .get(&id)
+            .and_then(|p| st.peers.get(p))
+            .ok_or(Error::Unroutable)?;
+        match peer.tx.try_send(Out::Msg(msg)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Counters::bump(&self.counters.dropped);
+                Err(Error::Full(self.options.send_hwm))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Unroutable),
+        }
+    }
+
+    /// DEALER and PUSH: to the next peer in turn that has room; waits while none has (or no
+    /// peer is connected), so back-pressure reaches the caller.
+    pub(crate) async fn send_balanced(&self, msg: Message) -> Result<()> {
+        let mut msg = msg;
+        loop {
+            if self.stop.is_cancelled() {
+                return Err(Error::Closed);
+            }
+            let changed = self.peers_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let senders: Vec<mpsc::Sender<Out>> = {
+                let mut st = self.state();
+                let n = st.order.len();
+                let mut out = Out::Msg(msg);
+                for i in 0..n {
+                    let idx = (st.rr + i) % n;
+                    let id = st.order[idx];
+                    let Some(p) = st.peers.get(&id) else { continue };
+                    match p.tx.try_send(out) {
+                        Ok(()) => {
+                            st.rr = (idx + 1) % n;
+                            return Ok(());
+                        }
+                        Err(mpsc::error::TrySendError::Full(o))
+                        | Err(mpsc::error::TrySendError::Closed(o)) => out = o,
+                    }
+                }
+                let Out::Msg(m) = out else {
+                    unreachable!("only messages are balanced")
+                };
+                msg = m;
+                st.order
+                    .iter()
+                    .filter_map(|id| st.peers.get(id).map(|p| p.tx.clone()))
+                    .collect()
+            };
+            if senders.is_empty() {
+                tokio::select! {
+                    _ = &mut changed => continue,
+                    _ = self.stop.cancelled() => return Err(Error::Closed),
+                }
+            }
+            // Every peer is full: wait for room on any of them, or for the set to change.
+            let room = select_all(senders.into_iter().map(|s| s.reserve_owned().boxed()));
+            tokio::select! {
+                (permit, _, _) = room => {
+                    if let Ok(permit) = permit {
+                        permit.send(Out::Msg(msg));
+                        return Ok(());
+                    }
+                }
+                _ = &mut changed => {}
+                _ = self.stop.cancelled() => return Err(Error::Closed),
+            }
+        }
+    }
+
+    /// To every peer, waiting for room on each (subscriptions must not be lost).
+    async fn send_all(&self, make: impl Fn(bool) -> Out) {
+        let senders: Vec<(mpsc::Sender<Out>, bool)> = {
+            let st = self.state();
+            st.order
+                .iter()
+                .filter_map(|id| st.peers.get(id).map(|p| (p.tx.clone(), p.v31)))
+                .collect()
+        };
+        for (tx, v31) in senders {
+            let _ = tx.send(make(v31)).await;
+        }
+    }
+
+    /// SUB and XSUB: adds or removes one of our subscriptions and tells every peer.
+    pub(crate) async fn set_subscription(&self, subscribe: bool, topic: &[u8]) {
+        // Updated under the lock that `register` takes: a peer arriving now gets the topic
+        // either in its initial set or from the send below, never both, never neither.
+        let senders: Vec<(mpsc::Sender<Out>, bool)> = {
+            let mut st = self.state();
+            if subscribe {
+                st.own.add(topic);
+            } else if st.own.contains(topic) {
+                st.own.remove(topic);
+            } else {
+                return;
+            }
+            st.order
+                .iter()
+                .filter_map(|id| st.peers.get(id).map(|p| (p.tx.clone(), p.v31)))
+                .collect()
+        };
+        for (tx, v31) in senders {
+            let _ = tx.send(render_subscription(v31, subscribe, topic)).await;
+        }
+    }
+
+    /// XSUB: a subscription message updates ours; anything else goes to every peer.
+    pub(crate) async fn send_upstream(&self, msg: Message) {
+        match parse_subscription(&msg) {
+            Some((sub, topic)) => self.set_subscription(sub, topic).await,
+            None => self.send_all(|_| Out::Msg(msg.clone())).await,
+        }
+    }
+}

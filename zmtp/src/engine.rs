@@ -1,0 +1,507 @@
+//! One connection's life after the socket has it: the handshake under its deadline, then a
+//! reader (this task) and a writer (its own task) until either side ends it.
+//!
+//! The reader decodes frames into messages and feeds the socket's inbox, answers PINGs, applies
+//! subscriptions and drops the peer when it goes silent past the heartbeat timeout. The writer
+//! drains the peer's bounded queue in batches into one buffer per write (bodies of 16 KiB and
+//! more go out as they are, without a copy), sends PINGs, and on close flushes what is queued
+//! up to the linger deadline.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{Core, Out};
+use crate::error::{Error, Result};
+use crate::handshake::{handshake, Local, PeerInfo};
+use crate::message::Message;
+use crate::monitor::{escape, Counters, Event, PeerId};
+use crate::transport::Stream;
+use crate::wire::frame::{header_len, put_header, COMMAND, MORE};
+use crate::wire::{Command, Frame, FrameDecoder, FrameError};
+
+/// Bodies this large are written straight from the message instead of through the buffer.
+const DIRECT_WRITE: usize = 16 << 10;
+/// The write buffer is flushed once it holds this much.
+const FLUSH_AT: usize = 64 << 10;
+/// Reads ask for at least this much room.
+const READ_CHUNK: usize = 16 << 10;
+/// And at most this much ahead of what a frame header declared.
+const READ_AHEAD_MAX: usize = 1 << 20;
+
+/// Where a connection came from, for events and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Accepted,
+    Connected,
+}
+
+/// How a session ended after its handshake.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// The socket is closing.
+    Closing,
+    /// The connection ended; the reason.
+    Lost(Error),
+}
+
+/// Runs one connection to its end. `Err` if the handshake failed.
+pub(crate) async fn run(
+    core: Arc<Core>,
+    mut stream: Stream,
+    addr: String,
+    origin: Origin,
+) -> Result<Ended> {
+    let identity = core.options.identity.clone().unwrap_or_default();
+    let local = Local {
+        kind: core.kind,
+        identity: &identity,
+        mechanism: &core.mechanism,
+    };
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let deadline = core.options.handshake_timeout;
+    let shook = tokio::select! {
+        r = tokio::time::timeout(deadline, handshake(&mut stream, &mut buf, &local, core.options.limits)) => {
+            r.unwrap_or(Err(Error::HandshakeTimeout(deadline)))
+        }
+        _ = core.stop.cancelled() => return Ok(Ended::Closing),
+    };
+    let info = match shook {
+        Ok(info) => info,
+        Err(e) => {
+            Counters::bump(&core.counters.handshake_failures);
+            if let Some(held) = core.warn.allow() {
+                tracing::warn!(
+                    socket = core.kind.as_str(),
+                    peer = %addr,
+                    suppressed = held,
+                    "handshake failed: {e}"
+                );
+            }
+            core.emit(Event::HandshakeFailed {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            });
+            return Err(e);
+        }
+    };
+    let reg = core.register(&info);
+    Counters::bump(&core.counters.handshakes);
+    core.emit(match origin {
+        Origin::Accepted => Event::Accepted {
+            peer: reg.id,
+            addr: addr.clone(),
+        },
+        Origin::Connected => Event::Connected {
+            peer: reg.id,
+            endpoint: addr.clone(),
+        },
+    });
+    let id = reg.id;
+    let ended = match stream {
+        Stream::Tcp(s) => {
+            let (r, w) = s.into_split();
+            drive(&core, r, w, buf, reg, &info, &addr).await
+        }
+        Stream::Unix(s) => {
+            let (r, w) = s.into_split();
+            drive(&core, r, w, buf, reg, &info, &addr).await
+        }
+    };
+    core.unregister(id).await;
+    Counters::bump(&core.counters.disconnects);
+    let reason = match &ended {
+        Ended::Closing => "the socket closed".to_owned(),
+        Ended::Lost(e) => e.to_string(),
+    };
+    core.emit(Event::Disconnected {
+        peer: id,
+        addr,
+        reason,
+    });
+    Ok(ended)
+}
+
+async fn drive<R, W>(
+    core: &Arc<Core>,
+    rd: R,
+    wr: W,
+    buf: BytesMut,
+    reg: crate::core::Registration,
+    info: &PeerInfo,
+    addr: &str,
+) -> Ended
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let v31 = info.greeting.is_31();
+    // A 3.0 peer does not know PING; TCP keepalive is all it gets.
+    let heartbeat = core.options.heartbeat.filter(|_| v31);
+    let (ctrl_tx, ctrl_rx) = mpsc::channel::<Bytes>(16);
+    let session = reg.kick.clone();
+    let writer = Writer {
+        rx: reg.rx,
+        ctrl: ctrl_rx,
+        ping: heartbeat.map(|h| {
+            let ttl = (h.ttl.as_millis() / 100).min(u128::from(u16::MAX)) as u16;
+            (h.interval, ttl)
+        }),
+        stop: core.stop.clone(),
+        session: session.clone(),
+        linger: core.options.linger,
+        initial: reg.initial,
+    };
+    let writer = core.tasks.spawn(writer.run(wr));
+    let reader = Reader {
+        core: core.clone(),
+        peer: reg.id,
+        identity: reg.identity,
+        ctrl: ctrl_tx,
+        session: session.clone(),
+        timeout: heartbeat.map(|h| h.timeout),
+        addr,
+    };
+    let ended = reader.run(rd, buf).await;
+    match ended {
+        Ended::Closing => {
+            // The writer flushes what is queued, bounded by the linger.
+            let _ = writer.await;
+        }
+        Ended::Lost(_) => {
+            session.cancel();
+            let _ = writer.await;
+        }
+    }
+    ended
+}
+
+struct Reader<'a> {
+    core: Arc<Core>,
+    peer: PeerId,
+    identity: Bytes,
+    ctrl: mpsc::Sender<Bytes>,
+    session: CancellationToken,
+    timeout: Option<Duration>,
+    addr: &'a str,
+}
+
+impl Reader<'_> {
+    async fn run<R: AsyncRead + Unpin>(mut self, mut rd: R, mut buf: BytesMut) -> Ended {
+        let mut decoder = FrameDecoder::new(self.core.options.limits);
+        let mut current = Message::new();
+        let mut last_rx = Instant::now();
+        // The peer's own TTL may shorten our timeout.
+        let mut timeout = self.timeout;
+        let mut check = self.timeout.map(|t| {
+            let period = (t / 4).max(Duration::from_millis(10));
+            let mut i = tokio::time::interval_at(Instant::now() + period, period);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        loop {
+            loop {
+                let frame = match decoder.decode(&mut buf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return self.violation(e),
+                };
+                match frame {
+                    Frame::Data { more, body } => {
+                        current.push(body);
+                        if !more {
+                            let msg = std::mem::take(&mut current);
+                            match self.deliver(msg).await {
+                                Ok(waited) => {
+                                    if waited {
+                                        // We were not reading: the peer's silence is ours.
+                                        last_rx = Instant::now();
+                                    }
+                                }
+                                Err(e) => return e,
+                            }
+                        }
+                    }
+                    Frame::Command(body) => match Command::parse(&body) {
+                        Ok(Command::Ping {
+                            ttl_deciseconds,
+                            context,
+                        }) => {
+                            if ttl_deciseconds > 0 {
+                                let ttl = Duration::from_millis(u64::from(ttl_deciseconds) * 100);
+                                timeout = Some(timeout.map_or(ttl, |t| t.min(ttl)));
+                                if check.is_none() {
+                                    let period = (ttl / 4).max(Duration::from_millis(10));
+                                    check = Some(tokio::time::interval(period));
+                                }
+                            }
+                            // A peer flooding PINGs faster than we write gets fewer PONGs.
+                            let _ = self
+                                .ctrl
+                                .try_send(Command::Pong { context }.encode().freeze());
+                        }
+                        Ok(Command::Pong { .. }) | Ok(Command::Other(_)) => {}
+                        Ok(Command::Subscribe(topic)) => {
+                            if let Some(up) = self.core.subscription(self.peer, true, &topic) {
+                                if let Err(e) = self.push_inbox(up).await {
+                                    return e;
+                                }
+                            }
+                        }
+                        Ok(Command::Cancel(topic)) => {
+                            if let Some(up) = self.core.subscription(self.peer, false, &topic) {
+                                if let Err(e) = self.push_inbox(up).await {
+                                    return e;
+                                }
+                            }
+                        }
+                        Ok(Command::Error(reason)) => {
+                            return Ended::Lost(Error::Refused(escape(&reason)));
+                        }
+                        Ok(Command::Ready(_)) => {
+                            return self
+                                .protocol(Error::Handshake("READY after the handshake".into()))
+                        }
+                        Err(e) => return self.protocol(e.into()),
+                    },
+                }
+            }
+            let want = decoder.wanted(&buf).clamp(READ_CHUNK, READ_AHEAD_MAX);
+            buf.reserve(want);
+            tokio::select! {
+                biased;
+                _ = self.session.cancelled() => return Ended::Lost(Error::Closed),
+                _ = self.core.stop.cancelled() => return Ended::Closing,
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) => return Ended::Lost(Error::PeerClosed),
+                    Ok(_) => last_rx = Instant::now(),
+                    Err(e) => return Ended::Lost(Error::io("read", e)),
+                },
+                _ = tick(&mut check) => {
+                    if let Some(t) = timeout {
+                        if last_rx.elapsed() > t {
+                            Counters::bump(&self.core.counters.heartbeat_timeouts);
+                            if let Some(held) = self.core.warn.allow() {
+                                tracing::warn!(
+                                    socket = self.core.kind.as_str(),
+                                    peer = %self.addr,
+                                    suppressed = held,
+                                    "peer silent for {t:?}: dropped"
+                                );
+                            }
+                            return Ended::Lost(Error::HeartbeatTimeout(t));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes a complete message; `Ok(true)` if it had to wait for room in the inbox.
+    async fn deliver(&mut self, msg: Message) -> Result<bool, Ended> {
+        match self.core.inbound(self.peer, &self.identity, msg) {
+            Some(m) => self.push_inbox(m).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn push_inbox(&mut self, msg: Message) -> Result<bool, Ended> {
+        match self.core.inbox.try_send(msg) {
+            Ok(()) => Ok(false),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Ended::Closing),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                tokio::select! {
+                    r = self.core.inbox.send(msg) => match r {
+                        Ok(()) => Ok(true),
+                        Err(_) => Err(Ended::Closing),
+                    },
+                    _ = self.session.cancelled() => Err(Ended::Lost(Error::Closed)),
+                    _ = self.core.stop.cancelled() => Err(Ended::Closing),
+                }
+            }
+        }
+    }
+
+    fn violation(&self, e: FrameError) -> Ended {
+        let limit = matches!(
+            e,
+            FrameError::MessageTooLarge { .. }
+                | FrameError::CommandTooLarge { .. }
+                | FrameError::TooManyFrames { .. }
+        );
+        if limit {
+            Counters::bump(&self.core.counters.limit_violations);
+            if let Some(held) = self.core.warn.allow() {
+                tracing::warn!(
+                    socket = self.core.kind.as_str(),
+                    peer = %self.addr,
+                    suppressed = held,
+                    "peer disconnected: {e}"
+                );
+            }
+            Ended::Lost(Error::Frame(e))
+        } else {
+            self.protocol(Error::Frame(e))
+        }
+    }
+
+    fn protocol(&self, e: Error) -> Ended {
+        Counters::bump(&self.core.counters.protocol_errors);
+        if let Some(held) = self.core.warn.allow() {
+            tracing::warn!(
+                socket = self.core.kind.as_str(),
+                peer = %self.addr,
+                suppressed = held,
+                "peer broke the protocol: {e}"
+            );
+        }
+        Ended::Lost(e)
+    }
+}
+
+async fn tick(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+struct Writer {
+    rx: mpsc::Receiver<Out>,
+    ctrl: mpsc::Receiver<Bytes>,
+    ping: Option<(Duration, u16)>,
+    stop: CancellationToken,
+    session: CancellationToken,
+    linger: Duration,
+    initial: Vec<Out>,
+}
+
+impl Writer {
+    async fn run<W: AsyncWrite + Unpin>(mut self, mut w: W) {
+        let mut out = BytesMut::with_capacity(FLUSH_AT);
+        let mut batch: Vec<Out> = Vec::with_capacity(128);
+        for o in std::mem::take(&mut self.initial) {
+            if encode(o, &mut out, &mut w).await.is_err() {
+                self.session.cancel();
+                return;
+            }
+        }
+        let mut ping = self.ping.map(|(every, ttl)| {
+            let mut i = tokio::time::interval_at(Instant::now() + every, every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            (i, ttl)
+        });
+        loop {
+            if !out.is_empty() && w.write_all(&out).await.is_err() {
+                self.session.cancel();
+                return;
+            }
+            out.clear();
+            tokio::select! {
+                biased;
+                _ = self.session.cancelled() => return,
+                c = self.ctrl.recv() => {
+                    if let Some(c) = c {
+                        put_command(&mut out, &c);
+                    }
+                }
+                n = self.rx.recv_many(&mut batch, 128) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for o in batch.drain(..) {
+                        if encode(o, &mut out, &mut w).await.is_err() {
+                            self.session.cancel();
+                            return;
+                        }
+                    }
+                }
+                _ = ping_tick(&mut ping) => {
+                    let ttl = ping.as_ref().map_or(0, |p| p.1);
+                    let c = Command::Ping { ttl_deciseconds: ttl, context: Bytes::new() }.encode();
+                    put_command(&mut out, &c);
+                }
+                _ = self.stop.cancelled() => {
+                    let _ = tokio::time::timeout(self.linger, self.flush_rest(out, w)).await;
+                    return;
+                }
+            }
+            while let Ok(c) = self.ctrl.try_recv() {
+                put_command(&mut out, &c);
+            }
+        }
+    }
+
+    /// Linger: what is queued goes out, then the write side closes.
+    async fn flush_rest<W: AsyncWrite + Unpin>(mut self, mut out: BytesMut, mut w: W) {
+        self.rx.close();
+        while let Some(o) = self.rx.recv().await {
+            if encode(o, &mut out, &mut w).await.is_err() {
+                return;
+            }
+            if out.len() >= FLUSH_AT {
+                if w.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
+        }
+        if w.write_all(&out).await.is_ok() {
+            let _ = w.shutdown().await;
+        }
+    }
+}
+
+async fn ping_tick(p: &mut Option<(tokio::time::Interval, u16)>) {
+    match p {
+        Some((i, _)) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn put_command(out: &mut BytesMut, body: &[u8]) {
+    out.reserve(header_len(body.len()) + body.len());
+    put_header(out, COMMAND, body.len());
+    out.put_slice(body);
+}
+
+/// Appends one queued item to `out`, writing `out` and large bodies through `w` as needed.
+async fn encode<W: AsyncWrite + Unpin>(
+    o: Out,
+    out: &mut BytesMut,
+    w: &mut W,
+) -> std::io::Result<()> {
+    match o {
+        Out::Cmd(c) => put_command(out, &c),
+        Out::Msg(m) => {
+            let n = m.len();
+            for (i, f) in m.into_iter().enumerate() {
+                let flags = if i + 1 < n { MORE } else { 0 };
+                if f.len() >= DIRECT_WRITE {
+                    put_header(out, flags, f.len());
+                    w.write_all(out).await?;
+                    out.clear();
+                    w.write_all(&f).await?;
+                } else {
+                    out.reserve(header_len(f.len()) + f.len());
+                    put_header(out, flags, f.len());
+                    out.put_slice(&f);
+                }
+            }
+        }
+    }
+    if out.len() >= FLUSH_AT {
+        w.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}

@@ -1,0 +1,438 @@
+//! The socket handles users hold: one type per kind, each exposing only what its kind does.
+//!
+//! Every socket can bind and connect any number of endpoints, both at once. `connect` returns
+//! at once and keeps the connection up in the background (reconnecting, re-subscribing);
+//! sends made before a peer is there wait (DEALER, PUSH) or go nowhere (PUB, as in libzmq).
+//! Sockets must be created and used inside a tokio runtime.
+//!
+//! Dropping a socket closes it: connections stop reading at once and flush what is queued for
+//! up to the linger in the background. [`close`](DealerSocket::close) does the same and waits
+//! for the flush, so a process can exit right after it without losing its last messages.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::core::Core;
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::link;
+use crate::message::Message;
+use crate::monitor::{Event, SocketStats};
+use crate::options::{SocketOptions, SocketType};
+use crate::transport::Listener;
+
+/// Stops the socket when the last handle (or half) is dropped.
+#[derive(Debug)]
+struct Guard(Arc<Core>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.stop.cancel();
+        self.0.tasks.close();
+    }
+}
+
+/// What every kind has: the shared core, the inbox, the guard.
+#[derive(Debug)]
+struct Socket {
+    core: Arc<Core>,
+    inbox: mpsc::Receiver<Message>,
+    guard: Arc<Guard>,
+}
+
+impl Socket {
+    fn new(kind: SocketType, options: SocketOptions) -> Socket {
+        let (core, inbox) = Core::new(kind, options);
+        let guard = Arc::new(Guard(core.clone()));
+        Socket { core, inbox, guard }
+    }
+}
+
+async fn bind(core: &Arc<Core>, endpoint: &str) -> Result<String> {
+    let ep: Endpoint = endpoint.parse()?;
+    let (listener, bound) = Listener::bind(&ep).await?;
+    let bound = bound.to_string();
+    core.emit(Event::Listening {
+        endpoint: bound.clone(),
+    });
+    core.tasks.spawn(link::accept_loop(core.clone(), listener));
+    Ok(bound)
+}
+
+fn connect(core: &Arc<Core>, endpoint: &str) -> Result<()> {
+    let ep: Endpoint = endpoint.parse()?;
+    if core.stop.is_cancelled() {
+        return Err(Error::Closed);
+    }
+    core.tasks.spawn(link::connect_loop(core.clone(), ep));
+    Ok(())
+}
+
+async fn recv(core: &Core, inbox: &mut mpsc::Receiver<Message>) -> Result<Message> {
+    tokio::select! {
+        biased;
+        m = inbox.recv() => m.ok_or(Error::Closed),
+        _ = core.stop.cancelled() => inbox.try_recv().map_err(|_| Error::Closed),
+    }
+}
+
+async fn wait_for_peers(core: &Core, n: usize) {
+    loop {
+        let changed = core.peers_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if core.peer_count() >= n || core.stop.is_cancelled() {
+            return;
+        }
+        tokio::select! {
+            _ = changed => {}
+            _ = core.stop.cancelled() => return,
+        }
+    }
+}
+
+async fn close(core: Arc<Core>) {
+    core.stop.cancel();
+    core.tasks.close();
+    let grace = core.options.linger + std::time::Duration::from_millis(100);
+    let _ = tokio::time::timeout(grace, core.tasks.wait()).await;
+}
+
+macro_rules! common {
+    ($name:ident, $kind:expr) => {
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl $name {
+            /// A socket with the default options.
+            pub fn new() -> Self {
+                Self::with_options(SocketOptions::default())
+            }
+
+            /// A socket with these options.
+            pub fn with_options(options: SocketOptions) -> Self {
+                $name {
+                    s: Socket::new($kind, options),
+                }
+            }
+
+            /// Binds `endpoint` (`tcp://host:port`, port 0 for an ephemeral one, or
+            /// `ipc://path`) and accepts in the background. Returns the endpoint bound.
+            pub async fn bind(&self, endpoint: &str) -> Result<String> {
+                bind(&self.s.core, endpoint).await
+            }
+
+            /// Connects to `endpoint` in the background, and keeps reconnecting.
+            pub fn connect(&self, endpoint: &str) -> Result<()> {
+                connect(&self.s.core, endpoint)
+            }
+
+            /// Connection events from now on (a bounded queue: a slow reader misses some).
+            pub fn monitor(&self) -> mpsc::Receiver<Event> {
+                self.s.core.monitor(256)
+            }
+
+            /// The socket's counters.
+            pub fn stats(&self) -> SocketStats {
+                self.s.core.counters.snapshot()
+            }
+
+            /// Peers connected now (handshake finished).
+            pub fn peer_count(&self) -> usize {
+                self.s.core.peer_count()
+            }
+
+            /// Waits until at least `n` peers are connected (or the socket closes).
+            pub async fn wait_for_peers(&self, n: usize) {
+                wait_for_peers(&self.s.core, n).await
+            }
+
+            /// The options the socket was made with.
+            pub fn options(&self) -> &SocketOptions {
+                &self.s.core.options
+            }
+
+            /// Closes the socket: stops accepting and reading, flushes what is queued for up
+            /// to the linger, and returns when that is done.
+            pub async fn close(self) {
+                let core = self.s.core.clone();
+                drop(self);
+                close(core).await
+            }
+        }
+    };
+}
+
+macro_rules! receives {
+    ($name:ident) => {
+        impl $name {
+            /// The next message. Fails only once the socket is closed.
+            pub async fn recv(&mut self) -> Result<Message> {
+                recv(&self.s.core, &mut self.s.inbox).await
+            }
+
+            /// The next message if one is waiting.
+            pub fn try_recv(&mut self) -> Option<Message> {
+                self.s.inbox.try_recv().ok()
+            }
+        }
+    };
+}
+
+/// DEALER: sends round-robin to its peers, waiting while all are at their high-water mark or
+/// none is connected; receives from all, fair-queued. Reaches REP, DEALER and ROUTER peers.
+#[derive(Debug)]
+pub struct DealerSocket {
+    s: Socket,
+}
+common!(DealerSocket, SocketType::Dealer);
+receives!(DealerSocket);
+
+impl DealerSocket {
+    /// Sends a message (waits for a peer with room; wrap in a timeout to bound the wait).
+    pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        if msg.is_empty() {
+            return Err(Error::InvalidMessage("a message needs at least one frame"));
+        }
+        self.s.core.send_balanced(msg).await
+    }
+
+    /// Splits into a cloneable send half and a receive half.
+    pub fn split(self) -> (DealerSender, Receiver) {
+        let Socket { core, inbox, guard } = self.s;
+        (
+            DealerSender {
+                core: core.clone(),
+                _guard: guard.clone(),
+            },
+            Receiver {
+                core,
+                inbox,
+                _guard: guard,
+            },
+        )
+    }
+}
+
+/// The send half of a [`DealerSocket`].
+#[derive(Debug, Clone)]
+pub struct DealerSender {
+    core: Arc<Core>,
+    _guard: Arc<Guard>,
+}
+
+impl DealerSender {
+    /// As [`DealerSocket::send`].
+    pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        if msg.is_empty() {
+            return Err(Error::InvalidMessage("a message needs at least one frame"));
+        }
+        self.core.send_balanced(msg).await
+    }
+
+    /// Peers connected now.
+    pub fn peer_count(&self) -> usize {
+        self.core.peer_count()
+    }
+}
+
+/// The receive half of a split socket.
+#[derive(Debug)]
+pub struct Receiver {
+    core: Arc<Core>,
+    inbox: mpsc::Receiver<Message>,
+    _guard: Arc<Guard>,
+}
+
+impl Receiver {
+    /// The next message. Fails only once the socket is closed.
+    pub async fn recv(&mut self) -> Result<Message> {
+        recv(&self.core, &mut self.inbox).await
+    }
+
+    /// Connection events from now on.
+    pub fn monitor(&self) -> mpsc::Receiver<Event> {
+        self.core.monitor(256)
+    }
+
+    /// The socket's counters.
+    pub fn stats(&self) -> SocketStats {
+        self.core.counters.snapshot()
+    }
+}
+
+/// ROUTER: every inbound message starts with the sending peer's routing id; a message sent
+/// goes to the peer its first frame names. Serves REQ, DEALER and ROUTER peers. Sending never
+/// waits: a peer at its high-water mark misses the message ([`Error::Full`], counted).
+#[derive(Debug)]
+pub struct RouterSocket {
+    s: Socket,
+}
+common!(RouterSocket, SocketType::Router);
+receives!(RouterSocket);
+
+impl RouterSocket {
+    /// Sends `[routing id, frames...]` to that peer.
+    pub fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        self.s.core.send_routed(msg.into())
+    }
+
+    /// Splits into a cloneable send half and a receive half.
+    pub fn split(self) -> (RouterSender, Receiver) {
+        let Socket { core, inbox, guard } = self.s;
+        (
+            RouterSender {
+                core: core.clone(),
+                _guard: guard.clone(),
+            },
+            Receiver {
+                core,
+                inbox,
+                _guard: guard,
+            },
+        )
+    }
+}
+
+/// The send half of a [`RouterSocket`].
+#[derive(Debug, Clone)]
+pub struct RouterSender {
+    core: Arc<Core>,
+    _guard: Arc<Guard>,
+}
+
+impl RouterSender {
+    /// As [`RouterSocket::send`].
+    pub fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        self.core.send_routed(msg.into())
+    }
+}
+
+/// PUB: each message goes to every subscriber whose subscriptions match its first frame.
+/// Never waits: a subscriber at its high-water mark misses messages (counted in `dropped`),
+/// and no other subscriber notices.
+#[derive(Debug)]
+pub struct PubSocket {
+    s: Socket,
+}
+common!(PubSocket, SocketType::Pub);
+
+impl PubSocket {
+    /// Publishes a message.
+    pub fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        if msg.is_empty() {
+            return Err(Error::InvalidMessage("a message needs at least one frame"));
+        }
+        self.s.core.send_fanout(msg);
+        Ok(())
+    }
+}
+
+/// XPUB: a PUB whose subscriptions can be read: `0x01 topic` when a topic gains its first
+/// subscriber, `0x00 topic` when it loses its last (a subscriber that disconnects cancels
+/// what it had), and any other message a subscriber sends.
+#[derive(Debug)]
+pub struct XPubSocket {
+    s: Socket,
+}
+common!(XPubSocket, SocketType::XPub);
+receives!(XPubSocket);
+
+impl XPubSocket {
+    /// Publishes a message.
+    pub fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        if msg.is_empty() {
+            return Err(Error::InvalidMessage("a message needs at least one frame"));
+        }
+        self.s.core.send_fanout(msg);
+        Ok(())
+    }
+}
+
+/// SUB: receives what its publishers send on the topics it subscribed to (prefix match on the
+/// first frame; the empty topic matches everything). Subscriptions are sent to every
+/// publisher, and again after each reconnect.
+#[derive(Debug)]
+pub struct SubSocket {
+    s: Socket,
+}
+common!(SubSocket, SocketType::Sub);
+receives!(SubSocket);
+
+impl SubSocket {
+    /// Subscribes to a topic prefix (any bytes).
+    pub async fn subscribe(&self, topic: &[u8]) {
+        self.s.core.set_subscription(true, topic).await
+    }
+
+    /// Removes one subscription to a topic prefix.
+    pub async fn unsubscribe(&self, topic: &[u8]) {
+        self.s.core.set_subscription(false, topic).await
+    }
+}
+
+/// XSUB: a SUB whose subscriptions are written as messages (`0x01 topic`, `0x00 topic`); any
+/// other message sent goes to every publisher.
+#[derive(Debug)]
+pub struct XSubSocket {
+    s: Socket,
+}
+common!(XSubSocket, SocketType::XSub);
+receives!(XSubSocket);
+
+impl XSubSocket {
+    /// Sends a subscription message, or any other message upstream.
+    pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        if msg.is_empty() {
+            return Err(Error::InvalidMessage("a message needs at least one frame"));
+        }
+        self.s.core.send_upstream(msg).await;
+        Ok(())
+    }
+
+    /// Subscribes to a topic prefix.
+    pub async fn subscribe(&self, topic: &[u8]) {
+        self.s.core.set_subscription(true, topic).await
+    }
+
+    /// Removes one subscription.
+    pub async fn unsubscribe(&self, topic: &[u8]) {
+        self.s.core.set_subscription(false, topic).await
+    }
+}
+
+/// PUSH: sends round-robin to its pullers, waiting while all are at their high-water mark or
+/// none is connected.
+#[derive(Debug)]
+pub struct PushSocket {
+    s: Socket,
+}
+common!(PushSocket, SocketType::Push);
+
+impl PushSocket {
+    /// Sends a message (waits for a puller with room; wrap in a timeout to bound the wait).
+    pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
+        let msg = msg.into();
+        if msg.is_empty() {
+            return Err(Error::InvalidMessage("a message needs at least one frame"));
+        }
+        self.s.core.send_balanced(msg).await
+    }
+}
+
+/// PULL: receives from all its pushers, fair-queued.
+#[derive(Debug)]
+pub struct PullSocket {
+    s: Socket,
+}
+common!(PullSocket, SocketType::Pull);
+receives!(PullSocket);

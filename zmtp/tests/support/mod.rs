@@ -1,0 +1,161 @@
+//! Test support: a libzmq peer (pyzmq, from the project's test venv) driven over stdin.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The venv interpreter: `SF_PYTHON` (set by scripts/test), else what `scripts/python-env`
+/// prints (it creates the venv on first use).
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SF_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let script = workspace_root().join("scripts/python-env");
+    let out = std::process::Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("{} could not run: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim())
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Bytes {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// One pyzmq socket in its own process.
+pub struct PyPeer {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl PyPeer {
+    /// A pyzmq socket of `kind` ("REP", "SUB", ...).
+    pub async fn new(kind: &str) -> PyPeer {
+        let mut child = Command::new(python())
+            .arg(workspace_root().join("zmtp/tests/support/peer.py"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the pyzmq peer");
+        let stdin = child.stdin.take().expect("stdin");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut p = PyPeer {
+            child,
+            stdin,
+            lines,
+        };
+        p.op(json!({"op": "socket", "type": kind})).await;
+        p
+    }
+
+    /// Sends one op and returns its answer (panics on an error answer or after 20 s).
+    pub async fn op(&mut self, v: Value) -> Value {
+        let mut line = v.to_string();
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("peer stdin");
+        let got = tokio::time::timeout(Duration::from_secs(20), self.lines.next_line())
+            .await
+            .expect("the pyzmq peer answers within 20 s")
+            .expect("peer stdout")
+            .expect("the pyzmq peer is alive");
+        let v: Value = serde_json::from_str(&got).expect("json answer");
+        assert!(v.get("error").is_none(), "pyzmq peer: {v}");
+        v
+    }
+
+    pub async fn opt(&mut self, name: &str, value: i64) {
+        self.op(json!({"op": "opt", "name": name, "value": value}))
+            .await;
+    }
+
+    pub async fn bind(&mut self, ep: &str) -> String {
+        let v = self.op(json!({"op": "bind", "ep": ep})).await;
+        v["ep"].as_str().expect("ep").to_owned()
+    }
+
+    pub async fn connect(&mut self, ep: &str) {
+        self.op(json!({"op": "connect", "ep": ep})).await;
+    }
+
+    pub async fn send(&mut self, frames: &[&[u8]]) {
+        let frames: Vec<String> = frames.iter().map(|f| hex(f)).collect();
+        self.op(json!({"op": "send", "frames": frames})).await;
+    }
+
+    /// The next message, or `None` after `timeout_ms`.
+    pub async fn recv(&mut self, timeout_ms: u64) -> Option<Vec<Bytes>> {
+        let v = self
+            .op(json!({"op": "recv", "timeout_ms": timeout_ms}))
+            .await;
+        v.get("frames").map(|f| {
+            f.as_array()
+                .expect("frames")
+                .iter()
+                .map(|x| unhex(x.as_str().expect("hex frame")))
+                .collect()
+        })
+    }
+
+    pub async fn subscribe(&mut self, topic: &[u8]) {
+        self.op(json!({"op": "subscribe", "topic": hex(topic)}))
+            .await;
+    }
+
+    pub async fn unsubscribe(&mut self, topic: &[u8]) {
+        self.op(json!({"op": "unsubscribe", "topic": hex(topic)}))
+            .await;
+    }
+
+    pub async fn monitor(&mut self) {
+        self.op(json!({"op": "monitor"})).await;
+    }
+
+    pub async fn events(&mut self) -> Value {
+        self.op(json!({"op": "events"})).await
+    }
+
+    pub async fn close(mut self) {
+        self.op(json!({"op": "close"})).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+    }
+}
+
+/// Waits for `f` to be true, polling every 10 ms, up to `within`.
+pub async fn eventually<F: FnMut() -> bool>(within: Duration, mut f: F) -> bool {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
