@@ -39,6 +39,15 @@ pub enum Error {
     },
 }
 
+impl From<sf_zmtp::Error> for Error {
+    fn from(e: sf_zmtp::Error) -> Self {
+        match e {
+            sf_zmtp::Error::Closed => Error::Closed,
+            e => Error::Socket(e.to_string()),
+        }
+    }
+}
+
 impl From<zeromq::ZmqError> for Error {
     fn from(e: zeromq::ZmqError) -> Self {
         Error::Socket(e.to_string())

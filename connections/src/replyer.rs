@@ -17,7 +17,7 @@ use futures::FutureExt;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use zeromq::{RouterSendHalf, RouterSocket, Socket, SocketRecv, SocketSend, ZmqMessage};
+use sf_zmtp::{Message, RouterSender, RouterSocket, SocketOptions};
 
 use crate::address::Address;
 use crate::error::{Error, Result};
@@ -34,8 +34,8 @@ pub struct ReplyerOptions {
     pub max_concurrency: usize,
     /// How long [`Replyer::shutdown`] lets in-flight handlers finish (default 5 s).
     pub drain_timeout: Duration,
-    /// How long replies are given to leave the socket at shutdown: the socket library has no
-    /// linger option and flushes in a background task (default 200 ms).
+    /// How long replies queued at shutdown are given to leave the socket (default 1 s; the
+    /// close returns as soon as they are out).
     pub linger: Duration,
 }
 
@@ -45,7 +45,7 @@ impl Default for ReplyerOptions {
             max_message_bytes: 16 << 20,
             max_concurrency: 1024,
             drain_timeout: Duration::from_secs(5),
-            linger: Duration::from_millis(200),
+            linger: Duration::from_secs(1),
         }
     }
 }
@@ -67,12 +67,11 @@ impl Replyer {
         options: ReplyerOptions,
     ) -> Result<Replyer> {
         let endpoint = address.bind_endpoint()?;
-        let mut socket = RouterSocket::new();
-        let bound = socket
+        let socket = RouterSocket::with_options(transport_options(&options));
+        let endpoint = socket
             .bind(&endpoint)
             .await
             .map_err(|e| Error::Socket(format!("cannot bind replyer to {endpoint}: {e}")))?;
-        let endpoint = bound.to_string();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let done = tokio::spawn(serve(socket, handler, options, stats.clone(), stop.clone()));
@@ -103,6 +102,15 @@ impl Replyer {
     }
 }
 
+/// The socket's own limit sits above the replyer's: a request up to twice the limit is read
+/// and answered with `too_large`; a peer that declares more is disconnected on the header.
+pub(crate) fn transport_options(options: &ReplyerOptions) -> SocketOptions {
+    let limit = options.max_message_bytes;
+    SocketOptions::default()
+        .max_message_bytes(limit.saturating_mul(2).max(limit.saturating_add(64 << 10)))
+        .linger(options.linger)
+}
+
 async fn serve(
     socket: RouterSocket,
     handler: RawHandler,
@@ -110,14 +118,10 @@ async fn serve(
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
-    let mut socket = socket;
-    // The listeners, held apart from the socket so that shutdown stops accepting connections
-    // at once (and frees the port for a successor) while in-flight requests drain.
-    let listeners = std::mem::take(socket.binds());
-    let (mut tx, mut rx) = socket.split();
+    let (tx, mut rx) = socket.split();
     // Replies of handlers that had to wait come back here; the serve loop owns the send half
     // and sends them, and sends the replies of handlers that finished at once directly.
-    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<ZmqMessage>();
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Message>();
     // Cancelled once the drain is over: handlers still running are abandoned (their
     // futures dropped).
     let abandon = CancellationToken::new();
@@ -135,19 +139,14 @@ async fn serve(
             reply = reply_rx.recv(), if owed > 0 => {
                 if let Some(reply) = reply {
                     owed -= 1;
-                    send_reply(&mut tx, reply).await;
+                    send_reply(&tx, reply);
                 }
                 continue;
             }
             m = rx.recv() => m,
         };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => {
-                // A peer vanished mid-message; the socket itself is fine.
-                tracing::debug!("replyer receive error: {e}");
-                continue;
-            }
+        let Ok(msg) = msg else {
+            break; // the socket closed
         };
         stats.bump(Counter::Received);
         let Some((routing, body)) = split_routing(msg) else {
@@ -173,7 +172,7 @@ async fn serve(
                 ),
             );
             let outcome = Outcome::err(WorkflowId::None, err);
-            send_reply(&mut tx, with_routing(routing, outcome.frame)).await;
+            send_reply(&tx, with_routing(routing, outcome.frame));
             continue;
         }
         let mut run = std::panic::AssertUnwindSafe(handler(body)).catch_unwind();
@@ -181,7 +180,7 @@ async fn serve(
         // with no task spawn and no hand-off. Only a handler that has to wait gets a task
         // (and a slot).
         if let Some(outcome) = (&mut run).now_or_never() {
-            send_reply(&mut tx, finish(outcome, &stats, routing)).await;
+            send_reply(&tx, finish(outcome, &stats, routing));
             continue;
         }
         let permit = tokio::select! {
@@ -202,8 +201,9 @@ async fn serve(
             drop(permit);
         });
     }
-    // Stop accepting connections (and free the port) while in-flight requests drain.
-    drop(listeners);
+    // Stop accepting connections (and free the port for a successor) while in-flight
+    // requests drain.
+    tx.stop_listening();
     tracker.close();
     let drained = tracker.wait();
     tokio::pin!(drained);
@@ -214,7 +214,7 @@ async fn serve(
             biased;
             reply = reply_rx.recv() => {
                 if let Some(reply) = reply {
-                    send_reply(&mut tx, reply).await;
+                    send_reply(&tx, reply);
                 }
             }
             _ = &mut drained => break,
@@ -229,20 +229,22 @@ async fn serve(
     }
     abandon.cancel();
     while let Ok(reply) = reply_rx.try_recv() {
-        send_reply(&mut tx, reply).await;
+        send_reply(&tx, reply);
     }
-    tokio::time::sleep(options.linger).await;
+    // Returns once the replies are out, or after the linger.
+    drop(rx);
+    tx.close().await;
 }
 
-async fn send_reply(tx: &mut RouterSendHalf, reply: ZmqMessage) {
-    if let Err(e) = tx.send(reply).await {
-        // ROUTER refuses a reply to a peer that has gone: nothing to deliver it to.
+fn send_reply(tx: &RouterSender, reply: Message) {
+    if let Err(e) = tx.send(reply) {
+        // The peer has gone, or stopped reading past its queue (counted by the socket).
         tracing::debug!("reply not delivered: {e}");
     }
 }
 
 /// Counts a handler's outcome and builds its reply (a panic becomes an `internal` error).
-fn finish(outcome: std::thread::Result<Outcome>, stats: &Stats, routing: Vec<Bytes>) -> ZmqMessage {
+fn finish(outcome: std::thread::Result<Outcome>, stats: &Stats, routing: Vec<Bytes>) -> Message {
     let outcome = outcome.unwrap_or_else(|_| {
         tracing::error!(peer = peer_name(&routing), "request handler panicked");
         Outcome::err(
@@ -271,8 +273,8 @@ fn count_outcome(stats: &Stats, outcome: &Outcome, routing: &[Bytes]) {
 
 /// Splits `[identity, envelope..., "", body]` into the routing frames and the body. A message
 /// with no delimiter (a bare DEALER) routes by everything but its last frame.
-fn split_routing(msg: ZmqMessage) -> Option<(Vec<Bytes>, Bytes)> {
-    let mut frames = msg.into_vec();
+fn split_routing(msg: Message) -> Option<(Vec<Bytes>, Bytes)> {
+    let mut frames = msg.into_frames();
     if frames.len() < 2 {
         return None;
     }
@@ -280,9 +282,9 @@ fn split_routing(msg: ZmqMessage) -> Option<(Vec<Bytes>, Bytes)> {
     Some((frames, body))
 }
 
-fn with_routing(mut routing: Vec<Bytes>, body: Vec<u8>) -> ZmqMessage {
+fn with_routing(mut routing: Vec<Bytes>, body: Vec<u8>) -> Message {
     routing.push(Bytes::from(body));
-    ZmqMessage::try_from(routing).expect("routing has at least the identity frame")
+    Message::from(routing)
 }
 
 /// The peer's identity in hex, for log lines (computed only when one is written).

@@ -152,6 +152,9 @@ pub(crate) struct Core {
     pub inbox: mpsc::Sender<Message>,
     pub peers_changed: Notify,
     pub stop: CancellationToken,
+    /// Stops the accept loops only (a child of `stop`): a closing server frees its ports at
+    /// once while its connections drain.
+    pub listening: CancellationToken,
     pub tasks: TaskTracker,
     pub counters: Counters,
     monitors: Mutex<Vec<mpsc::Sender<Event>>>,
@@ -174,6 +177,7 @@ impl Core {
     ) -> (Arc<Core>, mpsc::Receiver<Message>) {
         let (inbox, rx) = mpsc::channel(options.recv_hwm.max(1));
         let conn_limit = Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1)));
+        let stop = CancellationToken::new();
         let core = Core {
             kind,
             options,
@@ -181,7 +185,8 @@ impl Core {
             state: Mutex::default(),
             inbox,
             peers_changed: Notify::new(),
-            stop: CancellationToken::new(),
+            listening: stop.child_token(),
+            stop,
             tasks: TaskTracker::new(),
             counters: Counters::default(),
             monitors: Mutex::default(),

@@ -16,14 +16,14 @@ pub(crate) async fn accept_loop(core: Arc<Core>, listener: Listener) {
     let mut backoff = Duration::from_millis(10);
     loop {
         let permit = tokio::select! {
-            _ = core.stop.cancelled() => return,
+            _ = core.listening.cancelled() => return,
             p = core.conn_limit.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return,
             },
         };
         let accepted = tokio::select! {
-            _ = core.stop.cancelled() => return,
+            _ = core.listening.cancelled() => return,
             r = listener.accept(core.options.tcp_keepalive) => r,
         };
         match accepted {
@@ -45,7 +45,7 @@ pub(crate) async fn accept_loop(core: Arc<Core>, listener: Listener) {
                     );
                 }
                 tokio::select! {
-                    _ = core.stop.cancelled() => return,
+                    _ = core.listening.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(1));

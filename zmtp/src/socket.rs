@@ -151,6 +151,12 @@ macro_rules! common {
                 wait_for_peers(&self.s.core, n).await
             }
 
+            /// Stops accepting new connections on every bound endpoint (their ports are freed);
+            /// the connections already made carry on.
+            pub fn stop_listening(&self) {
+                self.s.core.listening.cancel()
+            }
+
             /// The options the socket was made with.
             pub fn options(&self) -> &SocketOptions {
                 &self.s.core.options
@@ -227,6 +233,19 @@ pub struct DealerSender {
 }
 
 impl DealerSender {
+
+    /// Stops accepting new connections (ports freed); existing connections carry on.
+    pub fn stop_listening(&self) {
+        self.core.listening.cancel()
+    }
+
+    /// Closes the whole socket (both halves): stops reading, flushes what is queued for up
+    /// to the linger, and returns when that is done. The other half fails from then on.
+    pub async fn close(self) {
+        let core = self.core.clone();
+        drop(self);
+        close(core).await
+    }
     /// As [`DealerSocket::send`].
     pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
         let msg = msg.into();
@@ -251,6 +270,19 @@ pub struct Receiver {
 }
 
 impl Receiver {
+
+    /// Stops accepting new connections (ports freed); existing connections carry on.
+    pub fn stop_listening(&self) {
+        self.core.listening.cancel()
+    }
+
+    /// Closes the whole socket (both halves): stops reading, flushes what is queued for up
+    /// to the linger, and returns when that is done. The other half fails from then on.
+    pub async fn close(self) {
+        let core = self.core.clone();
+        drop(self);
+        close(core).await
+    }
     /// The next message. Fails only once the socket is closed.
     pub async fn recv(&mut self) -> Result<Message> {
         recv(&self.core, &mut self.inbox).await
@@ -308,6 +340,19 @@ pub struct RouterSender {
 }
 
 impl RouterSender {
+
+    /// Stops accepting new connections (ports freed); existing connections carry on.
+    pub fn stop_listening(&self) {
+        self.core.listening.cancel()
+    }
+
+    /// Closes the whole socket (both halves): stops reading, flushes what is queued for up
+    /// to the linger, and returns when that is done. The other half fails from then on.
+    pub async fn close(self) {
+        let core = self.core.clone();
+        drop(self);
+        close(core).await
+    }
     /// As [`RouterSocket::send`].
     pub fn send(&self, msg: impl Into<Message>) -> Result<()> {
         self.core.send_routed(msg.into())
