@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
+use sf_zmtp::{Message, RouterSender, RouterSocket, SocketOptions};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use sf_zmtp::{Message, RouterSender, RouterSocket, SocketOptions};
 
 use crate::address::Address;
 use crate::error::{Error, Result};

@@ -6,28 +6,26 @@
 //! it like any routing envelope and the framework's ROUTER replyer does the same, so replies
 //! are matched by id and a late reply to a request that gave up is recognised and dropped.
 //!
-//! The socket library does not reconnect DEALER sockets: a supervisor task watches the socket
-//! monitor and, when the peer goes away, fails the requests in flight (they are retried if the
-//! caller allowed retries) and builds a new socket that reconnects in the background. Requests
-//! made while no peer is connected wait, bounded by their own timeout.
+//! The transport's DEALER reconnects by itself. Callers send straight into it (no task hop);
+//! a reader task routes replies and watches the socket's events: when the connection a
+//! request went out on is lost, that request fails at once (it is retried if the caller
+//! allowed retries) instead of waiting out its timeout. Requests made while no peer is
+//! connected wait for one, bounded by their own timeout.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use sf_zmtp::{DealerSender, DealerSocket, Event, Message, PeerId, Receiver, SocketOptions};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use zeromq::{
-    DealerRecvHalf, DealerSendHalf, DealerSocket, SocketEvent, SocketRecv, SocketSend, ZmqMessage,
-};
 
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::stats::{Counter, Stats};
-use crate::util::{connect_until, IdMap};
+use crate::util::IdMap;
 use crate::wire::{self, Reply, Request, WorkflowId};
 
 /// Tuning for a [`Requester`].
@@ -40,7 +38,8 @@ pub struct RequesterOptions {
     pub retries: u32,
     /// Replies larger than this are refused (default 16 MiB).
     pub max_message_bytes: usize,
-    /// Requests queued while no peer is connected (default 10,000); more wait for room.
+    /// Requests queued on the connection, not yet written (default 10,000); more wait for
+    /// room, bounded by their timeout.
     pub queue: usize,
 }
 
@@ -59,6 +58,8 @@ impl Default for RequesterOptions {
 struct Waiting {
     tx: oneshot::Sender<Result<Bytes>>,
     born: tokio::time::Instant,
+    /// The connection it went out on, once sent.
+    peer: Option<PeerId>,
 }
 
 /// Requests in flight by id.
@@ -81,17 +82,12 @@ fn sweep_period(timeout: Duration) -> Duration {
     (timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(1))
 }
 
-/// The connected socket's send half, shared so that callers send directly (one task hop
-/// fewer per request); `None` while no peer is connected, when requests wait in the queue.
-type SendSlot = Arc<tokio::sync::Mutex<Option<DealerSendHalf>>>;
-
-fn request_frame(id: u64, body: Bytes) -> ZmqMessage {
-    ZmqMessage::try_from(vec![
+fn request_frame(id: u64, body: Bytes) -> Message {
+    Message::from(vec![
         Bytes::copy_from_slice(&id.to_be_bytes()),
         Bytes::new(),
         body,
     ])
-    .expect("three frames")
 }
 
 /// A connection to one replyer (framework or Python), shared freely between tasks.
@@ -103,8 +99,7 @@ pub struct Requester {
 struct Inner {
     endpoint: String,
     options: RequesterOptions,
-    queue: mpsc::Sender<(u64, Bytes)>,
-    slot: SendSlot,
+    socket: DealerSender,
     pending: Pending,
     idle: Arc<Idle>,
     next_id: std::sync::atomic::AtomicU64,
@@ -131,11 +126,17 @@ impl Requester {
     /// Starts connecting to `address` in the background and returns at once.
     pub fn connect(address: &Address, options: RequesterOptions) -> Result<Requester> {
         let endpoint = address.connect_endpoint()?;
-        let (queue, rx) = mpsc::channel(options.queue.max(1));
+        let socket = DealerSocket::with_options(
+            SocketOptions::default()
+                .send_hwm(options.queue.max(1))
+                .max_message_bytes(options.max_message_bytes.saturating_mul(2)),
+        );
+        socket.connect(&endpoint)?;
+        let monitor = socket.monitor();
+        let (tx, rx) = socket.split();
         let pending: Pending = Arc::default();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
-        let slot: SendSlot = Arc::default();
         let idle = Arc::new(Idle::default());
         tokio::spawn(sweep(
             options.timeout,
@@ -144,10 +145,10 @@ impl Requester {
             stats.clone(),
             stop.clone(),
         ));
-        tokio::spawn(supervise(
+        tokio::spawn(read_replies(
             endpoint.clone(),
             rx,
-            slot.clone(),
+            monitor,
             pending.clone(),
             stats.clone(),
             stop.clone(),
@@ -156,8 +157,7 @@ impl Requester {
             inner: Arc::new(Inner {
                 endpoint,
                 options,
-                queue,
-                slot,
+                socket: tx,
                 pending,
                 idle,
                 next_id: std::sync::atomic::AtomicU64::new(1),
@@ -224,11 +224,14 @@ impl Requester {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             let born = tokio::time::Instant::now();
-            inner
-                .pending
-                .lock()
-                .expect("pending lock")
-                .insert(id, Waiting { tx, born });
+            inner.pending.lock().expect("pending lock").insert(
+                id,
+                Waiting {
+                    tx,
+                    born,
+                    peer: None,
+                },
+            );
             if inner
                 .idle
                 .sleeping
@@ -236,12 +239,22 @@ impl Requester {
             {
                 inner.idle.wake.notify_one();
             }
-            let sent =
-                tokio::time::timeout(inner.options.timeout, self.send(id, body.clone())).await;
+            // Waits for a connected replyer with room, bounded by the timeout.
+            let sent = tokio::time::timeout(
+                inner.options.timeout,
+                inner.socket.send_tracked(request_frame(id, body.clone())),
+            )
+            .await;
             match sent {
-                Ok(Ok(())) => {}
+                Ok(Ok(peer)) => {
+                    inner.stats.bump(Counter::Sent);
+                    if let Some(w) = inner.pending.lock().expect("pending lock").get_mut(&id) {
+                        w.peer = Some(peer);
+                    }
+                }
                 Ok(Err(e)) => {
                     inner.pending.lock().expect("pending lock").remove(&id);
+                    let e = Error::from(e);
                     if matches!(e, Error::Closed) {
                         return Err(e);
                     }
@@ -279,28 +292,6 @@ impl Requester {
             }
         }
         Err(last)
-    }
-}
-
-impl Requester {
-    /// Sends on the connected socket, or queues for the supervisor while none is connected.
-    async fn send(&self, id: u64, body: Bytes) -> Result<()> {
-        let inner = &self.inner;
-        {
-            let mut slot = inner.slot.lock().await;
-            if let Some(tx) = slot.as_mut() {
-                inner.stats.bump(Counter::Sent);
-                return tx
-                    .send(request_frame(id, body))
-                    .await
-                    .map_err(|e| Error::Socket(format!("send to {}: {e}", inner.endpoint)));
-            }
-        }
-        inner
-            .queue
-            .send((id, body))
-            .await
-            .map_err(|_| Error::Closed)
     }
 }
 
@@ -369,183 +360,63 @@ async fn sweep(
     }
 }
 
-/// Owns the socket: connects, sends queued requests, routes replies, rebuilds on loss.
-async fn supervise(
+/// Routes replies to their callers, and fails the requests of a connection that is lost.
+async fn read_replies(
     endpoint: String,
-    mut queue: mpsc::Receiver<(u64, Bytes)>,
-    slot: SendSlot,
+    mut rx: Receiver,
+    mut events: tokio::sync::mpsc::Receiver<Event>,
     pending: Pending,
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) {
-    let mut generation = 0u64;
-    // Requests queued but never sent when a socket went away: sent first on the next one.
-    let mut carried: std::collections::VecDeque<(u64, Bytes)> = Default::default();
+    let mut connected_before = false;
     loop {
-        let Some((socket, mut monitor)) = connect_until::<DealerSocket>(&endpoint, &stop).await
-        else {
-            break;
-        };
-        if generation > 0 {
-            stats.bump(Counter::Reconnects);
-            tracing::info!(%endpoint, "requester reconnected");
-        }
-        generation += 1;
-        let (tx, mut rx) = socket.split();
-        let lost = CancellationToken::new();
-        // On a single-thread runtime callers send directly and a reader task routes replies:
-        // nothing runs in parallel, so that is the fewest hand-offs. On a multi-thread runtime
-        // this task does all the socket's I/O itself: callers on other workers writing while
-        // the reader reads contend for the lock the socket library puts between the two
-        // halves of its TCP stream, which cost more than the hop through the queue.
-        let direct = tokio::runtime::Handle::current().runtime_flavor()
-            == tokio::runtime::RuntimeFlavor::CurrentThread;
-        let (mut own, reader) = if direct {
-            let (pending, stats, lost) = (pending.clone(), stats.clone(), lost.clone());
-            let reader = tokio::spawn(async move {
-                loop {
-                    match rx.recv().await {
-                        Ok(msg) => route_reply(msg, &pending, &stats),
-                        Err(e) => {
-                            tracing::debug!("requester receive error: {e}");
-                            lost.cancel();
-                            break;
-                        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            m = rx.recv() => match m {
+                Ok(msg) => route_reply(msg, &pending, &stats),
+                Err(_) => break,
+            },
+            ev = events.recv() => match ev {
+                Some(Event::Connected { .. }) => {
+                    if connected_before {
+                        stats.bump(Counter::Reconnects);
+                        tracing::info!(%endpoint, "requester reconnected");
                     }
+                    connected_before = true;
                 }
-            });
-            *slot.lock().await = Some(tx);
-            (None, Some(reader))
-        } else {
-            (Some((tx, rx)), None)
-        };
-        let mut closing = false;
-        let mut batch: Vec<(u64, Bytes)> = Vec::with_capacity(64);
-        batch.extend(carried.drain(..));
-        let mut first = !batch.is_empty();
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => { closing = true; break; }
-                _ = lost.cancelled() => break,
-                ev = monitor.next() => match ev {
-                    Some(SocketEvent::Disconnected(_)) | None => break,
-                    Some(_) => {}
-                },
-                m = recv_own(&mut own), if own.is_some() => match m {
-                    Ok(msg) => route_reply(msg, &pending, &stats),
-                    Err(e) => {
-                        tracing::debug!("requester receive error: {e}");
-                        break;
-                    }
-                },
-                n = async {
-                    // What was carried over from the last socket goes out first.
-                    if std::mem::take(&mut first) {
-                        batch.len()
-                    } else {
-                        queue.recv_many(&mut batch, 64).await
-                    }
-                } => {
-                    if n == 0 {
-                        closing = true;
-                        break;
-                    }
-                    let mut failed = false;
-                    for (id, body) in batch.drain(..) {
-                        if failed {
-                            carried.push_back((id, body)); // never sent: try the next socket
-                            continue;
-                        }
-                        let waiting = pending
-                            .lock()
-                            .expect("pending lock")
-                            .get(&id)
-                            .is_some_and(|w| !w.tx.is_closed());
-                        if !waiting {
-                            continue; // its caller already gave up
-                        }
-                        stats.bump(Counter::Sent);
-                        let frame = request_frame(id, body);
-                        let sent = match own.as_mut() {
-                            Some((tx, _)) => tx.send(frame).await,
-                            None => {
-                                let mut guard = slot.lock().await;
-                                let Some(tx) = guard.as_mut() else { break };
-                                tx.send(frame).await
-                            }
-                        };
-                        if let Err(e) = sent {
-                            tracing::debug!("requester send failed: {e}");
-                            fail(&pending, &id, Error::Socket(e.to_string()));
-                            failed = true;
-                        }
-                    }
-                    if failed {
-                        break;
-                    }
-                }
-            }
-        }
-        // New requests wait in the queue until the next socket is up.
-        *slot.lock().await = None;
-        if let Some(reader) = reader {
-            reader.abort();
-        }
-        // Requests still queued were never sent: they wait for the next socket (bounded by
-        // their timeout). Whatever was in flight on this one will not be answered there.
-        if !closing {
-            while let Ok(q) = queue.try_recv() {
-                carried.push_back(q);
-            }
-        }
-        if closing {
-            carried.clear();
-        }
-        let unsent: std::collections::HashSet<u64> = carried.iter().map(|(id, _)| *id).collect();
-        let in_flight: Vec<_> = {
-            let mut map = pending.lock().expect("pending lock");
-            let gone: Vec<u64> = map
-                .keys()
-                .filter(|id| !unsent.contains(id))
-                .copied()
-                .collect();
-            gone.iter()
-                .filter_map(|id| map.remove(id).map(|w| (*id, w)))
-                .collect()
-        };
-        if !in_flight.is_empty() {
-            tracing::warn!(%endpoint, count = in_flight.len(), "replyer went away with requests in flight");
-        }
-        for (_, w) in in_flight {
-            let _ = w.tx.send(Err(Error::Socket(format!(
-                "the replyer at {endpoint} went away before replying"
-            ))));
-        }
-        if closing {
-            break;
+                Some(Event::Disconnected { peer, .. }) => fail_lost(&endpoint, peer, &pending),
+                Some(_) => {}
+                None => std::future::pending::<()>().await,
+            },
         }
     }
 }
 
-/// The next reply on this task's own receive half (multi-thread runtimes).
-async fn recv_own(
-    own: &mut Option<(DealerSendHalf, DealerRecvHalf)>,
-) -> zeromq::ZmqResult<ZmqMessage> {
-    match own {
-        Some((_, rx)) => rx.recv().await,
-        None => std::future::pending().await,
+/// A lost connection takes the requests queued or in flight on it: they fail now.
+fn fail_lost(endpoint: &str, peer: PeerId, pending: &Pending) {
+    let lost: Vec<Waiting> = {
+        let mut map = pending.lock().expect("pending lock");
+        let gone: Vec<u64> = map
+            .iter()
+            .filter(|(_, w)| w.peer == Some(peer))
+            .map(|(id, _)| *id)
+            .collect();
+        gone.iter().filter_map(|id| map.remove(id)).collect()
+    };
+    if !lost.is_empty() {
+        tracing::warn!(%endpoint, count = lost.len(), "replyer went away with requests in flight");
+    }
+    for w in lost {
+        let _ = w.tx.send(Err(Error::Socket(format!(
+            "the replyer at {endpoint} went away before replying"
+        ))));
     }
 }
 
-fn fail(pending: &Pending, id: &u64, e: Error) {
-    if let Some(w) = pending.lock().expect("pending lock").remove(id) {
-        let _ = w.tx.send(Err(e));
-    }
-}
-
-fn route_reply(msg: ZmqMessage, pending: &Pending, stats: &Stats) {
-    let frames = msg.into_vec();
+fn route_reply(msg: Message, pending: &Pending, stats: &Stats) {
+    let frames = msg.frames();
     // Expected: [id, "", body]. Anything else did not come from a request of ours.
     let (Some(id), Some(body)) = (frames.first(), frames.last()) else {
         return;

@@ -426,7 +426,7 @@ impl Core {
 
     /// DEALER and PUSH: to the next peer in turn that has room; waits while none has (or no
     /// peer is connected), so back-pressure reaches the caller.
-    pub(crate) async fn send_balanced(&self, msg: Message) -> Result<()> {
+    pub(crate) async fn send_balanced(&self, msg: Message) -> Result<PeerId> {
         let mut msg = msg;
         loop {
             if self.stop.is_cancelled() {
@@ -435,7 +435,7 @@ impl Core {
             let changed = self.peers_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let senders: Vec<mpsc::Sender<Out>> = {
+            let senders: Vec<(PeerId, mpsc::Sender<Out>)> = {
                 let mut st = self.state();
                 let n = st.order.len();
                 let mut out = Out::Msg(msg);
@@ -446,7 +446,7 @@ impl Core {
                     match p.tx.try_send(out) {
                         Ok(()) => {
                             st.rr = (idx + 1) % n;
-                            return Ok(());
+                            return Ok(id);
                         }
                         Err(mpsc::error::TrySendError::Full(o))
                         | Err(mpsc::error::TrySendError::Closed(o)) => out = o,
@@ -458,7 +458,7 @@ impl Core {
                 msg = m;
                 st.order
                     .iter()
-                    .filter_map(|id| st.peers.get(id).map(|p| p.tx.clone()))
+                    .filter_map(|id| st.peers.get(id).map(|p| (*id, p.tx.clone())))
                     .collect()
             };
             if senders.is_empty() {
@@ -468,12 +468,13 @@ impl Core {
                 }
             }
             // Every peer is full: wait for room on any of them, or for the set to change.
-            let room = select_all(senders.into_iter().map(|s| s.reserve_owned().boxed()));
+            let ids: Vec<PeerId> = senders.iter().map(|(id, _)| *id).collect();
+            let room = select_all(senders.into_iter().map(|(_, s)| s.reserve_owned().boxed()));
             tokio::select! {
-                (permit, _, _) = room => {
+                (permit, i, _) = room => {
                     if let Ok(permit) = permit {
                         permit.send(Out::Msg(msg));
-                        return Ok(());
+                        return Ok(ids[i]);
                     }
                 }
                 _ = &mut changed => {}

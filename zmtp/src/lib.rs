@@ -29,6 +29,8 @@ mod core;
 pub mod endpoint;
 mod engine;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod link;
 pub mod message;

@@ -18,7 +18,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::link;
 use crate::message::Message;
-use crate::monitor::{Event, SocketStats};
+use crate::monitor::{Event, PeerId, SocketStats};
 use crate::options::{SocketOptions, SocketType};
 use crate::transport::Listener;
 
@@ -75,6 +75,13 @@ async fn recv(core: &Core, inbox: &mut mpsc::Receiver<Message>) -> Result<Messag
         m = inbox.recv() => m.ok_or(Error::Closed),
         _ = core.stop.cancelled() => inbox.try_recv().map_err(|_| Error::Closed),
     }
+}
+
+async fn send_balanced(core: &Core, msg: Message) -> Result<PeerId> {
+    if msg.is_empty() {
+        return Err(Error::InvalidMessage("a message needs at least one frame"));
+    }
+    core.send_balanced(msg).await
 }
 
 async fn wait_for_peers(core: &Core, n: usize) {
@@ -201,11 +208,13 @@ receives!(DealerSocket);
 impl DealerSocket {
     /// Sends a message (waits for a peer with room; wrap in a timeout to bound the wait).
     pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
-        let msg = msg.into();
-        if msg.is_empty() {
-            return Err(Error::InvalidMessage("a message needs at least one frame"));
-        }
-        self.s.core.send_balanced(msg).await
+        send_balanced(&self.s.core, msg.into()).await.map(|_| ())
+    }
+
+    /// As [`send`](Self::send), and says which connection took the message (see
+    /// [`Event::Disconnected`]: a message queued on a connection that is lost is lost too).
+    pub async fn send_tracked(&self, msg: impl Into<Message>) -> Result<PeerId> {
+        send_balanced(&self.s.core, msg.into()).await
     }
 
     /// Splits into a cloneable send half and a receive half.
@@ -233,7 +242,6 @@ pub struct DealerSender {
 }
 
 impl DealerSender {
-
     /// Stops accepting new connections (ports freed); existing connections carry on.
     pub fn stop_listening(&self) {
         self.core.listening.cancel()
@@ -248,11 +256,12 @@ impl DealerSender {
     }
     /// As [`DealerSocket::send`].
     pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
-        let msg = msg.into();
-        if msg.is_empty() {
-            return Err(Error::InvalidMessage("a message needs at least one frame"));
-        }
-        self.core.send_balanced(msg).await
+        send_balanced(&self.core, msg.into()).await.map(|_| ())
+    }
+
+    /// As [`DealerSocket::send_tracked`].
+    pub async fn send_tracked(&self, msg: impl Into<Message>) -> Result<PeerId> {
+        send_balanced(&self.core, msg.into()).await
     }
 
     /// Peers connected now.
@@ -270,7 +279,6 @@ pub struct Receiver {
 }
 
 impl Receiver {
-
     /// Stops accepting new connections (ports freed); existing connections carry on.
     pub fn stop_listening(&self) {
         self.core.listening.cancel()
@@ -340,7 +348,6 @@ pub struct RouterSender {
 }
 
 impl RouterSender {
-
     /// Stops accepting new connections (ports freed); existing connections carry on.
     pub fn stop_listening(&self) {
         self.core.listening.cancel()
@@ -466,11 +473,7 @@ common!(PushSocket, SocketType::Push);
 impl PushSocket {
     /// Sends a message (waits for a puller with room; wrap in a timeout to bound the wait).
     pub async fn send(&self, msg: impl Into<Message>) -> Result<()> {
-        let msg = msg.into();
-        if msg.is_empty() {
-            return Err(Error::InvalidMessage("a message needs at least one frame"));
-        }
-        self.s.core.send_balanced(msg).await
+        send_balanced(&self.s.core, msg.into()).await.map(|_| ())
     }
 }
 
