@@ -5,24 +5,23 @@
 //! the pusher wait instead of dropping: back-pressure travels upstream and nothing is lost.
 //! Frames are the same `{args, workflow_id}` envelope as a request.
 //!
-//! Either side may bind; a connecting side reconnects by itself when the binder restarts.
+//! Either side may bind; a connecting side reconnects by itself when the binder restarts (the
+//! transport does it). Each puller connection holds at most a bounded queue, so a stalled
+//! worker costs its own queue and then its share of pushes goes to the others.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use sf_zmtp::{Event, Message, PullSocket, PushSocket, SocketOptions};
 use tokio_util::sync::CancellationToken;
-use zeromq::{PullSocket, PushSocket, Socket, SocketEvent, SocketRecv, SocketSend, ZmqMessage};
 
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::stats::{Counter, Stats};
-use crate::util::{connect_until, Monitor};
 use crate::wire::{self, Request, WorkflowId};
 
 /// Tuning for both ends of a pipeline.
@@ -49,9 +48,7 @@ impl Default for PipelineOptions {
 /// The sending end; cheap to clone.
 #[derive(Clone)]
 pub struct Pusher {
-    /// The socket, used by `push` itself (no hand-off to another task per message); `None`
-    /// while a connecting pusher is between connections.
-    slot: Arc<tokio::sync::Mutex<Option<PushSocket>>>,
+    socket: Arc<PushSocket>,
     endpoint: String,
     timeout: Duration,
     stats: Arc<Stats>,
@@ -75,33 +72,65 @@ impl Drop for DropCancel {
     }
 }
 
+/// The transport's limit sits at twice the pipeline's, so an oversize message up to that is
+/// read, counted and dropped by the puller; a peer declaring more is cut on the header.
+fn transport_options(options: &PipelineOptions) -> SocketOptions {
+    SocketOptions::default().max_message_bytes(options.max_message_bytes.saturating_mul(2))
+}
+
+/// Counts the reconnections a connecting end makes (the transport makes them by itself).
+fn count_reconnects(
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = events.recv() => match ev {
+                    Some(Event::Connected { .. }) => {
+                        if !first {
+                            stats.bump(Counter::Reconnects);
+                        }
+                        first = false;
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+            }
+        }
+    });
+}
+
+/// Binds or connects `address` on a fresh socket; returns the endpoint.
+macro_rules! attach {
+    ($socket:expr, $address:expr, $options:expr, $stats:expr, $stop:expr, $what:literal) => {{
+        if $options.is_binder {
+            let ep = $address.bind_endpoint()?;
+            $socket
+                .bind(&ep)
+                .await
+                .map_err(|e| Error::Socket(format!("cannot bind {} to {ep}: {e}", $what)))?
+        } else {
+            let ep = $address.connect_endpoint()?;
+            count_reconnects($socket.monitor(), $stats.clone(), $stop.clone());
+            $socket.connect(&ep)?;
+            ep
+        }
+    }};
+}
+
 impl Pusher {
     /// Binds or starts connecting to `address`.
     pub async fn start(address: &Address, options: PipelineOptions) -> Result<Pusher> {
         let stop = CancellationToken::new();
         let stats = Arc::new(Stats::default());
-        let slot = Arc::new(tokio::sync::Mutex::new(None));
-        let endpoint = if options.is_binder {
-            let mut socket = PushSocket::new();
-            let ep = address.bind_endpoint()?;
-            let bound = socket
-                .bind(&ep)
-                .await
-                .map_err(|e| Error::Socket(format!("cannot bind pusher to {ep}: {e}")))?;
-            *slot.lock().await = Some(socket);
-            bound.to_string()
-        } else {
-            let ep = address.connect_endpoint()?;
-            tokio::spawn(keep_connected(
-                ep.clone(),
-                slot.clone(),
-                stats.clone(),
-                stop.clone(),
-            ));
-            ep
-        };
+        let socket = PushSocket::with_options(transport_options(&options));
+        let endpoint = attach!(socket, address, options, stats, stop, "pusher");
         Ok(Pusher {
-            slot,
+            socket: Arc::new(socket),
             endpoint,
             timeout: options.send_timeout,
             stats,
@@ -120,152 +149,58 @@ impl Pusher {
     }
 
     /// Hands `args` to one puller; waits (bounded by the send timeout) while every puller is
-    /// full or none is connected. `Ok` means the message is on the socket.
+    /// full or none is connected. `Ok` means the message is queued on a puller's connection.
     ///
-    /// A push that times out waiting for a puller to connect is never sent later (counted in
-    /// `dropped`). One that times out while the puller it was given to is full is still
-    /// delivered once that puller makes room (counted in `timeouts`): the socket library
-    /// cannot take back a message it has begun to send, and dropping such a send half way
-    /// makes it forget that puller for good, so the send is always carried to its end.
+    /// A push that times out is never sent: it is counted in `dropped` if no puller was
+    /// connected, in `timeouts` if every puller was full.
     pub async fn push<A: Serialize + ?Sized>(
         &self,
         args: &A,
         workflow_id: WorkflowId,
     ) -> Result<()> {
-        let encode = || {
-            wire::encode(&RequestRef {
-                args,
-                workflow_id: &workflow_id,
-            })
-            .map(ZmqMessage::from)
-        };
-        // Read the clock only once the push has to wait.
-        let mut deadline = None;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let guard = match self.slot.clone().try_lock_owned() {
-                Ok(g) => g,
+        let msg = Message::single(wire::encode(&RequestRef {
+            args,
+            workflow_id: &workflow_id,
+        })?);
+        let send = self.socket.send(msg);
+        tokio::pin!(send);
+        // Fast path, no timer: a puller with room takes the message at once.
+        let sent = match (&mut send).now_or_never() {
+            Some(r) => r,
+            None => match tokio::time::timeout(self.timeout, send).await {
+                Ok(r) => r,
                 Err(_) => {
-                    let d = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
-                    match tokio::time::timeout_at(d, self.slot.clone().lock_owned()).await {
-                        Ok(g) => g,
-                        Err(_) => return Err(self.gave_up()),
-                    }
+                    self.stats.bump(if self.socket.peer_count() == 0 {
+                        Counter::Dropped
+                    } else {
+                        Counter::Timeouts
+                    });
+                    return Err(Error::Timeout(self.timeout));
                 }
-            };
-            if guard.is_some() {
-                let stats = self.stats.clone();
-                let msg = encode()?;
-                let mut send = Box::pin(async move {
-                    let mut guard = guard;
-                    let sock = guard.as_mut().expect("checked above");
-                    let sent = sock.send(msg).await;
-                    if sent.is_ok() {
-                        stats.bump(Counter::Sent);
-                    }
-                    sent
-                });
-                // Fast path, no timer: a peer with room takes the message at once.
-                let sent = match (&mut send).now_or_never() {
-                    Some(sent) => sent,
-                    None => {
-                        // The peer given the message is full: the send finishes in its own
-                        // task, whether or not this caller waits for it.
-                        let d = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
-                        match tokio::time::timeout_at(d, tokio::spawn(send)).await {
-                            Ok(Ok(sent)) => sent,
-                            Ok(Err(e)) => {
-                                self.stats.bump(Counter::Dropped);
-                                return Err(Error::Socket(format!("push task failed: {e}")));
-                            }
-                            Err(_) => {
-                                self.stats.bump(Counter::Timeouts);
-                                return Err(Error::Timeout(self.timeout));
-                            }
-                        }
-                    }
-                };
-                match sent {
-                    Ok(()) => return Ok(()),
-                    // With no peer the socket refuses at once: wait for one below.
-                    Err(zeromq::ZmqError::ReturnToSender { .. }) => {}
-                    Err(e) => {
-                        self.stats.bump(Counter::Dropped);
-                        return Err(Error::Socket(e.to_string()));
-                    }
-                }
-            }
-            let d = *deadline.get_or_insert_with(|| Instant::now() + self.timeout);
-            if Instant::now() >= d {
-                return Err(self.gave_up());
-            }
-            tokio::time::sleep_until((Instant::now() + pause).min(d)).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
-    }
-
-    /// A push that found no puller within the timeout: never sent.
-    fn gave_up(&self) -> Error {
-        self.stats.bump(Counter::Dropped);
-        Error::Timeout(self.timeout)
+            },
+        };
+        sent?;
+        self.stats.bump(Counter::Sent);
+        Ok(())
     }
 }
 
-/// A [`Request`] by reference, encoded the same, so a push can encode it twice.
+/// A [`Request`] by reference, encoded the same.
 #[derive(Serialize)]
 struct RequestRef<'a, A: ?Sized> {
     args: &'a A,
     workflow_id: &'a WorkflowId,
 }
 
-/// Keeps a connecting pusher's socket connected: the `zeromq` crate does not reconnect
-/// PUSH, so a new socket replaces the old one when the peer goes away.
-async fn keep_connected(
-    endpoint: String,
-    slot: Arc<tokio::sync::Mutex<Option<PushSocket>>>,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-) {
-    let mut first = true;
-    loop {
-        let Some((socket, mut monitor)) = connect_until::<PushSocket>(&endpoint, &stop).await
-        else {
-            return;
-        };
-        if !first {
-            stats.bump(Counter::Reconnects);
-        }
-        first = false;
-        *slot.lock().await = Some(socket);
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                ev = monitor.next() => {
-                    if matches!(ev, Some(SocketEvent::Disconnected(_)) | None) {
-                        break;
-                    }
-                }
-            }
-        }
-        *slot.lock().await = None;
-    }
-}
-
 /// The receiving end. It reads its socket itself, in [`Puller::next`]: no task and no
 /// channel between the socket and the consumer, so a message costs no hand-off, and a
-/// consumer that stops pulling makes the pushers wait (nothing piles up in between).
+/// consumer that stops pulling makes the pushers wait (the socket's queue is bounded).
 pub struct Puller {
-    /// The socket and, for a connecting puller, its monitor; `None` while (re)connecting.
-    socket: Option<(ClosingPull, Option<Monitor>)>,
-    /// A connect under way (connecting pullers), started at once so that the connection is
-    /// up before the first `next`.
-    connecting: Option<JoinHandle<Option<(ClosingPull, Monitor)>>>,
-    /// Where a connecting puller connects; `None` for a binder.
-    reconnect: Option<String>,
+    socket: PullSocket,
     endpoint: String,
     max: usize,
     stats: Arc<Stats>,
-    stop: DropCancel,
+    _stop: DropCancel,
 }
 
 impl std::fmt::Debug for Puller {
@@ -276,56 +211,19 @@ impl std::fmt::Debug for Puller {
     }
 }
 
-fn start_connect(
-    endpoint: String,
-    stop: CancellationToken,
-) -> JoinHandle<Option<(ClosingPull, Monitor)>> {
-    tokio::spawn(async move {
-        connect_until::<PullSocket>(&endpoint, &stop)
-            .await
-            .map(|(s, m)| (ClosingPull(s), m))
-    })
-}
-
-/// What woke a waiting [`Puller::next_raw`].
-enum Woke {
-    Lost,
-    Event,
-    Message(zeromq::ZmqResult<ZmqMessage>),
-}
-
 impl Puller {
     /// Binds or starts connecting to `address`.
     pub async fn start(address: &Address, options: PipelineOptions) -> Result<Puller> {
         let stop = CancellationToken::new();
         let stats = Arc::new(Stats::default());
-        let max = options.max_message_bytes;
-        let (socket, connecting, reconnect, endpoint) = if options.is_binder {
-            let mut socket = PullSocket::new();
-            let ep = address.bind_endpoint()?;
-            let bound = socket
-                .bind(&ep)
-                .await
-                .map_err(|e| Error::Socket(format!("cannot bind puller to {ep}: {e}")))?;
-            (
-                Some((ClosingPull(socket), None)),
-                None,
-                None,
-                bound.to_string(),
-            )
-        } else {
-            let ep = address.connect_endpoint()?;
-            let task = start_connect(ep.clone(), stop.clone());
-            (None, Some(task), Some(ep.clone()), ep)
-        };
+        let socket = PullSocket::with_options(transport_options(&options));
+        let endpoint = attach!(socket, address, options, stats, stop, "puller");
         Ok(Puller {
             socket,
-            connecting,
-            reconnect,
             endpoint,
-            max,
+            max: options.max_message_bytes,
             stats,
-            stop: DropCancel(stop),
+            _stop: DropCancel(stop),
         })
     }
 
@@ -343,49 +241,8 @@ impl Puller {
     /// safe: a message is never lost by dropping the future.
     pub async fn next_raw(&mut self) -> Option<Bytes> {
         loop {
-            if self.socket.is_none() {
-                let ep = self.reconnect.clone()?;
-                let stop = self.stop.0.clone();
-                let task = self
-                    .connecting
-                    .get_or_insert_with(|| start_connect(ep, stop));
-                let connected = task.await;
-                self.connecting = None;
-                match connected {
-                    Ok(Some((socket, monitor))) => self.socket = Some((socket, Some(monitor))),
-                    _ => return None,
-                }
-            }
-            let (sock, monitor) = self.socket.as_mut().expect("set above");
-            let woke = tokio::select! {
-                biased;
-                ev = async {
-                    match monitor {
-                        Some(m) => m.next().await,
-                        None => std::future::pending().await,
-                    }
-                } => match ev {
-                    Some(SocketEvent::Disconnected(_)) | None => Woke::Lost,
-                    Some(_) => Woke::Event,
-                },
-                m = sock.0.recv() => Woke::Message(m),
-            };
-            let msg = match woke {
-                Woke::Event => continue,
-                Woke::Lost => {
-                    // The socket library does not reconnect PULL: a new socket replaces it,
-                    // connecting at once whether or not anyone is pulling.
-                    self.stats.bump(Counter::Reconnects);
-                    self.socket = None;
-                    if let Some(ep) = &self.reconnect {
-                        self.connecting = Some(start_connect(ep.clone(), self.stop.0.clone()));
-                    }
-                    continue;
-                }
-                Woke::Message(Ok(m)) => m,
-                Woke::Message(Err(_)) => continue,
-            };
-            let Some(frame) = msg.into_vec().pop() else {
+            let msg = self.socket.recv().await.ok()?;
+            let Some(frame) = msg.into_frames().pop() else {
                 continue;
             };
             self.stats.bump(Counter::Received);
@@ -410,17 +267,5 @@ impl Puller {
             self.stats.bump(Counter::Malformed);
         }
         Some(decoded)
-    }
-}
-
-/// A PULL socket that closes its connections when dropped. zeromq 0.7's `PullSocket` has no
-/// `Drop`: dropped as it is, its connections stay open (each read half is kept alive by the
-/// waker it registered), so a pusher connected to a puller that went away goes on writing
-/// into a connection nobody reads and never reconnects. Shutting the backend down closes them.
-struct ClosingPull(PullSocket);
-
-impl Drop for ClosingPull {
-    fn drop(&mut self) {
-        self.0.backend().shutdown();
     }
 }
