@@ -17,7 +17,7 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The socket library refused (bind in use, bad endpoint, ...).
+    /// The transport refused (bind in use, bad endpoint, ...).
     #[error("socket: {0}")]
     Socket(String),
     /// A request got no reply in time (after any retries).
@@ -45,12 +45,6 @@ impl From<sf_zmtp::Error> for Error {
             sf_zmtp::Error::Closed => Error::Closed,
             e => Error::Socket(e.to_string()),
         }
-    }
-}
-
-impl From<zeromq::ZmqError> for Error {
-    fn from(e: zeromq::ZmqError) -> Self {
-        Error::Socket(e.to_string())
     }
 }
 

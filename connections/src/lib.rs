@@ -1,7 +1,8 @@
 //! Wire codec and ZeroMQ connections of the service framework.
 //!
-//! This is the only crate that imports `zeromq`. Everything above it (states, the runtime,
-//! the HTTP bridge) speaks in addresses, typed envelopes and connection handles.
+//! This is the only crate that touches sockets (through the project's transport, `sf-zmtp`).
+//! Everything above it (states, the runtime, the HTTP bridge) speaks in addresses, typed
+//! envelopes and connection handles.
 //!
 //! # Layout
 //! - [`wire`]: bytes <-> envelopes, byte-compatible with Python `service_framework` 0.0.18

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sf_zmtp::{Event, Message, PullSocket, PushSocket, SocketOptions};
+use sf_zmtp::{Message, PullSocket, PushSocket, SocketOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::address::Address;
@@ -78,32 +78,6 @@ fn transport_options(options: &PipelineOptions) -> SocketOptions {
     SocketOptions::default().max_message_bytes(options.max_message_bytes.saturating_mul(2))
 }
 
-/// Counts the reconnections a connecting end makes (the transport makes them by itself).
-fn count_reconnects(
-    mut events: tokio::sync::mpsc::Receiver<Event>,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-) {
-    tokio::spawn(async move {
-        let mut first = true;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                ev = events.recv() => match ev {
-                    Some(Event::Connected { .. }) => {
-                        if !first {
-                            stats.bump(Counter::Reconnects);
-                        }
-                        first = false;
-                    }
-                    Some(_) => {}
-                    None => return,
-                },
-            }
-        }
-    });
-}
-
 /// Binds or connects `address` on a fresh socket; returns the endpoint.
 macro_rules! attach {
     ($socket:expr, $address:expr, $options:expr, $stats:expr, $stop:expr, $what:literal) => {{
@@ -115,7 +89,7 @@ macro_rules! attach {
                 .map_err(|e| Error::Socket(format!("cannot bind {} to {ep}: {e}", $what)))?
         } else {
             let ep = $address.connect_endpoint()?;
-            count_reconnects($socket.monitor(), $stats.clone(), $stop.clone());
+            crate::util::count_reconnects($socket.monitor(), $stats.clone(), $stop.clone());
             $socket.connect(&ep)?;
             ep
         }

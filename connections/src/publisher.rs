@@ -2,8 +2,9 @@
 //!
 //! Binds a PUB socket (or connects one to a bus proxy when `is_x_pub`, as the original does).
 //! Every message carries `seq` (1, 2, 3... per publisher) and `pub_id` (random per publisher
-//! instance) so a framework subscriber counts what it missed: PUB drops silently when a
-//! subscriber falls behind, and that loss is never silent here.
+//! instance) so a framework subscriber counts what it missed: PUB drops for a subscriber that
+//! falls a whole queue behind (that subscriber only: the others are not slowed), and that
+//! loss is never silent here. Each subscriber's queue is bounded by `send_hwm` messages.
 //!
 //! With a credit window (opt-in, framework subscribers only) the publisher uses an XPUB
 //! socket: a subscriber's subscription and its credit messages travel upstream on the same
@@ -18,19 +19,34 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
-use futures::StreamExt;
 use serde::Serialize;
+use sf_zmtp::{Message, PubSocket, SocketOptions, XPubSocket};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use zeromq::{PubSocket, Socket, SocketEvent, SocketRecv, SocketSend, XPubSocket, ZmqMessage};
 
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::stats::{Counter, Stats};
-use crate::util::connect_until;
 use crate::wire::{self, WorkflowId};
 
-/// Most publishes sent as one multipart message in credit mode.
+/// Binds `address`, or connects to it (a bus proxy) with `connect`; returns the endpoint.
+macro_rules! attach {
+    ($socket:expr, $address:expr, $connect:expr) => {{
+        if $connect {
+            let ep = $address.connect_endpoint()?;
+            $socket.connect(&ep)?;
+            ep
+        } else {
+            let ep = $address.bind_endpoint()?;
+            $socket
+                .bind(&ep)
+                .await
+                .map_err(|e| Error::Socket(format!("cannot bind publisher to {ep}: {e}")))?
+        }
+    }};
+}
+
+/// Most publishes sent in one go in credit mode.
 const MAX_BATCH: usize = 1024;
 
 /// The first byte of a credit message (0 and 1 are unsubscribe and subscribe).
@@ -70,7 +86,7 @@ impl Default for CreditOptions {
 }
 
 /// Tuning for a [`Publisher`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PublisherOptions {
     /// Topic prefixed to every message (empty: none).
     pub topic: String,
@@ -78,6 +94,21 @@ pub struct PublisherOptions {
     pub is_x_pub: bool,
     /// Lossless mode for framework subscribers.
     pub credit: Option<CreditOptions>,
+    /// Messages queued per subscriber (default 10,000); a subscriber that falls further
+    /// behind misses messages (counted in `dropped`, seen as `lost` by it). In credit mode
+    /// the queue is at least the window.
+    pub send_hwm: usize,
+}
+
+impl Default for PublisherOptions {
+    fn default() -> Self {
+        PublisherOptions {
+            topic: String::new(),
+            is_x_pub: false,
+            credit: None,
+            send_hwm: 10_000,
+        }
+    }
 }
 
 /// A publisher; cheap to clone, shared by every task that publishes.
@@ -96,6 +127,8 @@ struct PubInner {
     stats: Arc<Stats>,
     subscribers: watch::Receiver<usize>,
     stop: CancellationToken,
+    /// How long the writer's socket may take to flush at shutdown, in milliseconds.
+    linger_ms: Arc<std::sync::atomic::AtomicU64>,
     done: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -109,25 +142,32 @@ impl Publisher {
         let pub_id: u64 = rand::random();
         let prefix = topic_prefix(&options.topic);
         let headroom = prefix.len() + MAX_HEADER;
+        let linger_ms = Arc::new(std::sync::atomic::AtomicU64::new(1000));
         let mut writer = Writer {
             pub_id,
             seq: 0,
             topic_prefix: prefix,
             headroom,
             stats: stats.clone(),
+            dropped_seen: 0,
+            linger_ms: linger_ms.clone(),
         };
-        let (endpoint, task) = match (&options.credit, options.is_x_pub) {
-            (Some(credit), _) => {
-                let mut socket = XPubSocket::new();
-                let endpoint = if options.is_x_pub {
-                    let ep = address.connect_endpoint()?;
-                    socket.connect(&ep).await.map_err(|e| {
-                        Error::Socket(format!("cannot connect publisher to {ep}: {e}"))
-                    })?;
-                    ep
-                } else {
-                    bind(&mut socket, address).await?
-                };
+        let mut hwm = options.send_hwm.max(1);
+        if let Some(c) = &options.credit {
+            hwm = hwm.max(
+                usize::try_from(c.window)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(MAX_BATCH),
+            );
+        }
+        // Flushing at shutdown is bounded by `shutdown`'s own linger.
+        let socket_options = SocketOptions::default()
+            .send_hwm(hwm)
+            .linger(Duration::from_secs(30));
+        let (endpoint, task) = match &options.credit {
+            Some(credit) => {
+                let socket = XPubSocket::with_options(socket_options);
+                let endpoint = attach!(socket, address, options.is_x_pub);
                 let credit = credit.clone();
                 let stop = stop.clone();
                 (
@@ -137,23 +177,16 @@ impl Publisher {
                     }),
                 )
             }
-            (None, false) => {
-                let mut socket = PubSocket::new();
-                let endpoint = bind(&mut socket, address).await?;
+            None => {
+                let socket = PubSocket::with_options(socket_options);
+                let endpoint = attach!(socket, address, options.is_x_pub);
+                if options.is_x_pub {
+                    crate::util::count_reconnects(socket.monitor(), stats.clone(), stop.clone());
+                }
                 let stop = stop.clone();
                 (
                     endpoint,
-                    tokio::spawn(
-                        async move { writer.run_plain(Some(socket), None, stop, rx).await },
-                    ),
-                )
-            }
-            (None, true) => {
-                let endpoint = address.connect_endpoint()?;
-                let (ep, stop) = (endpoint.clone(), stop.clone());
-                (
-                    endpoint,
-                    tokio::spawn(async move { writer.run_plain(None, Some(ep), stop, rx).await }),
+                    tokio::spawn(async move { writer.run_plain(socket, stop, rx).await }),
                 )
             }
         };
@@ -167,6 +200,7 @@ impl Publisher {
                 stats,
                 subscribers,
                 stop,
+                linger_ms,
                 done: std::sync::Mutex::new(Some(task)),
             }),
         })
@@ -217,26 +251,20 @@ impl Publisher {
         }
     }
 
-    /// Sends everything queued, gives the socket `linger` to flush, and closes it.
+    /// Sends everything queued and closes the socket, giving it up to `linger` to flush;
+    /// returns as soon as everything is out.
     pub async fn shutdown(&self, linger: Duration) {
         let task = self.inner.done.lock().expect("done lock").take();
+        self.inner.linger_ms.store(
+            u64::try_from(linger.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.inner.stop.cancel();
         if let Some(task) = task {
-            // Closing the queue is what ends the writer; other clones may still hold senders,
-            // so bound the wait.
+            // Other clones may still hold senders to the queue, so bound the wait.
             let _ = tokio::time::timeout(linger + Duration::from_secs(1), task).await;
         }
-        tokio::time::sleep(linger).await;
     }
-}
-
-async fn bind<S: Socket>(socket: &mut S, address: &Address) -> Result<String> {
-    let ep = address.bind_endpoint()?;
-    let bound = socket
-        .bind(&ep)
-        .await
-        .map_err(|e| Error::Socket(format!("cannot bind publisher to {ep}: {e}")))?;
-    Ok(bound.to_string())
 }
 
 fn topic_prefix(topic: &str) -> Vec<u8> {
@@ -258,13 +286,29 @@ struct Writer {
     /// The room at the front of each queued publish (see [`Publisher::publish`]).
     headroom: usize,
     stats: Arc<Stats>,
+    /// The socket's drop count last read (drops are counted by the socket, per subscriber).
+    dropped_seen: u64,
+    linger_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Writer {
     /// `topic + {seq, pub_id, args, workflow_id}` around the pre-encoded `args`/`workflow_id`
     /// entries; numbering here keeps `seq` in send order however many tasks publish.
-    fn frame(&mut self, publish: Vec<u8>) -> ZmqMessage {
-        ZmqMessage::from(self.frame_bytes(publish))
+    fn frame(&mut self, publish: Vec<u8>) -> Message {
+        Message::single(self.frame_bytes(publish))
+    }
+
+    /// Adds what the socket dropped since the last look to `dropped`.
+    fn count_drops(&mut self, dropped_now: u64) {
+        if dropped_now > self.dropped_seen {
+            self.stats
+                .add(Counter::Dropped, dropped_now - self.dropped_seen);
+            self.dropped_seen = dropped_now;
+        }
+    }
+
+    fn linger(&self) -> Duration {
+        Duration::from_millis(self.linger_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// `publish` is the room left by [`Publisher::publish`] followed by the encoded entries:
@@ -290,52 +334,35 @@ impl Writer {
 
     async fn run_plain(
         &mut self,
-        mut socket: Option<PubSocket>,
-        reconnect: Option<String>,
+        socket: PubSocket,
         stop: CancellationToken,
         mut rx: mpsc::Receiver<Vec<u8>>,
     ) {
-        let mut monitor = None;
         let mut batch = Vec::with_capacity(256);
         loop {
-            if socket.is_none() {
-                let Some(ep) = &reconnect else { return };
-                // Connect in this task; messages published meanwhile wait in the queue.
-                match connect_until::<PubSocket>(ep, &stop).await {
-                    Some((s, m)) => {
-                        socket = Some(s);
-                        monitor = Some(m);
-                    }
-                    None => return,
-                }
-            }
-            let sock = socket.as_mut().expect("connected above");
             tokio::select! {
                 biased;
-                ev = next_event(&mut monitor) => {
-                    if matches!(ev, Some(SocketEvent::Disconnected(_)) | None) {
-                        self.stats.bump(Counter::Reconnects);
-                        socket = None;
-                        monitor = None;
-                    }
-                }
                 n = rx.recv_many(&mut batch, 256) => {
                     if n == 0 {
-                        return;
+                        break;
                     }
                     for entries in batch.drain(..) {
                         let msg = self.frame(entries);
-                        if sock.send(msg).await.is_err() {
-                            self.stats.bump(Counter::Dropped);
-                        } else {
+                        // Never waits: a subscriber whose queue is full misses it (counted).
+                        if socket.send(msg).is_ok() {
                             self.stats.bump(Counter::Sent);
                         }
                     }
+                    self.count_drops(socket.stats().dropped);
+                    // Let the connections' writers drain before the next batch.
+                    tokio::task::yield_now().await;
                 }
                 // Shut down: what was queued has gone out (the branch above is polled first).
-                _ = stop.cancelled(), if rx.is_empty() => return,
+                _ = stop.cancelled(), if rx.is_empty() => break,
             }
         }
+        let linger = self.linger();
+        let _ = tokio::time::timeout(linger, socket.close()).await;
     }
 
     async fn run_credit(
@@ -371,16 +398,18 @@ impl Writer {
                 let n = pending
                     .len()
                     .min(usize::try_from(room).unwrap_or(usize::MAX));
-                let frames: Vec<Bytes> = pending.drain(..n).map(|e| self.frame_bytes(e)).collect();
-                let msg = ZmqMessage::try_from(frames).expect("at least one frame");
-                match socket.send(msg).await {
-                    Ok(()) => self.stats.add(Counter::Sent, n as u64),
-                    Err(_) => self.stats.add(Counter::Dropped, n as u64),
+                for e in pending.drain(..n).collect::<Vec<_>>() {
+                    let msg = self.frame(e);
+                    if socket.send(msg).is_ok() {
+                        self.stats.bump(Counter::Sent);
+                    }
                 }
+                self.count_drops(socket.stats().dropped);
+                tokio::task::yield_now().await;
                 continue;
             }
             if closed && pending.is_empty() {
-                return;
+                break;
             }
             let blocked = !pending.is_empty();
             if blocked {
@@ -410,19 +439,21 @@ impl Writer {
                         let _ = subs_tx.send(subs.len());
                     }
                 }
-                _ = stop.cancelled(), if pending.is_empty() && rx.is_empty() => return,
+                _ = stop.cancelled(), if pending.is_empty() && rx.is_empty() => break,
             }
         }
+        let linger = self.linger();
+        let _ = tokio::time::timeout(linger, socket.close()).await;
     }
 
     fn on_upstream(
         &mut self,
-        msg: ZmqMessage,
+        msg: Message,
         subs: &mut HashMap<u64, CreditSub>,
         max_window: u64,
         subs_tx: &watch::Sender<usize>,
     ) {
-        let Some(frame) = msg.get(0) else { return };
+        let Some(frame) = msg.first() else { return };
         if frame.first() != Some(&CREDIT_TAG) {
             return; // a (un)subscription, already applied by the socket
         }
@@ -463,13 +494,6 @@ impl Writer {
                 );
             }
         }
-    }
-}
-
-async fn next_event(monitor: &mut Option<crate::util::Monitor>) -> Option<SocketEvent> {
-    match monitor {
-        Some(m) => m.next().await,
-        None => std::future::pending().await,
     }
 }
 

@@ -1,10 +1,9 @@
 //! The receiving side of publish/subscribe.
 //!
-//! An XSUB socket underneath, because the original's topic filter is the bytes of
-//! `msgpack(topic)` (not valid UTF-8, so a SUB socket's `subscribe(&str)` cannot take it): an
-//! XSUB accepts the raw subscription message `0x01 + prefix`. The length header inside the
-//! prefix makes the match exact, as in the original. XSUB reconnects by itself after a
-//! publisher restart and re-sends its subscription.
+//! An XSUB socket underneath: the original's topic filter is the bytes of `msgpack(topic)`,
+//! sent as the raw subscription message `0x01 + prefix`. The length header inside the
+//! prefix makes the match exact, as in the original. The transport reconnects by itself
+//! after a publisher restart and re-sends the subscription.
 //!
 //! Framework publishers number their messages; the subscriber counts gaps (`lost`) and old or
 //! repeated numbers (`duplicates`) per publisher and logs them. In credit mode it also
@@ -16,15 +15,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::{DeserializeOwned, IgnoredAny};
+use sf_zmtp::{Message, SocketOptions, XSubSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use zeromq::{Socket, SocketRecv, SocketSend, XSubSocket, ZmqMessage};
 
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::publisher::{CreditMsg, CREDIT_TAG};
 use crate::stats::{Counter, Stats};
-use crate::util::{connect_until, IdMap};
+use crate::util::IdMap;
 use crate::wire::{self, Publish, WorkflowId};
 
 /// Tuning for a [`Subscriber`].
@@ -106,21 +105,21 @@ impl Drop for Subscriber {
 impl Subscriber {
     /// Connects (or binds, with `is_binder`) to `address` and subscribes.
     pub async fn start(address: &Address, options: SubscriberOptions) -> Result<Subscriber> {
-        let (endpoint, source) = if options.is_binder {
+        let socket = XSubSocket::with_options(
+            SocketOptions::default().max_message_bytes(options.max_message_bytes.saturating_mul(2)),
+        );
+        let endpoint = if options.is_binder {
             let ep = address.bind_endpoint()?;
-            let mut socket = XSubSocket::new();
-            let bound = socket
+            socket
                 .bind(&ep)
                 .await
                 .map_err(|e| Error::Socket(format!("cannot bind subscriber to {ep}: {e}")))?
-                .to_string();
-            (bound, Source::Bound(socket))
         } else {
-            // The first connect waits for the publisher to be up, so it happens in the
-            // reader task: a subscriber never holds up the service that owns it. After that
-            // the XSUB reconnects by itself.
+            // Returns at once: the transport connects (and reconnects) in the background, so
+            // a subscriber never holds up the service that owns it.
             let ep = address.connect_endpoint()?;
-            (ep.clone(), Source::Connect(ep))
+            socket.connect(&ep)?;
+            ep
         };
         let prefix = if options.topic.is_empty() {
             Vec::new()
@@ -150,7 +149,7 @@ impl Subscriber {
             max: options.max_message_bytes,
             stats: stats.clone(),
         };
-        tokio::spawn(reader.run(source, tx, ack_rx, sub_id, stop.clone()));
+        tokio::spawn(reader.run(socket, tx, ack_rx, sub_id, stop.clone()));
         Ok(Subscriber {
             endpoint,
             rx,
@@ -209,23 +208,10 @@ impl Subscriber {
     }
 }
 
-/// A no-op sent upstream by plain subscribers every 500 ms: an unsubscribe (0x00) from a
-/// prefix nobody subscribes to (0xc1 is never the first byte of msgpack, so of any topic or
-/// envelope). PUB and XPUB sockets, libzmq's included, ignore it.
-const KEEPALIVE: &[u8] = b"\x00\xc1sf-keepalive";
-
-fn credit_frame(c: &CreditMsg) -> Result<ZmqMessage> {
+fn credit_frame(c: &CreditMsg) -> Result<Message> {
     let mut frame = vec![CREDIT_TAG];
     wire::encode_into(&mut frame, c)?;
-    Ok(ZmqMessage::from(frame))
-}
-
-/// Where the reader's socket comes from.
-enum Source {
-    /// Already bound (`is_binder`): publishers connect to it.
-    Bound(XSubSocket),
-    /// To connect to, in the reader task.
-    Connect(String),
+    Ok(Message::single(frame))
 }
 
 struct Reader {
@@ -252,26 +238,19 @@ struct Header {
 impl Reader {
     async fn run(
         self,
-        source: Source,
+        mut socket: XSubSocket,
         tx: mpsc::Sender<Delivery>,
         mut acks: Option<(mpsc::UnboundedReceiver<(u64, u64)>, u64)>,
         sub_id: u64,
         stop: CancellationToken,
     ) {
-        let mut socket = match source {
-            Source::Bound(socket) => socket,
-            Source::Connect(ep) => match connect_until::<XSubSocket>(&ep, &stop).await {
-                Some((socket, _monitor)) => socket,
-                None => return,
-            },
-        };
         // The subscription is remembered by the socket and re-sent to every new peer; a
         // credit hello follows it on the same connection, so the publisher registers this
         // subscriber only once its subscription is in place.
         let mut subscription = Vec::with_capacity(self.prefix.len() + 1);
         subscription.push(1u8);
         subscription.extend_from_slice(&self.prefix);
-        if let Err(e) = socket.send(ZmqMessage::from(subscription)).await {
+        if let Err(e) = socket.send(Message::single(subscription)).await {
             tracing::warn!("subscriber cannot subscribe: {e}");
         }
         if let Some((_, window)) = &acks {
@@ -309,21 +288,15 @@ impl Reader {
                     }
                     continue;
                 }
-                _ = keepalive.tick() => {
+                _ = keepalive.tick(), if acks.is_some() => {
                     // Credit mode: tells credit publishers this subscriber is alive (and
-                    // registers it with publishers that started after it). Both modes: an
-                    // XPUB socket (bus proxy, credit publisher) dropped while its process
-                    // lives leaves its connections open in zeromq 0.7, so this side would
-                    // never notice and never reconnect; any message up such a connection
-                    // closes it. Plain mode sends an unsubscribe that matches nothing.
-                    let frame = match &acks {
-                        Some((_, window)) => {
-                            credit_frame(&CreditMsg { sub: sub_id, pub_id: None, acked: None, window: *window })
+                    // registers it with publishers that started after it). A dead peer is
+                    // the transport's to notice (heartbeats), in both modes.
+                    if let Some((_, window)) = &acks {
+                        let hello = CreditMsg { sub: sub_id, pub_id: None, acked: None, window: *window };
+                        if let Ok(frame) = credit_frame(&hello) {
+                            let _ = socket.send(frame).await;
                         }
-                        None => Ok(ZmqMessage::from(KEEPALIVE.to_vec())),
-                    };
-                    if let Ok(frame) = frame {
-                        let _ = socket.send(frame).await;
                     }
                     ticks += 1;
                     last_acks.retain(|_, (_, at)| ticks - *at <= 20);
@@ -339,15 +312,11 @@ impl Reader {
                 }
                 m = socket.recv() => m,
             };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::debug!("subscriber receive error: {e}");
-                    continue;
-                }
+            let Ok(msg) = msg else {
+                return; // the socket closed
             };
-            // One frame is one publish; a credit publisher batches several into one message.
-            for frame in msg.into_vec() {
+            // One frame is one publish (a publisher of an older version batched several).
+            for frame in msg.into_frames() {
                 self.stats.bump(Counter::Received);
                 let Some(delivery) = self.parse(frame, &mut last_seq) else {
                     continue;

@@ -2,10 +2,14 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::time::Duration;
 
+use std::sync::Arc;
+
+use sf_zmtp::Event;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use zeromq::{Socket, SocketEvent, SocketOptions};
+
+use crate::stats::{Counter, Stats};
 
 /// A map keyed by ids (request ids, publisher ids). Sequential or random ids spread as well
 /// under a multiplicative hash as under SipHash, for a fraction of the cost.
@@ -28,40 +32,28 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-/// The socket monitor's event stream.
-pub(crate) type Monitor = futures::channel::mpsc::Receiver<SocketEvent>;
-
-/// Builds a fresh socket and connects it to `endpoint`, retrying with backoff until it
-/// succeeds or `stop` fires. Runs in a connection's own task: never on a path that answers.
-pub(crate) async fn connect_until<S: Socket>(
-    endpoint: &str,
-    stop: &CancellationToken,
-) -> Option<(S, Monitor)> {
-    let mut backoff = Duration::from_millis(5);
-    let mut attempts = 0u32;
-    loop {
-        let mut options = SocketOptions::default();
-        options.connect_timeout(Duration::from_secs(2));
-        let mut socket = S::with_options(options);
-        let monitor = socket.monitor();
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            r = socket.connect(endpoint) => match r {
-                Ok(()) => return Some((socket, monitor)),
-                Err(e) => {
-                    attempts += 1;
-                    if attempts == 5 {
-                        tracing::warn!(endpoint, "still cannot connect, retrying: {e}");
-                    } else {
-                        tracing::debug!(endpoint, "connect failed, retrying: {e}");
+/// Counts the reconnections a connecting end makes (the transport makes them by itself).
+pub(crate) fn count_reconnects(
+    mut events: mpsc::Receiver<Event>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = events.recv() => match ev {
+                    Some(Event::Connected { .. }) => {
+                        if !first {
+                            stats.bump(Counter::Reconnects);
+                        }
+                        first = false;
                     }
-                }
-            },
+                    Some(_) => {}
+                    None => return,
+                },
+            }
         }
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(Duration::from_millis(500));
-    }
+    });
 }
