@@ -122,6 +122,12 @@ impl Pusher {
         &self.stats
     }
 
+    /// Flushes what is queued to the pullers (up to `linger`) and closes the socket; every
+    /// clone fails from then on.
+    pub async fn shutdown(&self, linger: Duration) {
+        let _ = tokio::time::timeout(linger, self.socket.shutdown()).await;
+    }
+
     /// Hands `args` to one puller; waits (bounded by the send timeout) while every puller is
     /// full or none is connected. `Ok` means the message is queued on a puller's connection.
     ///

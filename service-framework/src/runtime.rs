@@ -60,7 +60,8 @@ pub struct RunOptions {
     pub main_mode: bool,
     /// How long in-flight handlers (and `main`, once told to stop) get to finish.
     pub drain_timeout: Duration,
-    /// How long publishers and replies get to leave the sockets at the end.
+    /// The most publishers, pushers and replies get to leave the sockets at the end (each
+    /// close returns as soon as its queue is out).
     pub linger: Duration,
 }
 
@@ -74,7 +75,7 @@ impl Default for RunOptions {
             addresses_origin: "addresses".into(),
             main_mode: false,
             drain_timeout: Duration::from_secs(5),
-            linger: Duration::from_millis(200),
+            linger: Duration::from_secs(1),
         }
     }
 }
@@ -309,25 +310,22 @@ pub async fn run(
             flushes.push(p.clone());
         }
     }
+    // Each returns as soon as its queue is out, or after the linger: no fixed pause.
     for p in &flushes {
-        p.shutdown(Duration::ZERO).await;
+        p.shutdown(options.linger).await;
+    }
+    for conn in shared.outbound.values() {
+        if let Outbound::Pusher(p) = conn {
+            p.shutdown(options.linger).await;
+        }
     }
     for st in shared.states_out.values() {
         match st {
-            OutState::Full(f) => f.shutdown(Duration::ZERO).await,
-            OutState::Delta(d) => d.shutdown(Duration::ZERO).await,
+            OutState::Full(f) => f.shutdown(options.linger).await,
+            OutState::Delta(d) => d.shutdown(options.linger).await,
         }
     }
     drop(built.ins);
-    if !flushes.is_empty()
-        || shared
-            .outbound
-            .values()
-            .any(|o| matches!(o, Outbound::Pusher(_)))
-    {
-        // The socket library flushes in background tasks and has no linger option.
-        tokio::time::sleep(options.linger).await;
-    }
     tracing::info!(service = %def.name, "stopped");
     outcome
 }
@@ -576,6 +574,7 @@ async fn build_outbound(
                 topic: m.creation_str("topic"),
                 is_x_pub: !binds(m),
                 credit,
+                ..Default::default()
             };
             let p = Publisher::start(&address, opts).await.map_err(conn_err)?;
             if let Some(wait) = m.creation_f64("wait_after_creation_s") {

@@ -117,6 +117,7 @@ impl StateOptions {
             topic: self.topic.clone(),
             is_x_pub: self.is_x_pub,
             credit: None,
+            ..Default::default()
         }
     }
 

@@ -225,7 +225,9 @@ impl Core {
     pub(crate) fn register(&self, info: &PeerInfo) -> Registration {
         let id = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(self.options.send_hwm.max(1));
-        let kick = self.stop.child_token();
+        // Not a child of `stop`: closing the socket must leave the writer its linger, so a
+        // session ends at once only when it is kicked (handover, a failed peer).
+        let kick = CancellationToken::new();
         let v31 = info.greeting.is_31();
         let mut st = self.state();
         let identity = if self.kind == SocketType::Router {

@@ -407,11 +407,8 @@ impl Writer {
             tokio::select! {
                 biased;
                 _ = self.session.cancelled() => return,
-                c = self.ctrl.recv() => {
-                    if let Some(c) = c {
-                        put_command(&mut out, &c);
-                    }
-                }
+                // Disabled once the reader has gone (the channel then yields `None` at once).
+                Some(c) = self.ctrl.recv() => put_command(&mut out, &c),
                 n = self.rx.recv_many(&mut batch, 128) => {
                     if n == 0 {
                         return;

@@ -176,6 +176,12 @@ macro_rules! common {
                 drop(self);
                 close(core).await
             }
+
+            /// As [`close`](Self::close), through a shared reference (a socket held in an
+            /// `Arc`): every later operation fails with [`Error::Closed`].
+            pub async fn shutdown(&self) {
+                close(self.s.core.clone()).await
+            }
         }
     };
 }
