@@ -12,7 +12,6 @@ use sf_connections::wire::{self, Request};
 use sf_connections::{Address, Counter, Error, PipelineOptions, Puller, Pusher, WorkflowId};
 use support::unused_port;
 use tokio::sync::mpsc;
-use zeromq::{Socket, SocketSend};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Job {
@@ -366,12 +365,12 @@ async fn a_malformed_frame_is_an_error_and_the_stream_goes_on() {
     )
     .await
     .unwrap();
-    let mut raw = zeromq::PushSocket::new();
-    raw.connect(puller.endpoint()).await.unwrap();
-    raw.send(zeromq::ZmqMessage::from(b"\xc1not msgpack".to_vec()))
+    let raw = sf_zmtp::PushSocket::new();
+    raw.connect(puller.endpoint()).unwrap();
+    raw.send(sf_zmtp::Message::single(b"\xc1not msgpack".to_vec()))
         .await
         .unwrap();
-    raw.send(zeromq::ZmqMessage::from(
+    raw.send(sf_zmtp::Message::single(
         wire::encode(&serde_json::json!({"args": {"n": 1}})).unwrap(),
     ))
     .await
@@ -380,7 +379,7 @@ async fn a_malformed_frame_is_an_error_and_the_stream_goes_on() {
         args: job("main", 9, 2),
         workflow_id: WorkflowId::Str("w".into()),
     };
-    raw.send(zeromq::ZmqMessage::from(wire::encode(&good).unwrap()))
+    raw.send(sf_zmtp::Message::single(wire::encode(&good).unwrap()))
         .await
         .unwrap();
 

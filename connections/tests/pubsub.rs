@@ -16,7 +16,6 @@ use sf_connections::{
     SubscriberOptions, WorkflowId,
 };
 use support::{port_of, retry};
-use zeromq::{Socket, SocketSend};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Msg {
@@ -70,21 +69,21 @@ async fn warm_up(
 }
 
 /// A raw frame as the Python original publishes it: `msgpack(topic) + msgpack(envelope)`.
-fn raw_frame(topic: &str, m: &Msg) -> zeromq::ZmqMessage {
+fn raw_frame(topic: &str, m: &Msg) -> sf_zmtp::Message {
     let envelope = Publish {
         args: m.clone(),
         workflow_id: WorkflowId::None,
         seq: None,
         pub_id: None,
     };
-    zeromq::ZmqMessage::from(wire::encode_publish(topic, &envelope).unwrap())
+    sf_zmtp::Message::single(wire::encode_publish(topic, &envelope).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_match_exactly_and_the_empty_topic_gets_everything() {
     // One PUB socket sends both topics (and topic-less messages) down every connection, as a
     // Python publisher shared by several topics would.
-    let mut publisher = zeromq::PubSocket::new();
+    let publisher = sf_zmtp::PubSocket::new();
     let endpoint = publisher
         .bind("tcp://127.0.0.1:0")
         .await
@@ -126,11 +125,9 @@ async fn topics_match_exactly_and_the_empty_topic_gets_everything() {
         );
         publisher
             .send(raw_frame("TOP", &msg("TOP", "warm", n)))
-            .await
             .unwrap();
         publisher
             .send(raw_frame("TOPIC", &msg("TOPIC", "warm", n)))
-            .await
             .unwrap();
         n += 1;
         for (i, (topic, sub)) in subs.iter_mut().enumerate() {
@@ -144,17 +141,12 @@ async fn topics_match_exactly_and_the_empty_topic_gets_everything() {
     for k in 0..10 {
         publisher
             .send(raw_frame("TOP", &msg("TOP", "main", k)))
-            .await
             .unwrap();
         publisher
             .send(raw_frame("TOPIC", &msg("TOPIC", "main", k)))
-            .await
             .unwrap();
     }
-    publisher
-        .send(raw_frame("", &msg("", "main", 0)))
-        .await
-        .unwrap();
+    publisher.send(raw_frame("", &msg("", "main", 0))).unwrap();
     let expected = [("TOP", 10), ("TOPIC", 10), ("", 21)];
     for (i, (topic, sub)) in subs.iter_mut().enumerate() {
         let want = expected[i].1;
@@ -637,15 +629,14 @@ async fn a_credit_window_works_through_the_bus_proxy() {
 }
 
 /// The credit messages (pub_id, acked) a raw XPUB receives within `for_how_long`.
-async fn acks_seen(xpub: &mut zeromq::XPubSocket, for_how_long: Duration) -> Vec<(u64, u64)> {
-    use zeromq::SocketRecv;
+async fn acks_seen(xpub: &mut sf_zmtp::XPubSocket, for_how_long: Duration) -> Vec<(u64, u64)> {
     let mut seen = Vec::new();
     let until = Instant::now() + for_how_long;
     while let Some(left) = until.checked_duration_since(Instant::now()) {
         let Ok(Ok(m)) = tokio::time::timeout(left, xpub.recv()).await else {
             break;
         };
-        let Some(frame) = m.get(0) else { continue };
+        let Some(frame) = m.first() else { continue };
         if frame.first() != Some(&0x02) {
             continue; // a subscription or a keepalive
         }
@@ -665,7 +656,7 @@ async fn acks_seen(xpub: &mut zeromq::XPubSocket, for_how_long: Duration) -> Vec
 #[tokio::test]
 async fn a_credit_subscriber_repeats_its_last_ack_so_a_lost_one_cannot_stall_the_stream() {
     // A hand-written credit publisher (raw XPUB) that can watch what comes upstream.
-    let mut xpub = zeromq::XPubSocket::new();
+    let mut xpub = sf_zmtp::XPubSocket::new();
     let ep = xpub.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
     let mut sub = Subscriber::start(
         &Address::from(ep.as_str()),
@@ -683,7 +674,7 @@ async fn a_credit_subscriber_repeats_its_last_ack_so_a_lost_one_cannot_stall_the
             seq: Some(n),
             pub_id: Some(77),
         };
-        zeromq::ZmqMessage::from(wire::encode(&env).unwrap())
+        sf_zmtp::Message::single(wire::encode(&env).unwrap())
     };
     // Publish until the subscriber is connected and has taken three messages.
     let mut sent = 0;
@@ -695,7 +686,7 @@ async fn a_credit_subscriber_repeats_its_last_ack_so_a_lost_one_cannot_stall_the
             "the subscriber took {taken} messages"
         );
         sent += 1;
-        xpub.send(frame(sent)).await.unwrap();
+        xpub.send(frame(sent)).unwrap();
         // The XPUB applies a subscription as it reads it: read what came up meanwhile.
         acks_seen(&mut xpub, Duration::from_millis(10)).await;
         if let Ok(d) = sub.next_timeout(Duration::from_millis(50)).await {
