@@ -4,16 +4,11 @@
 //!
 //! Its own test binary, so that these heavier tests do not share the two cores with others.
 //!
-//! What `zeromq` 0.7 does when a subscriber stops reading (checked in its source, and
-//! measured): its PUB socket's per-subscriber queue does not bound anything, because the
-//! socket clones the queue's sender for every message and a fresh `futures` sender always has
-//! a slot. So a subscriber that falls behind makes the publisher buffer in memory (200,000
-//! 1 KiB messages grew the process by ~240 MB, and every one arrived); messages are dropped
-//! only at the PUB's 100,000-message fanout queue, when the publishing task outruns the
-//! socket's own fanout task, which is a matter of scheduling (a 400,000-message flood lost
-//! 30,000-135,000 while another heavy test shared the cores, and nothing when run alone).
-//! A test that requires loss from a slow reader alone would therefore be flaky; the flood test
-//! checks the accounting whatever the loss, and the bus-restart test makes loss certain.
+//! Since the project's own transport, a subscriber that falls behind costs the publisher only
+//! that subscriber's bounded queue (`send_hwm` messages): past it, it misses messages, which
+//! it counts as `lost`. Whether a reader that is merely slow falls that far behind is a
+//! matter of scheduling, so the flood test checks the accounting whatever the loss; the
+//! bus-restart test makes loss certain, and `slow_subscriber.rs` stops a reader outright.
 
 mod support;
 
