@@ -195,8 +195,11 @@ impl FrameDecoder {
             }
             (2, u64::from(buf[1]))
         };
+        // The end of the frame must fit in usize even under a limit of usize::MAX (no limit):
+        // `header + size` below would overflow, and no such frame can arrive anyway.
+        let fits = declared <= (usize::MAX - header) as u64;
         if command {
-            if declared > self.limits.max_command_bytes as u64 {
+            if declared > self.limits.max_command_bytes as u64 || !fits {
                 return Err(FrameError::CommandTooLarge {
                     declared,
                     limit: self.limits.max_command_bytes,
@@ -204,7 +207,7 @@ impl FrameDecoder {
             }
         } else {
             let total = declared.saturating_add(self.message_bytes as u64);
-            if total > self.limits.max_message_bytes as u64 {
+            if total > self.limits.max_message_bytes as u64 || !fits {
                 return Err(FrameError::MessageTooLarge {
                     declared: total,
                     limit: self.limits.max_message_bytes,
@@ -308,6 +311,25 @@ mod tests {
             d.decode(&mut buf),
             Err(FrameError::MessageTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn a_size_past_the_address_space_is_refused_without_any_limit() {
+        let none = Limits {
+            max_message_bytes: usize::MAX,
+            max_frames: usize::MAX,
+            max_command_bytes: usize::MAX,
+        };
+        for flags in [LONG, LONG | MORE, LONG | COMMAND] {
+            let mut buf = BytesMut::new();
+            buf.put_u8(flags);
+            buf.put_u64(u64::MAX - 1);
+            let mut d = FrameDecoder::new(none);
+            assert!(matches!(
+                d.decode(&mut buf),
+                Err(FrameError::MessageTooLarge { .. } | FrameError::CommandTooLarge { .. })
+            ));
+        }
     }
 
     #[test]
