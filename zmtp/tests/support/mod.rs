@@ -20,6 +20,11 @@ pub fn workspace_root() -> PathBuf {
 /// The venv interpreter: `SF_PYTHON` (set by scripts/test), else what `scripts/python-env`
 /// prints (it creates the venv on first use).
 pub fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(find_python).clone()
+}
+
+fn find_python() -> PathBuf {
     if let Some(p) = std::env::var_os("SF_PYTHON").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
@@ -94,6 +99,12 @@ impl PyPeer {
             .await;
     }
 
+    /// Sets a bytes-valued option (`ROUTING_ID`, ...).
+    pub async fn opt_bytes(&mut self, name: &str, value: &[u8]) {
+        self.op(json!({"op": "opt", "name": name, "value": hex(value)}))
+            .await;
+    }
+
     pub async fn bind(&mut self, ep: &str) -> String {
         let v = self.op(json!({"op": "bind", "ep": ep})).await;
         v["ep"].as_str().expect("ep").to_owned()
@@ -122,6 +133,31 @@ impl PyPeer {
         })
     }
 
+    /// Up to `count` messages, stopping once none arrives within `timeout_ms`.
+    pub async fn recv_n(&mut self, count: usize, timeout_ms: u64) -> Vec<Vec<Bytes>> {
+        let v = self
+            .op(json!({"op": "recv_n", "count": count, "timeout_ms": timeout_ms}))
+            .await;
+        v["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| {
+                m.as_array()
+                    .expect("frames")
+                    .iter()
+                    .map(|x| unhex(x.as_str().expect("hex frame")))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Sends `count` one-frame messages, `prefix` followed by 0, 1, 2, ... in decimal.
+    pub async fn send_seq(&mut self, prefix: &[u8], count: usize) {
+        self.op(json!({"op": "send_seq", "prefix": hex(prefix), "count": count}))
+            .await;
+    }
+
     pub async fn subscribe(&mut self, topic: &[u8]) {
         self.op(json!({"op": "subscribe", "topic": hex(topic)}))
             .await;
@@ -138,6 +174,15 @@ impl PyPeer {
 
     pub async fn events(&mut self) -> Value {
         self.op(json!({"op": "events"})).await
+    }
+
+    /// Waits up to `timeout_ms` for the monitor to have counted `count` events called `name`
+    /// (see `events`); true if it did.
+    pub async fn wait_event(&mut self, name: &str, count: u64, timeout_ms: u64) -> bool {
+        let v = self
+            .op(json!({"op": "wait_event", "name": name, "count": count, "timeout_ms": timeout_ms}))
+            .await;
+        v["reached"].as_bool().expect("reached")
     }
 
     pub async fn close(mut self) {

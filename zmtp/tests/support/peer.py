@@ -1,19 +1,32 @@
 """A libzmq (pyzmq) peer driven line by line over stdin, for the transport's interop tests.
 
 Each input line is a JSON object with an "op"; each answers one JSON line on stdout.
-Frames travel as hex strings.
+Frames travel as hex strings. Between ops the peer behaves like an application idling in
+zmq_poll: it lets libzmq process the socket's commands as they come (a peer's connection
+attached, its subscriptions sent, a closed one's pipe terminated), which an idle libzmq
+socket otherwise defers until its next call.
   {"op": "socket", "type": "REP"}                 -> {"ok": true}
   {"op": "opt", "name": "HEARTBEAT_IVL", "value": 100}
   {"op": "bind", "ep": "tcp://127.0.0.1:*"}       -> {"ep": "tcp://127.0.0.1:40123"}
   {"op": "connect", "ep": "..."}
   {"op": "send", "frames": ["68690a"]}
   {"op": "recv", "timeout_ms": 2000}              -> {"frames": [...]} or {"timeout": true}
+  {"op": "recv_n", "count": 100, "timeout_ms": 2000}
+                                                  -> {"messages": [[...], ...]}: up to count, stopping
+                                                     once none arrives within timeout_ms
+  {"op": "send_seq", "prefix": "hex", "count": 100} -> sends prefix + b"0", prefix + b"1", ...
   {"op": "subscribe", "topic": "hex"} / {"op": "unsubscribe", "topic": "hex"}
   {"op": "monitor"}                               -> starts counting connection events
-  {"op": "events"}                                -> {"connected": n, "accepted": n, "disconnected": n, "handshake_ok": n}
+  {"op": "events"}                                -> {"connected": n, "accepted": n, "disconnected": n, "handshake_ok": n,
+                                                      "handshake_failed": n}
+  {"op": "wait_event", "name": "disconnected", "count": 1, "timeout_ms": 5000}
+                                                  -> the counts and "reached": whether that count was
+                                                     reached in time
   {"op": "close"}
 """
 import json
+import os
+import select
 import sys
 import threading
 
@@ -21,8 +34,15 @@ import zmq
 
 ctx = zmq.Context()
 sock = None
-counts = {"connected": 0, "accepted": 0, "disconnected": 0, "handshake_ok": 0}
+counts = {
+    "connected": 0,
+    "accepted": 0,
+    "disconnected": 0,
+    "handshake_ok": 0,
+    "handshake_failed": 0,
+}
 lock = threading.Lock()
+counted = threading.Condition(lock)
 
 
 def watch(mon):
@@ -32,6 +52,9 @@ def watch(mon):
         zmq.EVENT_ACCEPTED: "accepted",
         zmq.EVENT_DISCONNECTED: "disconnected",
         zmq.EVENT_HANDSHAKE_SUCCEEDED: "handshake_ok",
+        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed",
+        zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed",
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed",
     }
     while True:
         try:
@@ -42,6 +65,7 @@ def watch(mon):
         if name:
             with lock:
                 counts[name] += 1
+                counted.notify_all()
         if ev["event"] == zmq.EVENT_MONITOR_STOPPED:
             return
 
@@ -51,7 +75,29 @@ def answer(obj):
     sys.stdout.flush()
 
 
-for line in sys.stdin:
+def requests():
+    """The input lines; while none is pending, the socket's commands are processed."""
+    pending = b""
+    while True:
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line
+        fds = [0]
+        zfd = None
+        if sock is not None and not sock.closed:
+            zfd = sock.getsockopt(zmq.FD)
+            fds.append(zfd)
+        ready, _, _ = select.select(fds, [], [])
+        if zfd is not None and zfd in ready:
+            sock.getsockopt(zmq.EVENTS)  # processes the commands; resets the descriptor
+        if 0 in ready:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                return
+            pending += chunk
+
+
+for line in requests():
     req = json.loads(line)
     op = req["op"]
     try:
@@ -79,6 +125,16 @@ for line in sys.stdin:
                 answer({"frames": [f.hex() for f in sock.recv_multipart()]})
             else:
                 answer({"timeout": True})
+        elif op == "recv_n":
+            got = []
+            while len(got) < req["count"] and sock.poll(req.get("timeout_ms", 2000), zmq.POLLIN):
+                got.append([f.hex() for f in sock.recv_multipart()])
+            answer({"messages": got})
+        elif op == "send_seq":
+            prefix = bytes.fromhex(req["prefix"])
+            for i in range(req["count"]):
+                sock.send(prefix + str(i).encode())
+            answer({"ok": True})
         elif op == "subscribe":
             sock.setsockopt(zmq.SUBSCRIBE, bytes.fromhex(req["topic"]))
             answer({"ok": True})
@@ -92,6 +148,13 @@ for line in sys.stdin:
         elif op == "events":
             with lock:
                 answer(dict(counts))
+        elif op == "wait_event":
+            with lock:
+                reached = counted.wait_for(
+                    lambda: counts[req["name"]] >= req["count"],
+                    req.get("timeout_ms", 5000) / 1000,
+                )
+                answer(dict(counts, reached=reached))
         elif op == "close":
             sock.close()
             answer({"ok": True})
