@@ -204,3 +204,12 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, mut f: F) -> bool 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+pub mod raw;
+
+impl PyPeer {
+    /// The peer process's id (to freeze it with SIGSTOP, for instance).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the pyzmq peer is running")
+    }
+}
