@@ -8,7 +8,9 @@
 //! DESIGN.md keeps the `zeromq` crate inside `sf-connections`: nothing else in the framework
 //! touches sockets. This crate is not part of the framework, and it imports `zeromq`
 //! directly by necessity: the raw socket library *is* the baseline every framework figure
-//! is divided by, so the baseline must not go through the code it is judging.
+//! is divided by, so the baseline must not go through the code it is judging. The
+//! [`transport`] pattern likewise drives `sf-zmtp` (and libzmq, through the `zmq` crate)
+//! directly: there the socket library itself is what is measured.
 //!
 //! # Patterns
 //! - [`reqrep`]: round trips/s and p50/p99, 1 and 16 callers, multi- and current-thread
@@ -18,6 +20,8 @@
 //! - [`delta`]: delta-state updates/s, and the time to resync (late joiner, gap).
 //! - [`resources`]: idle RSS and start-to-ready of the real `echo_replyer` binary.
 //! - [`bridge`]: HTTP requests/s through the bridge, against a raw axum server.
+//! - [`transport`]: the project's own ZMTP transport (`sf-zmtp`) as raw sockets, against the
+//!   `zeromq` crate and, with the `libzmq` feature, libzmq itself.
 //!
 //! Every wait is bounded, sockets use 127.0.0.1 with port 0, and a pattern that fails
 //! reports its error in the table instead of stopping the run.
@@ -30,6 +34,7 @@ pub mod pubsub;
 pub mod report;
 pub mod reqrep;
 pub mod resources;
+pub mod transport;
 pub mod util;
 
 use std::path::PathBuf;
@@ -45,6 +50,7 @@ pub const PATTERNS: &[&str] = &[
     "delta",
     "resources",
     "bridge",
+    "transport",
 ];
 
 /// How a run is set up.
@@ -230,6 +236,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
             "delta" => delta::run(config),
             "resources" => resources::run(config),
             "bridge" => bridge::run(config),
+            "transport" => transport::run(config),
             _ => unreachable!("checked against PATTERNS"),
         }));
         let mut p = match outcome {

@@ -149,6 +149,9 @@ pub struct PatternReport {
     pub notes: Vec<String>,
     /// Wall time the pattern took.
     pub elapsed_s: f64,
+    /// Headers of the two figure columns and their ratio in the printed table (`framework`,
+    /// `raw`, `fw/raw` unless the pattern compares something else).
+    pub columns: [String; 3],
 }
 
 impl PatternReport {
@@ -160,7 +163,14 @@ impl PatternReport {
             rows: Vec::new(),
             notes: Vec::new(),
             elapsed_s: 0.0,
+            columns: ["framework", "raw", "fw/raw"].map(str::to_owned),
         }
+    }
+
+    /// Renames the figure columns of the printed table (the JSON keeps `framework`, `raw`).
+    pub fn columns(mut self, measured: &str, baseline: &str, ratio: &str) -> PatternReport {
+        self.columns = [measured, baseline, ratio].map(str::to_owned);
+        self
     }
 
     /// Adds a row (computing its ratio and verdict).
@@ -281,12 +291,13 @@ impl Report {
 
 /// One pattern's table.
 pub fn render_pattern(p: &PatternReport) -> String {
+    let [measured, baseline, ratio] = &p.columns;
     let head = [
         "case",
         "metric",
-        "framework",
-        "raw",
-        "fw/raw",
+        measured.as_str(),
+        baseline.as_str(),
+        ratio.as_str(),
         "target",
         "result",
     ];

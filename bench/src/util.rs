@@ -153,9 +153,39 @@ impl Inbox for zeromq::PullSocket {
 /// alike). The clock is read when the consumer has to wait, which is right after the last
 /// message it took, and once at the end.
 pub async fn count_until<I: Inbox>(inbox: &mut I, expected: u64, quiet: Duration) -> Counted {
+    count_granting(inbox, expected, quiet, u64::MAX, &mut NoCredit).await
+}
+
+/// Where a counting consumer sends credit: the count received so far, every so many messages
+/// (a hand-written flow-control window over raw sockets).
+pub trait Credit {
+    /// Grants credit up to `received`; false once the grant cannot be sent.
+    fn grant(&mut self, received: u64) -> impl Future<Output = bool> + Send;
+}
+
+/// No credit to grant ([`count_until`]).
+#[derive(Debug)]
+pub struct NoCredit;
+
+impl Credit for NoCredit {
+    async fn grant(&mut self, _received: u64) -> bool {
+        true
+    }
+}
+
+/// [`count_until`], granting `credit` the count received every `every` messages.
+pub async fn count_granting<I: Inbox, C: Credit>(
+    inbox: &mut I,
+    expected: u64,
+    quiet: Duration,
+    every: u64,
+    credit: &mut C,
+) -> Counted {
     use std::task::Poll;
     let mut received = 0;
     let mut last = None;
+    let every = every.max(1);
+    let mut until_grant = every;
     while received < expected {
         let mut next = std::pin::pin!(inbox.next_message());
         let ready = std::future::poll_fn(|cx| Poll::Ready(next.as_mut().poll(cx))).await;
@@ -172,6 +202,16 @@ pub async fn count_until<I: Inbox>(inbox: &mut I, expected: u64, quiet: Duration
             return Counted { received, last };
         }
         received += 1;
+        until_grant -= 1;
+        if until_grant == 0 {
+            until_grant = every;
+            if !credit.grant(received).await {
+                return Counted {
+                    received,
+                    last: Some(Instant::now()),
+                };
+            }
+        }
     }
     Counted {
         received,

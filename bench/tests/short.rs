@@ -1,6 +1,7 @@
 //! The harness in short mode, as CI runs it: the real binary with `--short --json`, then the
 //! JSON checked for every pattern's figures (non-zero throughput through the framework and
-//! through raw zeromq). Figures from a debug build under test load say nothing about speed:
+//! through raw zeromq; for the transport pattern, through sf-zmtp and zeromq, and libzmq
+//! when built with `--features libzmq`). Figures from a debug build under test load say nothing about speed:
 //! only that every measurement ran.
 
 use std::path::PathBuf;
@@ -97,6 +98,28 @@ fn short_mode_measures_every_pattern_through_framework_and_raw() {
     both_positive(&report, &printed, "pubsub", "delivered");
     both_positive(&report, &printed, "pipeline", "through the pipeline");
     both_positive(&report, &printed, "delta", "updates to converged");
+    for metric in [
+        "round trips/s",
+        "p50 latency",
+        "p99 latency",
+        "delivered",
+        "through one hop",
+    ] {
+        both_positive(&report, &printed, "transport", metric);
+    }
+    // Every transport case has its row against zeromq (and against libzmq when built).
+    let transport = rows(&report, "transport");
+    for baseline in sf_bench::transport::Library::built().iter().skip(1) {
+        let vs = format!("vs {}", baseline.label());
+        assert!(
+            transport
+                .iter()
+                .filter(|r| r["case"].as_str().unwrap_or("").ends_with(&vs))
+                .count()
+                >= sf_bench::transport::cases().len(),
+            "transport: a case without its row {vs}\n\n{printed}"
+        );
+    }
     for r in rows(&report, "delta")
         .iter()
         .filter(|r| r["unit"] == "us" || r["unit"] == "ms")
