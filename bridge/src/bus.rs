@@ -208,6 +208,26 @@ async fn state(path: &str, cfg: &BusStateConfig) -> Result<BusState> {
 }
 
 /// The HTTP meaning of a failed request.
+/// The field a decoding message names (serde's ``missing field `x` `` and
+/// ``unknown field `x` ``, or a path such as `args.x: ...` / `x: ...`), for `loc`.
+fn named_field(message: &str) -> Option<String> {
+    for marker in ["missing field `", "unknown field `", "field `"] {
+        if let Some(rest) = message.split(marker).nth(1) {
+            if let Some(name) = rest.split('`').next().filter(|n| !n.is_empty()) {
+                return Some(name.to_owned());
+            }
+        }
+    }
+    let body = message.strip_prefix("invalid args: ").unwrap_or(message);
+    let (head, _) = body.split_once(": ")?;
+    let head = head.strip_prefix("args.").unwrap_or(head);
+    (!head.is_empty()
+        && head
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '[' || c == ']'))
+    .then(|| head.to_owned())
+}
+
 pub(crate) fn map_error(e: sf_connections::Error, target: &str) -> ApiError {
     use sf_connections::Error as E;
     match e {
@@ -224,7 +244,11 @@ pub(crate) fn map_error(e: sf_connections::Error, target: &str) -> ApiError {
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let data = if w.code == ErrorCode::InvalidArgs {
-                json!({"code": w.code, "detail": [{"loc": ["body"], "msg": w.message, "type": "invalid_args"}]})
+                let mut loc = vec![json!("body")];
+                if let Some(field) = named_field(&w.message) {
+                    loc.push(json!(field));
+                }
+                json!({"code": w.code, "detail": [{"loc": loc, "msg": w.message, "type": "invalid_args"}]})
             } else {
                 json!({"code": w.code})
             };

@@ -60,6 +60,12 @@ pub struct ServerSettings {
     pub enable_proxy: bool,
     /// Accepted for FrameX compatibility; there is no Ray here, so it must stay false.
     pub use_ray: bool,
+    /// Envelope timestamps as `2026-01-01 12:00:00+00:00` instead of FrameX's
+    /// `2026-01-01 12:00:00` (both UTC).
+    pub timestamp_offset: bool,
+    /// Validate JSON bodies and query parameters strictly: no numeric strings for numbers,
+    /// no `7.0` for an integer (the default is lax, as pydantic's default mode).
+    pub strict_validation: bool,
 }
 
 impl Default for ServerSettings {
@@ -69,6 +75,8 @@ impl Default for ServerSettings {
             port: 8080,
             enable_proxy: false,
             use_ray: false,
+            timestamp_offset: false,
+            strict_validation: false,
         }
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! The envelope is FrameX's `{"status", "message", "timestamp", "data"}`, with two deliberate
 //! differences: an error keeps its real HTTP status (FrameX answers 401/404/405 with HTTP 200),
-//! and the timestamp is UTC and says so (`2026-01-01 12:00:00+00:00`; FrameX prints local time
-//! and calls it Shanghai time).
+//! and the timestamp is really UTC, in FrameX's text form (`2026-01-01 12:00:00`; FrameX prints
+//! local time and calls it Shanghai time), with `+00:00` as an option.
 //!
 //! Events are FrameX's helper format, `event: <type>\ndata: <json>\n\n`, where a string payload
 //! travels as `{"content": "..."}` and `finish` carries `{}`.
@@ -16,31 +16,51 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 
-/// The current time as the envelope prints it. Formatted once per second per thread: the
-/// text only changes with the second, and formatting it was a visible part of a response.
+tokio::task_local! {
+    /// Whether the timestamp carries `+00:00` (`server.timestamp_offset`), set per request
+    /// by the bridge that answers it.
+    pub(crate) static TIMESTAMP_OFFSET: bool;
+}
+
+/// The current time as the envelope prints it: UTC in FrameX's exact form
+/// (`2026-01-01 12:00:00`, so `strptime(ts, "%Y-%m-%d %H:%M:%S")` reads it), or with
+/// `+00:00` when the answering bridge has `server.timestamp_offset = true`.
 pub fn timestamp() -> String {
+    timestamp_in(TIMESTAMP_OFFSET.try_with(|o| *o).unwrap_or(false))
+}
+
+/// The current time in either form. Formatted once per second per thread and form: the
+/// text only changes with the second, and formatting it was a visible part of a response.
+pub fn timestamp_in(with_offset: bool) -> String {
     use std::cell::RefCell;
     thread_local! {
-        static LAST: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+        static LAST: RefCell<[(i64, String); 2]> =
+            const { RefCell::new([(i64::MIN, String::new()), (i64::MIN, String::new())]) };
     }
     let now = chrono::Utc::now();
     let second = now.timestamp();
     LAST.with(|last| {
         let mut last = last.borrow_mut();
-        if last.0 != second {
-            *last = (second, now.format("%Y-%m-%d %H:%M:%S+00:00").to_string());
+        let slot = &mut last[usize::from(with_offset)];
+        if slot.0 != second {
+            let format = if with_offset {
+                "%Y-%m-%d %H:%M:%S+00:00"
+            } else {
+                "%Y-%m-%d %H:%M:%S"
+            };
+            *slot = (second, now.format(format).to_string());
         }
-        last.1.clone()
+        slot.1.clone()
     })
 }
 
 /// The envelope, its keys in FrameX's order.
 #[derive(Debug, Serialize)]
-struct Envelope<'a> {
+struct Envelope<'a, D: Serialize + ?Sized> {
     status: u16,
     message: &'a str,
     timestamp: String,
-    data: &'a Value,
+    data: &'a D,
 }
 
 /// `{"status": 200, "message": "success", "timestamp", "data"}` with `status` as given.
@@ -52,6 +72,46 @@ pub fn success(status: StatusCode, data: Value) -> Response {
         data: &data,
     };
     json_response(status, &body)
+}
+
+/// The success envelope around JSON kept as its text (key order and numbers as they came).
+pub fn success_raw(status: StatusCode, data: &serde_json::value::RawValue) -> Response {
+    let body = Envelope {
+        status: status.as_u16(),
+        message: "success",
+        timestamp: timestamp(),
+        data,
+    };
+    json_response(status, &body)
+}
+
+/// JSON bytes as they are.
+pub fn raw_json_response(status: StatusCode, bytes: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+}
+
+/// An error on a stream route, as FrameX answers it: the error's status with a
+/// `text/event-stream` body holding one `error` event (`{"status", "message"}`, and the
+/// validation `detail` when there is one).
+pub fn sse_error(e: &ApiError) -> Response {
+    let mut ev = StreamEvent::error(e);
+    if let Some(d) = e.data.as_ref().and_then(|d| d.get("detail")) {
+        ev.data["detail"] = d.clone();
+    }
+    let mut r = (
+        e.status,
+        [
+            (header::CONTENT_TYPE, "text/event-stream; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        ev.to_bytes(),
+    )
+        .into_response();
+    if e.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
 }
 
 /// The error envelope, with the error's real status as the HTTP status.
@@ -216,13 +276,21 @@ mod tests {
     }
 
     #[test]
-    fn timestamp_is_labelled_utc() {
+    fn timestamp_is_framex_form_utc_with_the_offset_as_an_option() {
         let t = timestamp();
-        assert!(t.ends_with("+00:00"), "{t}");
-        let parsed = chrono::DateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%:z").unwrap();
+        assert_eq!(t.len(), 19, "{t}");
+        let parsed = chrono::NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S").unwrap();
         // The cached text is the current second, not a stale one.
-        let drift = (chrono::Utc::now().timestamp() - parsed.timestamp()).abs();
+        let drift = (chrono::Utc::now().timestamp() - parsed.and_utc().timestamp()).abs();
         assert!(drift <= 1, "{t} is {drift} s off");
+        let o = timestamp_in(true);
+        assert!(o.ends_with("+00:00"), "{o}");
+        chrono::DateTime::parse_from_str(&o, "%Y-%m-%d %H:%M:%S%:z").unwrap();
+        let scoped = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(TIMESTAMP_OFFSET.scope(true, async { timestamp() }));
+        assert!(scoped.ends_with("+00:00"), "{scoped}");
         let first = timestamp();
         // The text moves on with the clock (within two seconds, polled).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);

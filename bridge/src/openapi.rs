@@ -67,7 +67,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                     let mut op = json!({
                         "tags": tags,
                         "summary": e.api.summary.clone().unwrap_or_else(|| e.api.name.clone()),
-                        "operationId": operation_id(&e.func_name, method),
+                        "operationId": operation_id(path, method),
                         "parameters": params,
                     });
                     if let Some((_, schema_fn)) = &e.handler.body {
@@ -105,7 +105,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                     let mut op = json!({
                         "tags": r.tags,
                         "summary": r.description.clone().unwrap_or_else(|| format!("Request to the replyer at {}", r.target)),
-                        "operationId": operation_id(&format!("bus{}", r.path), method),
+                        "operationId": operation_id(&r.path, method),
                     });
                     if *method == Method::GET {
                         op["parameters"] = json!(query_params_of(&args));
@@ -138,7 +138,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                     let mut op = json!({
                         "tags": s.tags,
                         "summary": s.description.clone().unwrap_or_else(|| format!("Messages published on topic {:?} at {}", s.topic, s.address)),
-                        "operationId": operation_id(&format!("bus{}", s.path), method),
+                        "operationId": operation_id(&s.path, method),
                         "parameters": [],
                         "responses": stream_responses(),
                     });
@@ -153,7 +153,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                     let mut op = json!({
                         "tags": s.tags,
                         "summary": s.description.clone().unwrap_or_else(|| format!("The current value of the state published at {}", s.source)),
-                        "operationId": operation_id(&format!("bus{}", s.path), method),
+                        "operationId": operation_id(&s.path, method),
                         "parameters": [],
                         "responses": {"200": {"description": "The state and its number (-1 before anything arrived)",
                             "content": {"application/json": {"schema": envelope_of(json!({"type": "object",
@@ -163,20 +163,8 @@ pub(crate) fn document(reg: &Registry) -> Value {
                     add_errors(&mut op, false, protected);
                     op
                 }
-                Target::Proxy(p) => {
-                    let mut op = p.operation.clone();
-                    if op.get("tags").is_none() {
-                        op["tags"] = json!(["proxy"]);
-                    }
-                    if let Some(t) = op["tags"].as_array() {
-                        used_tags.extend(t.iter().filter_map(|t| t.as_str().map(str::to_owned)));
-                    }
-                    if op.get("responses").is_none() {
-                        op["responses"] =
-                            json!({"default": {"description": "The upstream's answer"}});
-                    }
-                    op
-                }
+                // Upstream routes are added to the served document as they are read.
+                Target::Proxy(..) => continue,
             };
             item.insert(method.as_str().to_ascii_lowercase(), op);
         }
@@ -203,14 +191,11 @@ pub(crate) fn document(reg: &Registry) -> Value {
     for (k, v) in extra_schemas {
         schemas.entry(k).or_insert(v);
     }
-    for (k, v) in &reg.upstream_schemas {
-        schemas.entry(k.clone()).or_insert_with(|| v.clone());
-    }
     schemas.insert(
         "ErrorEnvelope".into(),
         json!({"type": "object", "required": ["status", "message", "timestamp"],
             "properties": {"status": {"type": "integer", "description": "The HTTP status, repeated"},
-                "message": {"type": "string"}, "timestamp": {"type": "string", "description": "UTC, YYYY-MM-DD HH:MM:SS+00:00"},
+                "message": {"type": "string"}, "timestamp": {"type": "string", "description": "UTC, YYYY-MM-DD HH:MM:SS (with +00:00 when server.timestamp_offset is set)"},
                 "data": {"description": "Detail, or null"}}}),
     );
     schemas.insert(
@@ -284,10 +269,19 @@ pub(crate) fn document(reg: &Registry) -> Value {
     })
 }
 
-fn operation_id(name: &str, method: &Method) -> String {
-    let mut s: String = name
+/// FastAPI's generated id for FrameX's handler: `route_handler` and the path with every
+/// non-word character as `_`, then the method (`route_handler_api_v1_echo_get`), so a client
+/// generated from FrameX's document keeps its method names.
+fn operation_id(path: &str, method: &Method) -> String {
+    let mut s: String = format!("route_handler{path}")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     s.push('_');
     s.push_str(&method.as_str().to_ascii_lowercase());
@@ -297,7 +291,7 @@ fn operation_id(name: &str, method: &Method) -> String {
 fn envelope_of(data: Value) -> Value {
     json!({"type": "object", "required": ["status", "message", "timestamp", "data"],
         "properties": {"status": {"type": "integer"}, "message": {"type": "string"},
-            "timestamp": {"type": "string", "description": "UTC, YYYY-MM-DD HH:MM:SS+00:00"}, "data": data}})
+            "timestamp": {"type": "string", "description": "UTC, YYYY-MM-DD HH:MM:SS (with +00:00 when server.timestamp_offset is set)"}, "data": data}})
 }
 
 fn stream_responses() -> Value {

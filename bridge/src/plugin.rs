@@ -149,6 +149,8 @@ pub(crate) struct HandlerSpec {
     pub query_root: Value,
     /// The body's parameter name (for `call_plugin_api` kwargs) and schema.
     pub body: Option<(String, SchemaFn)>,
+    /// The body model's standalone schema (for lax validation; null without a body).
+    pub body_root: Value,
     /// The response model's schema (a stream's chunk model for streams).
     pub response: SchemaFn,
     pub stream: bool,
@@ -310,6 +312,7 @@ impl Api {
         self.handler = Some(HandlerSpec {
             query_root: root_schema::<Q>(),
             body: None,
+            body_root: Value::Null,
             response: SchemaGenerator::subschema_for::<R>,
             stream: false,
             erased,
@@ -347,6 +350,7 @@ impl Api {
         self.handler = Some(HandlerSpec {
             query_root: root_schema::<Q>(),
             body: Some((body_name.to_owned(), SchemaGenerator::subschema_for::<B>)),
+            body_root: root_schema::<B>(),
             response: SchemaGenerator::subschema_for::<R>,
             stream: false,
             erased,
@@ -375,6 +379,7 @@ impl Api {
         self.handler = Some(HandlerSpec {
             query_root: root_schema::<Q>(),
             body: None,
+            body_root: Value::Null,
             response: SchemaGenerator::subschema_for::<String>,
             stream: true,
             erased,
@@ -601,6 +606,116 @@ pub(crate) fn coerce_query(root: &Value, pairs: Vec<(String, String)>) -> Value 
     Value::Object(out)
 }
 
+/// Pydantic's lax mode for the types FrameX users send: where the schema wants an integer,
+/// a numeric string (`"7"`) or an integral float (`7.0`) is taken as the integer; a number
+/// may come as a numeric string; a boolean as `"true"`/`"false"`/`"1"`/`"0"`/`"yes"`/`"no"`/
+/// `"on"`/`"off"` or 0/1. Anything else is left for the model to accept or refuse.
+pub(crate) fn lax(root: &Value, v: Value) -> Value {
+    lax_at(root, root, v, 0)
+}
+
+fn lax_at(root: &Value, schema: &Value, v: Value, depth: usize) -> Value {
+    if depth > 32 {
+        return v;
+    }
+    let schema = resolve(root, schema);
+    match v {
+        Value::Object(mut m) => {
+            for s in subschemas(root, schema) {
+                if let Some(props) = s.get("properties").and_then(Value::as_object) {
+                    for (k, sub) in props {
+                        if let Some(slot) = m.get_mut(k) {
+                            *slot = lax_at(root, sub, slot.take(), depth + 1);
+                        }
+                    }
+                }
+            }
+            Value::Object(m)
+        }
+        Value::Array(items) => {
+            let item_schema = subschemas(root, schema)
+                .into_iter()
+                .find_map(|s| s.get("items"));
+            match item_schema {
+                Some(i) => Value::Array(
+                    items
+                        .into_iter()
+                        .map(|x| lax_at(root, i, x, depth + 1))
+                        .collect(),
+                ),
+                None => Value::Array(items),
+            }
+        }
+        Value::String(text) => {
+            let types = types_of(root, schema);
+            let has = |t: &str| types.iter().any(|x| x == t);
+            if has("string") {
+                return Value::String(text);
+            }
+            let t = text.trim();
+            if has("integer") {
+                if let Ok(i) = t.parse::<i64>() {
+                    return i.into();
+                }
+                if let Some(i) = t.parse::<f64>().ok().and_then(integral) {
+                    return i.into();
+                }
+            }
+            if has("number") {
+                if let Some(n) = t
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .and_then(serde_json::Number::from_f64)
+                {
+                    return Value::Number(n);
+                }
+            }
+            if has("boolean") {
+                match t.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" | "t" | "y" => return Value::Bool(true),
+                    "false" | "0" | "no" | "off" | "f" | "n" => return Value::Bool(false),
+                    _ => {}
+                }
+            }
+            Value::String(text)
+        }
+        Value::Number(n) => {
+            let types = types_of(root, schema);
+            let has = |t: &str| types.iter().any(|x| x == t);
+            if has("integer") && !has("number") && !n.is_i64() && !n.is_u64() {
+                if let Some(i) = n.as_f64().and_then(integral) {
+                    return i.into();
+                }
+            }
+            if has("boolean") && !has("integer") && !has("number") {
+                match n.as_u64() {
+                    Some(0) => return Value::Bool(false),
+                    Some(1) => return Value::Bool(true),
+                    _ => {}
+                }
+            }
+            Value::Number(n)
+        }
+        other => other,
+    }
+}
+
+fn integral(f: f64) -> Option<i64> {
+    (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15).then_some(f as i64)
+}
+
+/// The schema and the alternatives it is made of (`anyOf`, `oneOf`, `allOf`), resolved.
+fn subschemas<'a>(root: &'a Value, s: &'a Value) -> Vec<&'a Value> {
+    let mut out = vec![s];
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(Value::Array(alts)) = s.get(key) {
+            out.extend(alts.iter().map(|a| resolve(root, a)));
+        }
+    }
+    out
+}
+
 fn resolve<'a>(root: &'a Value, s: &'a Value) -> &'a Value {
     match s.get("$ref").and_then(Value::as_str) {
         Some(r) => r
@@ -700,6 +815,39 @@ mod tests {
             coerce_query(&root, pairs),
             json!({"n": 5, "f": 1.5, "b": true, "s": "7", "v": [1, 2], "x": "y"})
         );
+    }
+
+    #[derive(serde::Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Body {
+        id: i64,
+        ratio: f64,
+        on: bool,
+        name: String,
+        inner: Option<Inner>,
+        list: Vec<i32>,
+    }
+
+    #[derive(serde::Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u32,
+    }
+
+    #[test]
+    fn lax_mode_takes_what_pydantic_takes() {
+        let root = root_schema::<Body>();
+        let v = lax(
+            &root,
+            json!({"id": "7", "ratio": "1.5", "on": "yes", "name": 5, "inner": {"n": 95335.0}, "list": ["1", 2.0]}),
+        );
+        assert_eq!(
+            v,
+            json!({"id": 7, "ratio": 1.5, "on": true, "name": 5, "inner": {"n": 95335}, "list": [1, 2]})
+        );
+        // Not integral, not numeric: left for the model to refuse.
+        assert_eq!(lax(&root, json!({"id": 7.5}))["id"], 7.5);
+        assert_eq!(lax(&root, json!({"id": "x"}))["id"], "x");
     }
 
     #[test]

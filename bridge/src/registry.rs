@@ -15,7 +15,7 @@ use crate::config::Settings;
 use crate::envelope::EventType;
 use crate::error::{ApiError, Error, Result};
 use crate::plugin::{self, Api, CallType, HandlerSpec, Output, Plugin, PluginMetadata};
-use crate::proxy::ProxyRoute;
+use crate::proxy::Proxy;
 
 /// A loaded plugin.
 #[derive(Debug)]
@@ -47,17 +47,31 @@ pub(crate) enum Target {
     Bus(Arc<BusRoute>),
     BusStream(Arc<BusStream>),
     BusState(Arc<BusState>),
-    Proxy(Arc<ProxyRoute>),
+    /// An HTTP path no local route serves, looked up among the upstreams' routes when it
+    /// is called (FrameX's fallback to the proxy; upstreams are read in the background).
+    Proxy(Option<Method>, String),
 }
 
 impl Target {
+    /// True for routes that answer `text/event-stream`.
+    pub fn is_stream(&self) -> bool {
+        match self {
+            Target::Local(e) => e.handler.stream,
+            Target::BusStream(_) => true,
+            _ => false,
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Target::Local(e) => format!("plugin API {}", e.func_name),
             Target::Bus(r) => format!("bus route {}", r.path),
             Target::BusStream(s) => format!("bus stream {}", s.path),
             Target::BusState(s) => format!("bus state {}", s.path),
-            Target::Proxy(p) => format!("proxied {} {}", p.method, p.path),
+            Target::Proxy(m, p) => match m {
+                Some(m) => format!("proxied {m} {p}"),
+                None => format!("proxied {p}"),
+            },
         }
     }
 }
@@ -72,8 +86,8 @@ pub(crate) struct Registry {
     pub http: BTreeMap<String, Vec<(Method, Target)>>,
     pub resolved: HashMap<String, HashMap<String, Target>>,
     pub auth: AuthRules,
-    /// Upstream component schemas, merged into the OpenAPI document.
-    pub upstream_schemas: Map<String, Value>,
+    /// The proxy, when enabled.
+    pub proxy: Option<Arc<Proxy>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -97,7 +111,7 @@ impl Registry {
             funcs: BTreeMap::new(),
             http: BTreeMap::new(),
             resolved: HashMap::new(),
-            upstream_schemas: Map::new(),
+            proxy: None,
         };
         for p in plugins {
             reg.add_plugin(p)?;
@@ -184,13 +198,6 @@ impl Registry {
         Ok(())
     }
 
-    /// True if some route serves `method path`.
-    pub fn has_route(&self, path: &str, method: &Method) -> bool {
-        self.http
-            .get(path)
-            .is_some_and(|v| v.iter().any(|(m, _)| m == method))
-    }
-
     fn plugin_config(&self, p: &Plugin) -> Result<Value> {
         let name = &p.meta.name;
         let given = self
@@ -254,7 +261,7 @@ impl Registry {
         for info in &self.plugins {
             let mut mine = HashMap::new();
             for name in &info.meta.required_remote_apis {
-                let target = self.lookup(name).ok_or_else(|| {
+                let target = self.lookup(name).or_else(|| self.proxied(name)).ok_or_else(|| {
                     let hint = if name.starts_with('/') && !name.starts_with(crate::API_PREFIX) {
                         format!(" (HTTP APIs are named by their full path, e.g. {})", plugin::prefixed(name))
                     } else {
@@ -273,6 +280,17 @@ impl Registry {
         }
         self.resolved = resolved;
         Ok(())
+    }
+
+    /// With the proxy enabled, an HTTP path no local route serves is left to the upstreams.
+    fn proxied(&self, name: &str) -> Option<Target> {
+        self.proxy.as_ref()?;
+        let (method, path) = match name.split_once(' ') {
+            Some((m, p)) if p.starts_with('/') => (Some(Method::from_bytes(m.as_bytes()).ok()?), p),
+            _ => (None, name),
+        };
+        path.starts_with('/')
+            .then(|| Target::Proxy(method, path.to_owned()))
     }
 
     /// `"/api/v1/x"`, `"POST /api/v1/x"` or a function name.
@@ -370,7 +388,10 @@ impl PluginCtx {
                 s.path
             ))),
             Target::BusState(s) => Ok(s.current()),
-            Target::Proxy(p) => p.call(kwargs).await,
+            Target::Proxy(m, p) => match &self.registry.proxy {
+                Some(proxy) => proxy.call(m.as_ref(), &p, kwargs).await,
+                None => Err(ApiError::internal(format!("{p}: the proxy is not enabled"))),
+            },
         }
     }
 }
@@ -381,22 +402,20 @@ pub(crate) async fn call_local(
     entry: &Arc<ApiEntry>,
     mut kwargs: Map<String, Value>,
 ) -> Result<Value, ApiError> {
-    let body = match &entry.handler.body {
+    let mut body = match &entry.handler.body {
         Some((body_name, _)) => kwargs.remove(body_name),
         None => None,
     };
+    let mut query = Value::Object(kwargs);
+    if !registry.settings.server.strict_validation {
+        body = body.map(|b| plugin::lax(&entry.handler.body_root, b));
+        query = plugin::lax(&entry.handler.query_root, query);
+    }
     let ctx = PluginCtx {
         plugin: entry.plugin.clone(),
         registry: registry.clone(),
     };
-    let out = plugin::invoke(
-        &entry.handler.erased,
-        Value::Object(kwargs),
-        body,
-        ctx,
-        entry.what(),
-    )
-    .await?;
+    let out = plugin::invoke(&entry.handler.erased, query, body, ctx, entry.what()).await?;
     match out {
         Output::Value(v) => Ok(v),
         Output::Stream(mut s) => {

@@ -21,13 +21,12 @@ use crate::config::Settings;
 use crate::envelope::{self, EventType, StreamEvent};
 use crate::error::{ApiError, Error, Result};
 use crate::plugin::{self, Output, Plugin};
+use crate::proxy::Proxy;
 use crate::registry::{PluginCtx, Registry, Target};
-use crate::{bus, proxy, API_PREFIX, OPENAPI_PATH};
+use crate::{bus, API_PREFIX, OPENAPI_PATH};
 
 /// The largest request body a plugin or bus route reads (16 MiB).
 const BODY_LIMIT: usize = 16 << 20;
-/// The largest body forwarded to an upstream (256 MiB; uploads).
-const PROXY_BODY_LIMIT: usize = 256 << 20;
 
 /// Builds and starts a bridge.
 ///
@@ -131,18 +130,12 @@ impl Bridge {
             let path = s.path.clone();
             reg.add_route(&path, Method::GET, Target::BusState(Arc::new(s)))?;
         }
-        if reg.settings.server.enable_proxy {
-            let up = proxy::load(reg.settings.plugins.get("proxy")).await?;
-            for r in up.routes {
-                if reg.has_route(&r.path, &r.method) {
-                    tracing::warn!(path = %r.path, method = %r.method, "a local route takes precedence over the upstream's");
-                    continue;
-                }
-                let (path, method) = (r.path.clone(), r.method.clone());
-                reg.add_route(&path, method, Target::Proxy(Arc::new(r)))?;
-            }
-            reg.upstream_schemas = up.schemas;
-        }
+        let proxy = if reg.settings.server.enable_proxy {
+            Some(Proxy::from_config(reg.settings.plugins.get("proxy"))?)
+        } else {
+            None
+        };
+        reg.proxy = proxy.clone();
         reg.resolve()?;
         let openapi = Arc::new(crate::openapi::document(&reg));
         let registry = Arc::new(reg);
@@ -164,10 +157,15 @@ impl Bridge {
             }
         }
         let router = router(registry.clone(), openapi.clone());
+        // Upstreams are read in the background: everything else is served meanwhile.
+        if let Some(p) = &proxy {
+            p.spawn_loaders();
+        }
         Ok(App {
             registry,
             router,
             openapi,
+            proxy,
         })
     }
 
@@ -189,6 +187,7 @@ pub struct App {
     registry: Arc<Registry>,
     router: Router,
     openapi: Arc<Value>,
+    proxy: Option<Arc<Proxy>>,
 }
 
 impl App {
@@ -197,9 +196,18 @@ impl App {
         self.router.clone()
     }
 
-    /// The OpenAPI document.
+    /// The OpenAPI document of the local routes (upstream routes are added to the served
+    /// document as each upstream is read).
     pub fn openapi(&self) -> &Value {
         &self.openapi
+    }
+
+    /// The served OpenAPI document as it is now, with the upstream routes read so far.
+    pub fn current_openapi(&self) -> Arc<Value> {
+        match &self.proxy {
+            Some(p) => p.document(&self.openapi),
+            None => self.openapi.clone(),
+        }
     }
 
     /// Binds `server.host:server.port` and serves in the background.
@@ -222,7 +230,12 @@ impl App {
                 .map_err(|e| Error::Server(e.to_string()))
         });
         tracing::info!("bridge serving on http://{addr} (docs: http://{addr}/docs)");
-        Ok(RunningBridge { addr, stop, task })
+        Ok(RunningBridge {
+            addr,
+            stop,
+            task,
+            proxy: self.proxy.clone(),
+        })
     }
 
     /// Serves until `shutdown` resolves, then finishes the requests in flight.
@@ -240,6 +253,7 @@ pub struct RunningBridge {
     addr: SocketAddr,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
+    proxy: Option<Arc<Proxy>>,
 }
 
 impl RunningBridge {
@@ -257,6 +271,9 @@ impl RunningBridge {
     /// Open event streams are cut at the deadline.
     pub async fn stop(mut self) {
         self.stop.cancel();
+        if let Some(p) = &self.proxy {
+            p.stop();
+        }
         let task = &mut self.task;
         if tokio::time::timeout(std::time::Duration::from_secs(10), &mut *task)
             .await
@@ -270,6 +287,9 @@ impl RunningBridge {
 impl Drop for RunningBridge {
     fn drop(&mut self) {
         self.stop.cancel();
+        if let Some(p) = &self.proxy {
+            p.stop();
+        }
     }
 }
 
@@ -290,9 +310,23 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
             });
         }
         let allow = allowed.join(", ");
+        let reg_fb = reg.clone();
         mr = mr.fallback(move |req: Request| {
             let allow = allow.clone();
+            let reg = reg_fb.clone();
             async move {
+                // An upstream may serve this path with another method.
+                if let Some(p) = reg
+                    .proxy
+                    .as_ref()
+                    .filter(|p| p.fits(req.method(), req.uri().path()))
+                {
+                    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+                    return match p.handle(&reg.auth, req).await {
+                        Some(r) => r,
+                        None => not_found_response(&path, &method),
+                    };
+                }
                 let mut r = envelope::failure(&ApiError::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     format!(
@@ -309,7 +343,11 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
         });
         api = api.route(path, mr);
     }
-    let api = api.route_layer(middleware::from_fn_with_state(reg.clone(), auth));
+    let api = if reg.http.is_empty() {
+        api
+    } else {
+        api.route_layer(middleware::from_fn_with_state(reg.clone(), auth))
+    };
 
     let doc = openapi.clone();
     let swagger = Arc::new(utoipa_swagger_ui::Config::from(OPENAPI_PATH));
@@ -319,14 +357,30 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
             .html()
             .into_boxed_str(),
     );
+    let health_reg = reg.clone();
+    let fallback_reg = reg.clone();
+    let doc_reg = reg.clone();
+    let offset = reg.settings.server.timestamp_offset;
     Router::new()
-        .route("/health", get(|| async { axum::Json("ok") }))
+        .route(
+            "/health",
+            get(move || {
+                let reg = health_reg.clone();
+                async move { health(&reg) }
+            }),
+        )
         .route("/ping", get(|| async { axum::Json("pong") }))
+        // FrameX answers its version as a bare string; the details are on another route.
         .route(
             "/version",
+            get(|| async { axum::Json(env!("CARGO_PKG_VERSION")) }),
+        )
+        .route(
+            VERSION_DETAILS_PATH,
             get(|| async {
                 axum::Json(
                     json!({"name": "sf-bridge", "version": env!("CARGO_PKG_VERSION"),
+                    "framex_surface": "0.4.2",
                     "service_framework": "0.0.18 wire-compatible"}),
                 )
             }),
@@ -334,8 +388,15 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
         .route(
             OPENAPI_PATH,
             get(move || {
-                let doc = doc.clone();
-                async move { envelope::json_response(StatusCode::OK, &*doc) }
+                let base = doc.clone();
+                let reg = doc_reg.clone();
+                async move {
+                    let doc = match &reg.proxy {
+                        Some(p) => p.document(&base),
+                        None => base,
+                    };
+                    envelope::json_response(StatusCode::OK, &*doc)
+                }
             }),
         )
         .route("/docs", get(|| async { Redirect::permanent("/docs/") }))
@@ -357,7 +418,40 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
         )
         .route("/redoc", get(move || async move { Html(redoc_html) }))
         .merge(api)
-        .fallback(not_found)
+        .fallback(move |req: Request| {
+            let reg = fallback_reg.clone();
+            async move {
+                if let Some(p) = &reg.proxy {
+                    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+                    if let Some(r) = p.handle(&reg.auth, req).await {
+                        return r;
+                    }
+                    return not_found_response(&path, &method);
+                }
+                not_found(req).await
+            }
+        })
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            envelope::TIMESTAMP_OFFSET.scope(offset, next.run(req))
+        }))
+}
+
+/// Where `/version`'s detailed object is served.
+pub const VERSION_DETAILS_PATH: &str = "/version/details";
+
+/// `"ok"` as FrameX answers, unless an upstream has not been read yet: then
+/// `{"status": "degraded", "missing_upstreams": [{"name", "error"}]}` (still 200: the bridge
+/// serves everything else).
+fn health(reg: &Registry) -> Response {
+    let missing = reg.proxy.as_ref().map(|p| p.missing()).unwrap_or_default();
+    if missing.is_empty() {
+        return axum::Json("ok").into_response();
+    }
+    let list: Vec<Value> = missing
+        .into_iter()
+        .map(|(name, error)| json!({"name": name, "error": error}))
+        .collect();
+    axum::Json(json!({"status": "degraded", "missing_upstreams": list})).into_response()
 }
 
 async fn swagger_file(file: String, config: Arc<utoipa_swagger_ui::Config<'static>>) -> Response {
@@ -379,11 +473,13 @@ async fn swagger_file(file: String, config: Arc<utoipa_swagger_ui::Config<'stati
 }
 
 async fn not_found(req: Request) -> Response {
-    let path = req.uri().path();
-    if path == "/api" || path.starts_with("/api/") {
+    not_found_response(req.uri().path(), req.method())
+}
+
+fn not_found_response(path: &str, method: &Method) -> Response {
+    if path.is_empty() || path == "/api" || path.starts_with("/api/") {
         envelope::failure(&ApiError::not_found(format!(
-            "no route for {} {path}",
-            req.method()
+            "no route for {method} {path}"
         )))
     } else {
         envelope::json_response(StatusCode::NOT_FOUND, &json!({"detail": "Not Found"}))
@@ -402,7 +498,16 @@ async fn auth(State(reg): State<Arc<Registry>>, req: Request, next: Next) -> Res
         Ok(()) => next.run(req).await,
         Err(e) => {
             tracing::warn!(path = %req.uri().path(), "rejected: {}", e.message);
-            envelope::failure(&e)
+            let stream = template
+                .as_deref()
+                .and_then(|t| reg.http.get(t))
+                .and_then(|routes| routes.iter().find(|(m, _)| m == req.method()))
+                .is_some_and(|(_, t)| t.is_stream());
+            if stream {
+                envelope::sse_error(&e)
+            } else {
+                envelope::failure(&e)
+            }
         }
     }
 }
@@ -413,24 +518,41 @@ fn under_api(path: &str) -> bool {
 
 async fn dispatch(reg: Arc<Registry>, target: Target, req: Request) -> Response {
     let path = req.uri().path().to_owned();
+    // A stream route answers its errors as an `error` event, as FrameX does.
+    let is_stream = target.is_stream();
+    let fail = |e: &ApiError| {
+        if is_stream {
+            envelope::sse_error(e)
+        } else {
+            envelope::failure(e)
+        }
+    };
+    let strict = reg.settings.server.strict_validation;
     let result = match target {
         Target::Local(entry) => {
             let pairs: Vec<(String, String)> = match req.uri().query() {
                 Some(q) => match serde_urlencoded_pairs(q) {
                     Ok(p) => p,
-                    Err(e) => return envelope::failure(&e),
+                    Err(e) => return fail(&e),
                 },
                 None => Vec::new(),
             };
-            let query = plugin::coerce_query(&entry.handler.query_root, pairs);
+            let mut query = plugin::coerce_query(&entry.handler.query_root, pairs);
             let body = if entry.handler.body.is_some() {
                 match read_json_body(req).await {
                     Ok(b) => b,
-                    Err(e) => return envelope::failure(&e),
+                    Err(e) => return fail(&e),
                 }
             } else {
                 None
             };
+            let body = match body {
+                Some(b) if !strict => Some(plugin::lax(&entry.handler.body_root, b)),
+                other => other,
+            };
+            if !strict {
+                query = plugin::lax(&entry.handler.query_root, query);
+            }
             let ctx = PluginCtx {
                 plugin: entry.plugin.clone(),
                 registry: reg.clone(),
@@ -449,7 +571,7 @@ async fn dispatch(reg: Arc<Registry>, target: Target, req: Request) -> Response 
                 let pairs = match req.uri().query() {
                     Some(q) => match serde_urlencoded_pairs(q) {
                         Ok(p) => p,
-                        Err(e) => return envelope::failure(&e),
+                        Err(e) => return fail(&e),
                     },
                     None => Vec::new(),
                 };
@@ -458,7 +580,7 @@ async fn dispatch(reg: Arc<Registry>, target: Target, req: Request) -> Response 
             } else {
                 match read_json_body(req).await {
                     Ok(b) => b.unwrap_or_else(|| json!({})),
-                    Err(e) => return envelope::failure(&e),
+                    Err(e) => return fail(&e),
                 }
             };
             match route.call(args).await {
@@ -471,24 +593,8 @@ async fn dispatch(reg: Arc<Registry>, target: Target, req: Request) -> Response 
             Err(e) => Err(e),
         },
         Target::BusState(s) => Ok(s.current()),
-        Target::Proxy(p) => {
-            let method = req.method().clone();
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map_or(path.clone(), |pq| pq.as_str().to_owned());
-            let headers = req.headers().clone();
-            let body = match axum::body::to_bytes(req.into_body(), PROXY_BODY_LIMIT).await {
-                Ok(b) => b,
-                Err(e) => {
-                    return envelope::failure(&ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("cannot read the request body: {e}"),
-                    ))
-                }
-            };
-            return p.forward(method, &pq, &path, &headers, body).await;
-        }
+        // Proxied paths are answered by the fallback, never routed here.
+        Target::Proxy(..) => Err(ApiError::not_found(format!("no route for {path}"))),
     };
     match result {
         Ok(v) => envelope::success(StatusCode::OK, v),
@@ -496,7 +602,7 @@ async fn dispatch(reg: Arc<Registry>, target: Target, req: Request) -> Response 
             if e.status.is_server_error() {
                 tracing::error!(%path, "{}", e.message);
             }
-            envelope::failure(&e)
+            fail(&e)
         }
     }
 }

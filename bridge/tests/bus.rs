@@ -126,6 +126,12 @@ async fn replyers_as_routes_with_their_errors_as_statuses() {
     assert_eq!(st, 422, "{v}");
     assert!(v["message"].as_str().unwrap().contains("to_echo"), "{v}");
     assert_eq!(v["data"]["code"], "invalid_args");
+    // The field is named in `loc`, as a FastAPI client expects.
+    assert_eq!(
+        v["data"]["detail"][0]["loc"],
+        json!(["body", "to_echo"]),
+        "{v}"
+    );
     // Handler errors keep their meaning.
     let (st, v) = post(&format!("{u}/api/v1/trouble"), &json!({"kind": "ok"})).await;
     assert_eq!((st, data_of(200, &v)), (200, json!({"ok": true})));

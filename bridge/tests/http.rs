@@ -191,9 +191,15 @@ async fn system_routes_and_docs_pages() {
     assert_eq!(get(&format!("{u}/health")).await, (200, json!("ok")));
     // FrameX answers 422 here outside Ray.
     assert_eq!(get(&format!("{u}/ping")).await, (200, json!("pong")));
-    let (s, v) = get(&format!("{u}/version")).await;
+    // FrameX's shape: a bare version string; the details have their own route.
+    assert_eq!(
+        get(&format!("{u}/version")).await,
+        (200, json!(env!("CARGO_PKG_VERSION")))
+    );
+    let (s, v) = get(&format!("{u}/version/details")).await;
     assert_eq!(s, 200);
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["name"], "sf-bridge");
 
     // Swagger UI: the page and its assets come from the binary, not a CDN.
     let page = client().get(format!("{u}/docs")).send().await.unwrap();
@@ -776,4 +782,114 @@ fn collect_refs(v: &Value, out: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
         _ => {}
     }
+}
+
+#[tokio::test]
+async fn errors_on_stream_routes_are_event_streams() {
+    let (b, _) = demo_bridge(|s| {
+        s.auth
+            .rules
+            .insert("/api/v1/broken_stream".into(), vec!["k".into()]);
+    })
+    .await;
+    let u = b.url();
+    // A validation error (no `message`): 422 as one `error` event, as FrameX answers.
+    let r = client()
+        .get(format!("{u}/api/v1/echo_stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let evs = events(&r.text().await.unwrap());
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].0, "error");
+    assert_eq!(evs[0].1["status"], 422);
+    assert_eq!(evs[0].1["detail"][0]["loc"], json!(["query", "message"]));
+    // An auth failure on a stream route, too.
+    let r = client()
+        .get(format!("{u}/api/v1/broken_stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let evs = events(&r.text().await.unwrap());
+    assert_eq!(
+        (evs[0].0.as_str(), evs[0].1["status"].clone()),
+        ("error", json!(401))
+    );
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn validation_is_lax_as_pydantic_by_default_and_strict_on_request() {
+    let (b, _) = demo_bridge(|_| {}).await;
+    let u = b.url();
+    for body in [json!({"id": "7"}), json!({"id": 95335.0}), json!({"id": 7})] {
+        let (st, v) = post(&format!("{u}/api/v1/echo_model?message=m"), &body).await;
+        assert_eq!(st, 200, "{body}: {v}");
+    }
+    let (st, v) = post(
+        &format!("{u}/api/v1/echo_model?message=m"),
+        &json!({"id": 7.5}),
+    )
+    .await;
+    assert_eq!(st, 422, "{v}");
+    assert_eq!(v["data"]["detail"][0]["loc"], json!(["body", "id"]));
+    let (st, v) = post(
+        &format!("{u}/api/v1/items"),
+        &json!({"id": "3", "label": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (st, data_of(200, &v)),
+        (200, json!({"id": 3, "label": "x"}))
+    );
+    b.stop().await;
+
+    let (b, _) = demo_bridge(|s| s.server.strict_validation = true).await;
+    let u = b.url();
+    for body in [json!({"id": "7"}), json!({"id": 95335.0})] {
+        let (st, v) = post(&format!("{u}/api/v1/echo_model?message=m"), &body).await;
+        assert_eq!(st, 422, "{body}: {v}");
+        assert_eq!(v["data"]["detail"][0]["loc"], json!(["body", "id"]));
+    }
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn framex_operation_ids_and_timestamps() {
+    let (b, _) = demo_bridge(|_| {}).await;
+    let u = b.url();
+    let (_, doc) = get(&format!("{u}/api/v1/openapi.json")).await;
+    assert_eq!(
+        doc["paths"]["/api/v1/echo"]["get"]["operationId"],
+        "route_handler_api_v1_echo_get"
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/items"]["post"]["operationId"],
+        "route_handler_api_v1_items_post"
+    );
+    // FrameX's exact form by default: UTC, no offset.
+    let (_, v) = get(&format!("{u}/api/v1/echo?message=t")).await;
+    let ts = v["timestamp"].as_str().unwrap();
+    let parsed = chrono::NaiveDateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S").unwrap();
+    assert!(
+        (chrono::Utc::now().naive_utc() - parsed)
+            .num_seconds()
+            .abs()
+            <= 2,
+        "{ts}"
+    );
+    b.stop().await;
+    // The offset form as an option, per bridge.
+    let (b, _) = demo_bridge(|s| s.server.timestamp_offset = true).await;
+    let (_, v) = get(&format!("{}/api/v1/echo?message=t", b.url())).await;
+    let ts = v["timestamp"].as_str().unwrap();
+    assert!(ts.ends_with("+00:00"), "{ts}");
+    chrono::DateTime::parse_from_str(ts, "%Y-%m-%d %H:%M:%S%:z").unwrap();
+    b.stop().await;
 }

@@ -1,150 +1,229 @@
-//! The proxy against a real upstream HTTP service (an axum server on 127.0.0.1 port 0 that
-//! serves its own OpenAPI document): path parameters, query strings, JSON and multipart
-//! bodies, client headers, upstream statuses, streams, enable/disable rules, upstream keys,
-//! and call_plugin_api reaching proxied routes.
+//! The proxy against a real FastAPI upstream (tests/upstream_app.py under uvicorn, from the
+//! test venv): paths that try to leave their route, answers passed through raw, upstreams read
+//! in the background, per-read timeouts, cut streams, forced streaming, and call_plugin_api
+//! reaching proxied routes.
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use sf_bridge::axum::extract::{Path, Query, Request};
-use sf_bridge::axum::http::{HeaderMap, StatusCode};
-use sf_bridge::axum::response::IntoResponse;
-use sf_bridge::axum::routing;
-use sf_bridge::axum::{Json, Router};
-use sf_bridge::{Api, ApiError, Bridge, Plugin, PluginCtx, PluginMetadata};
+use sf_bridge::config::Settings;
+use sf_bridge::{Api, ApiError, Plugin, PluginCtx, PluginMetadata};
 
-fn upstream_doc() -> Value {
-    let ok = json!({"200": {"description": "OK"}});
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "upstream", "version": "1"},
-        "paths": {
-            "/api/v1/items/{id}": {"get": {"tags": ["items"], "operationId": "item",
-                "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}},
-                               {"name": "q", "in": "query", "required": false, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}}}}}},
-            "/api/v1/create": {"post": {"operationId": "create",
-                "requestBody": {"content": {"application/json": {"schema": {"type": "object"}}}}, "responses": ok}},
-            "/api/v1/teapot": {"get": {"operationId": "teapot", "responses": ok}},
-            "/api/v1/headers": {"get": {"operationId": "headers", "responses": ok}},
-            "/api/v1/upload": {"post": {"operationId": "upload", "responses": ok}},
-            "/api/v1/events": {"get": {"operationId": "events", "responses": ok}},
-            "/api/v1/framex": {"get": {"operationId": "framex", "responses": ok}},
-            "/api/v1/echo": {"get": {"operationId": "shadowed", "responses": ok}},
-            "/api/v1/hidden/x": {"get": {"operationId": "hidden", "responses": ok}},
-        },
-        "components": {"schemas": {"Item": {"type": "object", "properties": {"id": {"type": "integer"}}}}},
+/// Everything the bridge logs in this test binary, for the tests that check a log line.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Sink(sink.clone()))
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        buf
     })
+    .clone()
 }
 
-async fn upstream() -> (String, tokio::task::JoinHandle<()>) {
-    let app = Router::new()
-        .route("/api/v1/openapi.json", routing::get(|| async { Json(upstream_doc()) }))
-        .route(
-            "/api/v1/items/{id}",
-            routing::get(|Path(id): Path<u64>, Query(q): Query<BTreeMap<String, String>>| async move {
-                Json(json!({"id": id, "q": q.get("q")}))
-            }),
-        )
-        .route(
-            "/api/v1/create",
-            routing::post(|Json(body): Json<Value>| async move { (StatusCode::CREATED, Json(json!({"got": body}))) }),
-        )
-        .route(
-            "/api/v1/teapot",
-            routing::get(|| async { (StatusCode::IM_A_TEAPOT, Json(json!({"detail": "I'm a teapot"}))) }),
-        )
-        .route(
-            "/api/v1/headers",
-            routing::get(|h: HeaderMap| async move {
-                let v = |k: &str| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                Json(json!({"x-custom": v("x-custom"), "authorization": v("authorization")}))
-            }),
-        )
-        .route(
-            "/api/v1/upload",
-            routing::post(|req: Request| async move {
-                let ct = req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                let body = sf_bridge::axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
-                let text = String::from_utf8_lossy(&body).to_string();
-                Json(json!({"content_type": ct, "has_file": text.contains("file-content-123")}))
-            }),
-        )
-        .route(
-            "/api/v1/events",
-            routing::get(|| async {
-                (
-                    [("content-type", "text/event-stream")],
-                    "event: message_chunk\ndata: {\"content\":\"u\"}\n\nevent: finish\ndata: {}\n\n",
-                )
-                    .into_response()
-            }),
-        )
-        .route(
-            "/api/v1/framex",
-            routing::get(|| async { Json(json!({"status": 200, "message": "success", "timestamp": "t", "data": {"v": 1}})) }),
-        )
-        .route("/api/v1/hidden/x", routing::get(|| async { Json(json!("hidden")) }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        sf_bridge::axum::serve(listener, app).await.unwrap();
-    });
-    (url, task)
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn logged(needle: &str) -> bool {
+    String::from_utf8_lossy(&logs().lock().unwrap()).contains(needle)
+}
+
+fn proxy_settings(builtins: &[&str], plugins: &[&str], proxy: Value) -> Settings {
+    let mut s = settings(builtins, plugins);
+    s.server.enable_proxy = true;
+    s.plugins.insert("proxy".into(), proxy);
+    s
+}
+
+async fn text(url: &str) -> (u16, String) {
+    let r = client().get(url).send().await.expect("GET");
+    (r.status().as_u16(), r.text().await.expect("body"))
+}
+
+#[tokio::test]
+async fn a_path_parameter_cannot_leave_its_route_or_its_rules() {
+    let up = FastApi::start().await;
+    let mut s = proxy_settings(
+        &[],
+        &[],
+        json!({"proxy_urls": {up.url(): {
+            "enable": ["/api/v1/files/*", "/api/v1/admin", "/api/v1/items/*", "/api/v1/sections/*"],
+            "disable": ["/api/v1/admin", "/api/v1/sections/secret/*"],
+        }}}),
+    );
+    s.auth
+        .rules
+        .insert("/api/v1/admin".into(), vec!["admin-key".into()]);
+    s.auth.rules.insert(
+        "/api/v1/sections/locked/info".into(),
+        vec!["locked-key".into()],
+    );
+    let b = start(s, vec![]).await;
+    wait_upstreams(&b).await;
+    let u = b.url();
+
+    // The plain request is refused: disabled, so not published.
+    assert_eq!(get(&format!("{u}/api/v1/admin")).await.0, 404);
+
+    // Every spelling of a relative or slashed segment is a 400, sent byte for byte.
+    for target in [
+        "/api/v1/files/%2e%2e/admin",
+        "/api/v1/files/%2E%2E/admin",
+        "/api/v1/files/%2e%2E/admin",
+        "/api/v1/files/.%2e/admin",
+        "/api/v1/files/.%2E/admin",
+        "/api/v1/files/%2e./admin",
+        "/api/v1/files/%2E./admin",
+        "/api/v1/files/../admin",
+        "/api/v1/files/./admin",
+        "/api/v1/files/%2e/admin",
+        "/api/v1/files/..%2fadmin",
+        "/api/v1/files/..%2Fadmin",
+        "/api/v1/files/%2e%2e%2fadmin",
+        "/api/v1/files/%2E%2E%2Fadmin",
+        "/api/v1/files/%2fapi%2fv1%2fadmin",
+        "/api/v1/files/..%5cadmin",
+        "/api/v1/files/..",
+        "/api/v1/files/%2e%2e",
+        "/api/v1/items/%2e%2e",
+        "/api/v1/items/..",
+        "/api/v1/items/.%2e?q=1",
+        "/api/v1/sections/x/../../admin",
+        "/api/v1/sections/%2e%2e/admin",
+    ] {
+        let (status, body) = raw_get(b.addr(), target, "Authorization: admin-key\r\n").await;
+        assert_eq!(status, 400, "{target}: {body}");
+        assert!(body.contains("refused"), "{target}: {body}");
+    }
+    // None of them reached the upstream.
+    assert_eq!(up.hits().await, Vec::<String>::new());
+
+    // A parameter is decoded, then encoded again for the upstream.
+    let (st, v) = get(&format!("{u}/api/v1/files/a%20b...txt")).await;
+    assert_eq!((st, v), (200, json!({"file": "a b...txt"})));
+    let (st, v) = get(&format!("{u}/api/v1/files/%61dmin")).await;
+    assert_eq!((st, v), (200, json!({"file": "admin"})));
+
+    // The rules are checked against the exact path sent upstream, however it was spelled.
+    for path in [
+        "/api/v1/sections/secret/info",
+        "/api/v1/sections/%73ecret/info",
+        "/api/v1/sections/%73%65%63%72%65%74/info",
+    ] {
+        assert_eq!(get(&format!("{u}{path}")).await.0, 404, "{path}");
+    }
+    assert_eq!(
+        get(&format!("{u}/api/v1/sections/open/info")).await,
+        (200, json!({"section": "open"}))
+    );
+    for path in [
+        "/api/v1/sections/locked/info",
+        "/api/v1/sections/%6cocked/info",
+    ] {
+        let (st, v) = get(&format!("{u}{path}")).await;
+        assert_eq!(st, 401, "{path}: {v}");
+    }
+    let r = client()
+        .get(format!("{u}/api/v1/sections/%6cocked/info"))
+        .header("authorization", "locked-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let hits = up.hits().await;
+    assert_eq!(
+        hits,
+        [
+            "/api/v1/files/a%20b...txt",
+            "/api/v1/files/admin",
+            "/api/v1/sections/open/info",
+            "/api/v1/sections/locked/info",
+        ],
+        "only the allowed requests reached the upstream"
+    );
+    b.stop().await;
 }
 
 fn user() -> Plugin {
-    Plugin::new(
-        PluginMetadata::new("user")
-            .required_remote_apis(["/api/v1/items/{id}", "POST /api/v1/create"]),
+    Plugin::new(PluginMetadata::new("user").required_remote_apis([
+        "/api/v1/items/{item_id}",
+        "POST /api/v1/create",
+        "/api/v1/files/{name}",
+    ]))
+    .api(
+        Api::new("via")
+            .path("/via")
+            .handle(|_: sf_bridge::NoParams, ctx: PluginCtx| async move {
+                let item = ctx
+                    .call_plugin_api("/api/v1/items/{item_id}", json!({"item_id": 9, "q": "z"}))
+                    .await?;
+                let created = ctx
+                    .call_plugin_api("POST /api/v1/create", json!({"id": 1}))
+                    .await?;
+                Ok::<_, ApiError>(json!({"item": item, "created": created}))
+            }),
     )
-    .api(Api::new("via").path("/via").handle(
+    .api(Api::new("dots").path("/dots").handle(
         |_: sf_bridge::NoParams, ctx: PluginCtx| async move {
-            let item = ctx
-                .call_plugin_api("/api/v1/items/{id}", json!({"id": 9, "q": "z"}))
-                .await?;
-            let created = ctx
-                .call_plugin_api("POST /api/v1/create", json!({"a": 1}))
-                .await?;
-            Ok::<_, ApiError>(json!({"item": item, "created": created}))
+            ctx.call_plugin_api("/api/v1/files/{name}", json!({"name": ".."}))
+                .await
         },
     ))
 }
 
 #[tokio::test]
-async fn upstream_routes_are_forwarded_faithfully() {
-    let (up, task) = upstream().await;
-    let mut s = settings(&["echo"], &["user"]);
-    s.server.enable_proxy = true;
-    s.plugins.insert(
-        "proxy".into(),
+async fn answers_pass_through_raw_unless_a_route_is_wrapped() {
+    let up = FastApi::start().await;
+    let s = proxy_settings(
+        &["echo"],
+        &["user"],
         json!({
-            "proxy_urls": {up.clone(): {"enable": ["/api/v1/*"], "disable": ["/api/v1/hidden/*"]}},
+            "proxy_urls": {up.url(): {"name": "catalog"}},
+            "wrap_apis": ["/api/v1/files/*", "/api/v1/framex"],
             "auth": {"rules": {"/api/v1/headers": ["upstream-key"]}},
-            "timeout": 10,
         }),
     );
     let b = start(s, vec![user()]).await;
+    wait_upstreams(&b).await;
     let u = b.url();
 
-    // Path parameters are substituted, the query passes.
-    let (st, v) = get(&format!("{u}/api/v1/items/42?q=hello")).await;
-    assert_eq!(
-        (st, data_of(200, &v)),
-        (200, json!({"id": 42, "q": "hello"}))
-    );
-    // A JSON body, and the upstream's status.
-    let (st, v) = post(&format!("{u}/api/v1/create"), &json!({"k": [1, 2]})).await;
-    assert_eq!((st, data_of(201, &v)), (201, json!({"got": {"k": [1, 2]}})));
-    // An upstream failure keeps its status (FrameX: 200 with "error proxy").
-    let (st, v) = get(&format!("{u}/api/v1/teapot")).await;
-    assert_eq!(st, 418);
-    assert_eq!(v["status"], 418);
-    assert_eq!(v["message"], "I'm a teapot");
-    // Client headers are forwarded; the upstream key replaces Authorization.
+    // Body and status byte for byte as the upstream sends them (key order too).
+    for path in [
+        "/api/v1/items/42?q=hello",
+        "/api/v1/teapot",
+        "/api/v1/missing",
+        "/api/v1/boom",
+        "/api/v1/items/notanumber",
+    ] {
+        let direct = text(&format!("{}{path}", up.url())).await;
+        let proxied = text(&format!("{u}{path}")).await;
+        assert_eq!(proxied, direct, "{path}");
+    }
+    let (_, body) = text(&format!("{u}/api/v1/items/42?q=hello")).await;
+    assert_eq!(body, r#"{"zeta":1,"id":42,"alpha":2,"q":"hello"}"#);
+    // A JSON body and the upstream's 201.
+    let (st, v) = post(&format!("{u}/api/v1/create"), &json!({"id": 3})).await;
+    assert_eq!((st, v), (201, json!({"got": {"id": 3, "name": "thing"}})));
+    // Client headers go upstream; the upstream key replaces Authorization.
     let r = client()
         .get(format!("{u}/api/v1/headers"))
         .header("x-custom", "abc")
@@ -154,13 +233,13 @@ async fn upstream_routes_are_forwarded_faithfully() {
         .unwrap();
     let v: Value = r.json().await.unwrap();
     assert_eq!(
-        data_of(200, &v),
+        v,
         json!({"x-custom": "abc", "authorization": "upstream-key"})
     );
-    // Multipart uploads pass through untouched.
+    // A multipart upload with a form field.
     let boundary = "XyZbOuNdArY";
     let form = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nfile-content-123\r\n--{boundary}--\r\n"
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\nContent-Type: text/plain\r\n\r\nfile-content-123\r\n--{boundary}--\r\n"
     );
     let r = client()
         .post(format!("{u}/api/v1/upload"))
@@ -172,65 +251,230 @@ async fn upstream_routes_are_forwarded_faithfully() {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(data_of(200, &v)["has_file"], true);
-    assert!(v["data"]["content_type"]
-        .as_str()
-        .unwrap()
-        .contains(boundary));
-    // An upstream stream passes through as events.
-    let r = client()
-        .get(format!("{u}/api/v1/events"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let evs = events(&r.text().await.unwrap());
     assert_eq!(
-        evs[0],
-        ("message_chunk".to_owned(), json!({"content": "u"}))
+        v,
+        json!({"filename": "a.txt", "size": 16, "note": "hi", "text": "file-content-123"})
     );
-    // An upstream envelope is not wrapped twice.
-    let (_, v) = get(&format!("{u}/api/v1/framex")).await;
-    assert_eq!(data_of(200, &v), json!({"v": 1}));
-    // Disabled paths are not routes; a local route wins over the upstream's.
-    assert_eq!(get(&format!("{u}/api/v1/hidden/x")).await.0, 404);
+    // A wrapped route: the envelope, `data` as the upstream sent it.
+    let (st, body) = text(&format!("{u}/api/v1/files/x")).await;
+    assert_eq!(st, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(data_of(200, &v), json!({"file": "x"}));
+    // An upstream envelope is not wrapped twice, and its data keeps its order.
+    let (_, body) = text(&format!("{u}/api/v1/framex")).await;
+    assert!(body.ends_with(r#""data":{"v":1,"a":0}}"#), "{body}");
+    // Local routes are untouched.
     let (_, v) = get(&format!("{u}/api/v1/echo?message=local")).await;
     assert_eq!(data_of(200, &v), "local");
-    // call_plugin_api reaches proxied routes (path parameters from the kwargs).
+    // call_plugin_api reaches proxied routes, path parameters from the kwargs, and refuses
+    // a relative segment there too.
     let (st, v) = get(&format!("{u}/api/v1/via")).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(
         data_of(200, &v),
-        json!({"item": {"id": 9, "q": "z"}, "created": {"got": {"a": 1}}})
+        json!({"item": {"zeta": 1, "id": 9, "alpha": 2, "q": "z"}, "created": {"got": {"id": 1, "name": "thing"}}})
     );
-    // The document includes the upstream's operations and schemas, with valid refs.
+    let (st, v) = get(&format!("{u}/api/v1/dots")).await;
+    assert_eq!(st, 422, "{v}");
+    // The document has the upstream's operations, its schemas and FrameX's proxy tag.
     let (_, doc) = get(&format!("{u}/api/v1/openapi.json")).await;
-    assert_eq!(
-        doc["paths"]["/api/v1/items/{id}"]["get"]["operationId"],
-        "item"
-    );
+    let op = &doc["paths"]["/api/v1/items/{item_id}"]["get"];
+    assert_eq!(op["tags"], json!([format!("proxy({})", up.url())]), "{op}");
     assert!(doc["components"]["schemas"].get("Item").is_some());
-    assert!(doc["paths"].get("/api/v1/hidden/x").is_none());
-    serde_json::from_value::<oas3::Spec>(doc).expect("still valid");
+    assert!(doc["paths"].get("/control/hits").is_none());
+    assert!(doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == format!("proxy({})", up.url())));
     b.stop().await;
+}
 
-    // An upstream that cannot be read stops the start with its URL.
-    task.abort();
-    let _ = task.await;
-    let mut s = settings(&[], &[]);
-    s.server.enable_proxy = true;
-    s.plugins
-        .insert("proxy".into(), json!({"proxy_urls": [up.clone()]}));
-    let e = Bridge::new(s).build().await.unwrap_err().to_string();
-    assert!(e.contains(&up), "{e}");
-    // Unknown proxy keys are named.
-    let mut s = settings(&[], &[]);
-    s.server.enable_proxy = true;
-    s.plugins.insert("proxy".into(), json!({"proxy_url": [up]}));
-    let e = Bridge::new(s).build().await.unwrap_err().to_string();
-    assert!(e.contains("proxy_url"), "{e}");
+fn needs_items() -> Plugin {
+    Plugin::new(PluginMetadata::new("needs").required_remote_apis(["/api/v1/items/{item_id}"])).api(
+        Api::new("item").path("/needs_item").handle(
+            |_: sf_bridge::NoParams, ctx: PluginCtx| async move {
+                ctx.call_plugin_api("/api/v1/items/{item_id}", json!({"item_id": 5}))
+                    .await
+            },
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_bridge_starts_before_its_upstream_and_adds_it_when_it_comes_up() {
+    let _ = logs();
+    let port = FastApi::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let s = proxy_settings(
+        &["echo"],
+        &["needs"],
+        json!({"proxy_urls": {url.clone(): {"name": "catalog"}}, "retry_max_interval": 0.5, "timeout": 5}),
+    );
+    let started = Instant::now();
+    let b = start(s, vec![needs_items()]).await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let u = b.url();
+    // Everything else is served at once; /health names what is missing.
+    let (_, v) = get(&format!("{u}/api/v1/echo?message=up")).await;
+    assert_eq!(data_of(200, &v), "up");
+    let (st, v) = get(&format!("{u}/health")).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["status"], "degraded", "{v}");
+    assert_eq!(v["missing_upstreams"][0]["name"], "catalog");
+    assert_eq!(get(&format!("{u}/api/v1/items/1")).await.0, 404);
+    let (st, v) = get(&format!("{u}/api/v1/needs_item")).await;
+    assert_eq!(st, 503, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("catalog"), "{v}");
+    let (_, doc) = get(&format!("{u}/api/v1/openapi.json")).await;
+    assert!(doc["paths"].get("/api/v1/items/{item_id}").is_none());
+    wait_until(
+        Duration::from_secs(10),
+        "the unreachable upstream's log line",
+        || async { logged("catalog") && logged("cannot be read yet") },
+    )
+    .await;
+
+    // The upstream comes up: its routes and OpenAPI entries appear.
+    let up = FastApi::start_on(port).await;
+    wait_upstreams(&b).await;
+    let (st, v) = get(&format!("{u}/api/v1/items/1")).await;
+    assert_eq!((st, v["id"].clone()), (200, json!(1)));
+    let (_, doc) = get(&format!("{u}/api/v1/openapi.json")).await;
+    assert!(doc["paths"].get("/api/v1/items/{item_id}").is_some());
+    let (st, v) = get(&format!("{u}/api/v1/needs_item")).await;
+    assert_eq!((st, data_of(200, &v)["id"].clone()), (200, json!(5)));
+
+    // It goes away: a 502 that names it by its configured name, not its address.
+    drop(up);
+    let (st, v) = get(&format!("{u}/api/v1/items/1")).await;
+    assert_eq!(st, 502, "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains("catalog"), "{v}");
+    assert!(!v.to_string().contains(&port.to_string()), "{v}");
+    assert!(!v.to_string().contains("127.0.0.1"), "{v}");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn timeouts_are_per_read_and_a_cut_stream_ends_with_an_error_event() {
+    let _ = logs();
+    let up = FastApi::start().await;
+    let s = proxy_settings(
+        &[],
+        &[],
+        json!({"proxy_urls": {up.url(): {"name": "streams"}}, "timeout": 1, "connect_timeout": 2}),
+    );
+    let b = start(s, vec![]).await;
+    wait_upstreams(&b).await;
+    let u = b.url();
+
+    // A 2.4 s stream whose reads each wait 0.4 s is not cut by a 1 s timeout.
+    let t = Instant::now();
+    let (st, body) = text(&format!("{u}/api/v1/sse?count=7&gap=0.4")).await;
+    assert_eq!(st, 200);
+    assert!(t.elapsed() >= Duration::from_millis(2400));
+    let evs = events(&body);
+    assert_eq!(evs.len(), 8, "{body}");
+    assert_eq!(evs.last().unwrap().0, "finish");
+
+    // Nothing for longer than the timeout: 504 naming the upstream.
+    let (st, v) = get(&format!("{u}/api/v1/slow?seconds=3")).await;
+    assert_eq!(st, 504, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("streams"), "{v}");
+
+    // A stream that stalls ends with an error event, and a log line.
+    let t = Instant::now();
+    let (st, body) = text(&format!("{u}/api/v1/sse_hang?key=h1")).await;
+    assert_eq!(st, 200);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let evs = events(&body);
+    assert_eq!(evs[0].1, json!({"content": "first"}), "{body}");
+    let last = evs.last().unwrap();
+    assert_eq!(last.0, "error", "{body}");
+    assert_eq!(last.1["status"], 504);
+    wait_until(Duration::from_secs(5), "the timeout's log line", || async {
+        logged("the upstream streams sent nothing within the timeout")
+    })
+    .await;
+
+    // A stream the upstream cuts midway (inside an event): a blank line, then the error.
+    let r = client()
+        .get(format!("{u}/api/v1/sse_cut?key=c1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    up.release("c1").await;
+    let body = r.text().await.unwrap();
+    let evs = events(&body);
+    assert_eq!(evs[0].1, json!({"content": "first"}), "{body}");
+    let last = evs.last().unwrap();
+    assert_eq!(last.0, "error", "{body}");
+    assert_eq!(last.1["status"], 502);
+    wait_until(Duration::from_secs(5), "the cut's log line", || async {
+        logged("the upstream streams cut the answer")
+    })
+    .await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn force_stream_apis_stream_as_the_bytes_arrive() {
+    let up = FastApi::start().await;
+    let s = proxy_settings(
+        &[],
+        &[],
+        json!({"proxy_urls": [up.url()], "force_stream_apis": ["/api/v1/ndjson"]}),
+    );
+    let b = start(s, vec![]).await;
+    wait_upstreams(&b).await;
+    let mut r = client()
+        .get(format!("{}/api/v1/ndjson?key=n1", b.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    // The first line arrives while the upstream still holds the rest back.
+    let first = tokio::time::timeout(Duration::from_secs(5), r.chunk())
+        .await
+        .expect("the first line before the rest is released")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first[..], b"{\"n\": 1}\n");
+    up.release("n1").await;
+    let mut rest = Vec::new();
+    while let Some(c) = tokio::time::timeout(Duration::from_secs(5), r.chunk())
+        .await
+        .expect("the rest in time")
+        .unwrap()
+    {
+        rest.extend_from_slice(&c);
+    }
+    assert_eq!(rest, b"{\"n\": 2}\n{\"n\": 3}\n");
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn proxy_config_mistakes_are_named() {
+    for (cfg, needle) in [
+        (json!({"proxy_url": ["http://127.0.0.1:1"]}), "proxy_url"),
+        (json!({"proxy_urls": ["not a url"]}), "not a url"),
+        (
+            json!({"proxy_urls": ["http://127.0.0.1:1"], "timeout": 0}),
+            "timeout",
+        ),
+        (json!({"proxy_urls": []}), "no upstream"),
+    ] {
+        let s = proxy_settings(&[], &[], cfg);
+        let e = sf_bridge::Bridge::new(s)
+            .build()
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{e}");
+    }
 }
