@@ -8,7 +8,7 @@
 //! ```text
 //! service-framework -s bridge --port 8080 --load-builtin-plugins echo
 //! curl 'http://127.0.0.1:8080/api/v1/echo?message=hi'
-//! {"status":200,"message":"success","timestamp":"2026-01-01 12:00:00+00:00","data":"hi"}
+//! {"status":200,"message":"success","timestamp":"2026-01-01 12:00:00","data":"hi"}
 //! ```
 //!
 //! # Layout
