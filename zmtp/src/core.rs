@@ -428,36 +428,55 @@ impl Core {
 
     /// DEALER and PUSH: to the next peer in turn that has room; waits while none has (or no
     /// peer is connected), so back-pressure reaches the caller.
+    /// One round-robin pass of non-blocking sends under one lock: the peer that took the
+    /// message, or the message back when every peer is full (or there is none).
+    fn try_balanced(&self, msg: Message) -> std::result::Result<PeerId, Message> {
+        let mut st = self.state();
+        let n = st.order.len();
+        let mut out = Out::Msg(msg);
+        for i in 0..n {
+            let idx = (st.rr + i) % n;
+            let id = st.order[idx];
+            let Some(p) = st.peers.get(&id) else { continue };
+            match p.tx.try_send(out) {
+                Ok(()) => {
+                    st.rr = (idx + 1) % n;
+                    return Ok(id);
+                }
+                Err(mpsc::error::TrySendError::Full(o))
+                | Err(mpsc::error::TrySendError::Closed(o)) => out = o,
+            }
+        }
+        let Out::Msg(m) = out else {
+            unreachable!("only messages are balanced")
+        };
+        Err(m)
+    }
+
     pub(crate) async fn send_balanced(&self, msg: Message) -> Result<PeerId> {
-        let mut msg = msg;
+        if self.stop.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        // Fast path: some peer has room. No waiter is registered, nothing is cloned.
+        let mut msg = match self.try_balanced(msg) {
+            Ok(id) => return Ok(id),
+            Err(m) => m,
+        };
         loop {
             if self.stop.is_cancelled() {
                 return Err(Error::Closed);
             }
+            // Register for a change of the peer set before trying again, so a peer that
+            // arrives between the try and the wait is not missed.
             let changed = self.peers_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
+            msg = match self.try_balanced(msg) {
+                Ok(id) => return Ok(id),
+                Err(m) => m,
+            };
             let senders: Vec<(PeerId, mpsc::Sender<Out>)> = {
-                let mut st = self.state();
-                let n = st.order.len();
-                let mut out = Out::Msg(msg);
-                for i in 0..n {
-                    let idx = (st.rr + i) % n;
-                    let id = st.order[idx];
-                    let Some(p) = st.peers.get(&id) else { continue };
-                    match p.tx.try_send(out) {
-                        Ok(()) => {
-                            st.rr = (idx + 1) % n;
-                            return Ok(id);
-                        }
-                        Err(mpsc::error::TrySendError::Full(o))
-                        | Err(mpsc::error::TrySendError::Closed(o)) => out = o,
-                    }
-                }
-                let Out::Msg(m) = out else {
-                    unreachable!("only messages are balanced")
-                };
-                msg = m;
+                let st = self.state();
                 st.order
                     .iter()
                     .filter_map(|id| st.peers.get(id).map(|p| (*id, p.tx.clone())))

@@ -204,6 +204,10 @@ impl Reader<'_> {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
+        // Made once: a `cancelled()` future per read registers and drops a waiter each time.
+        let session = self.session.clone().cancelled_owned();
+        let stopping = self.core.stop.clone().cancelled_owned();
+        tokio::pin!(session, stopping);
         loop {
             loop {
                 let frame = match decoder.decode(&mut buf) {
@@ -275,8 +279,8 @@ impl Reader<'_> {
             buf.reserve(want);
             tokio::select! {
                 biased;
-                _ = self.session.cancelled() => return Ended::Lost(Error::Closed),
-                _ = self.core.stop.cancelled() => return Ended::Closing,
+                _ = &mut session => return Ended::Lost(Error::Closed),
+                _ = &mut stopping => return Ended::Closing,
                 r = rd.read_buf(&mut buf) => match r {
                     Ok(0) => return Ended::Lost(Error::PeerClosed),
                     Ok(_) => last_rx = Instant::now(),
@@ -398,6 +402,9 @@ impl Writer {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             (i, ttl)
         });
+        let session = self.session.clone().cancelled_owned();
+        let stopping = self.stop.clone().cancelled_owned();
+        tokio::pin!(session, stopping);
         loop {
             if !out.is_empty() && w.write_all(&out).await.is_err() {
                 self.session.cancel();
@@ -406,7 +413,7 @@ impl Writer {
             out.clear();
             tokio::select! {
                 biased;
-                _ = self.session.cancelled() => return,
+                _ = &mut session => return,
                 // Disabled once the reader has gone (the channel then yields `None` at once).
                 Some(c) = self.ctrl.recv() => put_command(&mut out, &c),
                 n = self.rx.recv_many(&mut batch, 128) => {
@@ -425,7 +432,7 @@ impl Writer {
                     let c = Command::Ping { ttl_deciseconds: ttl, context: Bytes::new() }.encode();
                     put_command(&mut out, &c);
                 }
-                _ = self.stop.cancelled() => {
+                _ = &mut stopping => {
                     let _ = tokio::time::timeout(self.linger, self.flush_rest(out, w)).await;
                     return;
                 }

@@ -70,6 +70,10 @@ fn connect(core: &Arc<Core>, endpoint: &str) -> Result<()> {
 }
 
 async fn recv(core: &Core, inbox: &mut mpsc::Receiver<Message>) -> Result<Message> {
+    // Fast path: a message is waiting; no stop waiter is registered.
+    if let Ok(m) = inbox.try_recv() {
+        return Ok(m);
+    }
     tokio::select! {
         biased;
         m = inbox.recv() => m.ok_or(Error::Closed),
