@@ -22,6 +22,7 @@ pub mod address;
 pub mod error;
 pub mod external;
 pub mod handler;
+pub mod logline;
 pub mod pipeline;
 pub mod proxy;
 pub mod publisher;

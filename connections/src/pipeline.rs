@@ -228,11 +228,14 @@ impl Puller {
             self.stats.bump(Counter::Received);
             if frame.len() > self.max {
                 self.stats.bump(Counter::TooLarge);
-                tracing::warn!(
-                    size = frame.len(),
-                    limit = self.max,
-                    "puller dropped an oversize message"
-                );
+                if let Some(suppressed) = crate::logline::WARNINGS.allow("pull_too_large", "") {
+                    tracing::warn!(
+                        size = frame.len(),
+                        limit = self.max,
+                        suppressed,
+                        "puller dropped an oversize message"
+                    );
+                }
                 continue;
             }
             return Some(frame);

@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::handler::{Outcome, RawHandler};
+use crate::logline::{escape, WARNINGS};
 use crate::stats::{Counter, Stats};
 use crate::wire::{ErrorCode, WireError, WorkflowId};
 
@@ -151,18 +152,23 @@ async fn serve(
         stats.bump(Counter::Received);
         let Some((routing, body)) = split_routing(msg) else {
             stats.bump(Counter::Malformed);
-            tracing::warn!("replyer dropped a message with no body frame");
+            if let Some(suppressed) = WARNINGS.allow("no_body", "") {
+                tracing::warn!(suppressed, "replyer dropped a message with no body frame");
+            }
             continue;
         };
         if body.len() > options.max_message_bytes {
             let peer = peer_name(&routing);
             stats.bump(Counter::TooLarge);
-            tracing::warn!(
-                peer,
-                size = body.len(),
-                limit = options.max_message_bytes,
-                "request too large"
-            );
+            if let Some(suppressed) = WARNINGS.allow("too_large", &peer) {
+                tracing::warn!(
+                    peer,
+                    size = body.len(),
+                    limit = options.max_message_bytes,
+                    suppressed,
+                    "request too large"
+                );
+            }
             let err = WireError::new(
                 ErrorCode::TooLarge,
                 format!(
@@ -266,7 +272,16 @@ fn count_outcome(stats: &Stats, outcome: &Outcome, routing: &[Bytes]) {
                 ErrorCode::TooLarge => Counter::TooLarge,
                 _ => Counter::HandlerFailed,
             });
-            tracing::warn!(peer = peer_name(routing), code = %e.code, "request answered with an error: {}", e.message);
+            let peer = peer_name(routing);
+            if let Some(suppressed) = WARNINGS.allow(e.code.as_str(), &peer) {
+                tracing::warn!(
+                    peer,
+                    code = %e.code,
+                    suppressed,
+                    "request answered with an error: {}",
+                    escape(&e.message)
+                );
+            }
         }
     }
 }

@@ -331,11 +331,14 @@ impl Reader {
     fn parse(&self, frame: Bytes, last_seq: &mut IdMap<u64>) -> Option<Delivery> {
         if frame.len() > self.max {
             self.stats.bump(Counter::TooLarge);
-            tracing::warn!(
-                size = frame.len(),
-                limit = self.max,
-                "subscriber dropped an oversize message"
-            );
+            if let Some(suppressed) = crate::logline::WARNINGS.allow("sub_too_large", "") {
+                tracing::warn!(
+                    size = frame.len(),
+                    limit = self.max,
+                    suppressed,
+                    "subscriber dropped an oversize message"
+                );
+            }
             return None;
         }
         let (topic, body) = if self.prefix.is_empty() {
@@ -376,12 +379,16 @@ impl Reader {
                         if seq > last + 1 {
                             let missed = seq - last - 1;
                             self.stats.add(Counter::Lost, missed);
-                            tracing::warn!(
-                                pub_id,
-                                missed,
-                                after = last,
-                                "subscriber detected lost messages"
-                            );
+                            if let Some(suppressed) = crate::logline::WARNINGS.allow("sub_lost", "")
+                            {
+                                tracing::warn!(
+                                    pub_id,
+                                    missed,
+                                    after = last,
+                                    suppressed,
+                                    "subscriber detected lost messages"
+                                );
+                            }
                         }
                         o.insert(seq);
                     }
@@ -401,7 +408,13 @@ impl Reader {
 
     fn malformed(&self, why: &str) -> Option<Delivery> {
         self.stats.bump(Counter::Malformed);
-        tracing::warn!("subscriber dropped a malformed message: {why}");
+        if let Some(suppressed) = crate::logline::WARNINGS.allow("sub_malformed", "") {
+            tracing::warn!(
+                suppressed,
+                "subscriber dropped a malformed message: {}",
+                crate::logline::escape(why)
+            );
+        }
         None
     }
 }

@@ -320,6 +320,10 @@ impl<'de> Deserialize<'de> for NdArray {
 }
 
 /// The closed set of error codes a reply can carry.
+///
+/// The framework sends only these codes. A code this version does not know (a newer peer's)
+/// decodes as [`ErrorCode::Unknown`], keeping the code it carried in the message, so one new
+/// code never fails the whole reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -340,8 +344,13 @@ pub enum ErrorCode {
     Timeout,
     /// The service is shutting down or over its concurrency limit.
     Unavailable,
-    /// Anything else: a bug on the serving side.
+    /// Anything else: a bug on the serving side (a handler panic among them).
     Internal,
+    /// A service this one called failed; the message names it and carries its code and
+    /// message. Not the caller's fault, whatever the downstream said.
+    DependencyFailed,
+    /// Received only: a code this version does not know.
+    Unknown,
 }
 
 impl ErrorCode {
@@ -357,6 +366,8 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::DependencyFailed => "dependency_failed",
+            ErrorCode::Unknown => "unknown",
         }
     }
 }
@@ -369,12 +380,37 @@ impl fmt::Display for ErrorCode {
 
 /// The one serializable error a reply carries: `{"code": "...", "message": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(from = "RawWireError")]
 #[error("{code}: {message}")]
 pub struct WireError {
     /// What kind of failure.
     pub code: ErrorCode,
     /// Human-readable detail naming the problem (the field, the limit, the handler's message).
     pub message: String,
+}
+
+/// The error as it arrives: any code string.
+#[derive(Deserialize)]
+struct RawWireError {
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl From<RawWireError> for WireError {
+    fn from(raw: RawWireError) -> Self {
+        let known = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&raw.code);
+        match ErrorCode::deserialize(known) {
+            Ok(code) => WireError {
+                code,
+                message: raw.message,
+            },
+            Err(_) => WireError {
+                code: ErrorCode::Unknown,
+                message: format!("[{}] {}", raw.code, raw.message),
+            },
+        }
+    }
 }
 
 impl WireError {

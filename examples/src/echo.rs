@@ -6,6 +6,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use service_framework::handle::{Replyer, Requester};
 use service_framework::{Ctx, ServiceDef, ServiceError};
 
 /// The request.
@@ -29,11 +30,16 @@ pub struct RequesterConfig {
     pub num_req_to_send: i64,
 }
 
+/// `echo_replyer`'s in-connection.
+pub const REPLY: Replyer<ToEcho, Echoed> = Replyer::new("reply");
+/// `echo_requester`'s out-connection.
+pub const REQUEST: Requester<ToEcho, Echoed> = Requester::new("request");
+
 /// The replyer.
 pub fn replyer() -> ServiceDef {
     ServiceDef::new("echo_replyer")
         .description("Echoes {to_echo} back as {echoed}")
-        .replyer("reply", |args: ToEcho, _ctx: Ctx| async move {
+        .replyer(REPLY, |args, _ctx| async move {
             // format_args!: formatted only if DEBUG is on (this handler is benchmarked).
             service_framework::get_logger().debug(format_args!("echoing {:?}", args.to_echo));
             Ok::<_, ServiceError>(Echoed {
@@ -47,16 +53,16 @@ pub fn requester() -> ServiceDef {
     ServiceDef::new("echo_requester")
         .description("Sends num_req_to_send echo requests and prints each reply")
         .config::<RequesterConfig>()
-        .requester::<ToEcho, Echoed>("request")
+        .requester(REQUEST)
         .main(|ctx: Ctx| async move {
-            let config = ctx.config::<RequesterConfig>()?;
+            let config = ctx.config::<RequesterConfig>();
             for i in 0..config.num_req_to_send {
                 if ctx.is_stopping() {
                     break;
                 }
-                let reply: Echoed = ctx
+                let reply = ctx
                     .request(
-                        "request",
+                        &REQUEST,
                         &ToEcho {
                             to_echo: format!("Hello World {i}"),
                         },

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use service_framework::handle::{DeltaStateIn, DeltaStateOut, Replyer};
 use service_framework::serde_json::{Map, Value};
 use service_framework::{Ctx, ServiceDef, ServiceError};
 
@@ -45,19 +46,27 @@ pub struct MirrorReply {
     pub current_num: i64,
 }
 
+/// The state, as `state_source` owns it.
+pub const PRICES_OUT: DeltaStateOut<Prices> = DeltaStateOut::new("prices");
+/// The state, as `state_mirror` follows it.
+pub const PRICES_IN: DeltaStateIn<Prices> = DeltaStateIn::new("prices");
+/// `state_mirror`'s in-connection.
+pub const GET_STATE: Replyer<GetState, MirrorReply> = Replyer::new("get_state");
+
 /// The source (main mode).
 pub fn source() -> ServiceDef {
     ServiceDef::new("state_source")
         .description("Applies the scripted updates in its config to the delta state `prices`")
         .config::<SourceConfig>()
-        .delta_update_out::<Prices>("prices")
+        .delta_update_out(PRICES_OUT)
         .main(|ctx: Ctx| async move {
-            let config = ctx.config::<SourceConfig>()?;
+            let config = ctx.config::<SourceConfig>();
             for update in &config.updates {
                 let n = if update.is_snapshot {
-                    ctx.snapshot_state("prices", &update.state).await?
+                    let whole: Prices = update.state.clone().into_iter().collect();
+                    ctx.snapshot_state(&PRICES_OUT, &whole).await?
                 } else {
-                    ctx.update_state("prices", &update.state).await?
+                    ctx.update_state(&PRICES_OUT, &update.state).await?
                 };
                 service_framework::get_logger().info(format!("prices is now at {n}"));
             }
@@ -74,9 +83,9 @@ pub fn source() -> ServiceDef {
 pub fn mirror() -> ServiceDef {
     ServiceDef::new("state_mirror")
         .description("Follows the delta state `prices` and answers get_state with it")
-        .delta_update_in::<Prices>("prices")
-        .replyer("get_state", |_args: GetState, ctx: Ctx| async move {
-            let view = ctx.state_view("prices")?;
+        .delta_update_in(PRICES_IN)
+        .replyer(GET_STATE, |_args, ctx| async move {
+            let view = ctx.state_view(&PRICES_IN)?;
             let state = view
                 .state
                 .iter()

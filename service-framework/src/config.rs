@@ -233,6 +233,45 @@ impl ConfigModel {
     }
 }
 
+/// The config parsed into the type declared with `ServiceDef::config::<C>()`, once, at start.
+pub(crate) type TypedConfig = std::sync::Arc<dyn std::any::Any + Send + Sync>;
+
+/// Parses a checked config into the declared type: `Err((key path, what went wrong))`.
+pub(crate) type TypedParser = std::sync::Arc<
+    dyn Fn(&Map<String, Value>) -> std::result::Result<TypedConfig, (String, String)> + Send + Sync,
+>;
+
+pub(crate) fn typed_parser<C>() -> TypedParser
+where
+    C: serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    std::sync::Arc::new(|config: &Map<String, Value>| {
+        let value = Value::Object(config.clone());
+        match serde_path_to_error::deserialize::<_, C>(value) {
+            Ok(c) => Ok(std::sync::Arc::new(c) as TypedConfig),
+            Err(e) => Err((e.path().to_string(), e.into_inner().to_string())),
+        }
+    })
+}
+
+/// Runs the typed parser, naming the key at fault and where its value came from.
+pub(crate) fn parse_typed(
+    parser: &TypedParser,
+    config: &Map<String, Value>,
+    origin: &str,
+    sources: &BTreeMap<String, String>,
+) -> Result<TypedConfig> {
+    parser(config).map_err(|(path, problem)| {
+        let top = path.split(['.', '[']).next().unwrap_or_default();
+        let source = sources.get(top).map_or(origin, String::as_str);
+        if path.is_empty() || path == "." {
+            Error::Config(format!("{source}: {problem}"))
+        } else {
+            Error::Config(format!("{source}: key {path:?}: {problem}"))
+        }
+    })
+}
+
 /// `origin: problem; problem; other origin: problem`: each run of problems from one source
 /// is introduced by its name once.
 fn report(problems: Vec<(&str, String)>) -> Result<()> {

@@ -13,6 +13,7 @@ use sf_connections::{ExternalTarget, Publisher, Pusher, Requester, WorkflowId};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ServiceError;
+use crate::handle::{self, Calls, ReadsState};
 
 /// An out-connection as the context holds it.
 #[derive(Debug, Clone)]
@@ -35,7 +36,10 @@ pub(crate) struct Shared {
     pub states_in: HashMap<String, tokio::sync::watch::Receiver<sf_states::StateView>>,
     pub states_out: HashMap<String, OutState>,
     pub config: Map<String, Value>,
-    pub typed_config: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// The config parsed at start into the declared type.
+    pub typed_config: Option<crate::config::TypedConfig>,
+    /// Other types `try_config` was asked for, parsed once each.
+    pub typed_cache: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
     pub outbound: HashMap<String, Outbound>,
     pub stop: CancellationToken,
 }
@@ -96,12 +100,31 @@ impl Ctx {
         self.incoming.derived(n)
     }
 
-    /// The config as a typed value (the type given to `ServiceDef::config`, or any type the
-    /// keys deserialize into). Parsed once per type.
-    pub fn config<C: DeserializeOwned + Send + Sync + 'static>(
+    /// The config as the type declared with `ServiceDef::config::<C>()`, parsed and checked
+    /// once when the service started.
+    ///
+    /// # Panics
+    /// If `C` is not the declared type (a bug in the service, found by its first test): use
+    /// [`try_config`](Self::try_config) to read the config as some other type.
+    pub fn config<C: Send + Sync + 'static>(&self) -> Arc<C> {
+        match self.shared.typed_config.clone().map(|c| c.downcast::<C>()) {
+            Some(Ok(c)) => c,
+            _ => panic!(
+                "ctx.config::<{}>(): the service declared no config of this type \
+                 (ServiceDef::config::<{0}>())",
+                std::any::type_name::<C>()
+            ),
+        }
+    }
+
+    /// The config as any type its keys deserialize into (parsed once per type).
+    pub fn try_config<C: DeserializeOwned + Send + Sync + 'static>(
         &self,
     ) -> Result<Arc<C>, ServiceError> {
-        let mut cache = self.shared.typed_config.lock().expect("config cache lock");
+        if let Some(Ok(c)) = self.shared.typed_config.clone().map(|c| c.downcast::<C>()) {
+            return Ok(c);
+        }
+        let mut cache = self.shared.typed_cache.lock().expect("config cache lock");
         if let Some(hit) = cache.get(&TypeId::of::<C>()) {
             return Ok(hit
                 .clone()
@@ -110,7 +133,7 @@ impl Ctx {
         }
         let parsed: Arc<C> = Arc::new(
             serde_json::from_value(Value::Object(self.shared.config.clone())).map_err(|e| {
-                ServiceError::new(format!("config does not fit the requested type: {e}"))
+                ServiceError::internal(format!("config does not fit the requested type: {e}"))
             })?,
         );
         cache.insert(TypeId::of::<C>(), parsed.clone());
@@ -141,35 +164,54 @@ impl Ctx {
         self.shared.outbound.get(name).ok_or_else(|| {
             let mut names: Vec<_> = self.shared.outbound.keys().cloned().collect();
             names.sort();
-            ServiceError::not_found(format!(
+            ServiceError::internal(format!(
                 "no out-connection named {name:?} (declared: {})",
                 names.join(", ")
             ))
         })
     }
 
-    /// In-state `name` as a typed value (a consistent snapshot of it). Readable from every
+    /// An in-state as a typed value (a consistent snapshot of it). Readable from every
     /// handler, hook and `main`.
-    pub fn state<T: DeserializeOwned>(&self, name: &str) -> Result<T, ServiceError> {
-        let view = self.state_view(name)?;
+    pub fn state<T: DeserializeOwned>(
+        &self,
+        state: &impl ReadsState<T>,
+    ) -> Result<T, ServiceError> {
+        let name = state.state_name();
+        let view = self.state_value(name)?;
         sf_states::from_state_map(&view.state)
-            .map_err(|e| ServiceError::invalid_args(format!("state {name:?}: {e}")))
+            .map_err(|e| ServiceError::internal(format!("state {name:?}: {e}")))
     }
 
-    /// In-state `name` as its map and number.
-    pub fn state_view(&self, name: &str) -> Result<sf_states::StateView, ServiceError> {
-        Ok(self.state_watch(name)?.borrow().clone())
+    /// An in-state as its map and number.
+    pub fn state_view<T>(
+        &self,
+        state: &impl ReadsState<T>,
+    ) -> Result<sf_states::StateView, ServiceError> {
+        self.state_value(state.state_name())
     }
 
-    /// A receiver that wakes on every change of in-state `name`.
-    pub fn state_watch(
+    /// A receiver that wakes on every change of an in-state.
+    pub fn state_watch<T>(
+        &self,
+        state: &impl ReadsState<T>,
+    ) -> Result<tokio::sync::watch::Receiver<sf_states::StateView>, ServiceError> {
+        self.state_watch_named(state.state_name())
+    }
+
+    /// In-state `name` (known only at run time) as its map and number.
+    pub fn state_value(&self, name: &str) -> Result<sf_states::StateView, ServiceError> {
+        Ok(self.state_watch_named(name)?.borrow().clone())
+    }
+
+    fn state_watch_named(
         &self,
         name: &str,
     ) -> Result<tokio::sync::watch::Receiver<sf_states::StateView>, ServiceError> {
         self.shared.states_in.get(name).cloned().ok_or_else(|| {
             let mut names: Vec<_> = self.shared.states_in.keys().cloned().collect();
             names.sort();
-            ServiceError::not_found(format!(
+            ServiceError::internal(format!(
                 "no in-state named {name:?} (declared: {})",
                 names.join(", ")
             ))
@@ -180,31 +222,41 @@ impl Ctx {
         self.shared.states_out.get(name).ok_or_else(|| {
             let mut names: Vec<_> = self.shared.states_out.keys().cloned().collect();
             names.sort();
-            ServiceError::not_found(format!(
+            ServiceError::internal(format!(
                 "no out-state named {name:?} (declared: {})",
                 names.join(", ")
             ))
         })
     }
 
-    /// Updates out-state `name`: for a delta state, `changes` holds the changed top-level keys
-    /// (a null/nil value deletes the key); for a full state it is the whole new state.
-    /// Returns the new `current_num` (delta) or 0 (full).
-    pub async fn update_state<A: Serialize + ?Sized>(
+    /// Replaces a whole-state out-state and publishes it.
+    pub async fn set_state<T: Serialize>(
         &self,
-        name: &str,
-        changes: &A,
-    ) -> Result<i64, ServiceError> {
-        self.write_state(name, changes, false).await
+        state: &handle::FullStateOut<T>,
+        value: &T,
+    ) -> Result<(), ServiceError> {
+        self.write_state(state.name(), value, false)
+            .await
+            .map(|_| ())
     }
 
-    /// Replaces out-state `name` whole (a snapshot for a delta state).
-    pub async fn snapshot_state<A: Serialize + ?Sized>(
+    /// Updates a delta out-state: `changes` holds the changed top-level keys (a null/nil
+    /// value deletes the key). Returns the new `current_num`.
+    pub async fn update_state<T, C: Serialize + ?Sized>(
         &self,
-        name: &str,
-        state: &A,
+        state: &handle::DeltaStateOut<T>,
+        changes: &C,
     ) -> Result<i64, ServiceError> {
-        self.write_state(name, state, true).await
+        self.write_state(state.name(), changes, false).await
+    }
+
+    /// Replaces a delta out-state whole (a snapshot). Returns the new `current_num`.
+    pub async fn snapshot_state<T: Serialize>(
+        &self,
+        state: &handle::DeltaStateOut<T>,
+        whole: &T,
+    ) -> Result<i64, ServiceError> {
+        self.write_state(state.name(), whole, true).await
     }
 
     async fn write_state<A: Serialize + ?Sized>(
@@ -214,14 +266,14 @@ impl Ctx {
         whole: bool,
     ) -> Result<i64, ServiceError> {
         let map = sf_states::to_state_map(value)
-            .map_err(|e| ServiceError::invalid_args(format!("state {name:?}: {e}")))?;
+            .map_err(|e| ServiceError::internal(format!("state {name:?}: {e}")))?;
         let id = self.next_workflow_id();
         let written = match self.out_state(name)? {
             OutState::Delta(d) if whole => d.snapshot(map, &id).await,
             OutState::Delta(d) => d.delta(map, &id).await,
             OutState::Full(f) => f.set(map, &id).await.map(|_| 0),
         };
-        written.map_err(|e| ServiceError::new(format!("state {name:?}: {e}")))
+        written.map_err(|e| ServiceError::internal(format!("state {name:?}: {e}")))
     }
 
     /// The original's `to_send("state", name, args)`: for a delta state `args` is
@@ -229,75 +281,111 @@ impl Ctx {
     /// side owns the numbering); for a full state `args` is the whole state.
     pub async fn send_state(&self, name: &str, args: &Value) -> Result<Value, ServiceError> {
         match self.out_state(name)? {
-            OutState::Full(_) => self.update_state(name, args).await.map(|_| Value::Null),
+            OutState::Full(_) => self
+                .write_state(name, args, false)
+                .await
+                .map(|_| Value::Null),
             OutState::Delta(_) => {
                 let snapshot = args
                     .get("is_snapshot")
                     .and_then(Value::as_bool)
                     .unwrap_or(false);
                 let state = args.get("state").ok_or_else(|| {
-                    ServiceError::invalid_args(format!(
+                    ServiceError::internal(format!(
                         "state {name:?}: args need \"state\" (and \"is_snapshot\")"
                     ))
                 })?;
-                let n = if snapshot {
-                    self.snapshot_state(name, state).await?
-                } else {
-                    self.update_state(name, state).await?
-                };
+                let n = self.write_state(name, state, snapshot).await?;
                 Ok(Value::from(n))
             }
         }
     }
 
-    /// Sends a request on requester `conn` (or calls external target `conn`) and returns the
-    /// typed reply. Timeouts and error replies come back as errors.
-    pub async fn request<A: Serialize + ?Sized, R: DeserializeOwned>(
+    /// Sends a request on a requester (or calls an external target) and returns the typed
+    /// reply. Timeouts and error replies come back as errors.
+    pub async fn request<A: Serialize, R: DeserializeOwned>(
+        &self,
+        conn: &impl Calls<A, R>,
+        args: &A,
+    ) -> Result<R, ServiceError> {
+        self.request_named(conn.conn_name(), args).await
+    }
+
+    async fn request_named<A: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         conn: &str,
         args: &A,
     ) -> Result<R, ServiceError> {
         let id = self.next_workflow_id();
         match self.outbound(conn)? {
-            Outbound::Requester(r) => Ok(r.request(args, id).await?),
-            Outbound::External(t) => Ok(t.call(args, id).await?),
+            Outbound::Requester(r) => r
+                .request(args, id)
+                .await
+                .map_err(|e| ServiceError::from_call(conn, e)),
+            Outbound::External(t) => t
+                .call(args, id)
+                .await
+                .map_err(|e| ServiceError::from_call(conn, e)),
             other => Err(wrong_kind(conn, other, "request")),
         }
     }
 
-    /// Publishes on publisher `conn`.
-    pub async fn publish<A: Serialize + ?Sized>(
+    /// Publishes on a publisher.
+    pub async fn publish<A: Serialize>(
+        &self,
+        conn: &handle::Publisher<A>,
+        args: &A,
+    ) -> Result<(), ServiceError> {
+        self.publish_named(conn.name(), args).await
+    }
+
+    async fn publish_named<A: Serialize + ?Sized>(
         &self,
         conn: &str,
         args: &A,
     ) -> Result<(), ServiceError> {
         let id = self.next_workflow_id();
         match self.outbound(conn)? {
-            Outbound::Publisher(p) => Ok(p.publish(args, &id).await?),
+            Outbound::Publisher(p) => p
+                .publish(args, &id)
+                .await
+                .map_err(|e| ServiceError::from_call(conn, e)),
             other => Err(wrong_kind(conn, other, "publish")),
         }
     }
 
-    /// Pushes on pusher `conn` (waits while every puller is full, up to its send timeout).
-    pub async fn push<A: Serialize + ?Sized>(
+    /// Pushes on a pusher (waits while every puller is full, up to its send timeout).
+    pub async fn push<A: Serialize>(
+        &self,
+        conn: &handle::Pusher<A>,
+        args: &A,
+    ) -> Result<(), ServiceError> {
+        self.push_named(conn.name(), args).await
+    }
+
+    async fn push_named<A: Serialize + ?Sized>(
         &self,
         conn: &str,
         args: &A,
     ) -> Result<(), ServiceError> {
         let id = self.next_workflow_id();
         match self.outbound(conn)? {
-            Outbound::Pusher(p) => Ok(p.push(args, id).await?),
+            Outbound::Pusher(p) => p
+                .push(args, id)
+                .await
+                .map_err(|e| ServiceError::from_call(conn, e)),
             other => Err(wrong_kind(conn, other, "push")),
         }
     }
 
-    /// The original's `to_send("connection", name, args)`: whatever the out-connection is,
-    /// send `args` on it; returns the reply for requesters and external targets, null else.
+    /// The original's `to_send("connection", name, args)`, the dynamic escape hatch: whatever
+    /// out-connection `conn` is, send `args` on it; returns the reply for requesters and
+    /// external targets, null else.
     pub async fn send(&self, conn: &str, args: &Value) -> Result<Value, ServiceError> {
         match self.outbound(conn)? {
-            Outbound::Requester(_) | Outbound::External(_) => self.request(conn, args).await,
-            Outbound::Publisher(_) => self.publish(conn, args).await.map(|_| Value::Null),
-            Outbound::Pusher(_) => self.push(conn, args).await.map(|_| Value::Null),
+            Outbound::Requester(_) | Outbound::External(_) => self.request_named(conn, args).await,
+            Outbound::Publisher(_) => self.publish_named(conn, args).await.map(|_| Value::Null),
+            Outbound::Pusher(_) => self.push_named(conn, args).await.map(|_| Value::Null),
         }
     }
 }
@@ -309,7 +397,7 @@ fn wrong_kind(name: &str, conn: &Outbound, verb: &str) -> ServiceError {
         Outbound::Pusher(_) => "a pusher",
         Outbound::External(_) => "an external target",
     };
-    ServiceError::invalid_args(format!("cannot {verb} on {name:?}: it is {kind}"))
+    ServiceError::internal(format!("cannot {verb} on {name:?}: it is {kind}"))
 }
 
 /// An external target whose handler gets this service's context (held weakly: the context

@@ -77,6 +77,26 @@ impl ServiceError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::with_code(ErrorCode::NotFound, message)
     }
+
+    /// A bug on this side (`internal`): nothing the caller did or can fix.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::with_code(ErrorCode::Internal, message)
+    }
+
+    /// A call this service made on out-connection `conn` failed: the caller is told a
+    /// dependency failed (`dependency_failed`), with the downstream's code and message, never
+    /// the downstream's code as if it were the caller's own error.
+    pub fn from_call(conn: &str, e: sf_connections::Error) -> Self {
+        let why = match e {
+            sf_connections::Error::Remote(w) => format!("{}: {}", w.code, w.message),
+            sf_connections::Error::Timeout(_) => format!("timeout: {e}"),
+            other => format!("unavailable: {other}"),
+        };
+        Self::with_code(
+            ErrorCode::DependencyFailed,
+            format!("{conn:?} failed: {why}"),
+        )
+    }
 }
 
 impl From<ServiceError> for WireError {
@@ -85,16 +105,11 @@ impl From<ServiceError> for WireError {
     }
 }
 
+/// Errors of a connection the service used: a dependency's failure (see
+/// [`ServiceError::from_call`]).
 impl From<sf_connections::Error> for ServiceError {
     fn from(e: sf_connections::Error) -> Self {
-        match e {
-            sf_connections::Error::Remote(w) => ServiceError {
-                code: w.code,
-                message: w.message,
-            },
-            sf_connections::Error::Timeout(_) => Self::with_code(ErrorCode::Timeout, e.to_string()),
-            other => Self::with_code(ErrorCode::Unavailable, other.to_string()),
-        }
+        Self::from_call("a connection", e)
     }
 }
 
@@ -110,9 +125,11 @@ impl From<&str> for ServiceError {
     }
 }
 
+/// A JSON conversion inside the service failed: the service's own bug, not the caller's args
+/// (those are checked, naming the field, before the handler runs).
 impl From<serde_json::Error> for ServiceError {
     fn from(e: serde_json::Error) -> Self {
-        ServiceError::invalid_args(e.to_string())
+        ServiceError::internal(e.to_string())
     }
 }
 

@@ -39,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod error;
+pub mod handle;
 pub mod logging;
 pub mod model;
 pub mod runtime;
@@ -56,7 +57,23 @@ pub use runtime::{Ready, RunOptions, StopReason};
 pub use service::{Service, ServiceHandle};
 pub use sf_states::StateView;
 
+/// Everything a service usually needs: `use service_framework::prelude::*;`.
+pub mod prelude {
+    pub use crate::handle::{
+        DeltaStateIn, DeltaStateOut, ExternalTarget, FullStateIn, FullStateOut, Publisher, Puller,
+        Pusher, Replyer, Requester, Subscriber,
+    };
+    pub use crate::{Ctx, ServiceDef, ServiceError};
+    pub use schemars::JsonSchema;
+    pub use serde::{Deserialize, Serialize};
+}
+
 /// Re-exported so services need not depend on them directly.
 pub use {
     schemars, serde, serde_json, sf_connections as connections, sf_states as states, tracing,
 };
+
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

@@ -21,6 +21,7 @@ use crate::addresses::AddressesFile;
 use crate::config::ConfigModel;
 use crate::context::Ctx;
 use crate::error::ServiceError;
+use crate::handle;
 
 /// The kinds of connection, with the original's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -351,6 +352,11 @@ pub struct ServiceDef {
     pub(crate) states: StateModels,
     pub(crate) hooks: Hooks,
     pub(crate) main: Option<CtxHook>,
+    /// Declaration mistakes (an option for an undeclared name, a name declared twice),
+    /// reported when the service starts, before any socket is made.
+    pub(crate) problems: Vec<String>,
+    /// Parses the checked config into the declared type, once, at start.
+    pub(crate) config_parser: Option<crate::config::TypedParser>,
 }
 
 impl std::fmt::Debug for ServiceDef {
@@ -381,6 +387,8 @@ impl ServiceDef {
             states: StateModels::default(),
             hooks: Hooks::default(),
             main: None,
+            problems: Vec::new(),
+            config_parser: None,
         }
     }
 
@@ -396,23 +404,28 @@ impl ServiceDef {
     }
 
     /// Declares the config model: non-`Option` fields are required keys, `Option` (or
-    /// `#[serde(default)]`) fields optional. Read it in handlers with `ctx.config::<C>()`.
-    pub fn config<C: JsonSchema + DeserializeOwned>(mut self) -> Self {
+    /// `#[serde(default)]`) fields optional. The config is parsed into `C` once, at start (a
+    /// value that does not fit stops the start with exit code 2, naming the key and its
+    /// source); handlers read it with `ctx.config::<C>()`, which cannot fail.
+    pub fn config<C: JsonSchema + DeserializeOwned + Send + Sync + 'static>(mut self) -> Self {
         self.config = ConfigModel::from_schema(schemars::schema_for!(C));
+        self.config_parser = Some(crate::config::typed_parser::<C>());
         self
     }
 
     /// In-connection: a replyer calling `f` for each request; its result is the reply.
-    pub fn replyer<A, R, F, Fut>(self, name: &str, f: F) -> Self
+    pub fn replyer<A, R, F, Fut>(self, conn: impl Into<handle::Replyer<A, R>>, f: F) -> Self
     where
         A: DeserializeOwned + JsonSchema + Send + 'static,
         R: Serialize + JsonSchema + Send + 'static,
         F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
     {
+        let conn = conn.into();
         let make = request_handler(f);
         self.push(
-            name,
+            conn.name(),
+            conn.creation(),
             ConnectionKind::Replyer,
             schemars::schema_for!(A),
             Some(schemars::schema_for!(R)),
@@ -420,32 +433,36 @@ impl ServiceDef {
         )
     }
 
-    /// In-connection: a subscriber calling `f` for each message, in arrival order.
-    pub fn subscriber<A, F, Fut>(self, name: &str, topic: &str, f: F) -> Self
+    /// In-connection: a subscriber calling `f` for each message, in arrival order (the topic
+    /// and the other options come with the handle).
+    pub fn subscriber<A, F, Fut>(self, conn: impl Into<handle::Subscriber<A>>, f: F) -> Self
     where
         A: DeserializeOwned + JsonSchema + Send + 'static,
         F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
     {
-        let def = self.push(
-            name,
+        let conn = conn.into();
+        self.push(
+            conn.name(),
+            conn.creation(),
             ConnectionKind::Subscriber,
             schemars::schema_for!(A),
             None,
             Some(Handler::Message(message_handler(f))),
-        );
-        def.option(name, "topic", topic)
+        )
     }
 
     /// In-connection: a puller calling `f` for each pushed message.
-    pub fn puller<A, F, Fut>(self, name: &str, f: F) -> Self
+    pub fn puller<A, F, Fut>(self, conn: impl Into<handle::Puller<A>>, f: F) -> Self
     where
         A: DeserializeOwned + JsonSchema + Send + 'static,
         F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
     {
+        let conn = conn.into();
         self.push(
-            name,
+            conn.name(),
+            conn.creation(),
             ConnectionKind::Puller,
             schemars::schema_for!(A),
             None,
@@ -454,9 +471,14 @@ impl ServiceDef {
     }
 
     /// Out-connection: a requester sending `A` and expecting `R`.
-    pub fn requester<A: JsonSchema, R: JsonSchema>(self, name: &str) -> Self {
+    pub fn requester<A: JsonSchema, R: JsonSchema>(
+        self,
+        conn: impl Into<handle::Requester<A, R>>,
+    ) -> Self {
+        let conn = conn.into();
         self.push(
-            name,
+            conn.name(),
+            conn.creation(),
             ConnectionKind::Requester,
             schemars::schema_for!(A),
             Some(schemars::schema_for!(R)),
@@ -464,22 +486,25 @@ impl ServiceDef {
         )
     }
 
-    /// Out-connection: a publisher of `A` under `topic` (empty: none).
-    pub fn publisher<A: JsonSchema>(self, name: &str, topic: &str) -> Self {
+    /// Out-connection: a publisher of `A` (its topic and options come with the handle).
+    pub fn publisher<A: JsonSchema>(self, conn: impl Into<handle::Publisher<A>>) -> Self {
+        let conn = conn.into();
         self.push(
-            name,
+            conn.name(),
+            conn.creation(),
             ConnectionKind::Publisher,
             schemars::schema_for!(A),
             None,
             None,
         )
-        .option(name, "topic", topic)
     }
 
     /// Out-connection: a pusher of `A`.
-    pub fn pusher<A: JsonSchema>(self, name: &str) -> Self {
+    pub fn pusher<A: JsonSchema>(self, conn: impl Into<handle::Pusher<A>>) -> Self {
+        let conn = conn.into();
         self.push(
-            name,
+            conn.name(),
+            conn.creation(),
             ConnectionKind::Pusher,
             schemars::schema_for!(A),
             None,
@@ -488,16 +513,22 @@ impl ServiceDef {
     }
 
     /// Out-connection: an external target, a local async fn called with validated args.
-    pub fn external_target<A, R, F, Fut>(self, name: &str, f: F) -> Self
+    pub fn external_target<A, R, F, Fut>(
+        self,
+        conn: impl Into<handle::ExternalTarget<A, R>>,
+        f: F,
+    ) -> Self
     where
         A: DeserializeOwned + JsonSchema + Send + 'static,
         R: Serialize + JsonSchema + Send + 'static,
         F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
     {
+        let conn = conn.into();
         let make = request_handler(f);
         self.push(
-            name,
+            conn.name(),
+            conn.creation(),
             ConnectionKind::ExternalTarget,
             schemars::schema_for!(A),
             Some(schemars::schema_for!(R)),
@@ -505,10 +536,21 @@ impl ServiceDef {
         )
     }
 
-    /// Sets a creation argument of connection `conn` (e.g. `is_x_pub`, `timeout_s`).
+    /// Sets a creation argument of connection `conn` by name (the dynamic form of the
+    /// handle's options). An undeclared connection or a key its kind does not know stops the
+    /// start with an error naming what is allowed.
     pub fn option(mut self, conn: &str, key: &str, value: impl Into<Value>) -> Self {
-        if let Some(c) = self.connections.get_mut(conn) {
-            c.creation.insert(key.to_owned(), value.into());
+        match self.connections.get_mut(conn) {
+            Some(c) => {
+                c.creation.insert(key.to_owned(), value.into());
+            }
+            None => {
+                let names = names_of(self.connections.all().map(|c| c.name.as_str()));
+                self.problems.push(format!(
+                    "option {key:?} set for connection {conn:?}, which is not declared \
+                     (declared: {names})"
+                ));
+            }
         }
         self
     }
@@ -516,15 +558,20 @@ impl ServiceDef {
     fn push(
         mut self,
         name: &str,
+        creation: Map<String, Value>,
         kind: ConnectionKind,
         args: Schema,
         ret: Option<Schema>,
         handler: Option<Handler>,
     ) -> Self {
+        if self.connections.all().any(|c| c.name == name) {
+            self.problems
+                .push(format!("connection {name:?} is declared twice"));
+        }
         let model = ConnectionModel {
             name: name.to_owned(),
             kind,
-            creation: Map::new(),
+            creation,
             args_schema: args,
             return_schema: ret,
             handler,
@@ -533,66 +580,120 @@ impl ServiceDef {
         self
     }
 
-    /// In-state fed by a `full_update_out`: `ctx.state::<T>(name)` reads it.
-    pub fn full_update_in<T: JsonSchema>(self, name: &str) -> Self {
-        self.push_state(name, StateKind::FullUpdateIn, schemars::schema_for!(T))
+    /// In-state fed by a `full_update_out`: `ctx.state(&handle)` reads it.
+    pub fn full_update_in<T: JsonSchema>(self, state: impl Into<handle::FullStateIn<T>>) -> Self {
+        let s = state.into();
+        self.push_state(
+            s.name(),
+            s.creation(),
+            StateKind::FullUpdateIn,
+            schemars::schema_for!(T),
+        )
     }
 
-    /// In-state following a `delta_update_out`: `ctx.state::<T>(name)` reads it.
-    pub fn delta_update_in<T: JsonSchema>(self, name: &str) -> Self {
-        self.push_state(name, StateKind::DeltaUpdateIn, schemars::schema_for!(T))
+    /// In-state following a `delta_update_out`: `ctx.state(&handle)` reads it.
+    pub fn delta_update_in<T: JsonSchema>(self, state: impl Into<handle::DeltaStateIn<T>>) -> Self {
+        let s = state.into();
+        self.push_state(
+            s.name(),
+            s.creation(),
+            StateKind::DeltaUpdateIn,
+            schemars::schema_for!(T),
+        )
     }
 
-    /// Out-state published whole: `ctx.update_state(name, &value)` replaces and publishes it.
-    pub fn full_update_out<T: JsonSchema>(self, name: &str) -> Self {
-        self.push_state(name, StateKind::FullUpdateOut, schemars::schema_for!(T))
+    /// Out-state published whole: `ctx.set_state(&handle, &value)` replaces and publishes it.
+    pub fn full_update_out<T: JsonSchema>(self, state: impl Into<handle::FullStateOut<T>>) -> Self {
+        let s = state.into();
+        self.push_state(
+            s.name(),
+            s.creation(),
+            StateKind::FullUpdateOut,
+            schemars::schema_for!(T),
+        )
     }
 
-    /// Out-state published as numbered deltas: `ctx.update_state(name, &changes)` (nil deletes
-    /// a key) and `ctx.snapshot_state(name, &whole)`.
-    pub fn delta_update_out<T: JsonSchema>(self, name: &str) -> Self {
-        self.push_state(name, StateKind::DeltaUpdateOut, schemars::schema_for!(T))
+    /// Out-state published as numbered deltas: `ctx.update_state(&handle, &changes)` (nil
+    /// deletes a key) and `ctx.snapshot_state(&handle, &whole)`.
+    pub fn delta_update_out<T: JsonSchema>(
+        self,
+        state: impl Into<handle::DeltaStateOut<T>>,
+    ) -> Self {
+        let s = state.into();
+        self.push_state(
+            s.name(),
+            s.creation(),
+            StateKind::DeltaUpdateOut,
+            schemars::schema_for!(T),
+        )
     }
 
-    /// Calls `f` with in-state `name`'s new value whenever it changes (changes may be
+    /// Calls `f` with the in-state's new value whenever it changes (changes may be
     /// coalesced; `f` always sees the latest consistent state).
-    pub fn on_state_change<T, F, Fut>(mut self, name: &str, f: F) -> Self
+    pub fn on_state_change<T, F, Fut>(mut self, state: &impl handle::ReadsState<T>, f: F) -> Self
     where
         T: DeserializeOwned + Send + 'static,
         F: Fn(T, Ctx) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
     {
+        let name = state.state_name().to_owned();
         let f = Arc::new(f);
-        let state_name = name.to_owned();
+        let state_name = name.clone();
         let handler: StateHandler = Arc::new(move |view: sf_states::StateView, ctx: Ctx| {
             let f = f.clone();
             let state_name = state_name.clone();
             Box::pin(async move {
-                let value: T = sf_states::from_state_map(&view.state).map_err(|e| {
-                    ServiceError::invalid_args(format!("state {state_name:?}: {e}"))
-                })?;
+                let value: T = sf_states::from_state_map(&view.state)
+                    .map_err(|e| ServiceError::internal(format!("state {state_name:?}: {e}")))?;
                 f(value, ctx).await
             })
         });
-        if let Some(s) = self.states.get_mut(name) {
-            s.on_change = Some(handler);
+        match self.states.get_mut(&name) {
+            Some(s) if s.kind.is_inbound() => s.on_change = Some(handler),
+            _ => {
+                let names = names_of(self.states.inbound.iter().map(|s| s.name.as_str()));
+                self.problems.push(format!(
+                    "on_state_change for {name:?}, which is not a declared in-state \
+                     (declared: {names})"
+                ));
+            }
         }
         self
     }
 
-    /// Sets a creation argument of state `state` (e.g. `topic`, `is_x_pub`).
+    /// Sets a creation argument of state `state` by name (the dynamic form of the handle's
+    /// options); an undeclared state stops the start with an error.
     pub fn state_option(mut self, state: &str, key: &str, value: impl Into<Value>) -> Self {
-        if let Some(s) = self.states.get_mut(state) {
-            s.creation.insert(key.to_owned(), value.into());
+        match self.states.get_mut(state) {
+            Some(s) => {
+                s.creation.insert(key.to_owned(), value.into());
+            }
+            None => {
+                let names = names_of(self.states.all().map(|s| s.name.as_str()));
+                self.problems.push(format!(
+                    "option {key:?} set for state {state:?}, which is not declared \
+                     (declared: {names})"
+                ));
+            }
         }
         self
     }
 
-    fn push_state(mut self, name: &str, kind: StateKind, schema: Schema) -> Self {
+    fn push_state(
+        mut self,
+        name: &str,
+        creation: Map<String, Value>,
+        kind: StateKind,
+        schema: Schema,
+    ) -> Self {
+        if self.states.all().any(|s| s.name == name) {
+            self.problems
+                .push(format!("state {name:?} is declared twice"));
+        }
         let model = StateModel {
             name: name.to_owned(),
             kind,
-            creation: Map::new(),
+            creation,
             schema,
             on_change: None,
         };
@@ -725,6 +826,16 @@ impl ServiceDef {
             "connections": {"in": side(&self.connections.inbound), "out": side(&self.connections.outbound)},
             "states": {"in": states(&self.states.inbound), "out": states(&self.states.outbound)},
         })
+    }
+}
+
+fn names_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut v: Vec<&str> = names.collect();
+    v.sort_unstable();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
     }
 }
 

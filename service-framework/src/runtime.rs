@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+use sf_connections::logline::{escape, WARNINGS};
 use sf_connections::{
     Address, CreditOptions, PipelineOptions, Publisher, PublisherOptions, Puller, Pusher, Replyer,
     ReplyerOptions, Requester, RequesterOptions, Subscriber, SubscriberOptions,
@@ -105,6 +106,10 @@ pub async fn run(
     stop: impl Future<Output = StopReason> + Send,
     on_ready: impl FnOnce(&Ready) + Send,
 ) -> Result<()> {
+    // 0. the declaration itself
+    if !def.problems.is_empty() {
+        return Err(Error::Definition(def.problems.join("; ")));
+    }
     // 1. config
     let mut config = options.config.clone();
     if let Some(hook) = def.hooks.setup_config.take() {
@@ -115,6 +120,15 @@ pub async fn run(
     }
     def.config
         .validate_sourced(&config, &options.config_origin, &options.config_sources)?;
+    let typed_config = match &def.config_parser {
+        Some(parser) => Some(crate::config::parse_typed(
+            parser,
+            &config,
+            &options.config_origin,
+            &options.config_sources,
+        )?),
+        None => None,
+    };
 
     // 2. addresses
     let mut addresses = options.addresses.clone();
@@ -185,7 +199,8 @@ pub async fn run(
             states_in: built.watches,
             states_out: built.outs,
             config,
-            typed_config: Mutex::default(),
+            typed_config,
+            typed_cache: Mutex::default(),
             outbound,
             stop: stop_token.clone(),
         }
@@ -524,7 +539,9 @@ async fn watch_state(
         }
         let view = rx.borrow_and_update().clone();
         if let Err(e) = handler(view, ctx.clone()).await {
-            tracing::warn!(state = %name, "state change handler failed: {e}");
+            if let Some(suppressed) = WARNINGS.allow("state_handler", &name) {
+                tracing::warn!(state = %name, suppressed, "state change handler failed: {}", escape(&e.message));
+            }
         }
     }
 }
@@ -616,7 +633,15 @@ async fn consume_subscriber(
             d = sub.next() => match d { Some(d) => d, None => return },
         };
         if let Err(e) = handler(delivery.body, ctx.clone()).await {
-            tracing::warn!(connection = %name, code = %e.code, "subscriber handler failed: {}", e.message);
+            if let Some(suppressed) = WARNINGS.allow("subscriber_handler", &name) {
+                tracing::warn!(
+                    connection = %name,
+                    code = %e.code,
+                    suppressed,
+                    "subscriber handler failed: {}",
+                    escape(&e.message)
+                );
+            }
         }
     }
 }
@@ -635,7 +660,15 @@ async fn consume_puller(
             d = puller.next_raw() => match d { Some(d) => d, None => return },
         };
         if let Err(e) = handler(body, ctx.clone()).await {
-            tracing::warn!(connection = %name, code = %e.code, "puller handler failed: {}", e.message);
+            if let Some(suppressed) = WARNINGS.allow("puller_handler", &name) {
+                tracing::warn!(
+                    connection = %name,
+                    code = %e.code,
+                    suppressed,
+                    "puller handler failed: {}",
+                    escape(&e.message)
+                );
+            }
         }
     }
 }

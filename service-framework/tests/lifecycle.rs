@@ -16,6 +16,9 @@ use service_framework::{Ctx, Service, ServiceDef, ServiceError};
 use support::*;
 use tokio::sync::Notify;
 
+const REQUEST: service_framework::handle::Requester<Echo, Echoed> =
+    service_framework::handle::Requester::new("request");
+
 type Log = Arc<Mutex<Vec<String>>>;
 
 fn push(log: &Log, entry: impl Into<String>) {
@@ -84,7 +87,7 @@ fn hooks_run_in_the_original_order_and_their_results_take_effect() {
             move |ctx: Ctx| {
                 let log = log.clone();
                 async move {
-                    let n = ctx.config::<HookConfig>()?.n;
+                    let n = ctx.config::<HookConfig>().n;
                     push(&log, format!("init_function n={n}"));
                     Ok(())
                 }
@@ -96,7 +99,7 @@ fn hooks_run_in_the_original_order_and_their_results_take_effect() {
             move |ctx: Ctx| {
                 let (log, finish, started) = (log.clone(), finish.clone(), started_tx.clone());
                 async move {
-                    push(&log, format!("main n={}", ctx.config::<HookConfig>()?.n));
+                    push(&log, format!("main n={}", ctx.config::<HookConfig>().n));
                     let _ = started.send(());
                     tokio::time::timeout(Duration::from_secs(5), finish.notified())
                         .await
@@ -166,29 +169,27 @@ fn main_mode_serves_inbound_requests_while_main_runs_and_stops_when_it_returns()
 
     let finish = Arc::new(Notify::new());
     let (main_tx, main_rx) = mpsc::channel::<String>();
-    let a = echo_service("a", "A:")
-        .requester::<Echo, Echoed>("request")
-        .main({
-            let finish = finish.clone();
-            move |ctx: Ctx| {
-                let (finish, tx) = (finish.clone(), main_tx.clone());
-                async move {
-                    let r: Echoed = ctx
-                        .request(
-                            "request",
-                            &Echo {
-                                to_echo: "from main".into(),
-                            },
-                        )
-                        .await?;
-                    let _ = tx.send(r.echoed);
-                    tokio::time::timeout(Duration::from_secs(5), finish.notified())
-                        .await
-                        .map_err(|_| "never told to finish")?;
-                    Ok(())
-                }
+    let a = echo_service("a", "A:").requester(REQUEST).main({
+        let finish = finish.clone();
+        move |ctx: Ctx| {
+            let (finish, tx) = (finish.clone(), main_tx.clone());
+            async move {
+                let r: Echoed = ctx
+                    .request(
+                        &REQUEST,
+                        &Echo {
+                            to_echo: "from main".into(),
+                        },
+                    )
+                    .await?;
+                let _ = tx.send(r.echoed);
+                tokio::time::timeout(Duration::from_secs(5), finish.notified())
+                    .await
+                    .map_err(|_| "never told to finish")?;
+                Ok(())
             }
-        });
+        }
+    });
     let addrs = addresses(json!({"connections": {
         "in": {"reply": {"replyer": "127.0.0.1:0"}},
         "out": {"request": {"requester": b_endpoint}}
@@ -248,28 +249,26 @@ fn main_mode_without_main_is_refused() {
 fn run_as_main_in_background_then_join() {
     let (b, b_ready) = start(echo_service("b", "B:"), replyer_at("127.0.0.1:0"));
     let replies: Arc<Mutex<Vec<String>>> = Arc::default();
-    let def = ServiceDef::new("leader")
-        .requester::<Echo, Echoed>("request")
-        .main({
+    let def = ServiceDef::new("leader").requester(REQUEST).main({
+        let replies = replies.clone();
+        move |ctx: Ctx| {
             let replies = replies.clone();
-            move |ctx: Ctx| {
-                let replies = replies.clone();
-                async move {
-                    for i in 0..3 {
-                        let r: Echoed = ctx
-                            .request(
-                                "request",
-                                &Echo {
-                                    to_echo: i.to_string(),
-                                },
-                            )
-                            .await?;
-                        replies.lock().unwrap().push(r.echoed);
-                    }
-                    Ok(())
+            async move {
+                for i in 0..3 {
+                    let r: Echoed = ctx
+                        .request(
+                            &REQUEST,
+                            &Echo {
+                                to_echo: i.to_string(),
+                            },
+                        )
+                        .await?;
+                    replies.lock().unwrap().push(r.echoed);
                 }
+                Ok(())
             }
-        });
+        }
+    });
     let addrs = addresses(
         json!({"connections": {"out": {"request": {"requester": b_ready.endpoint("reply").unwrap()}}}}),
     );

@@ -12,6 +12,9 @@ use service_framework::connections::WorkflowId;
 use service_framework::{Ctx, Service, ServiceDef, ServiceError};
 use support::*;
 
+const DOWN: service_framework::handle::Requester<Echo, Echoed> =
+    service_framework::handle::Requester::new("down");
+
 type Seen = Arc<Mutex<Vec<WorkflowId>>>;
 
 /// A replyer `reply` that records the workflow id of every request.
@@ -26,12 +29,12 @@ fn recorder(seen: &Seen) -> ServiceDef {
 /// A replyer `relay` whose handler sends three requests on to `down`.
 fn relay() -> ServiceDef {
     ServiceDef::new("relay")
-        .requester::<Echo, Echoed>("down")
+        .requester(DOWN)
         .replyer("relay", |a: Echo, ctx: Ctx| async move {
             for i in 0..3 {
                 let _: Echoed = ctx
                     .request(
-                        "down",
+                        &DOWN,
                         &Echo {
                             to_echo: format!("{} {i}", a.to_echo),
                         },
@@ -122,7 +125,7 @@ fn every_send_of_main_and_init_gets_a_fresh_uuid() {
     let send = |ctx: Ctx, what: &'static str| async move {
         let _: Echoed = ctx
             .request(
-                "down",
+                &DOWN,
                 &Echo {
                     to_echo: what.into(),
                 },
@@ -131,7 +134,7 @@ fn every_send_of_main_and_init_gets_a_fresh_uuid() {
         Ok::<_, ServiceError>(())
     };
     let def = ServiceDef::new("leader")
-        .requester::<Echo, Echoed>("down")
+        .requester(DOWN)
         .init_function(move |ctx: Ctx| send(ctx, "init"))
         .main(move |ctx: Ctx| async move {
             assert!(ctx.workflow_id().is_none(), "main handles no message");
