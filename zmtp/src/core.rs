@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::error::{Error, Result};
-use crate::handshake::{Mechanism, PeerInfo};
+use crate::handshake::PeerInfo;
 use crate::message::Message;
 use crate::monitor::{Counters, Event, PeerId, RateLimit};
 use crate::options::{SocketOptions, SocketType};
@@ -147,7 +147,6 @@ pub(crate) struct Registration {
 pub(crate) struct Core {
     pub kind: SocketType,
     pub options: SocketOptions,
-    pub mechanism: Mechanism,
     state: Mutex<State>,
     pub inbox: mpsc::Sender<Message>,
     pub peers_changed: Notify,
@@ -181,7 +180,6 @@ impl Core {
         let core = Core {
             kind,
             options,
-            mechanism: Mechanism::Null,
             state: Mutex::default(),
             inbox,
             peers_changed: Notify::new(),

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, Out};
+use crate::curve::{OpenError, Opener, Sealer};
 use crate::error::{Error, Result};
 use crate::handshake::{handshake, Local, PeerInfo};
 use crate::message::Message;
@@ -61,7 +62,7 @@ pub(crate) async fn run(
     let local = Local {
         kind: core.kind,
         identity: &identity,
-        mechanism: &core.mechanism,
+        security: &core.options.security,
     };
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let deadline = core.options.handshake_timeout;
@@ -71,10 +72,13 @@ pub(crate) async fn run(
         }
         _ = core.stop.cancelled() => return Ok(Ended::Closing),
     };
-    let info = match shook {
+    let mut info = match shook {
         Ok(info) => info,
         Err(e) => {
             Counters::bump(&core.counters.handshake_failures);
+            if e.is_security() {
+                Counters::bump(&core.counters.auth_failures);
+            }
             if let Some(held) = core.warn.allow() {
                 tracing::warn!(
                     socket = core.kind.as_str(),
@@ -103,14 +107,22 @@ pub(crate) async fn run(
         },
     });
     let id = reg.id;
+    if let Some(key) = &info.client_key {
+        tracing::debug!(socket = core.kind.as_str(), peer = %addr, client_key = %key, "CURVE session up");
+    }
+    let (sealer, opener) = match info.session.take() {
+        Some(s) => (Some(s.sealer), Some(s.opener)),
+        None => (None, None),
+    };
+    let boxes = Boxes { sealer, opener };
     let ended = match stream {
         Stream::Tcp(s) => {
             let (r, w) = s.into_split();
-            drive(&core, r, w, buf, reg, &info, &addr).await
+            drive(&core, r, w, buf, reg, &info, &addr, boxes).await
         }
         Stream::Unix(s) => {
             let (r, w) = s.into_split();
-            drive(&core, r, w, buf, reg, &info, &addr).await
+            drive(&core, r, w, buf, reg, &info, &addr, boxes).await
         }
     };
     core.unregister(id).await;
@@ -127,6 +139,13 @@ pub(crate) async fn run(
     Ok(ended)
 }
 
+/// A CURVE session's two halves: every frame is boxed on the way out, opened on the way in.
+struct Boxes {
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn drive<R, W>(
     core: &Arc<Core>,
     rd: R,
@@ -135,6 +154,7 @@ async fn drive<R, W>(
     reg: crate::core::Registration,
     info: &PeerInfo,
     addr: &str,
+    boxes: Boxes,
 ) -> Ended
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -156,6 +176,7 @@ where
         session: session.clone(),
         linger: core.options.linger,
         initial: reg.initial,
+        sealer: boxes.sealer,
     };
     let writer = core.tasks.spawn(writer.run(wr));
     let reader = Reader {
@@ -166,6 +187,7 @@ where
         session: session.clone(),
         timeout: heartbeat.map(|h| h.timeout),
         addr,
+        opener: boxes.opener,
     };
     let ended = reader.run(rd, buf).await;
     match ended {
@@ -189,11 +211,17 @@ struct Reader<'a> {
     session: CancellationToken,
     timeout: Option<Duration>,
     addr: &'a str,
+    opener: Option<Opener>,
 }
 
 impl Reader<'_> {
     async fn run<R: AsyncRead + Unpin>(mut self, mut rd: R, mut buf: BytesMut) -> Ended {
-        let mut decoder = FrameDecoder::new(self.core.options.limits);
+        let limits = self.core.options.limits;
+        let mut decoder = FrameDecoder::new(match self.opener {
+            // Every frame is a MESSAGE command; the limits apply to what is inside.
+            Some(_) => crate::curve::session_limits(limits),
+            None => limits,
+        });
         let mut current = Message::new();
         let mut last_rx = Instant::now();
         // The peer's own TTL may shorten our timeout.
@@ -214,6 +242,14 @@ impl Reader<'_> {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => return self.violation(e),
+                };
+                let frame = match &mut self.opener {
+                    None => frame,
+                    Some(o) => match o.open(frame) {
+                        Ok(f) => f,
+                        Err(OpenError::Limit(e)) => return self.violation(e),
+                        Err(OpenError::Refused(why)) => return self.refused_box(why),
+                    },
                 };
                 match frame {
                     Frame::Data { more, body } => {
@@ -354,6 +390,21 @@ impl Reader<'_> {
         }
     }
 
+    /// A CURVE box that does not open, or came out of order: dropped, nothing of it delivered.
+    fn refused_box(&self, why: String) -> Ended {
+        Counters::bump(&self.core.counters.crypto_failures);
+        Counters::bump(&self.core.counters.protocol_errors);
+        if let Some(held) = self.core.warn.allow() {
+            tracing::warn!(
+                socket = self.core.kind.as_str(),
+                peer = %self.addr,
+                suppressed = held,
+                "peer disconnected: {why}"
+            );
+        }
+        Ended::Lost(Error::Security(why))
+    }
+
     fn protocol(&self, e: Error) -> Ended {
         Counters::bump(&self.core.counters.protocol_errors);
         if let Some(held) = self.core.warn.allow() {
@@ -385,6 +436,7 @@ struct Writer {
     session: CancellationToken,
     linger: Duration,
     initial: Vec<Out>,
+    sealer: Option<Sealer>,
 }
 
 impl Writer {
@@ -392,7 +444,10 @@ impl Writer {
         let mut out = BytesMut::with_capacity(FLUSH_AT);
         let mut batch: Vec<Out> = Vec::with_capacity(128);
         for o in std::mem::take(&mut self.initial) {
-            if encode(o, &mut out, &mut w).await.is_err() {
+            if put_out(&mut self.sealer, o, &mut out, &mut w)
+                .await
+                .is_err()
+            {
                 self.session.cancel();
                 return;
             }
@@ -415,13 +470,18 @@ impl Writer {
                 biased;
                 _ = &mut session => return,
                 // Disabled once the reader has gone (the channel then yields `None` at once).
-                Some(c) = self.ctrl.recv() => put_command(&mut out, &c),
+                Some(c) = self.ctrl.recv() => {
+                    if put_cmd(&mut self.sealer, &mut out, &c).is_err() {
+                        self.session.cancel();
+                        return;
+                    }
+                }
                 n = self.rx.recv_many(&mut batch, 128) => {
                     if n == 0 {
                         return;
                     }
                     for o in batch.drain(..) {
-                        if encode(o, &mut out, &mut w).await.is_err() {
+                        if put_out(&mut self.sealer, o, &mut out, &mut w).await.is_err() {
                             self.session.cancel();
                             return;
                         }
@@ -430,7 +490,10 @@ impl Writer {
                 _ = ping_tick(&mut ping) => {
                     let ttl = ping.as_ref().map_or(0, |p| p.1);
                     let c = Command::Ping { ttl_deciseconds: ttl, context: Bytes::new() }.encode();
-                    put_command(&mut out, &c);
+                    if put_cmd(&mut self.sealer, &mut out, &c).is_err() {
+                        self.session.cancel();
+                        return;
+                    }
                 }
                 _ = &mut stopping => {
                     let _ = tokio::time::timeout(self.linger, self.flush_rest(out, w)).await;
@@ -438,7 +501,10 @@ impl Writer {
                 }
             }
             while let Ok(c) = self.ctrl.try_recv() {
-                put_command(&mut out, &c);
+                if put_cmd(&mut self.sealer, &mut out, &c).is_err() {
+                    self.session.cancel();
+                    return;
+                }
             }
         }
     }
@@ -447,7 +513,10 @@ impl Writer {
     async fn flush_rest<W: AsyncWrite + Unpin>(mut self, mut out: BytesMut, mut w: W) {
         self.rx.close();
         while let Some(o) = self.rx.recv().await {
-            if encode(o, &mut out, &mut w).await.is_err() {
+            if put_out(&mut self.sealer, o, &mut out, &mut w)
+                .await
+                .is_err()
+            {
                 return;
             }
             if out.len() >= FLUSH_AT {
@@ -470,6 +539,48 @@ async fn ping_tick(p: &mut Option<(tokio::time::Interval, u16)>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// A command, boxed on a CURVE session.
+fn put_cmd(sealer: &mut Option<Sealer>, out: &mut BytesMut, body: &[u8]) -> std::io::Result<()> {
+    match sealer {
+        Some(s) => s.seal_frame(out, true, false, body),
+        None => {
+            put_command(out, body);
+            Ok(())
+        }
+    }
+}
+
+/// One queued item: as it is (see [`encode`]), or each frame boxed on a CURVE session (the
+/// box is a copy anyway, so large bodies take no special path).
+async fn put_out<W: AsyncWrite + Unpin>(
+    sealer: &mut Option<Sealer>,
+    o: Out,
+    out: &mut BytesMut,
+    w: &mut W,
+) -> std::io::Result<()> {
+    let Some(s) = sealer else {
+        return encode(o, out, w).await;
+    };
+    match o {
+        Out::Cmd(c) => s.seal_frame(out, true, false, &c)?,
+        Out::Msg(m) => {
+            let n = m.len();
+            for (i, f) in m.into_iter().enumerate() {
+                s.seal_frame(out, false, i + 1 < n, &f)?;
+                if out.len() >= FLUSH_AT {
+                    w.write_all(out).await?;
+                    out.clear();
+                }
+            }
+        }
+    }
+    if out.len() >= FLUSH_AT {
+        w.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
 }
 
 fn put_command(out: &mut BytesMut, body: &[u8]) {

@@ -48,6 +48,13 @@ pub enum Error {
     /// The handshake broke a rule (wrong mechanism, incompatible socket type, ...).
     #[error("handshake: {0}")]
     Handshake(String),
+    /// Security refused the connection: a peer of another mechanism (a NULL peer against a
+    /// CURVE socket), a CURVE peer with other keys, a box that does not open.
+    #[error("security: {0}")]
+    Security(String),
+    /// A CURVE client whose long-term public key (Z85) the server does not authorize.
+    #[error("security: the client key {0} is not authorized")]
+    Unauthorized(String),
     /// The peer refused us with an ERROR command.
     #[error("the peer refused the connection: {0}")]
     Refused(String),
@@ -63,6 +70,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is a security refusal (counted in `SocketStats::auth_failures`).
+    pub fn is_security(&self) -> bool {
+        matches!(self, Error::Security(_) | Error::Unauthorized(_))
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
         Error::Io {
             context: context.into(),

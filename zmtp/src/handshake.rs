@@ -1,14 +1,17 @@
 //! The handshake: greetings both ways, then the mechanism's commands (NULL: one READY each
-//! way), then the socket-type check. Run under the socket's handshake deadline by the caller.
+//! way; CURVE: HELLO, WELCOME, INITIATE, READY, see `curve`), then the socket-type check. Run
+//! under the socket's handshake deadline by the caller.
 //!
-//! Only NULL is implemented. The mechanism is chosen in one place ([`Mechanism`]), so a
-//! security mechanism (CURVE) adds its commands here and its framing to the engine.
+//! The mechanism follows from the socket's [`Security`]; a peer greeting with another one is
+//! refused with ERROR before any of its commands is read.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::curve;
 use crate::error::{Error, Result};
 use crate::options::SocketType;
+use crate::security::{PublicKey, Security};
 use crate::wire::frame::{put_frame, COMMAND};
 use crate::wire::{Command, Frame, FrameDecoder, Greeting, Limits, Metadata, GREETING_LEN};
 
@@ -19,6 +22,8 @@ pub enum Mechanism {
     /// No security (RFC 23 NULL): what libzmq and Python `service_framework` use by default.
     #[default]
     Null,
+    /// CurveZMQ (RFC 26): encryption, and authentication of both ends by long-term keys.
+    Curve,
 }
 
 impl Mechanism {
@@ -26,6 +31,7 @@ impl Mechanism {
     pub fn name(&self) -> &'static str {
         match self {
             Mechanism::Null => "NULL",
+            Mechanism::Curve => "CURVE",
         }
     }
 }
@@ -35,11 +41,11 @@ impl Mechanism {
 pub(crate) struct Local<'a> {
     pub kind: SocketType,
     pub identity: &'a [u8],
-    pub mechanism: &'a Mechanism,
+    pub security: &'a Security,
 }
 
 /// What the peer announced.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct PeerInfo {
     #[allow(dead_code)]
     pub kind: SocketType,
@@ -47,6 +53,11 @@ pub(crate) struct PeerInfo {
     pub greeting: Greeting,
     #[allow(dead_code)]
     pub metadata: Metadata,
+    /// The CURVE session (the engine boxes every frame with it); `None` for NULL.
+    pub session: Option<curve::Session>,
+    /// The CURVE client's long-term key (the peer's on a server, ours on a client).
+    #[allow(dead_code)]
+    pub client_key: Option<PublicKey>,
 }
 
 /// Reads until `buf` holds at least `n` octets.
@@ -76,6 +87,29 @@ pub(crate) async fn send_error<S: AsyncWrite + Unpin>(s: &mut S, reason: &str) {
     let _ = s.flush().await;
 }
 
+/// Signature (10 octets), major and minor version: what is sent before the mechanism.
+const VERSION_END: usize = 12;
+
+/// The next command frame during the handshake (a message before it is an error).
+pub(crate) async fn next_command<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    decoder: &mut FrameDecoder,
+) -> Result<Bytes> {
+    loop {
+        if let Some(frame) = decoder.decode(buf)? {
+            return match frame {
+                Frame::Command(body) => Ok(body),
+                Frame::Data { .. } => Err(Error::Handshake(
+                    "a message arrived before the handshake ended".into(),
+                )),
+            };
+        }
+        let want = decoder.wanted(buf).clamp(1, 64 << 10);
+        fill(s, buf, buf.len() + want).await?;
+    }
+}
+
 /// Runs the handshake on `s`. Octets read past the handshake stay in `buf` for the engine.
 pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
@@ -83,29 +117,38 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     local: &Local<'_>,
     limits: Limits,
 ) -> Result<PeerInfo> {
-    let ours = Greeting::ours(local.mechanism.name(), false);
-    s.write_all(&ours.encode())
+    let mechanism = local.security.mechanism();
+    let ours = Greeting::ours(mechanism.name(), local.security.as_server()).encode();
+    // The signature and the version first, the mechanism once the peer's version is in. A
+    // libzmq peer sends the rest of its greeting when it has our version, so its mechanism is
+    // known here before it can see ours: a peer of another mechanism (NULL against CURVE)
+    // is told apart from one that just closed, since libzmq closes on a mismatch at once,
+    // before its own greeting has gone out.
+    s.write_all(&ours[..VERSION_END])
         .await
         .map_err(|e| Error::io("handshake write", e))?;
 
     // The signature first: a peer that is not ZMTP at all is refused on ten octets.
     fill(s, buf, crate::wire::greeting::SIGNATURE_LEN).await?;
     Greeting::check_signature(&buf[..crate::wire::greeting::SIGNATURE_LEN])?;
+    fill(s, buf, VERSION_END).await?;
+    s.write_all(&ours[VERSION_END..])
+        .await
+        .map_err(|e| Error::io("handshake write", e))?;
     fill(s, buf, GREETING_LEN).await?;
     let mut raw = [0u8; GREETING_LEN];
     raw.copy_from_slice(&buf.split_to(GREETING_LEN));
     let greeting = Greeting::parse(&raw)?;
-    if greeting.mechanism != local.mechanism.name() {
+    if greeting.mechanism != mechanism.name() {
         let reason = format!(
             "the peer uses the {} mechanism, this socket {}",
-            greeting.mechanism,
-            local.mechanism.name()
+            crate::monitor::escape(&greeting.mechanism),
+            mechanism.name()
         );
         send_error(s, "Mechanism mismatch").await;
-        return Err(Error::Handshake(reason));
+        return Err(Error::Security(reason));
     }
 
-    // NULL: READY each way.
     let mut meta = vec![(
         "Socket-Type".to_owned(),
         Bytes::from_static(local.kind.as_str().as_bytes()),
@@ -119,42 +162,46 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             Bytes::copy_from_slice(local.identity),
         ));
     }
-    let mut out = BytesMut::new();
-    put_frame(&mut out, COMMAND, &Command::Ready(Metadata(meta)).encode());
-    s.write_all(&out)
-        .await
-        .map_err(|e| Error::io("handshake write", e))?;
-
-    let mut decoder = FrameDecoder::new(limits);
-    let body = loop {
-        if let Some(frame) = decoder.decode(buf)? {
-            match frame {
-                Frame::Command(body) => break body,
-                Frame::Data { .. } => {
-                    return Err(Error::Handshake("a message arrived before READY".into()))
-                }
-            }
+    let meta = Metadata(meta);
+    let (metadata, session, client_key) = match local.security {
+        Security::Null => (null_ready(s, buf, &meta, limits).await?, None, None),
+        Security::CurveClient {
+            server_public,
+            public,
+            secret,
+        } => {
+            let session =
+                curve::client(s, buf, limits, server_public, public, secret, &meta).await?;
+            (session.metadata.clone(), Some(session), Some(*public))
         }
-        let want = decoder.wanted(buf).clamp(1, 64 << 10);
-        fill(s, buf, buf.len() + want).await?;
+        Security::CurveServer { secret, authorizer } => {
+            // libzmq leaves the as-server octet at 0 whatever its role, so only a peer that
+            // says it is a server (one of ours) can be told apart before its HELLO.
+            if greeting.as_server {
+                send_error(s, "Both ends are CURVE servers").await;
+                return Err(Error::Security("both ends are CURVE servers".into()));
+            }
+            let keys = curve::ServerKeys { secret, authorizer };
+            let kind = local.kind;
+            let session = curve::server(s, buf, limits, keys, &meta, |m| {
+                check_type(kind, m)
+                    .map(|_| ())
+                    .map_err(|e| ("Invalid socket type", e))
+            })
+            .await?;
+            let key = session.client_key;
+            (session.metadata.clone(), Some(session), Some(key))
+        }
     };
-    let metadata = match Command::parse(&body)? {
-        Command::Ready(m) => m,
-        Command::Error(reason) => return Err(Error::Refused(reason)),
-        other => return Err(Error::Handshake(format!("expected READY, got {other:?}"))),
+    let kind = match check_type(local.kind, &metadata) {
+        Ok(kind) => kind,
+        Err(e) => {
+            if session.is_none() {
+                send_error(s, "Invalid socket type").await;
+            }
+            return Err(e);
+        }
     };
-    let kind = metadata
-        .get("Socket-Type")
-        .and_then(|t| SocketType::from_wire(t))
-        .ok_or_else(|| Error::Handshake("READY has no valid Socket-Type".into()))?;
-    if !local.kind.compatible(kind) {
-        send_error(s, "Invalid socket type").await;
-        return Err(Error::Handshake(format!(
-            "a {} peer cannot talk to a {} socket",
-            kind.as_str(),
-            local.kind.as_str()
-        )));
-    }
     let identity = metadata.get("Identity").cloned().unwrap_or_default();
     if identity.len() > 255 {
         return Err(Error::Handshake(
@@ -166,5 +213,49 @@ pub(crate) async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         identity,
         greeting,
         metadata,
+        session,
+        client_key,
     })
+}
+
+/// NULL: READY each way; the peer's metadata.
+async fn null_ready<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    meta: &Metadata,
+    limits: Limits,
+) -> Result<Metadata> {
+    let mut out = BytesMut::new();
+    put_frame(&mut out, COMMAND, &Command::Ready(meta.clone()).encode());
+    s.write_all(&out)
+        .await
+        .map_err(|e| Error::io("handshake write", e))?;
+    let mut decoder = FrameDecoder::new(limits);
+    let body = next_command(s, buf, &mut decoder)
+        .await
+        .map_err(|e| match e {
+            Error::Handshake(_) => Error::Handshake("a message arrived before READY".into()),
+            e => e,
+        })?;
+    match Command::parse(&body)? {
+        Command::Ready(m) => Ok(m),
+        Command::Error(reason) => Err(Error::Refused(reason)),
+        other => Err(Error::Handshake(format!("expected READY, got {other:?}"))),
+    }
+}
+
+/// The peer's socket type, if it may talk to ours.
+fn check_type(ours: SocketType, metadata: &Metadata) -> Result<SocketType> {
+    let kind = metadata
+        .get("Socket-Type")
+        .and_then(|t| SocketType::from_wire(t))
+        .ok_or_else(|| Error::Handshake("READY has no valid Socket-Type".into()))?;
+    if !ours.compatible(kind) {
+        return Err(Error::Handshake(format!(
+            "a {} peer cannot talk to a {} socket",
+            kind.as_str(),
+            ours.as_str()
+        )));
+    }
+    Ok(kind)
 }

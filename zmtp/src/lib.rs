@@ -11,6 +11,9 @@
 //! - [`wire`]: the greeting, frames and commands, as pure parsers and encoders (no I/O); every
 //!   limit is checked on a frame header before anything is buffered.
 //! - `handshake`: greetings, the NULL mechanism's READY exchange, the socket-type check.
+//! - `curve`: the CURVE mechanism (RFC 26): its handshake, and the MESSAGE boxes every frame
+//!   travels in after it; [`security`] holds its keys, the authorizer of client keys and
+//!   libzmq's certificate files, [`z85`] the key encoding (RFC 32).
 //! - `engine`: one connection: reader (frames -> messages, PING/PONG, subscriptions,
 //!   heartbeat timeout) and writer (batched, vectored for large bodies, linger on close).
 //! - `link`: the accept loop (connection limit, no spinning at the descriptor limit) and the
@@ -26,6 +29,7 @@
 //! 2 s, 1 s linger, 4,096 connections per bound socket.
 
 mod core;
+mod curve;
 pub mod endpoint;
 mod engine;
 pub mod error;
@@ -36,9 +40,11 @@ mod link;
 pub mod message;
 pub mod monitor;
 pub mod options;
+pub mod security;
 pub mod socket;
 mod transport;
 pub mod wire;
+pub mod z85;
 
 pub use endpoint::Endpoint;
 pub use error::{Error, Result};
@@ -46,6 +52,7 @@ pub use handshake::Mechanism;
 pub use message::Message;
 pub use monitor::{Event, PeerId, SocketStats};
 pub use options::{Heartbeat, SocketOptions, SocketType};
+pub use security::{Authorizer, KeyPair, PublicKey, SecretKey, Security};
 pub use socket::{
     DealerSender, DealerSocket, PubSocket, PullSocket, PushSocket, Receiver, RouterSender,
     RouterSocket, SubSocket, XPubSocket, XSubSocket,

@@ -56,6 +56,8 @@ pub(crate) struct Counters {
     pub handshakes: AtomicU64,
     pub disconnects: AtomicU64,
     pub handshake_failures: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub crypto_failures: AtomicU64,
     pub limit_violations: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub heartbeat_timeouts: AtomicU64,
@@ -76,6 +78,8 @@ impl Counters {
             handshakes: g(&self.handshakes),
             disconnects: g(&self.disconnects),
             handshake_failures: g(&self.handshake_failures),
+            auth_failures: g(&self.auth_failures),
+            crypto_failures: g(&self.crypto_failures),
             limit_violations: g(&self.limit_violations),
             protocol_errors: g(&self.protocol_errors),
             heartbeat_timeouts: g(&self.heartbeat_timeouts),
@@ -97,6 +101,13 @@ pub struct SocketStats {
     pub disconnects: u64,
     /// Connections that failed the handshake (timeout, bad greeting, wrong type, ...).
     pub handshake_failures: u64,
+    /// Of those, the ones security refused: a peer of another mechanism (NULL against CURVE),
+    /// another server key, a client key not authorized, a handshake box that did not open, or
+    /// (as a client) a server that refused our key.
+    pub auth_failures: u64,
+    /// CURVE connections dropped after the handshake for a MESSAGE box that did not open
+    /// (tampered) or whose nonce was not above the last (replayed, reordered).
+    pub crypto_failures: u64,
     /// Connections dropped for a frame or message past the limits.
     pub limit_violations: u64,
     /// Connections dropped for breaking the protocol after the handshake.

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::security::Security;
 use crate::wire::Limits;
 
 /// The ZMTP socket types (RFC 23 names, sent as `Socket-Type`).
@@ -139,6 +140,8 @@ pub struct SocketOptions {
     pub max_connections: usize,
     /// TCP keepalive probes after this idle time (default 30 s), below the heartbeats.
     pub tcp_keepalive: Option<Duration>,
+    /// NULL (the default) or CURVE, as server or client, for every connection of the socket.
+    pub security: Security,
 }
 
 impl Default for SocketOptions {
@@ -156,6 +159,7 @@ impl Default for SocketOptions {
             linger: Duration::from_secs(1),
             max_connections: 4096,
             tcp_keepalive: Some(Duration::from_secs(30)),
+            security: Security::Null,
         }
     }
 }
@@ -200,6 +204,11 @@ impl SocketOptions {
     /// Sets the linger.
     pub fn linger(mut self, d: Duration) -> Self {
         self.linger = d;
+        self
+    }
+    /// Sets the security mechanism ([`Security::curve_server`], [`Security::curve_client`]).
+    pub fn security(mut self, s: Security) -> Self {
+        self.security = s;
         self
     }
     /// Sets the connection limit of a binding socket.

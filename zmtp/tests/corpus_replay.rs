@@ -1,7 +1,8 @@
 //! Replays the fuzz corpus (`zmtp/fuzz/corpus/<target>/`) through the bodies of the fuzz
 //! targets (`sf_zmtp::fuzzing`), so that every seed and every input the fuzzer once found
 //! (crashes included, once fixed) is checked by `cargo test --workspace` without cargo-fuzz.
-//! The envelope target is replayed by `connections/tests/envelope_corpus_replay.rs`.
+//! The envelope target is replayed by `connections/tests/envelope_corpus_replay.rs`; the
+//! `curve` target's seeds come from `sf_zmtp::fuzzing::curve_seeds` (they need its keys).
 //!
 //! The seeds are written by the ignored test below:
 //! `cargo test -p sf-zmtp --test corpus_replay -- --ignored write_seed_corpus`.
@@ -59,6 +60,11 @@ fn handshake_corpus_replays() {
 #[test]
 fn frames_corpus_replays() {
     replay("frames", fuzzing::frames);
+}
+
+#[test]
+fn curve_corpus_replays() {
+    replay("curve", fuzzing::curve);
 }
 
 // ---- the seed corpus -------------------------------------------------------------------
@@ -355,6 +361,7 @@ fn write_seed_corpus() {
         ("greeting", greeting_seeds()),
         ("frames", frames_seeds()),
         ("handshake", handshake_seeds()),
+        ("curve", fuzzing::curve_seeds()),
     ] {
         let dir = corpus(target);
         std::fs::create_dir_all(&dir).unwrap();

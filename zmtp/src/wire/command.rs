@@ -19,6 +19,22 @@ impl Metadata {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
+
+    /// Parses properties (READY's data; the metadata inside CURVE's INITIATE and READY boxes).
+    pub fn parse(data: &[u8]) -> Result<Metadata, CommandError> {
+        parse_metadata(data)
+    }
+
+    /// Appends the properties in wire form (names over 255 octets are cut).
+    pub fn encode_into(&self, out: &mut BytesMut) {
+        for (k, v) in &self.0 {
+            let k = &k.as_bytes()[..k.len().min(255)];
+            out.put_u8(k.len() as u8);
+            out.put_slice(k);
+            out.put_u32(v.len() as u32);
+            out.put_slice(v);
+        }
+    }
 }
 
 /// One command.
@@ -118,13 +134,7 @@ impl Command {
         match self {
             Command::Ready(meta) => {
                 put_name(&mut out, "READY");
-                for (k, v) in &meta.0 {
-                    let k = &k.as_bytes()[..k.len().min(255)];
-                    out.put_u8(k.len() as u8);
-                    out.put_slice(k);
-                    out.put_u32(v.len() as u32);
-                    out.put_slice(v);
-                }
+                meta.encode_into(&mut out);
             }
             Command::Error(reason) => {
                 put_name(&mut out, "ERROR");

@@ -119,6 +119,15 @@ impl PyPeer {
         self.op(json!({"op": "send", "frames": frames})).await;
     }
 
+    /// Sends without waiting for a peer; false if libzmq had no room (no peer connected).
+    pub async fn send_nowait(&mut self, frames: &[&[u8]]) -> bool {
+        let frames: Vec<String> = frames.iter().map(|f| hex(f)).collect();
+        let v = self
+            .op(json!({"op": "send_nowait", "frames": frames}))
+            .await;
+        v["sent"].as_bool().expect("sent")
+    }
+
     /// The next message, or `None` after `timeout_ms`.
     pub async fn recv(&mut self, timeout_ms: u64) -> Option<Vec<Bytes>> {
         let v = self
@@ -205,7 +214,54 @@ pub async fn eventually<F: FnMut() -> bool>(within: Duration, mut f: F) -> bool 
     }
 }
 
+pub mod mitm;
 pub mod raw;
+
+impl PyPeer {
+    /// Makes the socket a CURVE server with this secret key (Z85); with `allow_dir`, a ZAP
+    /// handler accepts only the client keys of the certificates (`*.key`) there.
+    pub async fn curve_server(&mut self, secret: &str, allow_dir: Option<&std::path::Path>) {
+        let mut v = json!({"op": "curve_server", "secret": secret});
+        if let Some(d) = allow_dir {
+            v["allow_dir"] = json!(d.to_str().expect("utf-8 path"));
+        }
+        self.op(v).await;
+    }
+
+    /// Makes the socket a CURVE client (keys in Z85).
+    pub async fn curve_client(&mut self, server: &str, public: &str, secret: &str) {
+        self.op(
+            json!({"op": "curve_client", "server": server, "public": public, "secret": secret}),
+        )
+        .await;
+    }
+
+    /// pyzmq's `zmq.auth.create_certificates(dir, name)`: (public, secret) in Z85.
+    pub async fn create_certificates(
+        &mut self,
+        dir: &std::path::Path,
+        name: &str,
+    ) -> (String, String) {
+        let v = self
+            .op(json!({"op": "create_certificates", "dir": dir.to_str().expect("utf-8"), "name": name}))
+            .await;
+        (
+            v["public"].as_str().expect("public").to_owned(),
+            v["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+
+    /// pyzmq's `zmq.auth.load_certificate(path)`: (public, secret if the file has it).
+    pub async fn load_certificate(&mut self, path: &std::path::Path) -> (String, Option<String>) {
+        let v = self
+            .op(json!({"op": "load_certificate", "path": path.to_str().expect("utf-8")}))
+            .await;
+        (
+            v["public"].as_str().expect("public").to_owned(),
+            v["secret"].as_str().map(str::to_owned),
+        )
+    }
+}
 
 impl PyPeer {
     /// The peer process's id (to freeze it with SIGSTOP, for instance).

@@ -10,6 +10,7 @@ socket otherwise defers until its next call.
   {"op": "bind", "ep": "tcp://127.0.0.1:*"}       -> {"ep": "tcp://127.0.0.1:40123"}
   {"op": "connect", "ep": "..."}
   {"op": "send", "frames": ["68690a"]}
+  {"op": "send_nowait", "frames": [...]}          -> {"sent": true/false}: queued, or no room (no peer)
   {"op": "recv", "timeout_ms": 2000}              -> {"frames": [...]} or {"timeout": true}
   {"op": "recv_n", "count": 100, "timeout_ms": 2000}
                                                   -> {"messages": [[...], ...]}: up to count, stopping
@@ -23,6 +24,17 @@ socket otherwise defers until its next call.
                                                   -> the counts and "reached": whether that count was
                                                      reached in time
   {"op": "close"}
+CURVE (keys as Z85 text):
+  {"op": "curve_server", "secret": "...", "allow_dir": "/path" or absent}
+                                                  -> CURVE_SERVER with that secret key; with allow_dir a
+                                                     ZAP handler (zmq.auth ThreadAuthenticator) accepts
+                                                     only the client keys of the *.key files there;
+                                                     without it libzmq accepts any client
+  {"op": "curve_client", "server": "...", "public": "...", "secret": "..."}
+  {"op": "create_certificates", "dir": "/path", "name": "x"}
+                                                  -> {"public": "...", "secret": "...", "public_file": ..., "secret_file": ...}
+  {"op": "load_certificate", "path": "/path/x.key_secret"} -> {"public": "...", "secret": "..." or null}
+  {"op": "has_curve"}                             -> {"curve": true/false}
 """
 import json
 import os
@@ -34,6 +46,7 @@ import zmq
 
 ctx = zmq.Context()
 sock = None
+auth = None
 counts = {
     "connected": 0,
     "accepted": 0,
@@ -120,6 +133,12 @@ for line in requests():
         elif op == "send":
             sock.send_multipart([bytes.fromhex(f) for f in req["frames"]])
             answer({"ok": True})
+        elif op == "send_nowait":
+            try:
+                sock.send_multipart([bytes.fromhex(f) for f in req["frames"]], zmq.NOBLOCK)
+                answer({"sent": True})
+            except zmq.Again:
+                answer({"sent": False})
         elif op == "recv":
             if sock.poll(req.get("timeout_ms", 2000), zmq.POLLIN):
                 answer({"frames": [f.hex() for f in sock.recv_multipart()]})
@@ -155,8 +174,36 @@ for line in requests():
                     req.get("timeout_ms", 5000) / 1000,
                 )
                 answer(dict(counts, reached=reached))
+        elif op == "curve_server":
+            if req.get("allow_dir"):
+                from zmq.auth.thread import ThreadAuthenticator
+                auth = ThreadAuthenticator(ctx)
+                auth.start()
+                auth.configure_curve(domain="*", location=req["allow_dir"])
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, req["secret"].encode())
+            answer({"ok": True})
+        elif op == "curve_client":
+            sock.setsockopt(zmq.CURVE_SERVERKEY, req["server"].encode())
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, req["public"].encode())
+            sock.setsockopt(zmq.CURVE_SECRETKEY, req["secret"].encode())
+            answer({"ok": True})
+        elif op == "create_certificates":
+            import zmq.auth
+            pub_file, sec_file = zmq.auth.create_certificates(req["dir"], req["name"])
+            public, secret = zmq.auth.load_certificate(sec_file)
+            answer({"public": public.decode(), "secret": secret.decode(),
+                    "public_file": pub_file, "secret_file": sec_file})
+        elif op == "load_certificate":
+            import zmq.auth
+            public, secret = zmq.auth.load_certificate(req["path"])
+            answer({"public": public.decode(), "secret": secret.decode() if secret else None})
+        elif op == "has_curve":
+            answer({"curve": bool(zmq.has("curve"))})
         elif op == "close":
             sock.close()
+            if auth is not None:
+                auth.stop()
             answer({"ok": True})
             break
         else:
