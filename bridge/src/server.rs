@@ -350,11 +350,14 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
     };
 
     let doc = openapi.clone();
-    let swagger = Arc::new(utoipa_swagger_ui::Config::from(OPENAPI_PATH));
+    // No request leaves the machine from the docs pages: Swagger UI's online validator
+    // badge is off, and ReDoc's footer logo is inlined.
+    let swagger = Arc::new(utoipa_swagger_ui::Config::from(OPENAPI_PATH).validator_url("none"));
     let redoc_html: &'static str = Box::leak(
         aide::redoc::Redoc::new(OPENAPI_PATH)
             .with_title("Bridge ReDoc")
             .html()
+            .replace(REDOC_LOGO_URL, REDOC_LOGO_INLINE)
             .into_boxed_str(),
     );
     let health_reg = reg.clone();
@@ -435,6 +438,11 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
             envelope::TIMESTAMP_OFFSET.scope(offset, next.run(req))
         }))
 }
+
+/// The footer logo ReDoc would fetch from its vendor's CDN.
+const REDOC_LOGO_URL: &str = "https://cdn.redoc.ly/redoc/logo-mini.svg";
+/// A small inline stand-in.
+const REDOC_LOGO_INLINE: &str = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' width='16' height='16'%3E%3Ccircle cx='8' cy='8' r='7' fill='%23c33'/%3E%3C/svg%3E";
 
 /// Where `/version`'s detailed object is served.
 pub const VERSION_DETAILS_PATH: &str = "/version/details";

@@ -213,7 +213,10 @@ async fn system_routes_and_docs_pages() {
         .await
         .unwrap();
     assert_eq!(init.status(), 200);
-    assert!(init.text().await.unwrap().contains("/api/v1/openapi.json"));
+    let init = init.text().await.unwrap();
+    assert!(init.contains("/api/v1/openapi.json"));
+    // The online validator badge would send the document to another host.
+    assert!(init.contains("\"validatorUrl\": \"none\""), "{init}");
     let bundle = client()
         .get(format!("{u}/docs/swagger-ui-bundle.js"))
         .send()
@@ -229,6 +232,14 @@ async fn system_routes_and_docs_pages() {
     assert!(html.contains("Redoc.init(\"/api/v1/openapi.json\""));
     assert!(html.len() > 500_000);
     assert!(!html.contains("<script src=\"http"), "an external script");
+    // Nothing the page loads by itself comes from another host (its footer logo included).
+    for attr in ["src=\"http", "href=\"http", "src:\"http", "url(http"] {
+        assert!(!html.contains(attr), "{attr} in the ReDoc page");
+    }
+    assert!(!html.contains("cdn."), "a CDN reference in the ReDoc page");
+    // The document has no jsonSchemaDialect (Swagger UI shows a warning box for it).
+    let (_, doc) = get(&format!("{u}/api/v1/openapi.json")).await;
+    assert!(doc.get("jsonSchemaDialect").is_none());
     b.stop().await;
 }
 
