@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! --host HOST  --port PORT  --load-plugins NAME (repeatable)  --load-builtin-plugins NAME
-//! (repeatable)  --enable-proxy / --no-enable-proxy       FrameX's `framex run` flags
+//! (repeatable)  --enable-proxy / --no-enable-proxy  --num-cpus N  --dashboard-host HOST
+//! --dashboard-port PORT  --no-use-ray                    FrameX's `framex run` flags
 //! -s bridge  -a addresses.json  -c config.json  -cl LEVEL  -f LEVEL  -l LOG  -bc N
 //!                                                        service-framework's flags
 //! ```
@@ -28,12 +29,14 @@ use crate::server::Bridge;
 pub const USAGE: &str = "\
 usage: service-framework -s bridge [--host HOST] [--port PORT] [--load-plugins NAME]...
                          [--load-builtin-plugins NAME]... [--enable-proxy|--no-enable-proxy]
-                         [-a addresses.json] [-c config.json] [-cl LEVEL] [-f LEVEL] [-l LOG]
+                         [--num-cpus N] [--dashboard-host HOST] [--dashboard-port PORT]
+                         [--no-use-ray] [-a addresses.json] [-c config.json] [-cl LEVEL]
+                         [-f LEVEL] [-l LOG]
 
 The HTTP bridge: plugins, bus services and upstream OpenAPI services under /api/v1, with
-/docs, /redoc and /api/v1/openapi.json. Settings come from config.toml in the working
-directory, .env, .env.prod, the environment (SERVER__PORT=9000) and these flags, the later
-overriding the earlier.
+/docs, /redoc and /api/v1/openapi.json. Settings come from [tool.framex] in pyproject.toml
+and config.toml in the working directory, .env, .env.prod, the environment
+(SERVER__PORT=9000) and these flags, the later overriding the earlier.
 
   --host HOST                  bind address (server.host, 127.0.0.1)
   --port PORT                  port (server.port, 8080; 0 picks one)
@@ -41,6 +44,10 @@ overriding the earlier.
   --load-builtin-plugins NAME  load a built-in plugin: echo (repeatable)
   --enable-proxy               forward the upstreams of [plugins.proxy] proxy_urls
   --no-enable-proxy            do not, whatever the config says
+  --num-cpus N                 worker threads serving requests (2)
+  --dashboard-host HOST        accepted for FrameX start scripts; there is no Ray dashboard
+  --dashboard-port PORT          here, so both are ignored (a log line says so)
+  --no-use-ray                 accepted (the only mode); --use-ray is refused
   -a, --addresses_path FILE    addresses.json: bus routes by connection name
   -c, --config_path FILE       config.json with the keys of config.toml (above it)
   -cl, --console_loglevel L    DEBUG|INFO|WARNING|ERROR (INFO)
@@ -66,6 +73,10 @@ pub struct Args {
     pub version: bool,
     /// `describe`.
     pub describe: bool,
+    /// `--num-cpus`: the runtime's worker threads.
+    pub num_cpus: Option<usize>,
+    /// `--dashboard-host` / `--dashboard-port`: FrameX's Ray dashboard; accepted, unused.
+    pub dashboard: Vec<String>,
 }
 
 /// Parses arguments (without the program name). Unknown flags are an error naming them.
@@ -94,6 +105,37 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
             "--load-plugins" => out.overrides.load_plugins.push(value(&flag)?),
             "--load-builtin-plugins" => out.overrides.load_builtin_plugins.push(value(&flag)?),
             "--enable-proxy" => out.overrides.enable_proxy = Some(true),
+            "--num-cpus" => {
+                let v = value(&flag)?;
+                let n: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1024).contains(n))
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "--num-cpus needs a number of threads (1-1024), got {v:?}"
+                        ))
+                    })?;
+                out.num_cpus = Some(n);
+            }
+            "--dashboard-host" | "--dashboard-port" => {
+                let v = value(&flag)?;
+                if flag == "--dashboard-port" && v.parse::<u16>().is_err() {
+                    return Err(Error::Config(format!(
+                        "--dashboard-port needs a port number (0-65535), got {v:?}"
+                    )));
+                }
+                out.dashboard.push(format!("{flag} {v}"));
+            }
+            "--no-use-ray" => {}
+            "--use-ray" => {
+                return Err(Error::Config(
+                    "--use-ray: there is no Ray in this bridge; plugins run in this process \
+                     (--num-cpus sets its threads) and distributed work belongs in services on \
+                     the bus (bus.routes); start without --use-ray"
+                        .into(),
+                ))
+            }
             "--no-enable-proxy" => out.overrides.enable_proxy = Some(false),
             "-s" | "--service_path" => {
                 value(&flag)?;
@@ -153,8 +195,14 @@ pub fn main(plugins: Vec<Plugin>) -> ExitCode {
         Ok(g) => g,
         Err(e) => return fail(&Error::Config(e.to_string())),
     };
+    if !args.dashboard.is_empty() {
+        tracing::info!(
+            "ignored (there is no Ray dashboard in this bridge): {}",
+            args.dashboard.join(", ")
+        );
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(args.num_cpus.unwrap_or(2))
         .enable_all()
         .build()
     {
@@ -259,6 +307,32 @@ mod tests {
             p(&["--no-enable-proxy"]).unwrap().overrides.enable_proxy,
             Some(false)
         );
+    }
+
+    #[test]
+    fn framex_start_script_flags() {
+        let a = p(&[
+            "--num-cpus",
+            "3",
+            "--dashboard-host",
+            "0.0.0.0",
+            "--dashboard-port",
+            "8265",
+            "--no-use-ray",
+        ])
+        .unwrap();
+        assert_eq!(a.num_cpus, Some(3));
+        assert_eq!(a.dashboard.len(), 2);
+        let e = p(&["--use-ray"]).unwrap_err().to_string();
+        assert!(e.contains("--use-ray") && e.contains("no Ray"), "{e}");
+        assert!(p(&["--num-cpus", "0"])
+            .unwrap_err()
+            .to_string()
+            .contains("--num-cpus"));
+        assert!(p(&["--dashboard-port", "x"])
+            .unwrap_err()
+            .to_string()
+            .contains("--dashboard-port"));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!    that parses as JSON is taken as JSON (`LOAD_PLUGINS='["a"]'`), otherwise as a string;
 //! 3. `.env.prod`, then `.env`, with the same names as the environment;
 //! 4. `config.json` given with `-c` (the service-framework convention), same keys;
-//! 5. `config.toml` in the working directory.
+//! 5. `config.toml` in the working directory;
+//! 6. `[tool.framex]` in `pyproject.toml` in the working directory (FrameX's lowest source).
 //!
 //! Objects merge key by key across sources; any other value replaces. The merged tree is
 //! checked in one place: an unknown key or a wrong type is an error naming the key.
@@ -243,6 +244,20 @@ impl Settings {
     /// Reads every source and checks the result.
     pub fn load(sources: &Sources) -> Result<Settings> {
         let mut tree = Value::Object(Map::new());
+        let pyproject = sources.dir.join("pyproject.toml");
+        if pyproject.is_file() {
+            let doc = read_toml(&pyproject)?;
+            match doc.pointer("/tool/framex") {
+                Some(v @ Value::Object(_)) => merge(&mut tree, v.clone()),
+                Some(other) => {
+                    return Err(Error::Config(format!(
+                        "{}: [tool.framex] must be a table, got {other}",
+                        pyproject.display()
+                    )))
+                }
+                None => {}
+            }
+        }
         let toml_path = sources.dir.join("config.toml");
         if toml_path.is_file() {
             merge(&mut tree, read_toml(&toml_path)?);

@@ -116,6 +116,46 @@ prefix = "toml:"
 }
 
 #[test]
+fn pyproject_tool_framex_is_the_lowest_source() {
+    let dir = scratch("pyproject");
+    write(
+        &dir,
+        "pyproject.toml",
+        r#"
+[project]
+name = "my-framex-app"
+[tool.framex]
+load_builtin_plugins = ["echo"]
+[tool.framex.server]
+host = "127.0.0.3"
+port = 2222
+[tool.framex.plugins.echo]
+prefix = "py:"
+"#,
+    );
+    let s = Settings::load(&sources(&dir, &[], CliOverrides::default())).unwrap();
+    assert_eq!((s.server.host.as_str(), s.server.port), ("127.0.0.3", 2222));
+    assert_eq!(s.plugins["echo"], json!({"prefix": "py:"}));
+    assert_eq!(s.load_builtin_plugins, vec!["echo"]);
+    // config.toml is above it, key by key; the environment above both.
+    write(&dir, "config.toml", "[server]\nport = 3333\n");
+    let s = Settings::load(&sources(
+        &dir,
+        &[("SERVER__HOST", "127.0.0.4")],
+        CliOverrides::default(),
+    ))
+    .unwrap();
+    assert_eq!((s.server.host.as_str(), s.server.port), ("127.0.0.4", 3333));
+    assert_eq!(s.plugins["echo"], json!({"prefix": "py:"}));
+    // Its mistakes are named like any other source's.
+    write(&dir, "pyproject.toml", "[tool.framex.server]\nprot = 1\n");
+    let e = Settings::load(&sources(&dir, &[], CliOverrides::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("prot"), "{e}");
+}
+
+#[test]
 fn bad_config_names_the_key() {
     let dir = scratch("bad");
     write(&dir, "config.toml", "[server]\nprot = 1\n");
@@ -258,9 +298,20 @@ async fn the_binary_reads_config_toml_from_its_working_directory() {
         "load_builtin_plugins = [\"echo\"]\n[server]\nport = 1\n[plugins.echo]\nprefix = \"cfg:\"\n",
     );
     // The environment beats config.toml's port 1 (which could not be bound).
+    // A FrameX start script's flags are accepted.
     let mut p = Proc::spawn(
         &bridge_binary(),
-        &["-cl", "WARNING"],
+        &[
+            "-cl",
+            "WARNING",
+            "--num-cpus",
+            "1",
+            "--dashboard-host",
+            "0.0.0.0",
+            "--dashboard-port",
+            "8265",
+            "--no-use-ray",
+        ],
         &dir,
         &[("SERVER__PORT", "0")],
     );
