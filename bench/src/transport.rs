@@ -19,6 +19,12 @@
 //!
 //! Targets: sf-zmtp at least zeromq on every row (ratio >= 1.0 for rates, <= 1.0 for
 //! latencies), at least 0.8 of libzmq's rates and at most 1.25x its p50.
+//!
+//! `sf-zmtp CURVE` rows (no targets) run the same loops with every connection under CURVE
+//! (binders the servers, one client key on an allow-list): new/base is what CURVE costs
+//! against NULL, in the same run. libzmq has no such row: the `zmq` crate's zmq-sys builds
+//! libzmq without libsodium unless its `libsodium` feature is on, and without libsodium
+//! libzmq has no CURVE.
 
 #[cfg(feature = "libzmq")]
 mod libzmq;
@@ -53,6 +59,8 @@ pub enum Library {
     Zmtp,
     /// The `zeromq` 0.7 crate.
     Zeromq,
+    /// The project's own transport with CURVE on every connection.
+    ZmtpCurve,
     /// libzmq through the `zmq` crate (`libzmq` feature).
     Libzmq,
 }
@@ -63,13 +71,14 @@ impl Library {
         match self {
             Library::Zmtp => "sf-zmtp",
             Library::Zeromq => "zeromq",
+            Library::ZmtpCurve => "sf-zmtp CURVE",
             Library::Libzmq => "libzmq",
         }
     }
 
     /// The libraries this build can measure.
     pub fn built() -> Vec<Library> {
-        let mut v = vec![Library::Zmtp, Library::Zeromq];
+        let mut v = vec![Library::Zmtp, Library::Zeromq, Library::ZmtpCurve];
         if cfg!(feature = "libzmq") {
             v.push(Library::Libzmq);
         }
@@ -209,6 +218,7 @@ fn measure(lib: Library, case: Case, c: &Counts) -> anyhow::Result<Figures> {
     match lib {
         Library::Zmtp => on_tokio::<Zmtp>(case, c),
         Library::Zeromq => on_tokio::<Zeromq>(case, c),
+        Library::ZmtpCurve => on_tokio::<ZmtpCurve>(case, c),
         Library::Libzmq => on_libzmq(case, c),
     }
 }
@@ -372,11 +382,15 @@ pub struct Zmtp;
 #[derive(Debug)]
 pub struct Zeromq;
 
+/// `sf-zmtp` as [`Zmtp`], every connection under CURVE.
+#[derive(Debug)]
+pub struct ZmtpCurve;
+
 mod zmtp_impl {
     use super::*;
     use sf_zmtp::{
-        DealerSocket, Message, PubSocket, PullSocket, PushSocket, RouterSocket, SocketOptions,
-        SubSocket,
+        Authorizer, DealerSocket, KeyPair, Message, PubSocket, PullSocket, PushSocket,
+        RouterSocket, Security, SocketOptions, SubSocket,
     };
 
     const ANY: &str = "tcp://127.0.0.1:0";
@@ -426,57 +440,110 @@ mod zmtp_impl {
         }
     }
 
-    impl Lib for Zmtp {
-        type Dealer = DealerSocket;
-        type Pub = PubSocket;
-        type Sub = SubSocket;
-        type Push = PushSocket;
-        type Pull = PullSocket;
-
-        async fn router_echo() -> anyhow::Result<String> {
-            let mut router = RouterSocket::new();
-            let ep = router.bind(ANY).await?;
-            tokio::spawn(async move {
-                while let Ok(m) = router.recv().await {
-                    if router.send(m).is_err() {
-                        break;
-                    }
-                }
-            });
-            Ok(ep)
-        }
-
-        async fn dealer(endpoint: &str) -> anyhow::Result<DealerSocket> {
-            let d = DealerSocket::new();
-            d.connect(endpoint)?;
-            Ok(d)
-        }
-
-        async fn publisher(hwm: usize) -> anyhow::Result<(PubSocket, String)> {
-            let p = PubSocket::with_options(SocketOptions::default().send_hwm(hwm));
-            let ep = p.bind(ANY).await?;
-            Ok((p, ep))
-        }
-
-        async fn subscriber(endpoint: &str) -> anyhow::Result<SubSocket> {
-            let s = SubSocket::new();
-            s.connect(endpoint)?;
-            s.subscribe(b"").await;
-            Ok(s)
-        }
-
-        async fn puller() -> anyhow::Result<(PullSocket, String)> {
-            let p = PullSocket::new();
-            let ep = p.bind(ANY).await?;
-            Ok((p, ep))
-        }
-
-        async fn pusher(endpoint: &str) -> anyhow::Result<PushSocket> {
-            let p = PushSocket::new();
-            p.connect(endpoint)?;
-            Ok(p)
-        }
+    /// The keys of the CURVE rows: one server pair, one client pair, made once.
+    fn keys() -> &'static (KeyPair, KeyPair) {
+        static KEYS: std::sync::OnceLock<(KeyPair, KeyPair)> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| (KeyPair::generate(), KeyPair::generate()))
     }
+
+    /// Options of a binding (server) and a connecting (client) socket.
+    fn server(curve: bool) -> SocketOptions {
+        let o = SocketOptions::default();
+        if !curve {
+            return o;
+        }
+        let (server, client) = keys();
+        o.security(Security::curve_server(
+            server.secret.clone(),
+            Authorizer::allow_list([client.public]),
+        ))
+    }
+
+    fn client(curve: bool) -> SocketOptions {
+        let o = SocketOptions::default();
+        if !curve {
+            return o;
+        }
+        let (server, client) = keys();
+        o.security(Security::curve_client(server.public, client.clone()))
+    }
+
+    async fn router_echo(curve: bool) -> anyhow::Result<String> {
+        let mut router = RouterSocket::with_options(server(curve));
+        let ep = router.bind(ANY).await?;
+        tokio::spawn(async move {
+            while let Ok(m) = router.recv().await {
+                if router.send(m).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(ep)
+    }
+
+    async fn dealer(endpoint: &str, curve: bool) -> anyhow::Result<DealerSocket> {
+        let d = DealerSocket::with_options(client(curve));
+        d.connect(endpoint)?;
+        Ok(d)
+    }
+
+    async fn publisher(hwm: usize, curve: bool) -> anyhow::Result<(PubSocket, String)> {
+        let p = PubSocket::with_options(server(curve).send_hwm(hwm));
+        let ep = p.bind(ANY).await?;
+        Ok((p, ep))
+    }
+
+    async fn subscriber(endpoint: &str, curve: bool) -> anyhow::Result<SubSocket> {
+        let s = SubSocket::with_options(client(curve));
+        s.connect(endpoint)?;
+        s.subscribe(b"").await;
+        Ok(s)
+    }
+
+    async fn puller(curve: bool) -> anyhow::Result<(PullSocket, String)> {
+        let p = PullSocket::with_options(server(curve));
+        let ep = p.bind(ANY).await?;
+        Ok((p, ep))
+    }
+
+    async fn pusher(endpoint: &str, curve: bool) -> anyhow::Result<PushSocket> {
+        let p = PushSocket::with_options(client(curve));
+        p.connect(endpoint)?;
+        Ok(p)
+    }
+
+    macro_rules! zmtp_lib {
+        ($name:ident, $curve:expr) => {
+            impl Lib for $name {
+                type Dealer = DealerSocket;
+                type Pub = PubSocket;
+                type Sub = SubSocket;
+                type Push = PushSocket;
+                type Pull = PullSocket;
+
+                async fn router_echo() -> anyhow::Result<String> {
+                    router_echo($curve).await
+                }
+                async fn dealer(endpoint: &str) -> anyhow::Result<DealerSocket> {
+                    dealer(endpoint, $curve).await
+                }
+                async fn publisher(hwm: usize) -> anyhow::Result<(PubSocket, String)> {
+                    publisher(hwm, $curve).await
+                }
+                async fn subscriber(endpoint: &str) -> anyhow::Result<SubSocket> {
+                    subscriber(endpoint, $curve).await
+                }
+                async fn puller() -> anyhow::Result<(PullSocket, String)> {
+                    puller($curve).await
+                }
+                async fn pusher(endpoint: &str) -> anyhow::Result<PushSocket> {
+                    pusher(endpoint, $curve).await
+                }
+            }
+        };
+    }
+    zmtp_lib!(Zmtp, false);
+    zmtp_lib!(ZmtpCurve, true);
 }
 
 mod zeromq_impl {
@@ -779,7 +846,8 @@ fn targets(baseline: Library, metric: &str) -> Vec<Target> {
         Library::Libzmq if metric.starts_with("p50") => vec![Target::RatioAtMost(1.25)],
         Library::Libzmq if latency => Vec::new(),
         Library::Libzmq => vec![Target::RatioAtLeast(0.8)],
-        Library::Zmtp => Vec::new(),
+        // What CURVE costs: measured, not a target.
+        Library::Zmtp | Library::ZmtpCurve => Vec::new(),
     }
 }
 
@@ -805,7 +873,7 @@ pub fn run(config: &Config) -> PatternReport {
     let libs = Library::built();
     let mut p = PatternReport::new(
         "transport",
-        "raw sockets: sf-zmtp vs the zeromq crate vs libzmq, same frames, same run",
+        "raw sockets: sf-zmtp vs the zeromq crate vs libzmq, and sf-zmtp NULL vs CURVE, same frames, same run",
     )
     .columns("sf-zmtp", "baseline", "new/base");
     // Single runs move by up to 1.5x on this kind of VM: each case runs several times, the
@@ -837,6 +905,9 @@ pub fn run(config: &Config) -> PatternReport {
     p.note(format!(
         "sf-zmtp and zeromq run the same loops, both ends in one multi-thread tokio runtime (rows `ends on own threads`, diagnostic: each end on its own thread and current-thread runtime, libzmq's layout); median run of {runs} per library, alternating"
     ));
+    p.note(
+        "`vs sf-zmtp CURVE` rows: the sf-column is sf-zmtp NULL, the baseline the same loops with every connection under CURVE (no target; new/base above 1 is what CURVE costs); libzmq has no CURVE row: the zmq crate builds libzmq without libsodium, hence without CURVE",
+    );
     match libzmq_version() {
         Some(v) => p.note(format!(
             "libzmq {v} through the zmq crate: each end on its own thread, one context (1 I/O thread), default options but the PUB's send high-water mark"
