@@ -87,7 +87,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                         json!({"200": {"description": "Success",
                             "content": {"application/json": {"schema": envelope_of(data)}}}})
                     };
-                    add_errors(&mut op, true, protected);
+                    add_errors(&mut op, true, protected, e.handler.stream);
                     op
                 }
                 Target::Bus(r) => {
@@ -121,7 +121,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                     } else {
                         json!({"200": {"description": "The reply's return_args in data", "content": {"application/json": {"schema": envelope_of(ret)}}}})
                     };
-                    add_errors(&mut op, true, protected);
+                    add_errors(&mut op, true, protected, false);
                     for (code, what) in [
                         (
                             "502",
@@ -145,7 +145,9 @@ pub(crate) fn document(reg: &Registry) -> Value {
                     if let Some(a) = &s.args_schema {
                         op["x-message-schema"] = hoist_root(a.clone(), &mut extra_schemas);
                     }
-                    add_errors(&mut op, false, protected);
+                    add_errors(&mut op, false, protected, true);
+                    op["responses"]["502"] = json!({"description": "The publisher cannot be subscribed to",
+                        "content": {"text/event-stream": {"schema": event_schema()}}});
                     op
                 }
                 Target::BusState(s) => {
@@ -160,7 +162,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                                 "required": ["state", "current_num"],
                                 "properties": {"state": {"type": "object"}, "current_num": {"type": "integer"}}}))}}}},
                     });
-                    add_errors(&mut op, false, protected);
+                    add_errors(&mut op, false, protected, false);
                     op
                 }
                 // Upstream routes are added to the served document as they are read.
@@ -182,9 +184,17 @@ pub(crate) fn document(reg: &Registry) -> Value {
     }
     paths.insert(
         "/version".into(),
-        json!({"get": {"tags": ["system"], "summary": "Versions", "operationId": "version",
+        json!({"get": {"tags": ["system"], "summary": "The bridge's version, as FrameX answers it", "operationId": "version",
+            "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "string",
+                "examples": [env!("CARGO_PKG_VERSION")]}}}}}}}),
+    );
+    paths.insert(
+        crate::server::VERSION_DETAILS_PATH.into(),
+        json!({"get": {"tags": ["system"], "summary": "Versions in detail", "operationId": "version_details",
             "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object",
-                "properties": {"name": {"type": "string"}, "version": {"type": "string"}}}}}}}}}),
+                "required": ["name", "version"],
+                "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                    "framex_surface": {"type": "string"}, "service_framework": {"type": "string"}}}}}}}}}),
     );
 
     let mut schemas = gen.take_definitions(true);
@@ -293,30 +303,40 @@ fn envelope_of(data: Value) -> Value {
             "timestamp": {"type": "string", "description": "UTC, YYYY-MM-DD HH:MM:SS (with +00:00 when server.timestamp_offset is set)"}, "data": data}})
 }
 
-/// An event stream: the body is text; `x-events` describes each event it carries (OpenAPI
-/// 3.1 has no item schema for streams), so a checker of the body is not handed an event
-/// schema for the whole text.
-fn stream_responses() -> Value {
-    json!({"200": {"description": "Server-sent events, `event: <type>\\ndata: <json>\\n\\n`: `message_chunk` (a string chunk is {\"content\": ...}), then `finish` ({}); a failure midway is an `error` event ({\"status\", \"message\"}) that ends the stream",
-    "content": {"text/event-stream": {
-        "schema": {"type": "string", "description": "The event stream's text"},
-        "x-events": {"type": "object", "required": ["event", "data"], "properties": {
-            "event": {"type": "string", "enum": ["message_chunk", "finish", "error", "debug"]},
-            "data": {"oneOf": [
-                {"type": "object", "description": "message_chunk: a chunk; strings travel as {\"content\": ...}"},
-                {"type": "object", "description": "finish: {}", "maxProperties": 0},
-                {"type": "object", "description": "error", "required": ["status", "message"],
-                    "properties": {"status": {"type": "integer"}, "message": {"type": "string"}}},
-            ]},
-        }},
-    }}}})
+/// One server-sent event as stream checkers read it: the `event` name and the `data` line's
+/// text (JSON).
+fn event_schema() -> Value {
+    json!({"type": "object", "required": ["data"], "properties": {
+        "event": {"type": "string", "enum": ["message_chunk", "finish", "error", "debug"]},
+        "data": {"type": "string", "contentMediaType": "application/json",
+            "description": "message_chunk: the chunk (a string as {\"content\": ...}); finish: {}; error: {\"status\", \"message\"}"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    }})
 }
 
-fn add_errors(op: &mut Value, validates: bool, protected: bool) {
-    let err = |d: &str| json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}});
+/// An event stream's 200: its schema describes each event.
+fn stream_responses() -> Value {
+    json!({"200": {"description": "Server-sent events, `event: <type>` and `data: <json>`: `message_chunk` (a string chunk is {\"content\": ...}), then `finish` ({}); a failure midway is an `error` event ({\"status\", \"message\"}) that ends the stream",
+        "content": {"text/event-stream": {"schema": event_schema()}}}})
+}
+
+/// Errors a route answers; a stream route answers them as one `error` event.
+fn add_errors(op: &mut Value, validates: bool, protected: bool, stream: bool) {
+    let err = |d: &str| {
+        if stream {
+            json!({"description": d, "content": {"text/event-stream": {"schema": event_schema()}}})
+        } else {
+            json!({"description": d, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}})
+        }
+    };
     if validates {
-        op["responses"]["422"] = json!({"description": "Validation error",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ValidationErrorEnvelope"}}}});
+        op["responses"]["422"] = if stream {
+            err("Validation error: one `error` event with `detail`")
+        } else {
+            json!({"description": "Validation error",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ValidationErrorEnvelope"}}}})
+        };
     }
     if protected {
         op["responses"]["401"] = err("Missing or invalid API key");
