@@ -251,6 +251,9 @@ pub(crate) struct Proxy {
     retry_max: Duration,
     state: RwLock<State>,
     stop: CancellationToken,
+    /// The local routes (template, method): an upstream route of the same path and method
+    /// is not published, however a request spells the path.
+    local: RwLock<BTreeSet<(String, Method)>>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -356,12 +359,14 @@ impl Proxy {
             retry_max,
             state: RwLock::new(State::default()),
             stop: CancellationToken::new(),
+            local: RwLock::new(BTreeSet::new()),
         }))
     }
 
     /// Starts reading every upstream's document in the background, until it is read or the
-    /// proxy is stopped or dropped.
-    pub fn spawn_loaders(self: &Arc<Self>) {
+    /// proxy is stopped or dropped. `local` are the bridge's own routes, which win.
+    pub fn spawn_loaders(self: &Arc<Self>, local: BTreeSet<(String, Method)>) {
+        *self.local.write().unwrap_or_else(|e| e.into_inner()) = local;
         for up in &self.upstreams {
             let weak = Arc::downgrade(self);
             let up = up.clone();
@@ -411,6 +416,7 @@ impl Proxy {
     }
 
     fn install(&self, up: &Arc<Upstream>, doc: &Value) {
+        let local = self.local.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         let tag = format!("proxy({})", up.base);
         let mut added = 0;
@@ -423,6 +429,10 @@ impl Proxy {
                     let Some(op) = item.get(*m) else { continue };
                     let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
                         .expect("a standard method");
+                    if local.contains(&(path.clone(), method.clone())) {
+                        tracing::warn!(upstream = %up.name, %path, %method, "a local route takes precedence over the upstream's");
+                        continue;
+                    }
                     let segments = template_segments(path);
                     if st
                         .routes
@@ -443,6 +453,9 @@ impl Proxy {
                     if shown.get("responses").is_none() {
                         shown["responses"] =
                             json!({"default": {"description": "The upstream's answer"}});
+                    }
+                    if any_rule(&self.wrap, path) && !any_rule(&self.force_stream, path) {
+                        wrap_documented(&mut shown);
                     }
                     st.paths
                         .entry(path.clone())
@@ -833,6 +846,29 @@ async fn load_upstream(weak: Weak<Proxy>, up: Arc<Upstream>) {
             _ = tokio::time::sleep(pause) => {}
         }
         pause = (pause * 2).min(max);
+    }
+}
+
+/// A `wrap_apis` operation's 2xx JSON answers are documented inside the envelope.
+fn wrap_documented(op: &mut Value) {
+    let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (code, r) in responses.iter_mut() {
+        if !code.starts_with('2') {
+            continue;
+        }
+        if let Some(content) = r.get_mut("content").and_then(Value::as_object_mut) {
+            for (ct, media) in content.iter_mut() {
+                if ct.contains("json") {
+                    let data = media.get("schema").cloned().unwrap_or(json!({}));
+                    media["schema"] = json!({"type": "object",
+                        "required": ["status", "message", "timestamp", "data"],
+                        "properties": {"status": {"type": "integer"}, "message": {"type": "string"},
+                            "timestamp": {"type": "string"}, "data": data}});
+                }
+            }
+        }
     }
 }
 

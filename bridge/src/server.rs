@@ -159,7 +159,12 @@ impl Bridge {
         let router = router(registry.clone(), openapi.clone());
         // Upstreams are read in the background: everything else is served meanwhile.
         if let Some(p) = &proxy {
-            p.spawn_loaders();
+            let local = registry
+                .http
+                .iter()
+                .flat_map(|(path, routes)| routes.iter().map(|(m, _)| (path.clone(), m.clone())))
+                .collect();
+            p.spawn_loaders(local);
         }
         Ok(App {
             registry,

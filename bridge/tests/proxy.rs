@@ -265,9 +265,11 @@ async fn answers_pass_through_raw_unless_a_route_is_wrapped() {
     // An upstream envelope is not wrapped twice, and its data keeps its order.
     let (_, body) = text(&format!("{u}/api/v1/framex")).await;
     assert!(body.ends_with(r#""data":{"v":1,"a":0}}"#), "{body}");
-    // Local routes are untouched.
+    // Local routes win, however the path is spelled (the upstream also has /api/v1/echo).
     let (_, v) = get(&format!("{u}/api/v1/echo?message=local")).await;
     assert_eq!(data_of(200, &v), "local");
+    assert_eq!(get(&format!("{u}/api/v1/%65cho?message=x")).await.0, 404);
+    assert!(!up.hits().await.iter().any(|h| h.contains("echo")));
     // call_plugin_api reaches proxied routes, path parameters from the kwargs, and refuses
     // a relative segment there too.
     let (st, v) = get(&format!("{u}/api/v1/via")).await;
@@ -283,6 +285,14 @@ async fn answers_pass_through_raw_unless_a_route_is_wrapped() {
     let op = &doc["paths"]["/api/v1/items/{item_id}"]["get"];
     assert_eq!(op["tags"], json!([format!("proxy({})", up.url())]), "{op}");
     assert!(doc["components"]["schemas"].get("Item").is_some());
+    // A wrapped route is documented inside the envelope.
+    let wrapped = &doc["paths"]["/api/v1/files/{name}"]["get"]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    assert_eq!(
+        wrapped["required"],
+        json!(["status", "message", "timestamp", "data"]),
+        "{wrapped}"
+    );
     assert!(doc["paths"].get("/control/hits").is_none());
     assert!(doc["tags"]
         .as_array()

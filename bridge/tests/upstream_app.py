@@ -158,3 +158,9 @@ async def ndjson(key: str = "ndjson"):
         yield json.dumps({"n": 2}) + "\n"
         yield json.dumps({"n": 3}) + "\n"
     return StreamingResponse(gen(), media_type="application/x-ndjson")
+
+
+@app.get("/api/v1/echo")
+async def shadowed(message: str = ""):
+    # The bridge's echo plugin serves this path: this one must never be reached.
+    return {"upstream echo": message}
