@@ -596,3 +596,43 @@ async fn a_directory_authorizer_picks_up_a_new_certificate() {
     );
     py.close().await;
 }
+
+#[tokio::test]
+async fn heartbeats_travel_boxed_both_ways() {
+    // Both ends ping every 50 ms and drop a peer silent for 300 ms: over 1.5 s the connection
+    // lives only if PING and PONG open on both sides (they travel inside MESSAGE boxes).
+    let dir = tempfile::tempdir().unwrap();
+    let keys = rust_keys(dir.path());
+    let hb = sf_zmtp::Heartbeat {
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(300),
+        ttl: Duration::from_millis(300),
+    };
+    let router = RouterSocket::with_options(
+        opts(Security::curve_server(
+            keys.server.secret.clone(),
+            Authorizer::allow_list([keys.client.public]),
+        ))
+        .heartbeat(Some(hb)),
+    );
+    let ep = router.bind("tcp://127.0.0.1:0").await.unwrap();
+    let mut router = router;
+    let mut py = py_client_from_our_certs("DEALER", dir.path(), "client").await;
+    py.opt("HEARTBEAT_IVL", 50).await;
+    py.opt("HEARTBEAT_TIMEOUT", 300).await;
+    py.monitor().await;
+    py.connect(&ep).await;
+    assert!(py.wait_event("handshake_ok", 1, 5000).await);
+    assert!(
+        !py.wait_event("disconnected", 1, 1500).await,
+        "libzmq dropped the connection: our PONGs or PINGs did not open"
+    );
+    let st = router.stats();
+    assert_eq!((st.heartbeat_timeouts, st.disconnects), (0, 0), "{st:?}");
+    py.send(&[b"", b"alive"]).await;
+    assert_eq!(
+        echo_once(&mut router).await.last().unwrap().as_ref(),
+        b"alive"
+    );
+    py.close().await;
+}
