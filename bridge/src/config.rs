@@ -88,6 +88,8 @@ impl Default for ServerSettings {
 pub struct AuthSettings {
     /// Exact path or `prefix/*` -> the keys accepted in `Authorization`.
     pub rules: BTreeMap<String, Vec<String>>,
+    /// An OAuth 2.0 login in front of `/docs`, `/redoc` and the OpenAPI document.
+    pub oauth: Option<crate::oauth::OauthSettings>,
 }
 
 /// `[bus]`.

@@ -18,6 +18,7 @@
 //!   [`PluginCtx::call_plugin_api`].
 //! - [`envelope`] - the JSON envelope and server-sent events.
 //! - [`auth`] - `auth.rules`.
+//! - [`oauth`] - `auth.oauth`, the login in front of the docs pages.
 //! - [`config`] - settings from config.toml, config.json, .env, the environment and the CLI.
 //! - [`bus`] - replyers as routes, publisher topics as event streams.
 //! - [`proxy`] - routes forwarded to upstream OpenAPI services.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod echo;
 pub mod envelope;
 pub mod error;
+pub mod oauth;
 pub mod openapi;
 pub mod plugin;
 pub mod proxy;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::envelope::{self, EventType, StreamEvent};
 use crate::error::{ApiError, Error, Result};
+use crate::oauth::OAuth;
 use crate::plugin::{self, Output, Plugin};
 use crate::proxy::Proxy;
 use crate::registry::{PluginCtx, Registry, Target};
@@ -156,7 +157,21 @@ impl Bridge {
                 })?;
             }
         }
-        let router = router(registry.clone(), openapi.clone());
+        let oauth = match &registry.settings.auth.oauth {
+            Some(o) => {
+                let o = OAuth::new(o)?;
+                for path in [o.callback_path.as_str(), crate::oauth::LOGOUT_PATH] {
+                    if registry.http.contains_key(path) {
+                        return Err(Error::Config(format!(
+                            "auth.oauth: {path} is both a route and the login's"
+                        )));
+                    }
+                }
+                Some(Arc::new(o))
+            }
+            None => None,
+        };
+        let router = router(registry.clone(), openapi.clone(), oauth);
         // Upstreams are read in the background: everything else is served meanwhile.
         if let Some(p) = &proxy {
             let local = registry
@@ -298,7 +313,7 @@ impl Drop for RunningBridge {
     }
 }
 
-fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
+fn router(reg: Arc<Registry>, openapi: Arc<Value>, oauth: Option<Arc<OAuth>>) -> Router {
     let mut api = Router::new();
     for (path, routes) in &reg.http {
         let mut mr: MethodRouter<()> = MethodRouter::new();
@@ -369,7 +384,7 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
     let fallback_reg = reg.clone();
     let doc_reg = reg.clone();
     let offset = reg.settings.server.timestamp_offset;
-    Router::new()
+    let app = Router::new()
         .route(
             "/health",
             get(move || {
@@ -441,7 +456,48 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>) -> Router {
         })
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             envelope::TIMESTAMP_OFFSET.scope(offset, next.run(req))
-        }))
+        }));
+    match oauth {
+        Some(o) => with_login(app, o),
+        None => app,
+    }
+}
+
+/// `auth.oauth`: the callback, `/logout`, and the guard in front of the docs pages.
+fn with_login(app: Router, o: Arc<OAuth>) -> Router {
+    let (cb, out, guard) = (o.clone(), o.clone(), o);
+    app.route(
+        &cb.callback_path.clone(),
+        get(move |req: Request| {
+            let o = cb.clone();
+            let query = req.uri().query().map(str::to_owned);
+            let headers = req.headers().clone();
+            async move { o.callback(query, headers).await }
+        }),
+    )
+    .route(
+        crate::oauth::LOGOUT_PATH,
+        get({
+            let o = out.clone();
+            move || {
+                let o = o.clone();
+                async move { o.logout() }
+            }
+        })
+        .post(move || {
+            let o = out.clone();
+            async move { o.logout() }
+        }),
+    )
+    .layer(middleware::from_fn(move |req: Request, next: Next| {
+        let o = guard.clone();
+        async move {
+            match o.guard(&req) {
+                Some(r) => r,
+                None => next.run(req).await,
+            }
+        }
+    }))
 }
 
 /// The footer logo ReDoc would fetch from its vendor's CDN.
