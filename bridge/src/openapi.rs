@@ -281,7 +281,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
 /// FastAPI's generated id for FrameX's handler: `route_handler` and the path with every
 /// non-word character as `_`, then the method (`route_handler_api_v1_echo_get`), so a client
 /// generated from FrameX's document keeps its method names.
-fn operation_id(path: &str, method: &Method) -> String {
+pub(crate) fn operation_id(path: &str, method: &Method) -> String {
     let mut s: String = format!("route_handler{path}")
         .chars()
         .map(|c| {

@@ -442,14 +442,14 @@ impl Proxy {
                         tracing::warn!(upstream = %up.name, %path, %method, "another upstream already serves this route; skipped");
                         continue;
                     }
+                    // As FrameX shows a proxied operation: its `proxy(<url>)` tag and the
+                    // operationId of its own handler; the upstream's id is kept beside it.
                     let mut shown = op.clone();
-                    if shown
-                        .get("tags")
-                        .and_then(Value::as_array)
-                        .is_none_or(|t| t.is_empty())
-                    {
-                        shown["tags"] = json!([tag.clone()]);
+                    shown["tags"] = json!([tag.clone()]);
+                    if let Some(id) = op.get("operationId").cloned() {
+                        shown["x-upstream-operation-id"] = id;
                     }
+                    shown["operationId"] = json!(crate::openapi::operation_id(path, &method));
                     if shown.get("responses").is_none() {
                         shown["responses"] =
                             json!({"default": {"description": "The upstream's answer"}});

@@ -284,6 +284,14 @@ async fn answers_pass_through_raw_unless_a_route_is_wrapped() {
     let (_, doc) = get(&format!("{u}/api/v1/openapi.json")).await;
     let op = &doc["paths"]["/api/v1/items/{item_id}"]["get"];
     assert_eq!(op["tags"], json!([format!("proxy({})", up.url())]), "{op}");
+    assert_eq!(
+        op["operationId"],
+        "route_handler_api_v1_items__item_id__get"
+    );
+    assert_eq!(
+        op["x-upstream-operation-id"],
+        "item_api_v1_items__item_id__get"
+    );
     assert!(doc["components"]["schemas"].get("Item").is_some());
     // A wrapped route is documented inside the envelope.
     let wrapped = &doc["paths"]["/api/v1/files/{name}"]["get"]["responses"]["200"]["content"]
