@@ -40,7 +40,7 @@ pub use handler::{typed, Outcome, RawHandler, RequestMeta};
 pub use pipeline::{PipelineOptions, Puller, Pusher};
 pub use proxy::BusProxy;
 pub use publisher::{CreditOptions, Publisher, PublisherOptions};
-pub use replyer::{Replyer, ReplyerOptions};
+pub use replyer::{Drained, Replyer, ReplyerOptions};
 pub use requester::{Requester, RequesterOptions};
 pub use stats::{Counter, Stats};
 pub use subscriber::{Delivery, Subscriber, SubscriberOptions};

@@ -38,6 +38,9 @@ pub struct ReplyerOptions {
     /// How long replies queued at shutdown are given to leave the socket (default 1 s; the
     /// close returns as soon as they are out).
     pub linger: Duration,
+    /// Begins the shutdown when cancelled (as [`Replyer::begin_shutdown`] does): a service
+    /// passes its one stop token, so every replyer stops taking work at the same moment.
+    pub stop: Option<CancellationToken>,
 }
 
 impl Default for ReplyerOptions {
@@ -47,6 +50,7 @@ impl Default for ReplyerOptions {
             max_concurrency: 1024,
             drain_timeout: Duration::from_secs(5),
             linger: Duration::from_secs(1),
+            stop: None,
         }
     }
 }
@@ -74,7 +78,10 @@ impl Replyer {
             .await
             .map_err(|e| Error::Socket(format!("cannot bind replyer to {endpoint}: {e}")))?;
         let stats = Arc::new(Stats::default());
-        let stop = CancellationToken::new();
+        let stop = options
+            .stop
+            .as_ref()
+            .map_or_else(CancellationToken::new, CancellationToken::child_token);
         let done = tokio::spawn(serve(socket, handler, options, stats.clone(), stop.clone()));
         tracing::debug!(%endpoint, "replyer bound");
         Ok(Replyer {
@@ -95,11 +102,43 @@ impl Replyer {
         &self.stats
     }
 
-    /// Stops taking requests, lets in-flight handlers finish within the drain timeout, sends
-    /// their replies, then closes the socket.
-    pub async fn shutdown(self) {
+    /// Starts the stop without waiting for it: from now on new requests are answered
+    /// `unavailable` (the service is stopping) while in-flight handlers drain. A service with
+    /// several replyers begins all of them at once, so they drain under one deadline.
+    pub fn begin_shutdown(&self) {
         self.stop.cancel();
+    }
+
+    /// Stops taking work, lets in-flight handlers finish within the drain timeout, sends
+    /// their replies, then closes the socket. Requests arriving meanwhile, and handlers still
+    /// running at the deadline, are answered `unavailable`; [`Drained`] counts them.
+    pub async fn shutdown(self) -> Drained {
+        self.stop.cancel();
+        let before = (
+            self.stats.get(Counter::Refused),
+            self.stats.get(Counter::Abandoned),
+        );
         let _ = self.done.await;
+        Drained {
+            refused: self.stats.get(Counter::Refused) - before.0,
+            abandoned: self.stats.get(Counter::Abandoned) - before.1,
+        }
+    }
+}
+
+/// What a replyer's stop left undone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Requests that arrived while stopping (answered `unavailable`).
+    pub refused: u64,
+    /// Handlers still running at the drain deadline (answered `unavailable`).
+    pub abandoned: u64,
+}
+
+impl Drained {
+    /// True if every request taken before the stop was answered by its handler.
+    pub fn is_complete(&self) -> bool {
+        self.abandoned == 0
     }
 }
 
@@ -191,7 +230,11 @@ async fn serve(
         }
         let permit = tokio::select! {
             biased;
-            _ = &mut stopped => break,
+            _ = &mut stopped => {
+                stats.bump(Counter::Refused);
+                send_reply(&tx, unavailable(routing, "the service is stopping"));
+                break;
+            }
             p = slots.clone().acquire_owned() => p.expect("semaphore is never closed"),
         };
         let reply_tx = reply_tx.clone();
@@ -199,11 +242,14 @@ async fn serve(
         let abandon = abandon.clone();
         owed += 1;
         tracker.spawn(async move {
-            let outcome = tokio::select! {
-                o = run => o,
-                _ = abandon.cancelled() => return,
+            let reply = tokio::select! {
+                o = run => finish(o, &stats, routing),
+                _ = abandon.cancelled() => {
+                    stats.bump(Counter::Abandoned);
+                    unavailable(routing, "the service stopped before this request finished")
+                }
             };
-            let _ = reply_tx.send(finish(outcome, &stats, routing));
+            let _ = reply_tx.send(reply);
             drop(permit);
         });
     }
@@ -215,6 +261,8 @@ async fn serve(
     tokio::pin!(drained);
     let deadline = tokio::time::sleep(options.drain_timeout);
     tokio::pin!(deadline);
+    let mut refused = 0u64;
+    let mut inbox_open = true;
     loop {
         tokio::select! {
             biased;
@@ -227,19 +275,47 @@ async fn serve(
             _ = &mut deadline => {
                 tracing::warn!(
                     in_flight = tracker.len(),
-                    "replyer drain deadline passed; abandoning in-flight requests"
+                    "replyer drain deadline passed; answering in-flight requests `unavailable`"
                 );
                 break;
             }
+            // Work that arrives while stopping gets an answer, not silence.
+            m = rx.recv(), if inbox_open => match m {
+                Ok(msg) => {
+                    if let Some((routing, _)) = split_routing(msg) {
+                        stats.bump(Counter::Refused);
+                        refused += 1;
+                        send_reply(&tx, unavailable(routing, "the service is stopping"));
+                    }
+                }
+                Err(_) => inbox_open = false,
+            },
         }
     }
     abandon.cancel();
+    // Abandoned handlers answer at once (their futures are dropped): wait for those replies.
+    let _ = tokio::time::timeout(Duration::from_millis(200), tracker.wait()).await;
     while let Ok(reply) = reply_rx.try_recv() {
         send_reply(&tx, reply);
+    }
+    if refused > 0 {
+        tracing::warn!(
+            refused,
+            "requests arrived while stopping: answered `unavailable`"
+        );
     }
     // Returns once the replies are out, or after the linger.
     drop(rx);
     tx.close().await;
+}
+
+/// An `unavailable` reply to the request routed by `routing`.
+fn unavailable(routing: Vec<Bytes>, why: &str) -> Message {
+    let outcome = Outcome::err(
+        WorkflowId::None,
+        WireError::new(ErrorCode::Unavailable, why),
+    );
+    with_routing(routing, outcome.frame)
 }
 
 fn send_reply(tx: &RouterSender, reply: Message) {

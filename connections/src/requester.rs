@@ -26,7 +26,7 @@ use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::stats::{Counter, Stats};
 use crate::util::IdMap;
-use crate::wire::{self, Reply, Request, WorkflowId};
+use crate::wire::{self, ErrorCode, Reply, Request, WireError, WorkflowId};
 
 /// Tuning for a [`Requester`].
 #[derive(Debug, Clone)]
@@ -285,6 +285,15 @@ impl Requester {
                             limit: inner.options.max_message_bytes,
                         });
                     }
+                    // A replyer that is stopping answers `unavailable`: with retries left,
+                    // try again (a successor, or another replica, may take it).
+                    if attempt + 1 < attempts && is_stopping_reply(&reply) {
+                        last = match wire::decode::<Reply<serde::de::IgnoredAny>>(&reply) {
+                            Ok(Reply { error: Some(e), .. }) => Error::Remote(e),
+                            _ => Error::Closed,
+                        };
+                        continue;
+                    }
                     return Ok(reply);
                 }
                 Ok(Err(e)) => last = e,
@@ -293,6 +302,24 @@ impl Requester {
         }
         Err(last)
     }
+}
+
+/// True for a small reply whose error is `unavailable` (checked by bytes first: a successful
+/// reply is never decoded twice).
+fn is_stopping_reply(reply: &[u8]) -> bool {
+    const CODE: &[u8] = b"unavailable";
+    reply.len() < 4096
+        && reply.windows(CODE.len()).any(|w| w == CODE)
+        && matches!(
+            wire::decode::<Reply<serde::de::IgnoredAny>>(reply),
+            Ok(Reply {
+                error: Some(WireError {
+                    code: ErrorCode::Unavailable,
+                    ..
+                }),
+                ..
+            })
+        )
 }
 
 /// Fails the requests that have waited their timeout, once per sweep period. Also clears

@@ -40,6 +40,8 @@ counters! {
     LateReplies => "late_replies": "Replies that arrived after their request gave up.",
     Dropped => "dropped": "Messages dropped locally (no peer yet, queue closed).",
     CreditWaits => "credit_waits": "Times a publisher waited for subscriber credit.",
+    Refused => "refused": "Requests answered `unavailable` because the service was stopping.",
+    Abandoned => "abandoned": "Handlers still running at the drain deadline (answered `unavailable`).",
 }
 
 /// The counters of one connection.

@@ -156,15 +156,19 @@ async fn recovers_after_restart() {
     .await;
     assert_eq!(port_of(second.endpoint()), port);
 
-    // The request in flight without retries fails promptly (not a hang, not its timeout).
+    // The request in flight without retries fails promptly (not a hang, not its timeout),
+    // with the stopping replyer's own answer.
     let (result, took) = tokio::time::timeout(Duration::from_secs(5), in_flight_plain)
         .await
         .unwrap()
         .unwrap();
     match result {
-        Err(Error::Socket(msg)) => assert!(msg.contains("went away"), "{msg}"),
+        Err(Error::Remote(w)) => {
+            assert_eq!(w.code, sf_connections::ErrorCode::Unavailable, "{w:?}");
+            assert!(w.message.contains("stopped before"), "{w:?}");
+        }
         other => {
-            panic!("expected the in-flight request to fail with a socket error, got {other:?}")
+            panic!("expected the in-flight request to be answered unavailable, got {other:?}")
         }
     }
     assert!(

@@ -333,6 +333,7 @@ pub fn fail(e: &Error) -> ExitCode {
     eprintln!("error: {e}");
     match e {
         Error::Config(_) | Error::Addresses(_) => ExitCode::from(2),
+        Error::DrainIncomplete(_) => ExitCode::from(3),
         _ => ExitCode::from(1),
     }
 }

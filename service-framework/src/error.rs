@@ -32,6 +32,10 @@ pub enum Error {
         /// Its error.
         error: ServiceError,
     },
+    /// The service stopped, but work was still running at the drain deadline (exit code 3):
+    /// what, and how much.
+    #[error("{0}")]
+    DrainIncomplete(String),
     /// Anything else (I/O, a runtime that could not start).
     #[error("{0}")]
     Other(String),

@@ -232,6 +232,8 @@ pub async fn run(
                 let mut opts = ReplyerOptions {
                     drain_timeout: options.drain_timeout,
                     linger: options.linger,
+                    // One stop for the whole service: every replyer stops taking work at once.
+                    stop: Some(stop_token.clone()),
                     ..Default::default()
                 };
                 if let Some(v) = m.creation_u64("max_message_bytes") {
@@ -302,13 +304,16 @@ pub async fn run(
     on_ready(&ready);
 
     // 7. init_function, then main or the service loop
-    let outcome = drive(&def, &options, &ctx, stop, &stop_token).await;
+    let mut incomplete = Vec::new();
+    let outcome = drive(&def, &options, &ctx, stop, &stop_token, &mut incomplete).await;
 
-    // 8. graceful stop
+    // 8. graceful stop: every inbound connection stopped taking work when the token was
+    // cancelled; they drain side by side under the one deadline.
     stop_token.cancel();
-    for r in replyers {
-        r.shutdown().await;
-    }
+    let drains: Vec<_> = replyers
+        .into_iter()
+        .map(|r| tokio::spawn(r.shutdown()))
+        .collect();
     tracker.close();
     if tokio::time::timeout(options.drain_timeout, tracker.wait())
         .await
@@ -318,6 +323,20 @@ pub async fn run(
             "in-flight messages did not finish within {:?}",
             options.drain_timeout
         );
+        incomplete.push(format!(
+            "{} message handler(s) still running at the deadline",
+            tracker.len()
+        ));
+    }
+    for d in drains {
+        if let Ok(d) = d.await {
+            if !d.is_complete() {
+                incomplete.push(format!(
+                    "{} request(s) still running at the deadline, answered `unavailable`",
+                    d.abandoned
+                ));
+            }
+        }
     }
     let mut flushes = Vec::new();
     for conn in shared.outbound.values() {
@@ -342,7 +361,14 @@ pub async fn run(
     }
     drop(built.ins);
     tracing::info!(service = %def.name, "stopped");
-    outcome
+    match outcome {
+        Ok(()) if !incomplete.is_empty() => Err(Error::DrainIncomplete(format!(
+            "stopped after the drain deadline of {:?}: {}",
+            options.drain_timeout,
+            incomplete.join("; ")
+        ))),
+        other => other,
+    }
 }
 
 async fn drive(
@@ -351,6 +377,7 @@ async fn drive(
     ctx: &Ctx,
     stop: impl Future<Output = StopReason> + Send,
     stop_token: &CancellationToken,
+    incomplete: &mut Vec<String>,
 ) -> Result<()> {
     tokio::pin!(stop);
     let stopped = async {
@@ -379,6 +406,7 @@ async fn drive(
                     Ok(r) => return r.map_err(|error| Error::Hook { hook: "main", error }),
                     Err(_) => {
                         tracing::warn!("main did not finish within {:?} of the stop; abandoning it", options.drain_timeout);
+                        incomplete.push("main still running at the deadline".into());
                         return Ok(());
                     }
                 }

@@ -473,11 +473,14 @@ impl Core {
                 Ok(id) => return Ok(id),
                 Err(m) => m,
             };
+            // Peers whose connection has ended (channel closed) are about to be unregistered,
+            // which notifies `changed`: waiting on them would spin.
             let senders: Vec<(PeerId, mpsc::Sender<Out>)> = {
                 let st = self.state();
                 st.order
                     .iter()
                     .filter_map(|id| st.peers.get(id).map(|p| (*id, p.tx.clone())))
+                    .filter(|(_, tx)| !tx.is_closed())
                     .collect()
             };
             if senders.is_empty() {
@@ -490,12 +493,17 @@ impl Core {
             let ids: Vec<PeerId> = senders.iter().map(|(id, _)| *id).collect();
             let room = select_all(senders.into_iter().map(|(_, s)| s.reserve_owned().boxed()));
             tokio::select! {
-                (permit, i, _) = room => {
-                    if let Ok(permit) = permit {
+                (permit, i, _) = room => match permit {
+                    Ok(permit) => {
                         permit.send(Out::Msg(msg));
                         return Ok(ids[i]);
                     }
-                }
+                    // That peer's connection ended meanwhile: wait for its removal.
+                    Err(_) => tokio::select! {
+                        _ = &mut changed => {}
+                        _ = self.stop.cancelled() => return Err(Error::Closed),
+                    },
+                },
                 _ = &mut changed => {}
                 _ = self.stop.cancelled() => return Err(Error::Closed),
             }
