@@ -186,7 +186,8 @@ pub fn main(plugins: Vec<Plugin>) -> ExitCode {
                 "builtin_plugins": ["echo", "proxy"],
                 "plugins": names,
                 "config": ["server.host", "server.port", "server.enable_proxy", "load_plugins",
-                    "load_builtin_plugins", "plugins.<name>", "auth.rules", "bus.routes", "bus.streams", "bus.auto_routes"],
+                    "load_builtin_plugins", "plugins.<name>", "auth.rules", "auth.oauth", "bus.routes", "bus.streams", "bus.states", "bus.auto_routes",
+                    "server.timestamp_offset", "server.strict_validation"],
             })
         );
         return ExitCode::SUCCESS;

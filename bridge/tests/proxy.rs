@@ -383,23 +383,23 @@ async fn timeouts_are_per_read_and_a_cut_stream_ends_with_an_error_event() {
     let s = proxy_settings(
         &[],
         &[],
-        json!({"proxy_urls": {up.url(): {"name": "streams"}}, "timeout": 1, "connect_timeout": 2}),
+        json!({"proxy_urls": {up.url(): {"name": "streams"}}, "timeout": 1.5, "connect_timeout": 2}),
     );
     let b = start(s, vec![]).await;
     wait_upstreams(&b).await;
     let u = b.url();
 
-    // A 2.4 s stream whose reads each wait 0.4 s is not cut by a 1 s timeout.
+    // A 2.4 s stream whose reads each wait 0.3 s is not cut by a 1.5 s timeout.
     let t = Instant::now();
-    let (st, body) = text(&format!("{u}/api/v1/sse?count=7&gap=0.4")).await;
+    let (st, body) = text(&format!("{u}/api/v1/sse?count=9&gap=0.3")).await;
     assert_eq!(st, 200);
     assert!(t.elapsed() >= Duration::from_millis(2400));
     let evs = events(&body);
-    assert_eq!(evs.len(), 8, "{body}");
+    assert_eq!(evs.len(), 10, "{body}");
     assert_eq!(evs.last().unwrap().0, "finish");
 
     // Nothing for longer than the timeout: 504 naming the upstream.
-    let (st, v) = get(&format!("{u}/api/v1/slow?seconds=3")).await;
+    let (st, v) = get(&format!("{u}/api/v1/slow?seconds=4")).await;
     assert_eq!(st, 504, "{v}");
     assert!(v["message"].as_str().unwrap().contains("streams"), "{v}");
 
