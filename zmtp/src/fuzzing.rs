@@ -429,7 +429,7 @@ fn curve_security(server: bool) -> Security {
 /// sends: its greeting and HELLO/INITIATE (to a server) or WELCOME/READY (to a client).
 ///
 /// Bit 7 set: the MESSAGE decoder of an established session (fixed keys, see
-/// [`crate::curve`]'s `test_pair`), under `LIMITS[bits 0-2]`: the rest is the stream of frames
+/// `curve::test_pair`), under `LIMITS[bits 0-2]`: the rest is the stream of frames
 /// off the wire. Every box that opens must respect the limits, and the frames opened, sealed
 /// again, must open to themselves.
 pub fn curve(data: &[u8]) {

@@ -636,3 +636,46 @@ async fn heartbeats_travel_boxed_both_ways() {
     );
     py.close().await;
 }
+
+#[tokio::test]
+async fn ours_to_ours_over_ipc_and_a_server_refusing_a_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let ep = format!("ipc://{}", dir.path().join("curve.sock").display());
+    let server = KeyPair::generate();
+    let client = KeyPair::generate();
+    let publisher = PubSocket::with_options(opts(Security::curve_server(
+        server.secret.clone(),
+        Authorizer::from_fn(move |k| *k == client.public),
+    )));
+    publisher.bind(&ep).await.unwrap();
+    let mut sub = SubSocket::with_options(opts(Security::curve_client(
+        server.public,
+        KeyPair::from_secret(client.secret.clone()),
+    )));
+    sub.subscribe(b"t").await;
+    sub.connect(&ep).unwrap();
+    publisher.wait_for_peers(1).await;
+    let mut got = None;
+    for _ in 0..RETRIES {
+        publisher.send(Message::from("t-1")).unwrap();
+        if let Ok(m) = timeout(Duration::from_millis(RETRY_WAIT_MS), sub.recv()).await {
+            got = Some(m.unwrap());
+            break;
+        }
+    }
+    assert_eq!(
+        got.expect("delivered over ipc").frames()[0].as_ref(),
+        b"t-1"
+    );
+
+    // Two servers: the connecting one says so in its greeting and is refused before HELLO.
+    let other = SubSocket::with_options(opts(Security::curve_server(
+        KeyPair::generate().secret,
+        Authorizer::allow_any(),
+    )));
+    let mut mon = publisher.monitor();
+    other.connect(&ep).unwrap();
+    let why = next_failure(&mut mon).await;
+    assert!(why.contains("both ends are CURVE servers"), "{why}");
+    assert!(publisher.stats().auth_failures >= 1);
+}
