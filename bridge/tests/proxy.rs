@@ -270,6 +270,9 @@ async fn answers_pass_through_raw_unless_a_route_is_wrapped() {
     assert_eq!(data_of(200, &v), "local");
     assert_eq!(get(&format!("{u}/api/v1/%65cho?message=x")).await.0, 404);
     assert!(!up.hits().await.iter().any(|h| h.contains("echo")));
+    // Another method on that path is the upstream's (the local route answers GET only).
+    let (st, v) = post(&format!("{u}/api/v1/echo"), &json!({"id": 4})).await;
+    assert_eq!((st, v), (200, json!({"posted": 4})));
     // call_plugin_api reaches proxied routes, path parameters from the kwargs, and refuses
     // a relative segment there too.
     let (st, v) = get(&format!("{u}/api/v1/via")).await;

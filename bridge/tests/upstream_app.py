@@ -164,3 +164,9 @@ async def ndjson(key: str = "ndjson"):
 async def shadowed(message: str = ""):
     # The bridge's echo plugin serves this path: this one must never be reached.
     return {"upstream echo": message}
+
+
+@app.post("/api/v1/echo")
+async def echo_post(item: Item):
+    # Another method on a path the bridge serves locally: this one is the upstream's.
+    return {"posted": item.id}
