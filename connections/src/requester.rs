@@ -245,12 +245,13 @@ impl Requester {
                 inner.socket.send_tracked(request_frame(id, body.clone())),
             )
             .await;
-            match sent {
+            let peer_used = match sent {
                 Ok(Ok(peer)) => {
                     inner.stats.bump(Counter::Sent);
                     if let Some(w) = inner.pending.lock().expect("pending lock").get_mut(&id) {
                         w.peer = Some(peer);
                     }
+                    peer
                 }
                 Ok(Err(e)) => {
                     inner.pending.lock().expect("pending lock").remove(&id);
@@ -275,7 +276,7 @@ impl Requester {
                     last = Error::Timeout(inner.options.timeout);
                     continue;
                 }
-            }
+            };
             // Bounded by the sweeper, which answers `Timeout` once the request is too old.
             match rx.await {
                 Ok(Ok(reply)) => {
@@ -288,6 +289,9 @@ impl Requester {
                     // A replyer that is stopping answers `unavailable`: with retries left,
                     // try again (a successor, or another replica, may take it).
                     if attempt + 1 < attempts && is_stopping_reply(&reply) {
+                        // Not to the same replyer again: it refuses work until it goes, and
+                        // its connection may close with the retry on it.
+                        inner.socket.retire(peer_used);
                         last = match wire::decode::<Reply<serde::de::IgnoredAny>>(&reply) {
                             Ok(Reply { error: Some(e), .. }) => Error::Remote(e),
                             _ => Error::Closed,

@@ -118,6 +118,9 @@ pub(crate) struct Peer {
     pub v31: bool,
     /// What this peer subscribed to (PUB, XPUB).
     pub subs: Subscriptions,
+    /// DEALER, PUSH: no longer given balanced sends (it said it is stopping); still read
+    /// from until it goes.
+    pub retired: bool,
 }
 
 #[derive(Default)]
@@ -219,6 +222,19 @@ impl Core {
         self.state().peers.len()
     }
 
+    /// Balanced sends skip `peer` from now on (DEALER, PUSH: the peer said it is stopping, so
+    /// new work must go elsewhere or wait for its successor). Replies from it still arrive.
+    /// Returns false when the peer is already gone.
+    pub(crate) fn retire(&self, peer: PeerId) -> bool {
+        match self.state().peers.get_mut(&peer) {
+            Some(p) => {
+                p.retired = true;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Adds a peer that finished its handshake.
     pub(crate) fn register(&self, info: &PeerInfo) -> Registration {
         let id = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
@@ -267,6 +283,7 @@ impl Core {
                 kick: kick.clone(),
                 v31,
                 subs: Subscriptions::default(),
+                retired: false,
             },
         );
         st.order.push(id);
@@ -436,6 +453,9 @@ impl Core {
             let idx = (st.rr + i) % n;
             let id = st.order[idx];
             let Some(p) = st.peers.get(&id) else { continue };
+            if p.retired {
+                continue;
+            }
             match p.tx.try_send(out) {
                 Ok(()) => {
                     st.rr = (idx + 1) % n;
@@ -479,7 +499,12 @@ impl Core {
                 let st = self.state();
                 st.order
                     .iter()
-                    .filter_map(|id| st.peers.get(id).map(|p| (*id, p.tx.clone())))
+                    .filter_map(|id| {
+                        st.peers
+                            .get(id)
+                            .filter(|p| !p.retired)
+                            .map(|p| (*id, p.tx.clone()))
+                    })
                     .filter(|(_, tx)| !tx.is_closed())
                     .collect()
             };

@@ -227,6 +227,13 @@ impl DealerSocket {
         send_balanced(&self.s.core, msg.into()).await
     }
 
+    /// Sends nothing more to `peer` (a replyer that answered it is stopping): later sends go
+    /// to the other peers, or wait for a new connection (its successor). Its replies still
+    /// arrive. False when it is already gone.
+    pub fn retire(&self, peer: PeerId) -> bool {
+        self.s.core.retire(peer)
+    }
+
     /// Splits into a cloneable send half and a receive half.
     pub fn split(self) -> (DealerSender, Receiver) {
         let Socket { core, inbox, guard } = self.s;
@@ -272,6 +279,11 @@ impl DealerSender {
     /// As [`DealerSocket::send_tracked`].
     pub async fn send_tracked(&self, msg: impl Into<Message>) -> Result<PeerId> {
         send_balanced(&self.core, msg.into()).await
+    }
+
+    /// As [`DealerSocket::retire`].
+    pub fn retire(&self, peer: PeerId) -> bool {
+        self.core.retire(peer)
     }
 
     /// Peers connected now.
