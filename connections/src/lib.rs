@@ -45,3 +45,8 @@ pub use requester::{Requester, RequesterOptions};
 pub use stats::{Counter, Stats};
 pub use subscriber::{Delivery, Subscriber, SubscriberOptions};
 pub use wire::{ErrorCode, WireError, WorkflowId};
+
+/// The transport's security: keys, certificates, the authorizer of client keys, and the
+/// [`Security`] every connection's options take.
+pub use sf_zmtp::security;
+pub use sf_zmtp::security::Security;

@@ -33,6 +33,9 @@ pub struct PipelineOptions {
     pub send_timeout: Duration,
     /// Frames larger than this are dropped and counted by the puller (default 16 MiB).
     pub max_message_bytes: usize,
+    /// NULL (the default: what Python 0.0.18 speaks) or CURVE, for every connection of the
+    /// socket; refused peers are counted in `auth_failures`.
+    pub security: sf_zmtp::Security,
 }
 
 impl Default for PipelineOptions {
@@ -41,6 +44,7 @@ impl Default for PipelineOptions {
             is_binder: false,
             send_timeout: Duration::from_secs(10),
             max_message_bytes: 16 << 20,
+            security: sf_zmtp::Security::Null,
         }
     }
 }
@@ -75,7 +79,9 @@ impl Drop for DropCancel {
 /// The transport's limit sits at twice the pipeline's, so an oversize message up to that is
 /// read, counted and dropped by the puller; a peer declaring more is cut on the header.
 fn transport_options(options: &PipelineOptions) -> SocketOptions {
-    SocketOptions::default().max_message_bytes(options.max_message_bytes.saturating_mul(2))
+    SocketOptions::default()
+        .max_message_bytes(options.max_message_bytes.saturating_mul(2))
+        .security(options.security.clone())
 }
 
 /// Binds or connects `address` on a fresh socket; returns the endpoint.
@@ -102,6 +108,12 @@ impl Pusher {
         let stop = CancellationToken::new();
         let stats = Arc::new(Stats::default());
         let socket = PushSocket::with_options(transport_options(&options));
+        crate::util::count_auth_failures(
+            &options.security,
+            || socket.monitor(),
+            stats.clone(),
+            stop.clone(),
+        );
         let endpoint = attach!(socket, address, options, stats, stop, "pusher");
         Ok(Pusher {
             socket: Arc::new(socket),
@@ -197,6 +209,12 @@ impl Puller {
         let stop = CancellationToken::new();
         let stats = Arc::new(Stats::default());
         let socket = PullSocket::with_options(transport_options(&options));
+        crate::util::count_auth_failures(
+            &options.security,
+            || socket.monitor(),
+            stats.clone(),
+            stop.clone(),
+        );
         let endpoint = attach!(socket, address, options, stats, stop, "puller");
         Ok(Puller {
             socket,

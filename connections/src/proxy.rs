@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use sf_zmtp::{SocketOptions, XPubSocket, XSubSocket};
+use sf_zmtp::{Security, SocketOptions, XPubSocket, XSubSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::address::Address;
@@ -31,20 +31,37 @@ impl BusProxy {
     /// Binds the side publishers connect to (`publishers`, XSUB) and the side subscribers
     /// connect to (`subscribers`, XPUB).
     pub async fn bind(publishers: &Address, subscribers: &Address) -> Result<BusProxy> {
-        let xsub = XSubSocket::new();
+        BusProxy::bind_secured(publishers, subscribers, Security::Null).await
+    }
+
+    /// As [`bind`](Self::bind), both sides speaking `security` (a CURVE server: publishers
+    /// and subscribers are its clients, and it authorizes their keys). Refused peers are
+    /// counted in `auth_failures`.
+    pub async fn bind_secured(
+        publishers: &Address,
+        subscribers: &Address,
+        security: Security,
+    ) -> Result<BusProxy> {
+        let stats = Arc::new(Stats::default());
+        let stop = CancellationToken::new();
+        let xsub = XSubSocket::with_options(SocketOptions::default().security(security.clone()));
+        crate::util::count_auth_failures(&security, || xsub.monitor(), stats.clone(), stop.clone());
         let ep = publishers.bind_endpoint()?;
         let publishers_endpoint = xsub
             .bind(&ep)
             .await
             .map_err(|e| Error::Socket(format!("cannot bind bus XSUB to {ep}: {e}")))?;
-        let xpub = XPubSocket::with_options(SocketOptions::default().send_hwm(SUBSCRIBER_QUEUE));
+        let xpub = XPubSocket::with_options(
+            SocketOptions::default()
+                .send_hwm(SUBSCRIBER_QUEUE)
+                .security(security.clone()),
+        );
+        crate::util::count_auth_failures(&security, || xpub.monitor(), stats.clone(), stop.clone());
         let ep = subscribers.bind_endpoint()?;
         let subscribers_endpoint = xpub
             .bind(&ep)
             .await
             .map_err(|e| Error::Socket(format!("cannot bind bus XPUB to {ep}: {e}")))?;
-        let stats = Arc::new(Stats::default());
-        let stop = CancellationToken::new();
         let done = tokio::spawn(forward(xsub, xpub, stats.clone(), stop.clone()));
         tracing::info!(%publishers_endpoint, %subscribers_endpoint, "bus proxy running");
         Ok(BusProxy {

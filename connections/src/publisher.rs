@@ -98,6 +98,9 @@ pub struct PublisherOptions {
     /// behind misses messages (counted in `dropped`, seen as `lost` by it). In credit mode
     /// the queue is at least the window.
     pub send_hwm: usize,
+    /// NULL (the default: what Python 0.0.18 speaks) or CURVE, for every connection of the
+    /// socket; refused peers are counted in `auth_failures`.
+    pub security: sf_zmtp::Security,
 }
 
 impl Default for PublisherOptions {
@@ -107,6 +110,7 @@ impl Default for PublisherOptions {
             is_x_pub: false,
             credit: None,
             send_hwm: 10_000,
+            security: sf_zmtp::Security::Null,
         }
     }
 }
@@ -163,10 +167,17 @@ impl Publisher {
         // Flushing at shutdown is bounded by `shutdown`'s own linger.
         let socket_options = SocketOptions::default()
             .send_hwm(hwm)
-            .linger(Duration::from_secs(30));
+            .linger(Duration::from_secs(30))
+            .security(options.security.clone());
         let (endpoint, task) = match &options.credit {
             Some(credit) => {
                 let socket = XPubSocket::with_options(socket_options);
+                crate::util::count_auth_failures(
+                    &options.security,
+                    || socket.monitor(),
+                    stats.clone(),
+                    stop.clone(),
+                );
                 let endpoint = attach!(socket, address, options.is_x_pub);
                 let credit = credit.clone();
                 let stop = stop.clone();
@@ -179,6 +190,14 @@ impl Publisher {
             }
             None => {
                 let socket = PubSocket::with_options(socket_options);
+                crate::util::count_auth_failures(
+                    &options.security,
+                    || socket.monitor(),
+                    stats.clone(),
+                    stop.clone(),
+                );
+                // Subscribers with a subscription in place, for `wait_for_subscribers`.
+                count_subscribers(socket.monitor(), subs_tx, stop.clone());
                 let endpoint = attach!(socket, address, options.is_x_pub);
                 if options.is_x_pub {
                     crate::util::count_reconnects(socket.monitor(), stats.clone(), stop.clone());
@@ -240,7 +259,8 @@ impl Publisher {
         self.inner.queue.send(body).await.map_err(|_| Error::Closed)
     }
 
-    /// In credit mode, waits until at least `n` subscribers are registered in the window.
+    /// Waits until at least `n` subscribers have a subscription in place (in credit mode:
+    /// are registered in the window), so a publish from then on reaches them.
     pub async fn wait_for_subscribers(&self, n: usize, timeout: Duration) -> Result<()> {
         let mut rx = self.inner.subscribers.clone();
         let waited = tokio::time::timeout(timeout, rx.wait_for(|&c| c >= n)).await;
@@ -249,6 +269,13 @@ impl Publisher {
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(Error::Timeout(timeout)),
         }
+    }
+
+    /// The number of subscribers with a subscription in place; `changed()` wakes on every
+    /// subscription and every departure (a state's out side answers newcomers with a
+    /// snapshot).
+    pub fn subscriber_changes(&self) -> watch::Receiver<usize> {
+        self.inner.subscribers.clone()
     }
 
     /// Sends everything queued and closes the socket, giving it up to `linger` to flush;
@@ -503,4 +530,34 @@ struct CreditSub {
     acked: u64,
     window: u64,
     heard: Instant,
+}
+
+/// Plain mode: counts peers with at least one subscription in place.
+fn count_subscribers(
+    mut events: mpsc::Receiver<sf_zmtp::Event>,
+    subs_tx: watch::Sender<usize>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut subscribed = std::collections::HashSet::new();
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = events.recv() => match ev {
+                    Some(ev) => ev,
+                    None => return,
+                },
+            };
+            match ev {
+                sf_zmtp::Event::Subscribed { peer, .. } => {
+                    subscribed.insert(peer);
+                }
+                sf_zmtp::Event::Disconnected { peer, .. } => {
+                    subscribed.remove(&peer);
+                }
+                _ => continue,
+            }
+            subs_tx.send_replace(subscribed.len());
+        }
+    });
 }

@@ -41,6 +41,9 @@ pub struct ReplyerOptions {
     /// Begins the shutdown when cancelled (as [`Replyer::begin_shutdown`] does): a service
     /// passes its one stop token, so every replyer stops taking work at the same moment.
     pub stop: Option<CancellationToken>,
+    /// NULL (the default: what Python 0.0.18 speaks) or CURVE, for every connection of the
+    /// socket; refused peers are counted in `auth_failures`.
+    pub security: sf_zmtp::Security,
 }
 
 impl Default for ReplyerOptions {
@@ -51,6 +54,7 @@ impl Default for ReplyerOptions {
             drain_timeout: Duration::from_secs(5),
             linger: Duration::from_secs(1),
             stop: None,
+            security: sf_zmtp::Security::Null,
         }
     }
 }
@@ -82,6 +86,12 @@ impl Replyer {
             .stop
             .as_ref()
             .map_or_else(CancellationToken::new, CancellationToken::child_token);
+        crate::util::count_auth_failures(
+            &options.security,
+            || socket.monitor(),
+            stats.clone(),
+            stop.clone(),
+        );
         let done = tokio::spawn(serve(socket, handler, options, stats.clone(), stop.clone()));
         tracing::debug!(%endpoint, "replyer bound");
         Ok(Replyer {
@@ -149,6 +159,7 @@ pub(crate) fn transport_options(options: &ReplyerOptions) -> SocketOptions {
     SocketOptions::default()
         .max_message_bytes(limit.saturating_mul(2).max(limit.saturating_add(64 << 10)))
         .linger(options.linger)
+        .security(options.security.clone())
 }
 
 async fn serve(

@@ -41,6 +41,9 @@ pub struct RequesterOptions {
     /// Requests queued on the connection, not yet written (default 10,000); more wait for
     /// room, bounded by their timeout.
     pub queue: usize,
+    /// NULL (the default: what Python 0.0.18 speaks) or CURVE, for every connection of the
+    /// socket; refused peers are counted in `auth_failures`.
+    pub security: sf_zmtp::Security,
 }
 
 impl Default for RequesterOptions {
@@ -50,6 +53,7 @@ impl Default for RequesterOptions {
             retries: 0,
             max_message_bytes: 16 << 20,
             queue: 10_000,
+            security: sf_zmtp::Security::Null,
         }
     }
 }
@@ -129,15 +133,26 @@ impl Requester {
         let socket = DealerSocket::with_options(
             SocketOptions::default()
                 .send_hwm(options.queue.max(1))
-                .max_message_bytes(options.max_message_bytes.saturating_mul(2)),
+                .max_message_bytes(options.max_message_bytes.saturating_mul(2))
+                .security(options.security.clone()),
         );
         socket.connect(&endpoint)?;
         let monitor = socket.monitor();
+        let auth_events =
+            (!matches!(options.security, sf_zmtp::Security::Null)).then(|| socket.monitor());
         let (tx, rx) = socket.split();
         let pending: Pending = Arc::default();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let idle = Arc::new(Idle::default());
+        if let Some(events) = auth_events {
+            crate::util::count_auth_failures(
+                &options.security,
+                || events,
+                stats.clone(),
+                stop.clone(),
+            );
+        }
         tokio::spawn(sweep(
             options.timeout,
             pending.clone(),

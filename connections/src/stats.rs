@@ -42,6 +42,7 @@ counters! {
     CreditWaits => "credit_waits": "Times a publisher waited for subscriber credit.",
     Refused => "refused": "Requests answered `unavailable` because the service was stopping.",
     Abandoned => "abandoned": "Handlers still running at the drain deadline (answered `unavailable`).",
+    AuthFailures => "auth_failures": "Peers refused by security (a failed CURVE handshake, a client key not authorized, a NULL peer on a CURVE socket).",
 }
 
 /// The counters of one connection.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::de::{DeserializeOwned, IgnoredAny};
 use sf_zmtp::{Message, SocketOptions, XSubSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::address::Address;
@@ -39,6 +39,9 @@ pub struct SubscriberOptions {
     pub max_message_bytes: usize,
     /// Messages buffered between the socket and the consumer (default 8192).
     pub buffer: usize,
+    /// NULL (the default: what Python 0.0.18 speaks) or CURVE, for every connection of the
+    /// socket; refused peers are counted in `auth_failures`.
+    pub security: sf_zmtp::Security,
 }
 
 impl Default for SubscriberOptions {
@@ -49,6 +52,7 @@ impl Default for SubscriberOptions {
             credit_window: None,
             max_message_bytes: 16 << 20,
             buffer: 8192,
+            security: sf_zmtp::Security::Null,
         }
     }
 }
@@ -85,6 +89,7 @@ pub struct Subscriber {
     rx: mpsc::Receiver<Delivery>,
     acks: Option<Acks>,
     stats: Arc<Stats>,
+    connections: watch::Receiver<u64>,
     stop: CancellationToken,
 }
 
@@ -106,7 +111,9 @@ impl Subscriber {
     /// Connects (or binds, with `is_binder`) to `address` and subscribes.
     pub async fn start(address: &Address, options: SubscriberOptions) -> Result<Subscriber> {
         let socket = XSubSocket::with_options(
-            SocketOptions::default().max_message_bytes(options.max_message_bytes.saturating_mul(2)),
+            SocketOptions::default()
+                .max_message_bytes(options.max_message_bytes.saturating_mul(2))
+                .security(options.security.clone()),
         );
         let endpoint = if options.is_binder {
             let ep = address.bind_endpoint()?;
@@ -129,6 +136,12 @@ impl Subscriber {
         let sub_id: u64 = rand::random();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
+        crate::util::count_auth_failures(
+            &options.security,
+            || socket.monitor(),
+            stats.clone(),
+            stop.clone(),
+        );
         let (tx, rx) = mpsc::channel(options.buffer.max(1));
         let (acks, ack_rx) = match options.credit_window {
             Some(window) => {
@@ -149,12 +162,15 @@ impl Subscriber {
             max: options.max_message_bytes,
             stats: stats.clone(),
         };
+        let (conn_tx, connections) = watch::channel(0u64);
+        count_connections(socket.monitor(), conn_tx, stop.clone());
         tokio::spawn(reader.run(socket, tx, ack_rx, sub_id, stop.clone()));
         Ok(Subscriber {
             endpoint,
             rx,
             acks,
             stats,
+            connections,
             stop,
         })
     }
@@ -167,6 +183,13 @@ impl Subscriber {
     /// True when a message is already waiting (the next [`Subscriber::next`] will not wait).
     pub fn has_pending(&self) -> bool {
         !self.rx.is_empty()
+    }
+
+    /// Connections established so far (outgoing, or accepted with `is_binder`), counted as
+    /// their handshakes finish: `changed()` wakes on each one, so a follower can ask for what
+    /// it missed while it was cut off (its subscription is re-sent on the new connection).
+    pub fn connections(&self) -> watch::Receiver<u64> {
+        self.connections.clone()
     }
 
     /// Live counters (`lost` counts sequence gaps from framework publishers).
@@ -206,6 +229,28 @@ impl Subscriber {
             Err(_) => Err(Error::Timeout(timeout)),
         }
     }
+}
+
+/// Counts finished handshakes into `tx`.
+fn count_connections(
+    mut events: mpsc::Receiver<sf_zmtp::Event>,
+    tx: watch::Sender<u64>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = events.recv() => match ev { Some(ev) => ev, None => return },
+            };
+            if matches!(
+                ev,
+                sf_zmtp::Event::Connected { .. } | sf_zmtp::Event::Accepted { .. }
+            ) {
+                tx.send_modify(|n| *n += 1);
+            }
+        }
+    });
 }
 
 fn credit_frame(c: &CreditMsg) -> Result<Message> {

@@ -32,6 +32,34 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// Counts the peers the transport refused for security (it logs each with its address and
+/// key, rate-limited): spawned only for CURVE sockets, so a NULL connection costs nothing.
+pub(crate) fn count_auth_failures(
+    security: &sf_zmtp::Security,
+    events: impl FnOnce() -> mpsc::Receiver<Event>,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+) {
+    if matches!(security, sf_zmtp::Security::Null) {
+        return;
+    }
+    let mut events = events();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = events.recv() => match ev {
+                    Some(Event::HandshakeFailed { reason, .. }) if reason.starts_with("security:") || reason.starts_with("the peer refused") => {
+                        stats.bump(Counter::AuthFailures);
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+            }
+        }
+    });
+}
+
 /// Counts the reconnections a connecting end makes (the transport makes them by itself).
 pub(crate) fn count_reconnects(
     mut events: mpsc::Receiver<Event>,

@@ -372,6 +372,18 @@ impl Core {
         if !matches!(self.kind, SocketType::Pub | SocketType::XPub) {
             return None;
         }
+        let out = self.subscription_locked(peer, subscribe, topic);
+        if subscribe {
+            // After the filter is in place: a message sent from now on reaches this peer.
+            self.emit(Event::Subscribed {
+                peer,
+                topic: Bytes::copy_from_slice(topic),
+            });
+        }
+        out
+    }
+
+    fn subscription_locked(&self, peer: PeerId, subscribe: bool, topic: &[u8]) -> Option<Message> {
         let mut st = self.state();
         let p = st.peers.get_mut(&peer)?;
         let changed = if subscribe {

@@ -32,6 +32,14 @@ pub enum Event {
         /// The endpoint connected to.
         endpoint: String,
     },
+    /// PUB, XPUB: a peer's subscription to `topic` is in place (messages sent from now on
+    /// that match reach it).
+    Subscribed {
+        /// Its id.
+        peer: PeerId,
+        /// The topic prefix.
+        topic: bytes::Bytes,
+    },
     /// A connection that had finished its handshake ended.
     Disconnected {
         /// Its id.
