@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sf_connections::stats::{Counter, Stats};
 use sf_connections::wire::WorkflowId;
+use sf_connections::Security;
 use sf_connections::{
     typed, Address, Delivery, Publisher, PublisherOptions, Replyer, ReplyerOptions, Requester,
     RequesterOptions, Subscriber, SubscriberOptions, WireError,
@@ -104,19 +105,58 @@ pub struct StateOptions {
     pub is_binder: bool,
     /// In side (delta): how long one snapshot request may take (default 2 s).
     pub resync_timeout: Option<Duration>,
-    /// Out side (delta): re-publish the state as a snapshot this often when it changed since
-    /// the last one (default 1 s; `Some(Duration::ZERO)` turns it off). Without it, a lost
-    /// final delta would go unnoticed until the next change.
+    /// Out side (delta): look this often whether the state changed since the last snapshot,
+    /// or a subscriber missed messages at its queue's limit, and if so re-publish the state as
+    /// a snapshot once the stream is quiet (default 1 s; `Some(Duration::ZERO)` turns it
+    /// off). Without it, a lost final delta would go unnoticed until the next change.
     pub snapshot_interval: Option<Duration>,
+    /// Out side: how long `start` waits after binding or connecting, as the original's
+    /// `wait_after_creation_s` (default 0.15 s), so subscribers already trying to connect
+    /// are in place before the first publish.
+    pub wait_after_creation: Option<Duration>,
+    /// Security of the state's sockets that bind: a CURVE server's (default NULL).
+    pub bind_security: Security,
+    /// Security of the state's sockets that connect: a CURVE client's (default NULL).
+    pub connect_security: Security,
 }
 
+/// The original's `wait_after_creation_s` default.
+pub const DEFAULT_WAIT_AFTER_CREATION: Duration = Duration::from_millis(150);
+
+/// How long the out side must have published nothing before it publishes an unsolicited
+/// snapshot (for a new subscriber, or the periodic one). A snapshot sent after a quiet spell
+/// holds the newest state, so a follower that applies every snapshot whatever its number
+/// (Python 0.0.18 does) can never be taken back by it: everything published before it is
+/// older, everything after it follows on from it.
+pub const QUIET_SPELL: Duration = Duration::from_millis(100);
+
 impl StateOptions {
+    /// Waits `wait_after_creation` (the out sides, after their sockets are up).
+    async fn wait_after_creation(&self) {
+        let wait = self
+            .wait_after_creation
+            .unwrap_or(DEFAULT_WAIT_AFTER_CREATION);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The security of a socket that binds (`true`) or connects.
+    fn security_of(&self, binds: bool) -> Security {
+        if binds {
+            self.bind_security.clone()
+        } else {
+            self.connect_security.clone()
+        }
+    }
+
     /// The out side's publisher settings.
     fn publisher(&self) -> PublisherOptions {
         PublisherOptions {
             topic: self.topic.clone(),
             is_x_pub: self.is_x_pub,
             credit: None,
+            security: self.security_of(!self.is_x_pub),
             ..Default::default()
         }
     }
@@ -126,6 +166,7 @@ impl StateOptions {
         SubscriberOptions {
             topic: self.topic.clone(),
             is_binder: self.is_binder,
+            security: self.security_of(self.is_binder),
             ..Default::default()
         }
     }
@@ -135,21 +176,54 @@ impl StateOptions {
 // Out sides
 // ---------------------------------------------------------------------------------------
 
-/// `full_update_out`: publishes the whole state on every change.
+/// `full_update_out`: publishes the whole state on every change, and again (after a quiet
+/// spell) when a subscriber arrives.
 #[derive(Debug, Clone)]
 pub struct FullUpdateOut {
     publisher: Publisher,
-    state: Arc<Mutex<StateMap>>,
+    /// The state, once set, and when it was last published.
+    state: Arc<Mutex<(Option<StateMap>, tokio::time::Instant)>>,
 }
 
 impl FullUpdateOut {
-    /// Binds (or connects, `is_x_pub`) the publisher.
+    /// Binds (or connects, `is_x_pub`) the publisher, then waits `wait_after_creation`.
     pub async fn start(publisher: &Address, options: &StateOptions) -> Result<Self> {
         let opts = options.publisher();
-        Ok(FullUpdateOut {
+        let out = FullUpdateOut {
             publisher: Publisher::start(publisher, opts).await?,
-            state: Arc::default(),
-        })
+            state: Arc::new(Mutex::new((None, tokio::time::Instant::now()))),
+        };
+        tokio::spawn(answer_newcomers(
+            out.publisher.subscriber_changes(),
+            None::<(Duration, fn() -> BoxFut<bool>)>,
+            {
+                let out = out.clone();
+                move || {
+                    let out = out.clone();
+                    Box::pin(async move {
+                        let guard = out.state.lock().await;
+                        match &guard.0 {
+                            Some(state) => Some(
+                                out.publisher
+                                    .publish(state, &WorkflowId::None)
+                                    .await
+                                    .is_ok(),
+                            ),
+                            None => Some(true),
+                        }
+                    })
+                }
+            },
+            {
+                let out = out.clone();
+                move || {
+                    let out = out.clone();
+                    Box::pin(async move { out.state.lock().await.1 })
+                }
+            },
+        ));
+        options.wait_after_creation().await;
+        Ok(out)
     }
 
     /// The publisher's endpoint.
@@ -161,13 +235,13 @@ impl FullUpdateOut {
     pub async fn set(&self, state: StateMap, workflow_id: &WorkflowId) -> Result<()> {
         let mut guard = self.state.lock().await;
         self.publisher.publish(&state, workflow_id).await?;
-        *guard = state;
+        *guard = (Some(state), tokio::time::Instant::now());
         Ok(())
     }
 
     /// The current state.
     pub async fn current(&self) -> StateMap {
-        self.state.lock().await.clone()
+        self.state.lock().await.0.clone().unwrap_or_default()
     }
 
     /// Flushes and closes.
@@ -181,19 +255,33 @@ impl FullUpdateOut {
 #[derive(Debug, Clone)]
 pub struct DeltaUpdateOut {
     publisher: Publisher,
-    inner: Arc<Mutex<(StateMap, i64)>>,
+    inner: Arc<Mutex<OutInner>>,
     replyer: Arc<std::sync::Mutex<Option<Replyer>>>,
     replyer_endpoint: String,
 }
 
+/// A delta out side's state, its number, and when it last published.
+#[derive(Debug)]
+struct OutInner {
+    state: StateMap,
+    num: i64,
+    published: tokio::time::Instant,
+}
+
 impl DeltaUpdateOut {
-    /// Binds the publisher (or connects it, `is_x_pub`) and the snapshot replyer.
+    /// Binds the publisher (or connects it, `is_x_pub`) and the snapshot replyer, then waits
+    /// `wait_after_creation`. From then on a subscriber's arrival is answered with a snapshot
+    /// (after a quiet spell), so a follower that never asks (Python 0.0.18's) converges too.
     pub async fn start(
         publisher: &Address,
         replyer: &Address,
         options: &StateOptions,
     ) -> Result<Self> {
-        let inner: Arc<Mutex<(StateMap, i64)>> = Arc::new(Mutex::new((StateMap::new(), 0)));
+        let inner = Arc::new(Mutex::new(OutInner {
+            state: StateMap::new(),
+            num: 0,
+            published: tokio::time::Instant::now(),
+        }));
         let for_replies = inner.clone();
         // Any request gets the snapshot: the original's in side sends `{"args": {}}`.
         let handler = typed(move |_args: Value, _meta| {
@@ -201,12 +289,20 @@ impl DeltaUpdateOut {
             async move {
                 let guard = inner.lock().await;
                 Ok::<_, WireError>(SnapshotReply {
-                    state: guard.0.clone(),
-                    current_num: guard.1,
+                    state: guard.state.clone(),
+                    current_num: guard.num,
                 })
             }
         });
-        let rep = Replyer::bind(replyer, handler, ReplyerOptions::default()).await?;
+        let rep = Replyer::bind(
+            replyer,
+            handler,
+            ReplyerOptions {
+                security: options.bind_security.clone(),
+                ..Default::default()
+            },
+        )
+        .await?;
         let replyer_endpoint = rep.endpoint().to_owned();
         let opts = options.publisher();
         let publisher = Publisher::start(publisher, opts).await?;
@@ -217,9 +313,48 @@ impl DeltaUpdateOut {
             replyer_endpoint,
         };
         let every = options.snapshot_interval.unwrap_or(Duration::from_secs(1));
-        if !every.is_zero() {
-            tokio::spawn(periodic_snapshots(out.clone(), every));
-        }
+        let periodic = (!every.is_zero()).then(|| {
+            let out = out.clone();
+            // (number, drops) at the last check.
+            let last = Arc::new(std::sync::Mutex::new((0i64, 0u64)));
+            let check = move || {
+                let out = out.clone();
+                let last = last.clone();
+                let fut: BoxFut<bool> = Box::pin(async move {
+                    // Owed when the state moved on since the last look, or when a
+                    // subscriber missed messages (the last snapshot among them, perhaps).
+                    let now = (
+                        out.inner.lock().await.num,
+                        out.publisher.stats().get(Counter::Dropped),
+                    );
+                    let before = std::mem::replace(&mut *last.lock().expect("last lock"), now);
+                    before != now
+                });
+                fut
+            };
+            (every, check)
+        });
+        tokio::spawn(answer_newcomers(
+            out.publisher.subscriber_changes(),
+            periodic,
+            {
+                let out = out.clone();
+                move || {
+                    let out = out.clone();
+                    Box::pin(
+                        async move { Some(out.publish_snapshot(&WorkflowId::None).await.is_ok()) },
+                    )
+                }
+            },
+            {
+                let out = out.clone();
+                move || {
+                    let out = out.clone();
+                    Box::pin(async move { out.inner.lock().await.published })
+                }
+            },
+        ));
+        options.wait_after_creation().await;
         Ok(out)
     }
 
@@ -236,47 +371,58 @@ impl DeltaUpdateOut {
     /// Replaces the whole state; publishes it as a snapshot with the next number.
     pub async fn snapshot(&self, state: StateMap, workflow_id: &WorkflowId) -> Result<i64> {
         let mut guard = self.inner.lock().await;
-        guard.0 = state;
-        guard.1 += 1;
+        guard.state = state;
+        guard.num += 1;
         let args = DeltaArgs {
-            current_num: guard.1,
+            current_num: guard.num,
             is_snapshot: true,
-            state: guard.0.clone(),
+            state: guard.state.clone(),
         };
         self.publisher.publish(&args, workflow_id).await?;
-        Ok(guard.1)
+        guard.published = tokio::time::Instant::now();
+        Ok(guard.num)
     }
 
-    /// Applies a shallow delta (nil deletes); publishes it with the next number.
-    pub async fn delta(&self, delta: StateMap, workflow_id: &WorkflowId) -> Result<i64> {
+    /// Applies a shallow delta (nil deletes); publishes it with the next number. Deletes of
+    /// keys the state does not hold are left out of what is published (Python 0.0.18's
+    /// follower raises on them); a delta left with nothing to say is not published and keeps
+    /// the number.
+    pub async fn delta(&self, mut delta: StateMap, workflow_id: &WorkflowId) -> Result<i64> {
         let mut guard = self.inner.lock().await;
-        apply_delta(&mut guard.0, &delta);
-        guard.1 += 1;
+        delta.retain(|k, v| !v.is_nil() || guard.state.contains_key(k));
+        if delta.is_empty() {
+            return Ok(guard.num);
+        }
+        apply_delta(&mut guard.state, &delta);
+        guard.num += 1;
         let args = DeltaArgs {
-            current_num: guard.1,
+            current_num: guard.num,
             is_snapshot: false,
             state: delta,
         };
         self.publisher.publish(&args, workflow_id).await?;
-        Ok(guard.1)
+        guard.published = tokio::time::Instant::now();
+        Ok(guard.num)
     }
 
     /// Publishes the current state as a snapshot (same number: nothing changed), e.g. when
     /// subscribers are known to have joined.
     pub async fn publish_snapshot(&self, workflow_id: &WorkflowId) -> Result<i64> {
-        let guard = self.inner.lock().await;
+        let mut guard = self.inner.lock().await;
         let args = DeltaArgs {
-            current_num: guard.1,
+            current_num: guard.num,
             is_snapshot: true,
-            state: guard.0.clone(),
+            state: guard.state.clone(),
         };
         self.publisher.publish(&args, workflow_id).await?;
-        Ok(guard.1)
+        guard.published = tokio::time::Instant::now();
+        Ok(guard.num)
     }
 
     /// The current state and number.
     pub async fn current(&self) -> (StateMap, i64) {
-        self.inner.lock().await.clone()
+        let guard = self.inner.lock().await;
+        (guard.state.clone(), guard.num)
     }
 
     /// Closes the replyer, flushes the publisher.
@@ -289,25 +435,61 @@ impl DeltaUpdateOut {
     }
 }
 
-/// Re-publishes the state as a snapshot when it changed since the last one, so a follower
-/// that lost the final delta still converges. Ends when the publisher is shut down.
+type BoxFut<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Publishes unsolicited snapshots for an out side: when a subscriber arrives (or leaves:
+/// one that reconnects does both), and when the periodic `check` says one is owed; always
+/// once `last_published()` is a quiet spell old, never in the middle of a stream. `publish`
+/// returns `Some(false)` once the publisher is closed, which ends the task.
 ///
-/// The first check comes one period after the start, not at once: a burst of changes made
-/// right after start-up (before subscribers finished connecting, the slow-joiner window) must
-/// be followed by a snapshot that has a chance to reach them, not by one sent in the same
-/// instant and lost the same way.
-async fn periodic_snapshots(out: DeltaUpdateOut, every: Duration) {
-    let mut last = 0;
+/// The first periodic check comes one period after the start, not at once: a burst of
+/// changes made right after start-up (before subscribers finished connecting, the
+/// slow-joiner window) must be followed by a snapshot that has a chance to reach them, not by
+/// one sent in the same instant and lost the same way.
+async fn answer_newcomers<P, L, C>(
+    mut subscribers: watch::Receiver<usize>,
+    periodic: Option<(Duration, C)>,
+    mut publish: P,
+    mut last_published: L,
+) where
+    P: FnMut() -> BoxFut<Option<bool>> + Send,
+    L: FnMut() -> BoxFut<tokio::time::Instant> + Send,
+    C: FnMut() -> BoxFut<bool> + Send,
+{
+    let (every, mut check) = match periodic {
+        Some((every, check)) => (every, Some(check)),
+        None => (Duration::from_secs(3600), None),
+    };
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watching = true;
+    let mut owed = false;
+    let mut quiet_at = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
-        let n = out.inner.lock().await.1;
-        if n != last {
-            if out.publish_snapshot(&WorkflowId::None).await.is_err() {
-                return;
+        tokio::select! {
+            changed = subscribers.changed(), if watching => match changed {
+                Ok(()) => owed = true,
+                // No count kept for this publisher kind (or it closed): ticks only.
+                Err(_) => watching = false,
+            },
+            _ = tick.tick(), if check.is_some() => {
+                if let Some(check) = check.as_mut() {
+                    owed |= check().await;
+                }
             }
-            last = n;
+            _ = tokio::time::sleep_until(quiet_at), if owed => {}
+        }
+        if !owed {
+            continue;
+        }
+        let quiet = last_published().await + QUIET_SPELL;
+        if tokio::time::Instant::now() < quiet {
+            quiet_at = quiet;
+            continue;
+        }
+        match publish().await {
+            Some(false) => return,
+            _ => owed = false,
         }
     }
 }
@@ -421,6 +603,7 @@ impl DeltaUpdateIn {
             requester,
             RequesterOptions {
                 timeout,
+                security: options.connect_security.clone(),
                 ..Default::default()
             },
         )?;
@@ -460,6 +643,12 @@ struct Follower {
     /// The publisher instance followed (framework out sides only): a new one means the out
     /// side restarted and its numbering started again.
     source: Option<u64>,
+    /// The next snapshot reply is taken whatever its number: it was asked for after the
+    /// connection to the out side was re-established, and the out side may have restarted
+    /// (its numbers starting again) while we were cut off.
+    force: bool,
+    /// A reconnection happened while a resync was on its way: ask again once it lands.
+    again: bool,
     /// Updates applied since the view was last published.
     dirty: bool,
     /// When the view was last published, and how long copying the state for it took.
@@ -487,6 +676,8 @@ impl Follower {
             state: StateMap::new(),
             num: -1,
             source: None,
+            force: false,
+            again: false,
             dirty: false,
             published: tokio::time::Instant::now(),
             copy_cost: Duration::ZERO,
@@ -507,9 +698,26 @@ impl Follower {
         let later = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(later);
         let mut owed = false;
+        let mut connections = sub.connections();
+        let mut watching = true;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                c = connections.changed(), if watching => {
+                    if c.is_err() {
+                        watching = false;
+                        continue;
+                    }
+                    // Re-established (or first established): whatever was published while
+                    // we were cut off is lost to us, and the out side may be a new instance.
+                    tracing::debug!("delta_update_in connected to its out side; asking for a snapshot");
+                    if resync.is_some() {
+                        self.again = true;
+                    } else {
+                        self.force = true;
+                        resync = Some(spawn_resync(req.clone(), snap_tx.clone(), self.stats.clone(), stop.clone()));
+                    }
+                }
                 _ = &mut later, if owed => {
                     owed = false;
                     self.flush();
@@ -518,7 +726,11 @@ impl Follower {
                     resync = None;
                     if let Some(snap) = snap {
                         self.adopt(snap);
-                        if self.has_gap() {
+                        if self.again {
+                            self.again = false;
+                            self.force = true;
+                        }
+                        if self.has_gap() || self.force {
                             resync = Some(spawn_resync(req.clone(), snap_tx.clone(), self.stats.clone(), stop.clone()));
                         }
                     }
@@ -622,7 +834,7 @@ impl Follower {
     fn adopt(&mut self, snap: SnapshotReply) {
         // Kept only for a Python out side (see below); framework out sides number truly.
         let python_state = self.source.is_none().then(|| snap.state.clone());
-        if snap.current_num >= self.num {
+        if std::mem::take(&mut self.force) || snap.current_num >= self.num {
             self.state = snap.state;
             self.num = snap.current_num;
         }
