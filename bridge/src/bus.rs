@@ -32,9 +32,11 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use futures::StreamExt;
 use serde_json::{json, Map, Value};
+use service_framework::security::{SecuritySettings, Side};
 use service_framework::AddressesFile;
 use sf_connections::{
-    Address, ErrorCode, Requester, RequesterOptions, Subscriber, SubscriberOptions, WorkflowId,
+    Address, ErrorCode, Requester, RequesterOptions, Security, Subscriber, SubscriberOptions,
+    WorkflowId,
 };
 
 use crate::config::{
@@ -79,6 +81,8 @@ pub(crate) struct BusStream {
     pub description: Option<String>,
     pub tags: Vec<String>,
     pub args_schema: Option<Value>,
+    /// A CURVE client's, when the security file says so.
+    pub security: Security,
 }
 
 impl BusStream {
@@ -89,6 +93,7 @@ impl BusStream {
             &self.address,
             SubscriberOptions {
                 topic: self.topic.clone(),
+                security: self.security.clone(),
                 ..Default::default()
             },
         )
@@ -155,19 +160,33 @@ impl BusState {
 }
 
 /// Starts following the configured in-states.
-pub(crate) async fn states(settings: &BusSettings) -> Result<Vec<BusState>> {
+pub(crate) async fn states(
+    settings: &BusSettings,
+    sec: Option<&SecuritySettings>,
+) -> Result<Vec<BusState>> {
     let mut out = Vec::new();
     for (path, cfg) in &settings.states {
-        out.push(state(path, cfg).await?);
+        out.push(state(path, cfg, sec).await?);
     }
     Ok(out)
 }
 
-async fn state(path: &str, cfg: &BusStateConfig) -> Result<BusState> {
+async fn state(
+    path: &str,
+    cfg: &BusStateConfig,
+    sec: Option<&SecuritySettings>,
+) -> Result<BusState> {
     let path = prefixed(path);
     let what = format!("bus.states.\"{path}\"");
     let options = sf_states::StateOptions {
         topic: cfg.topic.clone(),
+        // The bridge only connects: a CURVE client of the state's out side.
+        connect_security: match sec {
+            Some(s) => s
+                .state(Side::In, &path, false)
+                .map_err(|e| Error::Config(e.to_string()))?,
+            None => Security::Null,
+        },
         ..Default::default()
     };
     let sub = Address::from(cfg.subscriber.as_str());
@@ -313,6 +332,7 @@ pub(crate) fn msgpack_to_json(v: rmpv::Value) -> Value {
 pub(crate) fn build(
     settings: &BusSettings,
     addresses: Option<&AddressesFile>,
+    sec: Option<&SecuritySettings>,
 ) -> Result<(Vec<BusRoute>, Vec<BusStream>)> {
     let mut routes = Vec::new();
     let mut streams = Vec::new();
@@ -321,13 +341,13 @@ pub(crate) fn build(
         if let Some(c) = &cfg.connection {
             named.push(c.clone());
         }
-        routes.push(route(path, cfg, addresses)?);
+        routes.push(route(path, cfg, addresses, sec)?);
     }
     for (path, cfg) in &settings.streams {
         if let Some(c) = &cfg.connection {
             named.push(c.clone());
         }
-        streams.push(stream(path, cfg, addresses)?);
+        streams.push(stream(path, cfg, addresses, sec)?);
     }
     if let (true, Some(file)) = (settings.auto_routes, addresses) {
         for (name, entry) in &file.connections.outbound {
@@ -341,7 +361,7 @@ pub(crate) fn build(
                 )),
                 ..Default::default()
             };
-            routes.push(route(&format!("/bus/{name}"), &cfg, addresses)?);
+            routes.push(route(&format!("/bus/{name}"), &cfg, addresses, sec)?);
         }
         for (name, entry) in &file.connections.inbound {
             if named.contains(name) || !entry.contains_key("subscriber") {
@@ -354,7 +374,7 @@ pub(crate) fn build(
                 )),
                 ..Default::default()
             };
-            streams.push(stream(&format!("/bus/{name}"), &cfg, addresses)?);
+            streams.push(stream(&format!("/bus/{name}"), &cfg, addresses, sec)?);
         }
     }
     Ok((routes, streams))
@@ -400,7 +420,28 @@ fn address_of(
     }
 }
 
-fn route(path: &str, cfg: &BusRouteConfig, addresses: Option<&AddressesFile>) -> Result<BusRoute> {
+/// The bridge's security towards a bus service: the security file's entry for the named
+/// connection (`connections.<side>.<name>`), else for the route's path, else its service
+/// entry; NULL without a file. The bridge always connects: it is a CURVE client.
+fn client_security(
+    sec: Option<&SecuritySettings>,
+    side: Side,
+    connection: &Option<String>,
+    path: &str,
+) -> Result<Security> {
+    let Some(s) = sec else {
+        return Ok(Security::Null);
+    };
+    s.connection(side, connection.as_deref().unwrap_or(path), false)
+        .map_err(|e| Error::Config(e.to_string()))
+}
+
+fn route(
+    path: &str,
+    cfg: &BusRouteConfig,
+    addresses: Option<&AddressesFile>,
+    sec: Option<&SecuritySettings>,
+) -> Result<BusRoute> {
     let path = prefixed(path);
     let what = format!("bus.routes.\"{path}\"");
     let address = address_of(
@@ -427,6 +468,7 @@ fn route(path: &str, cfg: &BusRouteConfig, addresses: Option<&AddressesFile>) ->
         RequesterOptions {
             timeout: Duration::from_secs_f64(timeout),
             retries: cfg.retries.unwrap_or(0),
+            security: client_security(sec, Side::Out, &cfg.connection, &path)?,
             ..Default::default()
         },
     )
@@ -458,6 +500,7 @@ fn stream(
     path: &str,
     cfg: &BusStreamConfig,
     addresses: Option<&AddressesFile>,
+    sec: Option<&SecuritySettings>,
 ) -> Result<BusStream> {
     let path = prefixed(path);
     let what = format!("bus.streams.\"{path}\"");
@@ -472,6 +515,7 @@ fn stream(
     address
         .connect_endpoint()
         .map_err(|e| Error::Bus(format!("{what}: {e}")))?;
+    let security = client_security(sec, Side::In, &cfg.connection, &path)?;
     Ok(BusStream {
         path,
         address,
@@ -479,6 +523,7 @@ fn stream(
         description: cfg.description.clone(),
         tags: cfg.tags.clone().unwrap_or_else(|| vec!["bus".into()]),
         args_schema: cfg.args_schema.clone(),
+        security,
     })
 }
 

@@ -49,6 +49,7 @@ and config.toml in the working directory, .env, .env.prod, the environment
   --dashboard-port PORT          here, so both are ignored (a log line says so)
   --no-use-ray                 accepted (the only mode); --use-ray is refused
   -a, --addresses_path FILE    addresses.json: bus routes by connection name
+  --security FILE              bus security: CURVE keys towards bus services (else SF_SECURITY)
   -c, --config_path FILE       config.json with the keys of config.toml (above it)
   -cl, --console_loglevel L    DEBUG|INFO|WARNING|ERROR (INFO)
   -f, --file_loglevel L        level of the log file     -l, --log_path FILE  log file
@@ -63,6 +64,8 @@ pub struct Args {
     pub overrides: CliOverrides,
     /// `-a`.
     pub addresses: Option<PathBuf>,
+    /// `--security FILE` (else `SF_SECURITY`): CURVE keys towards bus services.
+    pub security: Option<PathBuf>,
     /// `-c`.
     pub config: Option<PathBuf>,
     /// `-cl`, `-f`, `-l`, `-bc`.
@@ -141,6 +144,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
                 value(&flag)?;
             }
             "-a" | "--addresses_path" => out.addresses = Some(value(&flag)?.into()),
+            "--security" => out.security = Some(value(&flag)?.into()),
             "-c" | "--config_path" => out.config = Some(value(&flag)?.into()),
             // Accepted for the service-framework command line; a bridge has no main mode and
             // never polls.
@@ -225,6 +229,12 @@ async fn run(args: Args, plugins: Vec<Plugin>) -> Result<()> {
     if let Some(path) = &args.addresses {
         let file = AddressesFile::read(path).map_err(|e| Error::Config(e.to_string()))?;
         bridge = bridge.addresses(file);
+    }
+    if let Some(s) =
+        service_framework::security::SecuritySettings::from_flag_or_env(args.security.as_deref())
+            .map_err(|e| Error::Config(e.to_string()))?
+    {
+        bridge = bridge.security(s);
     }
     let running = bridge.start().await?;
     // Handlers go in before the announcement, so a signal sent as soon as it is read is

@@ -47,6 +47,7 @@ pub struct Bridge {
     settings: Settings,
     available: Vec<Plugin>,
     addresses: Option<AddressesFile>,
+    security: Option<service_framework::security::SecuritySettings>,
 }
 
 impl Bridge {
@@ -56,6 +57,7 @@ impl Bridge {
             settings,
             available: Vec::new(),
             addresses: None,
+            security: None,
         }
     }
 
@@ -75,6 +77,13 @@ impl Bridge {
     /// addresses.json, for bus routes that name a connection and for automatic routes.
     pub fn addresses(mut self, a: AddressesFile) -> Self {
         self.addresses = Some(a);
+        self
+    }
+
+    /// Bus security: the bridge becomes a CURVE client of the bus services whose entries the
+    /// security file has (see `service_framework::security`).
+    pub fn security(mut self, s: service_framework::security::SecuritySettings) -> Self {
+        self.security = Some(s);
         self
     }
 
@@ -118,7 +127,11 @@ impl Bridge {
     pub async fn build(self) -> Result<App> {
         let plugins = self.selected()?;
         let mut reg = Registry::new(self.settings.clone(), &plugins)?;
-        let (routes, streams) = bus::build(&reg.settings.bus, self.addresses.as_ref())?;
+        let (routes, streams) = bus::build(
+            &reg.settings.bus,
+            self.addresses.as_ref(),
+            self.security.as_ref(),
+        )?;
         for r in routes {
             let (path, method) = (r.path.clone(), r.method.clone());
             reg.add_route(&path, method, Target::Bus(Arc::new(r)))?;
@@ -127,7 +140,7 @@ impl Bridge {
             let path = s.path.clone();
             reg.add_route(&path, Method::GET, Target::BusStream(Arc::new(s)))?;
         }
-        for s in bus::states(&reg.settings.bus).await? {
+        for s in bus::states(&reg.settings.bus, self.security.as_ref()).await? {
             let path = s.path.clone();
             reg.add_route(&path, Method::GET, Target::BusState(Arc::new(s)))?;
         }

@@ -88,6 +88,8 @@ pub const USAGE: &str = "\
 usage: service-framework -s SERVICE [-a addresses.json] [-c config.json] [-m] [options] [--key value ...]
        service-framework describe -s SERVICE
        service-framework call ADDRESS '{\"arg\": ...}' [--timeout SECONDS]
+       service-framework subscribe ADDRESS [--topic TOPIC] [--count N] [--timeout SECONDS] [--envelope]
+       service-framework keygen [--out DIR] [NAME]     a CURVE key pair, NAME.key and NAME.key_secret
 
   -s,  --service_path      built-in service (bus, bridge) or a service binary: a path, or a name found
                            beside this executable or on PATH
@@ -98,6 +100,7 @@ usage: service-framework -s SERVICE [-a addresses.json] [-c config.json] [-m] [o
   -l,  --log_path          log file, rotated hourly
   -bc, --backup_count      hourly log files kept (24)
   -wt, --service_loop_min_wait_time_s  accepted for compatibility (the loop never polls)
+  --security FILE          bus security (CURVE keys per connection); else environment SF_SECURITY
   -h,  --help              this text           --version           the version
   --KEY VALUE              any other pair sets config key KEY (converted to its declared type);
                            environment SF_CONFIG_<KEY> does the same, below the command line
@@ -240,7 +243,8 @@ pub fn load_run_options(def: &ServiceDef, args: &CliArgs) -> Result<RunOptions> 
         );
     }
     def.config.apply_strings(&mut config, env, "environment")?;
-    let extras = pairs_from_extras(&args.extras)?;
+    let (security, extras) = security_flag(&args.extras)?;
+    let extras = pairs_from_extras(&extras)?;
     for (key, _) in &extras {
         sources.insert(key.clone(), format!("command line --{key}"));
     }
@@ -260,8 +264,68 @@ pub fn load_run_options(def: &ServiceDef, args: &CliArgs) -> Result<RunOptions> 
         addresses,
         addresses_origin,
         main_mode: args.main_mode,
+        security: crate::security::SecuritySettings::from_flag_or_env(security.as_deref())?,
         ..RunOptions::default()
     })
+}
+
+/// Takes `--security FILE` (bus security, see [`crate::security`]) out of the config pairs.
+pub fn security_flag(extras: &[String]) -> Result<(Option<PathBuf>, Vec<String>)> {
+    let mut rest = Vec::with_capacity(extras.len());
+    let mut path = None;
+    let mut words = extras.iter();
+    while let Some(w) = words.next() {
+        if w == "--security" {
+            let v = words
+                .next()
+                .ok_or_else(|| Error::Config("--security needs a file".into()))?;
+            path = Some(PathBuf::from(v));
+        } else {
+            rest.push(w.clone());
+        }
+    }
+    Ok((path, rest))
+}
+
+/// `service-framework keygen [--out DIR] [NAME]`: a CURVE key pair as libzmq certificates,
+/// `DIR/NAME.key` (public, to hand out) and `DIR/NAME.key_secret` (mode 0600), loadable by
+/// pyzmq's `zmq.auth.load_certificate`. NAME defaults to `service`, DIR to `.`.
+pub fn keygen_main(args: &[OsString]) -> ExitCode {
+    const KEYGEN_USAGE: &str = "usage: service-framework keygen [--out DIR] [NAME]\n";
+    let words = match ArgWalker::strings(args.iter().cloned()) {
+        Ok(w) => w,
+        Err(e) => return fail(&Error::Other(e)),
+    };
+    let (mut out, mut name) = (PathBuf::from("."), None);
+    let mut walk = ArgWalker::new(words, 0);
+    while let Some((flag, raw)) = walk.next_word() {
+        match flag.as_str() {
+            "--out" | "-o" => match walk.value(&flag) {
+                Ok(v) => out = PathBuf::from(v),
+                Err(e) => return fail(&Error::Other(e)),
+            },
+            "-h" | "--help" => {
+                print!("{KEYGEN_USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            _ if !raw.starts_with('-') && name.is_none() => name = Some(raw),
+            _ => {
+                eprint!("{KEYGEN_USAGE}");
+                return fail(&Error::Other(format!("keygen: unexpected {raw:?}")));
+            }
+        }
+    }
+    let name = name.unwrap_or_else(|| "service".to_owned());
+    match crate::security::keygen(&out, &name) {
+        Ok((public, secret, key)) => {
+            // The public key only: the secret stays in its file.
+            println!("public key: {key}");
+            println!("public certificate: {}", public.display());
+            println!("secret certificate: {} (keep it private)", secret.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 /// The `main` of a service binary: `fn main() -> ExitCode { cli::main(my_service()) }`.

@@ -43,7 +43,9 @@ pub mod handle;
 pub mod logging;
 pub mod model;
 pub mod runtime;
+pub mod security;
 pub mod service;
+pub mod testing;
 
 pub use addresses::AddressesFile;
 pub use context::Ctx;

@@ -21,6 +21,9 @@ const BRIDGE_BINARY: &str = "service-framework-bridge";
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if argv.first().is_some_and(|a| a == "keygen") {
+        return cli::keygen_main(&argv[1..]);
+    }
     let args = match cli::parse(argv.clone()) {
         Ok(a) => a,
         Err(e) => return cli::fail(&e),
@@ -150,19 +153,33 @@ fn run_bus(args: &CliArgs) -> ExitCode {
             path.display()
         )));
     };
+    // Both sides bind: with a security file the bus is the CURVE server of every publisher
+    // and subscriber (entry connections.in.bus, or the file's service entry).
+    let security = match cli::security_flag(&args.extras).and_then(|(path, _)| {
+        service_framework::security::SecuritySettings::from_flag_or_env(path.as_deref())
+    }) {
+        Ok(Some(s)) => match s.connection(service_framework::security::Side::In, "bus", true) {
+            Ok(sec) => sec,
+            Err(e) => return cli::fail(&e),
+        },
+        Ok(None) => sf_connections::Security::Null,
+        Err(e) => return cli::fail(&e),
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return cli::fail(&e),
     };
     rt.block_on(async {
-        let proxy = match sf_connections::BusProxy::bind(publishers, subscribers).await {
-            Ok(p) => p,
-            Err(e) => return cli::fail(&Error::Other(format!("bus: {e}"))),
-        };
+        let proxy =
+            match sf_connections::BusProxy::bind_secured(publishers, subscribers, security).await {
+                Ok(p) => p,
+                Err(e) => return cli::fail(&Error::Other(format!("bus: {e}"))),
+            };
         let reason = service_framework::service::os_signals().await;
         tracing::info!(
             ?reason,
             forwarded = proxy.stats().get(sf_connections::Counter::Received),
+            auth_failures = proxy.stats().get(sf_connections::Counter::AuthFailures),
             "bus stopping"
         );
         proxy.shutdown().await;

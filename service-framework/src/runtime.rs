@@ -31,6 +31,7 @@ use crate::model::{
     ConnectionKind, ConnectionModel, CtxHook, Handler, MessageHandler, ServiceDef, StateHandler,
     StateKind,
 };
+use crate::security::{SecuritySettings, Side};
 
 /// Why the service is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,8 @@ pub struct RunOptions {
     /// The most publishers, pushers and replies get to leave the sockets at the end (each
     /// close returns as soon as its queue is out).
     pub linger: Duration,
+    /// Bus security (`--security FILE` or `SF_SECURITY`): `None` leaves every connection NULL.
+    pub security: Option<crate::security::SecuritySettings>,
 }
 
 impl Default for RunOptions {
@@ -77,6 +80,7 @@ impl Default for RunOptions {
             main_mode: false,
             drain_timeout: Duration::from_secs(5),
             linger: Duration::from_secs(1),
+            security: None,
         }
     }
 }
@@ -86,6 +90,8 @@ impl Default for RunOptions {
 pub struct Ready {
     /// `"in.<name>"` / `"out.<name>"` -> the endpoint bound or connected to.
     pub endpoints: BTreeMap<String, String>,
+    /// The running service's context (the testkit reads its connections).
+    pub(crate) ctx: Option<Ctx>,
 }
 
 impl Ready {
@@ -176,7 +182,15 @@ pub async fn run(
                 externals.push(m.clone());
                 continue;
             }
-            _ => build_outbound(m, &addresses, &options.addresses_origin).await?,
+            _ => {
+                build_outbound(
+                    m,
+                    &addresses,
+                    &options.addresses_origin,
+                    options.security.as_ref(),
+                )
+                .await?
+            }
         };
         ready
             .endpoints
@@ -184,7 +198,14 @@ pub async fn run(
         outbound.insert(m.name.clone(), built);
     }
     // 5. states (after connections, as in the original)
-    let built = build_states(&def, &addresses, &options.addresses_origin, &mut ready).await?;
+    let built = build_states(
+        &def,
+        &addresses,
+        &options.addresses_origin,
+        &mut ready,
+        options.security.as_ref(),
+    )
+    .await?;
     let stop_token = CancellationToken::new();
     // External targets call back into the context, so they are built from it.
     let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
@@ -234,6 +255,7 @@ pub async fn run(
                     linger: options.linger,
                     // One stop for the whole service: every replyer stops taking work at once.
                     stop: Some(stop_token.clone()),
+                    security: security_of(&options, Side::In, &m.name, true)?,
                     ..Default::default()
                 };
                 if let Some(v) = m.creation_u64("max_message_bytes") {
@@ -255,6 +277,12 @@ pub async fn run(
                 let mut opts = SubscriberOptions {
                     topic: m.creation_str("topic"),
                     is_binder: m.creation_bool("is_binder"),
+                    security: security_of(
+                        &options,
+                        Side::In,
+                        &m.name,
+                        m.creation_bool("is_binder"),
+                    )?,
                     ..Default::default()
                 };
                 opts.credit_window = m.creation_u64("credit_window");
@@ -276,6 +304,12 @@ pub async fn run(
             (ConnectionKind::Puller, Some(Handler::Message(h))) => {
                 let mut opts = PipelineOptions {
                     is_binder: m.creation_bool("is_binder"),
+                    security: security_of(
+                        &options,
+                        Side::In,
+                        &m.name,
+                        m.creation_bool("is_binder"),
+                    )?,
                     ..Default::default()
                 };
                 if let Some(v) = m.creation_u64("max_message_bytes") {
@@ -301,6 +335,7 @@ pub async fn run(
             }
         }
     }
+    ready.ctx = Some(ctx.clone());
     on_ready(&ready);
 
     // 7. init_function, then main or the service loop
@@ -434,6 +469,19 @@ async fn on_signal(def: &ServiceDef, ctx: &Ctx, reason: StopReason, deadline: Du
     }
 }
 
+/// The security of in-connection or out-connection `name`: NULL without a security file.
+fn security_of(
+    options: &RunOptions,
+    side: Side,
+    name: &str,
+    binds: bool,
+) -> Result<sf_connections::Security> {
+    match &options.security {
+        Some(s) => s.connection(side, name, binds),
+        None => Ok(sf_connections::Security::Null),
+    }
+}
+
 fn check_creation(
     allowed: &[&str],
     creation: &Map<String, Value>,
@@ -464,6 +512,7 @@ async fn build_states(
     addresses: &AddressesFile,
     origin: &str,
     ready: &mut Ready,
+    security: Option<&SecuritySettings>,
 ) -> Result<BuiltStates> {
     let mut built = BuiltStates {
         ins: Vec::new(),
@@ -499,7 +548,34 @@ async fn build_states(
                 .get("snapshot_interval_s")
                 .and_then(Value::as_f64)
                 .map(|s| Duration::from_secs_f64(s.max(0.0))),
+            wait_after_creation: m
+                .creation
+                .get("wait_after_creation_s")
+                .and_then(Value::as_f64)
+                .map(|s| Duration::from_secs_f64(s.clamp(0.0, 60.0))),
+            ..Default::default()
         };
+        let mut opts = opts;
+        if let Some(sec) = security {
+            // Which of the state's sockets bind: an out side's replyer always, its publisher
+            // unless it goes through a bus; an in side's subscriber with is_binder.
+            let (side, delta) = match m.kind {
+                StateKind::FullUpdateIn => (Side::In, false),
+                StateKind::DeltaUpdateIn => (Side::In, true),
+                StateKind::FullUpdateOut => (Side::Out, false),
+                StateKind::DeltaUpdateOut => (Side::Out, true),
+            };
+            let (binds, connects) = match side {
+                Side::Out => (delta || !opts.is_x_pub, opts.is_x_pub),
+                Side::In => (opts.is_binder, delta || !opts.is_binder),
+            };
+            if binds {
+                opts.bind_security = sec.state(side, &m.name, true)?;
+            }
+            if connects {
+                opts.connect_security = sec.state(side, &m.name, false)?;
+            }
+        }
         let err = |e: sf_states::Error| Error::Other(format!("state {:?}: {e}", m.name));
         match m.kind {
             StateKind::FullUpdateIn => {
@@ -587,7 +663,12 @@ async fn build_outbound(
     m: &ConnectionModel,
     addresses: &AddressesFile,
     origin: &str,
+    security: Option<&SecuritySettings>,
 ) -> Result<Outbound> {
+    let security_for = |binds: bool| match security {
+        Some(s) => s.connection(Side::Out, &m.name, binds),
+        None => Ok(sf_connections::Security::Null),
+    };
     let address: Address = addresses.address_for(m, origin)?;
     let conn_err = |source| Error::Connection {
         name: m.name.clone(),
@@ -595,7 +676,10 @@ async fn build_outbound(
     };
     Ok(match m.kind {
         ConnectionKind::Requester => {
-            let mut opts = RequesterOptions::default();
+            let mut opts = RequesterOptions {
+                security: security_for(false)?,
+                ..Default::default()
+            };
             if let Some(t) = m.creation_f64("timeout_s") {
                 opts.timeout = Duration::from_secs_f64(t.max(0.001));
             }
@@ -619,6 +703,7 @@ async fn build_outbound(
                 topic: m.creation_str("topic"),
                 is_x_pub: !binds(m),
                 credit,
+                security: security_for(binds(m))?,
                 ..Default::default()
             };
             let p = Publisher::start(&address, opts).await.map_err(conn_err)?;
@@ -631,6 +716,7 @@ async fn build_outbound(
         ConnectionKind::Pusher => {
             let mut opts = PipelineOptions {
                 is_binder: binds(m),
+                security: security_for(binds(m))?,
                 ..Default::default()
             };
             if let Some(t) = m.creation_f64("send_timeout_s") {
