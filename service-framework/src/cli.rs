@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Subcommands: `describe` prints a service's models as JSON Schema; `call ADDRESS JSON`
-//! sends one request to a replyer and prints the reply.
+//! sends one request to a replyer and prints the reply; `subscribe ADDRESS` prints what a
+//! publisher (or a bus) publishes, one JSON line per message.
 //!
 //! Multi-letter short flags (`-cl`) are the original's and are accepted as such.
 
@@ -34,7 +35,7 @@ use crate::service::{os_signals, Service};
 /// Parsed command line.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CliArgs {
-    /// `describe`, `call` or none (run).
+    /// `describe`, `call`, `subscribe` or none (run).
     pub command: Option<String>,
     /// Positional words after the subcommand.
     pub positional: Vec<String>,
@@ -54,8 +55,14 @@ pub struct CliArgs {
     pub help: bool,
     /// `--version`.
     pub version: bool,
-    /// `--timeout` for `call` (seconds).
+    /// `--timeout` for `call` and `subscribe` (seconds).
     pub timeout_s: Option<f64>,
+    /// `--topic` for `subscribe`.
+    pub topic: Option<String>,
+    /// `--count` for `subscribe`: stop after this many messages.
+    pub count: Option<u64>,
+    /// `--envelope` for `subscribe`: print topic, workflow id and sequence beside the args.
+    pub envelope: bool,
     /// Everything else: `--key value` config pairs.
     pub extras: Vec<String>,
 }
@@ -177,7 +184,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<CliArgs> {
     let mut out = CliArgs::default();
     let mut start = 0;
     if let Some(first) = args.first() {
-        if first == "describe" || first == "call" {
+        if matches!(first.as_str(), "describe" | "call" | "subscribe") {
             out.command = Some(first.clone());
             start = 1;
         }
@@ -200,13 +207,27 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<CliArgs> {
                         .map_err(|_| Error::Other(format!("{flag} needs a number, got {v:?}")))?,
                 );
             }
-            "--timeout" if out.command.as_deref() == Some("call") => {
+            "--timeout" if matches!(out.command.as_deref(), Some("call" | "subscribe")) => {
                 let v = value(&flag)?;
-                out.timeout_s =
-                    Some(v.parse().map_err(|_| {
-                        Error::Other(format!("--timeout needs seconds, got {v:?}"))
-                    })?);
+                out.timeout_s = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+                        .ok_or_else(|| {
+                            Error::Other(format!("--timeout needs seconds above 0, got {v:?}"))
+                        })?,
+                );
             }
+            "--topic" if out.command.as_deref() == Some("subscribe") => {
+                out.topic = Some(value(&flag)?);
+            }
+            "--count" if out.command.as_deref() == Some("subscribe") => {
+                let v = value(&flag)?;
+                out.count = Some(v.parse().map_err(|_| {
+                    Error::Other(format!("--count needs a whole number, got {v:?}"))
+                })?);
+            }
+            "--envelope" if out.command.as_deref() == Some("subscribe") => out.envelope = true,
             "-h" | "--help" => out.help = true,
             "--version" | "-V" => out.version = true,
             _ if out.command.is_some() && !raw.starts_with('-') && out.extras.is_empty() => {
@@ -406,17 +427,94 @@ pub fn fail(e: &Error) -> ExitCode {
 pub async fn call(address: &str, args_json: &str, timeout: Duration) -> Result<Value> {
     let args: Value = serde_json::from_str(args_json)
         .map_err(|e| Error::Other(format!("the args {args_json:?} are not JSON: {e}")))?;
-    let options = sf_connections::RequesterOptions {
+    crate::testing::call_once::<Value, Value>(
+        address,
+        &args,
+        sf_connections::WorkflowId::new_random(),
         timeout,
-        ..Default::default()
-    };
-    let requester =
-        sf_connections::Requester::connect(&sf_connections::Address::from(address), options)
-            .map_err(|e| Error::Other(e.to_string()))?;
-    requester
-        .request::<Value, Value>(&args, sf_connections::WorkflowId::new_random())
-        .await
-        .map_err(|e| Error::Other(format!("{address}: {e}")))
+    )
+    .await
+    .map_err(|e| Error::Other(format!("{address}: {e}")))
+}
+
+/// What `subscribe` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct SubscribeOptions {
+    /// Only this topic (empty: everything).
+    pub topic: String,
+    /// Stop after this many messages.
+    pub count: Option<u64>,
+    /// Fail when no message arrives for this long.
+    pub timeout: Option<Duration>,
+    /// Print `{topic, workflow_id, seq, args}` instead of the args alone.
+    pub envelope: bool,
+}
+
+/// `subscribe ADDRESS`: connects a subscriber to a publisher's (or a bus's subscribers')
+/// address and hands each message to `line` as JSON, until `count` messages, `stop`, `line`
+/// returning false, or an idle `timeout` (an error naming how many arrived). Returns how many were received and how
+/// many the subscriber counted as lost (sequence gaps from framework publishers).
+pub async fn subscribe(
+    address: &str,
+    options: &SubscribeOptions,
+    stop: impl std::future::Future<Output = ()>,
+    mut line: impl FnMut(Value) -> bool,
+) -> Result<(u64, u64)> {
+    let mut sub = sf_connections::Subscriber::start(
+        &sf_connections::Address::from(address),
+        sf_connections::SubscriberOptions {
+            topic: options.topic.clone(),
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| Error::Other(format!("{address}: {e}")))?;
+    let lost = |sub: &sf_connections::Subscriber| sub.stats().get(sf_connections::Counter::Lost);
+    let mut received = 0u64;
+    tokio::pin!(stop);
+    while options.count.is_none_or(|n| received < n) {
+        let next = async {
+            match options.timeout {
+                Some(t) => tokio::time::timeout(t, sub.next()).await.map_err(|_| t),
+                None => Ok(sub.next().await),
+            }
+        };
+        let delivery = tokio::select! {
+            d = next => d,
+            () = &mut stop => break,
+        };
+        let d = match delivery {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(Error::Other(format!("{address}: the subscriber closed"))),
+            Err(t) => {
+                return Err(Error::Other(format!(
+                    "{address}: no message within {t:?} ({received} received)"
+                )))
+            }
+        };
+        received += 1;
+        let args = match d.decode::<Value>() {
+            Ok(p) => p.args,
+            Err(e) => {
+                // Shown, not dropped: what arrived is worth seeing even when it is not ours.
+                serde_json::json!({"undecodable": e.to_string()})
+            }
+        };
+        let go_on = line(if options.envelope {
+            serde_json::json!({
+                "topic": d.topic,
+                "workflow_id": d.workflow_id.to_string(),
+                "seq": d.seq.map(|(seq, _)| seq),
+                "args": args,
+            })
+        } else {
+            args
+        });
+        if !go_on {
+            break;
+        }
+    }
+    Ok((received, lost(&sub)))
 }
 
 /// Finds a service binary: a path as given, else a file named `name` beside `exe_dir`, else on

@@ -390,6 +390,16 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// The publisher behind out-connection `name`, if it is one (for the testkit).
+    pub(crate) fn publisher(&self, name: &str) -> Option<Publisher> {
+        match self.shared.outbound.get(name) {
+            Some(Outbound::Publisher(p)) => Some(p.clone()),
+            _ => None,
+        }
+    }
+}
+
 fn wrong_kind(name: &str, conn: &Outbound, verb: &str) -> ServiceError {
     let kind = match conn {
         Outbound::Requester(_) => "a requester",

@@ -5,6 +5,7 @@
 //! service-framework -s echo_replyer -a examples/echo/replyer_addresses.json
 //! service-framework -s bus -a bus_addresses.json
 //! service-framework call 127.0.0.1:18899 '{"to_echo": "hi"}'
+//! service-framework subscribe 127.0.0.1:18900 --topic ticks --count 10
 //! ```
 
 use std::ffi::OsString;
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
     }
     match args.command.as_deref() {
         Some("call") => call(&args),
+        Some("subscribe") => subscribe(&args),
         Some("describe") => match args.service.as_deref() {
             Some("bus") => {
                 println!(
@@ -89,6 +91,47 @@ fn call(args: &CliArgs) -> ExitCode {
     match rt.block_on(cli::call(address, json, timeout)) {
         Ok(reply) => {
             println!("{reply}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => cli::fail(&e),
+    }
+}
+
+/// Prints each message as one JSON line, flushed as it comes, so the output can be piped.
+/// Ctrl-C or SIGTERM ends it (exit 0); a count reached ends it too; an idle `--timeout`
+/// fails it (exit 1). What was received and lost goes to stderr at the end.
+fn subscribe(args: &CliArgs) -> ExitCode {
+    use std::io::Write;
+    let Some(address) = args.positional.first() else {
+        return cli::fail(&Error::Other(
+            "subscribe needs an ADDRESS (a publisher's host:port, or a bus's subscribers side)"
+                .into(),
+        ));
+    };
+    let options = cli::SubscribeOptions {
+        topic: args.topic.clone().unwrap_or_default(),
+        count: args.count,
+        timeout: args.timeout_s.map(Duration::from_secs_f64),
+        envelope: args.envelope,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return cli::fail(&e),
+    };
+    let mut out = std::io::stdout().lock();
+    let r = rt.block_on(async {
+        let stop = async {
+            service_framework::service::os_signals().await;
+        };
+        cli::subscribe(address, &options, stop, |line| {
+            // A closed pipe (`| head -1`) ends the subscription, with no panic.
+            writeln!(out, "{line}").is_ok() && out.flush().is_ok()
+        })
+        .await
+    });
+    match r {
+        Ok((received, lost)) => {
+            eprintln!("{received} received, {lost} lost");
             ExitCode::SUCCESS
         }
         Err(e) => cli::fail(&e),

@@ -320,15 +320,21 @@ impl Model for StateModel {
 /// All declared states, by side.
 pub type StateModels = Models<StateModel>;
 
-type SetupStates =
-    Box<dyn FnOnce(&mut StateModels, &Map<String, Value>) -> Result<(), ServiceError> + Send>;
-type SetupConfig =
-    Box<dyn FnOnce(Map<String, Value>) -> Result<Map<String, Value>, ServiceError> + Send>;
-type SetupAddresses = Box<
-    dyn FnOnce(AddressesFile, &Map<String, Value>) -> Result<AddressesFile, ServiceError> + Send,
+type SetupStates = Box<
+    dyn FnOnce(&mut StateModels, &Map<String, Value>) -> Result<(), ServiceError> + Send + Sync,
 >;
-type SetupConnections =
-    Box<dyn FnOnce(&mut ConnectionModels, &Map<String, Value>) -> Result<(), ServiceError> + Send>;
+type SetupConfig =
+    Box<dyn FnOnce(Map<String, Value>) -> Result<Map<String, Value>, ServiceError> + Send + Sync>;
+type SetupAddresses = Box<
+    dyn FnOnce(AddressesFile, &Map<String, Value>) -> Result<AddressesFile, ServiceError>
+        + Send
+        + Sync,
+>;
+type SetupConnections = Box<
+    dyn FnOnce(&mut ConnectionModels, &Map<String, Value>) -> Result<(), ServiceError>
+        + Send
+        + Sync,
+>;
 pub(crate) type CtxHook = Arc<dyn Fn(Ctx) -> BoxFuture<Result<(), ServiceError>> + Send + Sync>;
 
 /// The optional hooks, run in the original's order (see the runtime).
@@ -706,6 +712,7 @@ impl ServiceDef {
     where
         F: FnOnce(&mut StateModels, &Map<String, Value>) -> Result<(), ServiceError>
             + Send
+            + Sync
             + 'static,
     {
         self.hooks.setup_state_models = Some(Box::new(f));
@@ -726,7 +733,10 @@ impl ServiceDef {
     /// Hook: adjusts the merged config before it is validated; its return replaces it.
     pub fn setup_config<F>(mut self, f: F) -> Self
     where
-        F: FnOnce(Map<String, Value>) -> Result<Map<String, Value>, ServiceError> + Send + 'static,
+        F: FnOnce(Map<String, Value>) -> Result<Map<String, Value>, ServiceError>
+            + Send
+            + Sync
+            + 'static,
     {
         self.hooks.setup_config = Some(Box::new(f));
         self
@@ -737,6 +747,7 @@ impl ServiceDef {
     where
         F: FnOnce(AddressesFile, &Map<String, Value>) -> Result<AddressesFile, ServiceError>
             + Send
+            + Sync
             + 'static,
     {
         self.hooks.setup_addresses = Some(Box::new(f));
@@ -748,6 +759,7 @@ impl ServiceDef {
     where
         F: FnOnce(&mut ConnectionModels, &Map<String, Value>) -> Result<(), ServiceError>
             + Send
+            + Sync
             + 'static,
     {
         self.hooks.setup_connection_models = Some(Box::new(f));

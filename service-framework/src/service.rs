@@ -8,6 +8,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::addresses::AddressesFile;
@@ -110,16 +111,22 @@ impl Service {
     fn spawn(self, main_mode: bool) -> ServiceHandle {
         let stop = CancellationToken::new();
         let (ready_tx, ready_rx) = std_mpsc::channel();
+        let (ready_async_tx, ready_async) = watch::channel(None);
+        // Dropped when the thread ends, however it ends: what the async waits wake on.
+        let (alive, done) = watch::channel(());
         let token = stop.clone();
         let name = self.def.name().to_owned();
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
+                let _alive = alive;
                 let rt = runtime()?;
                 let on_ready = {
                     let tx = ready_tx.clone();
+                    let tx_async = ready_async_tx.clone();
                     move |r: &Ready| {
                         let _ = tx.send(Ok(r.clone()));
+                        tx_async.send_replace(Some(Ok(r.clone())));
                     }
                 };
                 let stop_fut = async move {
@@ -129,6 +136,12 @@ impl Service {
                 let result = rt.block_on(self.run(main_mode, stop_fut, on_ready));
                 if let Err(e) = &result {
                     let _ = ready_tx.send(Err(e.to_string()));
+                    ready_async_tx.send_if_modified(|r| {
+                        if r.is_none() {
+                            *r = Some(Err(e.to_string()));
+                        }
+                        r.is_some()
+                    });
                 }
                 result
             });
@@ -138,6 +151,8 @@ impl Service {
             name,
             stop,
             ready: ready_rx,
+            ready_async,
+            done,
             thread: Some(thread),
         }
     }
@@ -185,11 +200,19 @@ pub fn os_signals() -> impl Future<Output = StopReason> + Send + 'static {
 }
 
 /// A service running on a background thread.
+///
+/// Each wait has a blocking form for plain code and an `_async` form for async code (a
+/// `#[tokio::test]`, a host service), which never blocks the caller's runtime. Dropping the
+/// handle stops the service: from plain code it waits for the drain; inside a runtime it
+/// does not wait (the service drains on its own thread and ends by itself), since blocking
+/// there would stall every task of that runtime.
 #[derive(Debug)]
 pub struct ServiceHandle {
     name: String,
     stop: CancellationToken,
     ready: std_mpsc::Receiver<std::result::Result<Ready, String>>,
+    ready_async: watch::Receiver<Option<std::result::Result<Ready, String>>>,
+    done: watch::Receiver<()>,
     thread: Option<std::result::Result<std::thread::JoinHandle<Result<()>>, Error>>,
 }
 
@@ -209,6 +232,45 @@ impl ServiceHandle {
                 self.name
             ))),
         }
+    }
+
+    /// [`wait_ready`](Self::wait_ready) for async code.
+    pub async fn wait_ready_async(&self, timeout: Duration) -> Result<Ready> {
+        let mut rx = self.ready_async.clone();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(Option::is_some))
+            .await
+            .map(|r| r.map(|r| r.clone()));
+        match waited {
+            Ok(Ok(Some(Ok(r)))) => Ok(r),
+            Ok(Ok(Some(Err(e)))) => Err(Error::Other(e)),
+            Ok(Ok(None)) => unreachable!("waited for Some"),
+            Ok(Err(_)) => Err(Error::Other(format!(
+                "{} stopped before it was ready",
+                self.name
+            ))),
+            Err(_) => Err(Error::Other(format!(
+                "{} was not ready within {timeout:?}",
+                self.name
+            ))),
+        }
+    }
+
+    /// [`stop`](Self::stop) for async code.
+    pub async fn stop_async(mut self) -> Result<()> {
+        self.stop.cancel();
+        self.finished().await;
+        self.take_join()
+    }
+
+    /// [`join`](Self::join) for async code.
+    pub async fn join_async(mut self) -> Result<()> {
+        self.finished().await;
+        self.take_join()
+    }
+
+    /// Waits, without blocking, until the service thread has ended.
+    async fn finished(&mut self) {
+        while self.done.changed().await.is_ok() {}
     }
 
     /// True once the service has finished (main returned, stopped, or failed).
@@ -242,6 +304,11 @@ impl Drop for ServiceHandle {
     fn drop(&mut self) {
         // A dropped handle stops its service rather than leaking a thread that serves forever.
         self.stop.cancel();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Inside a runtime: joining would block its tasks for the whole drain. The
+            // thread ends by itself once drained.
+            return;
+        }
         let _ = self.take_join();
     }
 }

@@ -1,10 +1,13 @@
 //! The `service-framework` binary as a user runs it: usage, version, unknown services, the
 //! bus without addresses, and `call` against a live replyer (answers, remote errors,
-//! timeouts, bad input).
+//! timeouts, bad input), and `subscribe` against a live publisher.
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
+use service_framework::connections::{Address, WorkflowId};
 use support::*;
 
 #[test]
@@ -218,4 +221,87 @@ fn call_without_a_replyer_times_out() {
         "{}",
         out.stderr
     );
+}
+
+/// `subscribe` with its arguments, started now; killed on drop.
+fn subscriber(args: &[&str]) -> Proc {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_service-framework"));
+    cmd.arg("subscribe").args(args);
+    Proc::spawn(cmd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_prints_one_json_line_per_message() {
+    use service_framework::connections::{Publisher, PublisherOptions};
+    let publisher = Publisher::start(
+        &Address::from("127.0.0.1:0"),
+        PublisherOptions {
+            topic: "ticks".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ep = publisher.endpoint().to_owned();
+    let hostport = ep.trim_start_matches("tcp://").to_owned();
+    let plain = subscriber(&[&ep, "--topic", "ticks", "--count", "3", "--timeout", "5"]);
+    let envelope = subscriber(&[&hostport, "--topic", "ticks", "--count", "1", "--envelope"]);
+    let other = subscriber(&[&ep, "--topic", "nope", "--timeout", "0.5"]);
+    // Each subscription in place before anything is published: nothing is lost to a slow
+    // joiner.
+    publisher
+        .wait_for_subscribers(3, Duration::from_secs(5))
+        .await
+        .expect("three subscribers");
+    for n in 1..=3 {
+        publisher
+            .publish(&json!({"n": n}), &WorkflowId::new_random())
+            .await
+            .unwrap();
+    }
+    let finish = |p: Proc| tokio::task::spawn_blocking(move || p.finish(Duration::from_secs(8)));
+    let (plain, envelope, other) = (finish(plain), finish(envelope), finish(other));
+
+    let plain = plain.await.unwrap();
+    assert!(plain.status.success(), "{plain:?}");
+    let lines: Vec<Value> = plain
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines, [json!({"n": 1}), json!({"n": 2}), json!({"n": 3})]);
+    assert_eq!(plain.stderr.trim(), "3 received, 0 lost", "{plain:?}");
+
+    let envelope = envelope.await.unwrap();
+    assert!(envelope.status.success(), "{envelope:?}");
+    let line: Value = serde_json::from_str(envelope.stdout.trim()).unwrap();
+    assert_eq!(line["topic"], "ticks", "{line}");
+    assert_eq!(line["seq"], 1, "{line}");
+    assert_eq!(line["args"], json!({"n": 1}), "{line}");
+    assert_eq!(
+        line["workflow_id"].as_str().map(str::len),
+        Some(36),
+        "{line}"
+    );
+
+    // Another topic hears nothing, and an idle timeout says so.
+    let other = other.await.unwrap();
+    assert_eq!(other.status.code(), Some(1), "{other:?}");
+    assert!(other.stdout.is_empty(), "{other:?}");
+    assert!(
+        other.stderr.contains("no message within") && other.stderr.contains("0 received"),
+        "{other:?}"
+    );
+}
+
+#[test]
+fn subscribe_needs_an_address_and_sane_numbers() {
+    let out = sf(&["subscribe"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("subscribe needs an ADDRESS"), "{out:?}");
+    for bad in [["--count", "many"], ["--timeout", "-1"]] {
+        let out = sf(&["subscribe", "127.0.0.1:1", bad[0], bad[1]]);
+        assert_ne!(out.status.code(), Some(0), "{bad:?}: {out:?}");
+        assert!(out.stderr.contains(bad[0]), "{bad:?}: {out:?}");
+    }
 }

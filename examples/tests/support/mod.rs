@@ -352,19 +352,10 @@ pub fn request(
     args: &serde_json::Value,
     workflow_id: service_framework::connections::WorkflowId,
 ) -> Result<serde_json::Value, service_framework::connections::Error> {
-    use service_framework::connections::{Address, Requester, RequesterOptions};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let r = Requester::connect(
-            &Address::from(endpoint),
-            RequesterOptions {
-                timeout: Duration::from_secs(5),
-                ..Default::default()
-            },
-        )?;
-        r.request(args, workflow_id).await
-    })
+    service_framework::testing::call_once_blocking(
+        endpoint,
+        args,
+        workflow_id,
+        Duration::from_secs(5),
+    )
 }

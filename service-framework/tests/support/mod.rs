@@ -61,20 +61,7 @@ pub fn request_with(
     workflow_id: WorkflowId,
     timeout: Duration,
 ) -> Result<Value, service_framework::connections::Error> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let r = Requester::connect(
-            &Address::from(endpoint),
-            RequesterOptions {
-                timeout,
-                ..Default::default()
-            },
-        )?;
-        r.request::<Value, Value>(args, workflow_id).await
-    })
+    service_framework::testing::call_once_blocking(endpoint, args, workflow_id, timeout)
 }
 
 /// One request with a fresh UUID, 5 s at most.
