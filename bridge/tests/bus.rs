@@ -465,3 +465,153 @@ async fn in_states_as_get_routes() {
     assert!(doc["paths"]["/api/v1/delta_state"].get("get").is_some());
     b.stop().await;
 }
+
+/// The bridge as a CURVE client (`--security FILE`, here `Bridge::security`): a replyer and a
+/// publisher that accept only the bridge's key are reached through a route and a stream;
+/// the same route from a bridge without the file is refused by the replyer's handshake
+/// (counted there) and answered 504, never served.
+#[tokio::test]
+async fn the_bridge_reaches_curve_services_with_its_security_file() {
+    use service_framework::security::SecuritySettings;
+    use sf_connections::security::{write_certificates, Authorizer, KeyPair, Security};
+    use sf_connections::{typed, Counter, Replyer, ReplyerOptions, WireError};
+
+    let dir = scratch("curve");
+    let server = KeyPair::generate();
+    let ours = KeyPair::generate();
+    write_certificates(&dir, "server", &server, &[]).unwrap();
+    write_certificates(&dir, "bridge", &ours, &[]).unwrap();
+    let curve_server =
+        || Security::curve_server(server.secret.clone(), Authorizer::allow_list([ours.public]));
+    let replyer = Replyer::bind(
+        &Address::from("127.0.0.1:0"),
+        typed(|args: Value, _meta| async move {
+            Ok::<_, WireError>(json!({"echoed": args["to_echo"]}))
+        }),
+        ReplyerOptions {
+            security: curve_server(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let publisher = Publisher::start(
+        &Address::from("127.0.0.1:0"),
+        PublisherOptions {
+            topic: "ticks".into(),
+            security: curve_server(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let security_file = dir.join("security.json");
+    std::fs::write(
+        &security_file,
+        json!({"service": {"secret_key_file": "bridge.key_secret", "server_key_file": "server.key"}})
+            .to_string(),
+    )
+    .unwrap();
+
+    let (echo_ep, ticks_ep) = (
+        replyer.endpoint().to_owned(),
+        publisher.endpoint().to_owned(),
+    );
+    let secured_settings = || {
+        let mut s = settings(&[], &[]);
+        s.bus.routes = BTreeMap::from([(
+            "/api/v1/secure_echo".to_owned(),
+            BusRouteConfig {
+                timeout_s: Some(1.0),
+                ..route(&echo_ep)
+            },
+        )]);
+        s.bus.streams.insert(
+            "/api/v1/secure_ticks".into(),
+            BusStreamConfig {
+                subscriber: Some(ticks_ep.clone()),
+                topic: "ticks".into(),
+                ..Default::default()
+            },
+        );
+        s
+    };
+    let b = Bridge::new(secured_settings())
+        .security(SecuritySettings::read(&security_file).unwrap())
+        .start()
+        .await
+        .expect("the bridge starts with its security file");
+
+    let (status, body) = post(
+        &format!("{}/api/v1/secure_echo", b.url()),
+        &json!({"to_echo": "over curve"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(data_of(status, &body), json!({"echoed": "over curve"}));
+
+    // The stream: publish until the client has two events (a joiner may miss the first).
+    let r = client()
+        .get(format!("{}/api/v1/secure_ticks", b.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let publisher = std::sync::Arc::new(publisher);
+    let feeder = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            for n in 0..400u32 {
+                if publisher
+                    .publish(&json!({"n": n}), &sf_connections::WorkflowId::None)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while events(&text).len() < 2 {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("events over CURVE within 10 s")
+            .expect("the stream stays open")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    feeder.abort();
+    assert!(
+        events(&text).iter().all(|e| e.0 == "message_chunk"),
+        "{text}"
+    );
+    drop(body);
+    b.stop().await;
+    assert_eq!(replyer.stats().get(Counter::AuthFailures), 0);
+
+    // Without the file the bridge speaks NULL: refused at the handshake, nothing served.
+    let plain = start(secured_settings(), vec![]).await;
+    let (status, body) = post(
+        &format!("{}/api/v1/secure_echo", plain.url()),
+        &json!({"to_echo": "in clear"}),
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    wait_until(Duration::from_secs(5), "the refusal counted", || {
+        let n = replyer.stats().get(Counter::AuthFailures);
+        async move { n > 0 }
+    })
+    .await;
+    assert_eq!(
+        replyer.stats().get(Counter::Received),
+        1,
+        "only the secured request"
+    );
+    plain.stop().await;
+    replyer.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

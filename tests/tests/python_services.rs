@@ -1146,3 +1146,253 @@ async fn a_python_mirror_gets_the_updates_made_at_start_and_no_delete_of_an_abse
     assert!(!log.contains("Traceback"), "{log}");
     assert!(py_mirror.still_running(), "{}", py_mirror.dump());
 }
+
+// ---------------------------------------------------------------------------------------
+// Bus security (CURVE) between whole services and pyzmq (libzmq 4.3.5 with libsodium)
+// ---------------------------------------------------------------------------------------
+
+/// `service-framework keygen --out DIR NAME`: the public key it printed.
+async fn keygen(dir: &Path, name: &str) -> String {
+    let out = Command::new(bin("service-framework"))
+        .arg("keygen")
+        .arg("--out")
+        .arg(dir)
+        .arg(name)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run service-framework keygen");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "keygen: {stdout} {:?}", out.stderr);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .unwrap_or_else(|| panic!("keygen printed no public key: {stdout}"))
+        .to_owned()
+}
+
+/// `tests/python/curve_peer.py ARGS`: its first JSON line after READY (or its only one).
+async fn curve_peer(args: &[&str]) -> Value {
+    let mut p = sf_tests::PyProcess::spawn("curve_peer", args);
+    let first = p
+        .line(START)
+        .await
+        .unwrap_or_else(|| panic!("curve_peer {args:?} printed nothing: {}", p.stderr()));
+    let json = match first.strip_prefix("READY") {
+        Some(_) => p.expect_json(START).await,
+        None => serde_json::from_str(&first).expect("a JSON line"),
+    };
+    p.wait_success(START).await;
+    json
+}
+
+/// The Z85 secret key in a `NAME.key_secret` certificate, to check it is never printed.
+fn secret_in(cert: &Path) -> String {
+    let text = std::fs::read_to_string(cert).expect("read the certificate");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("secret-key = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("a secret-key line")
+        .to_owned()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
+}
+
+/// Keys made by `service-framework keygen` load in pyzmq (`zmq.auth.load_certificate`), keys
+/// made by pyzmq (`zmq.auth.create_certificates`) load in the framework, and a Rust replyer
+/// started with `--security` answers a pyzmq CURVE client whose certificate is in its
+/// clients directory. An unknown client key, a NULL client and a client expecting another
+/// server key get nothing; the refusal is logged with the client's key; the service keeps
+/// serving; its secret key is never printed.
+#[tokio::test]
+async fn a_pyzmq_curve_client_calls_a_rust_replyer_started_with_a_security_file() {
+    let dir = TempDir::new("curve_rep");
+    let keys = dir.0.join("keys");
+    let clients = dir.0.join("clients");
+    let strangers = dir.0.join("strangers");
+    let server_public = keygen(&keys, "server").await;
+    let (server_cert, server_secret) = (keys.join("server.key"), keys.join("server.key_secret"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&server_secret)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the secret certificate is private");
+    }
+    // pyzmq reads ours...
+    let loaded = curve_peer(&["load", path_str(&server_cert)]).await;
+    assert_eq!(
+        loaded,
+        json!({"public": server_public, "has_secret": false})
+    );
+    let loaded = curve_peer(&["load", path_str(&server_secret)]).await;
+    assert_eq!(loaded, json!({"public": server_public, "has_secret": true}));
+    // ...and makes the clients' (the framework reads those through clients_dir).
+    curve_peer(&["certs", path_str(&clients), "alice"]).await;
+    let mallory = curve_peer(&["certs", path_str(&strangers), "mallory"]).await;
+    let alice_secret = clients.join("alice.key_secret");
+    let mallory_secret = strangers.join("mallory.key_secret");
+
+    let security = dir.json(
+        "security.json",
+        &json!({"service": {"secret_key_file": "keys/server.key_secret", "clients_dir": "clients"}}),
+    );
+    let (replyer, port) = start_bound(
+        "rust echo_replyer over CURVE",
+        Stream::Stderr,
+        "in.reply: ",
+        |port| {
+            let (replyer_file, _) = echo_addresses(&dir, port);
+            Proc::rust(
+                "rust echo_replyer over CURVE",
+                &[
+                    "-s",
+                    "echo_replyer",
+                    "-a",
+                    &replyer_file,
+                    "--security",
+                    &security,
+                ],
+            )
+        },
+    )
+    .await;
+    let endpoint = format!("tcp://127.0.0.1:{port}");
+    let call_as = |server_key: &Path, client_secret: &Path, text: &str, timeout_ms: &str| {
+        let args = [
+            "call".to_owned(),
+            endpoint.clone(),
+            path_str(server_key).to_owned(),
+            path_str(client_secret).to_owned(),
+            json!({"to_echo": text}).to_string(),
+            timeout_ms.to_owned(),
+        ];
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curve_peer(&args).await
+        }
+    };
+
+    let ok = call_as(&server_cert, &alice_secret, "hello over curve", "5000").await;
+    assert_eq!(
+        ok,
+        json!({"reply": {"echoed": "hello over curve"}}),
+        "{}",
+        replyer.dump()
+    );
+
+    // Refused before any message reaches the handler.
+    let unknown = call_as(&server_cert, &mallory_secret, "let me in", "1000").await;
+    assert_eq!(unknown, json!({"timeout": true}));
+    let null = curve_peer(&[
+        "call",
+        &endpoint,
+        "-",
+        "-",
+        &json!({"to_echo": "plain"}).to_string(),
+        "1000",
+    ])
+    .await;
+    assert_eq!(null, json!({"timeout": true}));
+    // A client that takes mallory's key for the server's: its HELLO cannot be opened.
+    let wrong_server = call_as(
+        &strangers.join("mallory.key"),
+        &alice_secret,
+        "who are you",
+        "1000",
+    )
+    .await;
+    assert_eq!(wrong_server, json!({"timeout": true}));
+
+    // Still serving the authorized client.
+    let again = call_as(&server_cert, &alice_secret, "still here", "5000").await;
+    assert_eq!(again, json!({"reply": {"echoed": "still here"}}));
+
+    let log = replyer.lines(Stream::Stderr).join("\n");
+    let mallory_key = mallory["public"].as_str().unwrap();
+    assert!(
+        log.contains("is not authorized") && log.contains(mallory_key),
+        "the refusal is logged with the client's key:\n{log}"
+    );
+    assert!(
+        !log.contains(&secret_in(&server_secret)),
+        "the secret key is never logged"
+    );
+}
+
+/// A Rust requester service (`echo_requester -m`, `--security`) calls a pyzmq CURVE REP
+/// server whose keys pyzmq made and whose ZAP handler accepts the key `keygen` made for the
+/// Rust side: five replies, in order; the server saw the five requests.
+#[tokio::test]
+async fn a_rust_requester_started_with_a_security_file_calls_a_pyzmq_curve_server() {
+    let dir = TempDir::new("curve_req");
+    let py_keys = dir.0.join("py");
+    let rust_clients = dir.0.join("rust_clients");
+    curve_peer(&["certs", path_str(&py_keys), "pyserver"]).await;
+    keygen(&rust_clients, "requester").await;
+    let security = dir.json(
+        "security.json",
+        &json!({"connections": {"out": {"request": {
+            "secret_key_file": "rust_clients/requester.key_secret",
+            "server_key_file": "py/pyserver.key",
+        }}}}),
+    );
+    let mut server = None;
+    for _ in 0..3 {
+        let [port] = free_ports();
+        let mut p = sf_tests::PyProcess::spawn(
+            "curve_peer",
+            &[
+                "serve",
+                &port.to_string(),
+                path_str(&py_keys.join("pyserver.key_secret")),
+                path_str(&rust_clients),
+                "5",
+            ],
+        );
+        if p.try_ready().await.is_ok() {
+            server = Some((p, port));
+            break;
+        }
+    }
+    let (mut server, port) = server.expect("the pyzmq CURVE server binds a free port");
+    let (_, requester_file) = echo_addresses(&dir, port);
+    let mut rust = Proc::rust(
+        "rust echo_requester over CURVE",
+        &[
+            "-s",
+            "echo_requester",
+            "-a",
+            &requester_file,
+            "-m",
+            "--num_req_to_send",
+            "5",
+            "--security",
+            &security,
+        ],
+    );
+    let status = rust.exit(RUN).await;
+    assert!(status.success(), "{status}\n{}", rust.dump());
+    let responses: Vec<String> = rust
+        .lines(Stream::Stdout)
+        .into_iter()
+        .filter(|l| l.starts_with("Got Response:"))
+        .collect();
+    let expected: Vec<String> = (0..5)
+        .map(|i| format!("Got Response: {{\"echoed\":\"Hello World {i}\"}}"))
+        .collect();
+    assert_eq!(responses, expected, "\n{}", rust.dump());
+    for i in 0..5 {
+        let seen = server.expect_json(RUN).await;
+        assert_eq!(
+            seen,
+            json!({"request": {"to_echo": format!("Hello World {i}")}})
+        );
+    }
+    server.wait_success(RUN).await;
+}
