@@ -640,6 +640,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reply_with_a_code_this_version_does_not_know_still_decodes() {
+        #[derive(Serialize)]
+        struct Raw<'a> {
+            return_args: Option<()>,
+            workflow_id: Option<()>,
+            error: RawErr<'a>,
+        }
+        #[derive(Serialize)]
+        struct RawErr<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        let frame = |code| {
+            rmp_serde::to_vec_named(&Raw {
+                return_args: None,
+                workflow_id: None,
+                error: RawErr {
+                    code,
+                    message: "quota spent",
+                },
+            })
+            .unwrap()
+        };
+        let reply: Reply<serde_json::Value> = decode(&frame("rate_limited")).unwrap();
+        let e = reply.error.expect("the error is kept");
+        assert_eq!(e.code, ErrorCode::Unknown);
+        assert_eq!(
+            e.message, "[rate_limited] quota spent",
+            "the code it carried is kept"
+        );
+        // A known code decodes as itself, message untouched.
+        let reply: Reply<serde_json::Value> = decode(&frame("unavailable")).unwrap();
+        assert_eq!(
+            reply.error,
+            Some(WireError::new(ErrorCode::Unavailable, "quota spent"))
+        );
+    }
+
+    #[test]
     fn workflow_ids_derive_like_the_original() {
         let id = WorkflowId::Str("abc".into());
         assert_eq!(id.derived(0), id);
