@@ -419,6 +419,17 @@ impl DeltaUpdateOut {
         Ok(guard.num)
     }
 
+    /// Peers refused by security (CURVE) on the publisher and the snapshot replyer together.
+    pub fn auth_failures(&self) -> u64 {
+        let replyer = self
+            .replyer
+            .lock()
+            .expect("replyer lock")
+            .as_ref()
+            .map_or(0, |r| r.stats().get(Counter::AuthFailures));
+        self.publisher.stats().get(Counter::AuthFailures) + replyer
+    }
+
     /// The current state and number.
     pub async fn current(&self) -> (StateMap, i64) {
         let guard = self.inner.lock().await;
