@@ -585,3 +585,72 @@ async fn a_pusher_with_two_full_pullers_recovers_once_they_drain() {
         t.abort();
     }
 }
+
+/// Push/pull over CURVE: a binding pusher (the CURVE server) hands work only to the puller
+/// whose key it accepts; a puller with an unknown key and a NULL one never get a job (a push
+/// never waits on them: they are not peers) and are counted as refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_pull_over_curve_reaches_only_the_authorized_puller() {
+    use sf_connections::security::{Authorizer, KeyPair, Security};
+    let server = KeyPair::generate();
+    let (worker, stranger) = (KeyPair::generate(), KeyPair::generate());
+    let pusher = Pusher::start(
+        &Address::from("127.0.0.1:0"),
+        PipelineOptions {
+            security: Security::curve_server(
+                server.secret.clone(),
+                Authorizer::allow_list([worker.public]),
+            ),
+            ..binder(Duration::from_secs(5))
+        },
+    )
+    .await
+    .unwrap();
+    let at = Address::from(pusher.endpoint());
+    let puller_with = |security| PipelineOptions {
+        security,
+        ..connecter(Duration::from_secs(5))
+    };
+    let mut outsider = Puller::start(
+        &at,
+        puller_with(Security::curve_client(server.public, stranger.clone())),
+    )
+    .await
+    .unwrap();
+    let mut plain = Puller::start(&at, puller_with(Security::Null))
+        .await
+        .unwrap();
+    let mut authorized = Puller::start(
+        &at,
+        puller_with(Security::curve_client(server.public, worker.clone())),
+    )
+    .await
+    .unwrap();
+    for n in 0..20 {
+        pusher
+            .push(&job("curve", 0, n), WorkflowId::None)
+            .await
+            .unwrap();
+    }
+    for n in 0..20 {
+        let got = tokio::time::timeout(Duration::from_secs(5), authorized.next::<Job>())
+            .await
+            .expect("a job within 5 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.args, job("curve", 0, n), "every job, in order, boxed");
+    }
+    for (who, p) in [("unknown key", &mut outsider), ("NULL", &mut plain)] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), p.next::<Job>())
+                .await
+                .is_err(),
+            "the {who} puller got a job"
+        );
+    }
+    assert!(
+        pusher.stats().get(Counter::AuthFailures) >= 2,
+        "refusals counted: {}",
+        pusher.stats().get(Counter::AuthFailures)
+    );
+}
