@@ -1396,3 +1396,82 @@ async fn a_rust_requester_started_with_a_security_file_calls_a_pyzmq_curve_serve
     }
     server.wait_success(RUN).await;
 }
+
+/// Publish/subscribe between a whole Rust service and pyzmq over CURVE: the Rust
+/// `state_source` started with `--security` (its state's publisher and snapshot replyer bind:
+/// CURVE servers) answers a pyzmq CURVE SUB with an authorized key with a snapshot of its
+/// state, boxed; a NULL SUB hears nothing.
+#[tokio::test]
+async fn a_pyzmq_curve_subscriber_hears_a_rust_state_source_started_with_a_security_file() {
+    let dir = TempDir::new("curve_pub");
+    let keys = dir.0.join("keys");
+    let clients = dir.0.join("clients");
+    keygen(&keys, "source").await;
+    curve_peer(&["certs", path_str(&clients), "listener"]).await;
+    let security = dir.json(
+        "security.json",
+        &json!({"service": {"secret_key_file": "keys/source.key_secret", "clients_dir": "clients"}}),
+    );
+    let [publisher, replyer] = free_ports();
+    let updates = vec![
+        json!({"is_snapshot": true, "state": {"a": 1}}),
+        json!({"state": {"b": 2}}),
+    ];
+    let addresses = source_addresses(&dir, "source_addresses.json", publisher, replyer);
+    let config = dir.json(
+        "source_config.json",
+        &json!({"updates": updates, "hold_s": 30}),
+    );
+    let mut source = Proc::rust(
+        "rust state_source over CURVE",
+        &[
+            "-s",
+            "state_source",
+            "-a",
+            &addresses,
+            "-c",
+            &config,
+            "-m",
+            "--security",
+            &security,
+        ],
+    );
+    source
+        .line(Stream::Stderr, |l| l.contains("prices is now at"), START)
+        .await;
+
+    let endpoint = format!("tcp://127.0.0.1:{publisher}");
+    let mut listener = sf_tests::PyProcess::spawn(
+        "curve_peer",
+        &[
+            "sub",
+            &endpoint,
+            path_str(&keys.join("source.key")),
+            path_str(&clients.join("listener.key_secret")),
+            "",
+            "1",
+            "8000",
+        ],
+    );
+    let mut plain =
+        sf_tests::PyProcess::spawn("curve_peer", &["sub", &endpoint, "-", "-", "", "1", "1500"]);
+    listener.ready().await;
+    plain.ready().await;
+    // The out side answers a new subscriber with a snapshot (issue 13), here inside a box.
+    let heard = listener.expect_json(RUN).await;
+    assert_eq!(heard["args"]["is_snapshot"], json!(true), "{heard}");
+    assert_eq!(
+        heard["args"]["state"],
+        final_state(&updates),
+        "{heard}\n{}",
+        source.dump()
+    );
+    listener.wait_success(RUN).await;
+    assert_eq!(plain.expect_json(RUN).await, json!({"timeout": true}));
+    plain.wait_success(RUN).await;
+    let log = source.lines(Stream::Stderr).join("\n");
+    assert!(
+        log.contains("handshake failed"),
+        "the NULL subscriber's refusal is logged:\n{log}"
+    );
+}
