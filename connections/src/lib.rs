@@ -7,6 +7,8 @@
 //! # Layout
 //! - [`wire`]: bytes <-> envelopes, byte-compatible with Python `service_framework` 0.0.18
 //!   (request, reply, publish with topic prefix, Decimal / set / UUID / ndarray maps).
+//! - [`dynamic`]: [`Dynamic`], any value a peer sends kept as msgpack (bin included), with a
+//!   JSON view.
 //! - [`address`]: `"host:port"`, `tcp://`, `ipc://` and `{bind, connect}` addresses.
 //! - [`handler`]: what a replyer runs for a request; typed handlers validate args.
 //! - [`replyer`] (ROUTER) and [`requester`] (DEALER): request/reply that serves concurrently,
@@ -19,6 +21,7 @@
 //! - [`stats`]: the counters every connection keeps.
 
 pub mod address;
+pub mod dynamic;
 pub mod error;
 pub mod external;
 pub mod handler;
@@ -34,6 +37,7 @@ mod util;
 pub mod wire;
 
 pub use address::Address;
+pub use dynamic::Dynamic;
 pub use error::{Error, Result};
 pub use external::ExternalTarget;
 pub use handler::{typed, Outcome, RawHandler, RequestMeta};

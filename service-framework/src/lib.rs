@@ -68,6 +68,7 @@ pub mod prelude {
     pub use crate::{Ctx, ServiceDef, ServiceError};
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
+    pub use sf_connections::Dynamic;
 }
 
 /// Re-exported so services need not depend on them directly.
