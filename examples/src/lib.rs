@@ -1,5 +1,6 @@
 //! The example services, as definitions that the binaries run and the tests embed.
 
+pub mod dynamic;
 pub mod echo;
 pub mod slow;
 pub mod state_mirror;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use service_framework::connections::Dynamic;
 use service_framework::handle::{DeltaStateIn, DeltaStateOut, Replyer};
 use service_framework::serde_json::{Map, Value};
 use service_framework::{Ctx, ServiceDef, ServiceError};
@@ -30,8 +31,10 @@ pub struct SourceConfig {
     pub hold_s: Option<f64>,
 }
 
-/// The value of `prices` (any map of names to prices).
-pub type Prices = BTreeMap<String, Value>;
+/// The value of `prices` (any map of names to values). `Dynamic` keeps whatever a source
+/// sends as it came (a Python source's numpy arrays, Decimals, sets and UUIDs included), so
+/// the mirror answers with the same values.
+pub type Prices = BTreeMap<String, Dynamic>;
 
 /// `get_state`'s (empty) args.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -63,7 +66,11 @@ pub fn source() -> ServiceDef {
             let config = ctx.config::<SourceConfig>();
             for update in &config.updates {
                 let n = if update.is_snapshot {
-                    let whole: Prices = update.state.clone().into_iter().collect();
+                    let whole: Prices = update
+                        .state
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Dynamic::from_json(v)))
+                        .collect();
                     ctx.snapshot_state(&PRICES_OUT, &whole).await?
                 } else {
                     ctx.update_state(&PRICES_OUT, &update.state).await?
@@ -86,11 +93,11 @@ pub fn mirror() -> ServiceDef {
         .delta_update_in(PRICES_IN)
         .replyer(GET_STATE, |_args, ctx| async move {
             let view = ctx.state_view(&PRICES_IN)?;
-            let state = view
+            let state: Prices = view
                 .state
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), service_framework::serde_json::to_value(v)?)))
-                .collect::<Result<Prices, ServiceError>>()?;
+                .map(|(k, v)| (k.clone(), Dynamic(v.clone())))
+                .collect();
             Ok::<_, ServiceError>(MirrorReply {
                 state,
                 current_num: view.current_num,

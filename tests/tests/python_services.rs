@@ -52,8 +52,9 @@ const CALL_TIMEOUT_S: &str = "1";
 // The Rust binaries
 // ---------------------------------------------------------------------------------------
 
-const RUST_BINS: [&str; 5] = [
+const RUST_BINS: [&str; 6] = [
     "service-framework",
+    "dynamic_echo",
     "echo_replyer",
     "echo_requester",
     "state_source",
@@ -86,6 +87,7 @@ fn build_bins_if_needed(dir: &Path) {
         "service-framework/src",
         "examples/src",
         "examples/echo",
+        "examples/dynamic",
         "examples/state_mirror",
     ]
     .iter()
@@ -1474,4 +1476,93 @@ async fn a_pyzmq_curve_subscriber_hears_a_rust_state_source_started_with_a_secur
         log.contains("handshake failed"),
         "the NULL subscriber's refusal is logged:\n{log}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Dynamic values: every kind 0.0.18 sends, through Rust and back
+// ---------------------------------------------------------------------------------------
+
+/// The values `py_dynamic.py` sends, as its state source's config writes them (tagged JSON).
+fn tagged_values() -> Value {
+    json!({
+        "arr": {"$ndarray": [1.5, -2.25, 1e300]},
+        "dec": {"$decimal": "1.10"},
+        "set": {"$set": [1, 2, 3]},
+        "uuid": {"$uuid": "0b7c3a2e-5d4f-4e8a-9c1b-2f3e4d5a6b7c"},
+        "raw": {"$bytes": "00ff07"},
+        "plain": {"n": -3, "f": 2.5, "s": "text", "l": [1, "a", null], "big": 18446744073709551615u64},
+    })
+}
+
+/// A numpy array, a Decimal, a set, a UUID, raw bytes and plain values sent by a Python 0.0.18
+/// requester to the Rust `dynamic_echo` (args typed `Dynamic`) come back as the same Python
+/// values of the same types. The same service through `service-framework call` takes and
+/// gives JSON (the JSON view: bytes as a list of integers, Python's tagged maps as maps).
+#[tokio::test]
+async fn every_kind_python_sends_goes_through_a_dynamic_rust_replyer_and_back() {
+    let dir = TempDir::new("dynamic_echo");
+    let (replyer, port) = start_bound("rust dynamic_echo", Stream::Stderr, "in.reply: ", |port| {
+        let (replyer_file, _) = echo_addresses(&dir, port);
+        Proc::rust(
+            "rust dynamic_echo",
+            &["-s", "dynamic_echo", "-a", &replyer_file],
+        )
+    })
+    .await;
+    let mut py = sf_tests::PyProcess::spawn("py_dynamic", &[addr(port)]);
+    py.ready().await;
+    let reply = py.expect_json(RUN).await;
+    assert_eq!(
+        (&reply["same"], &reply["mismatches"]),
+        (&json!(true), &json!([])),
+        "{reply}\n{}",
+        replyer.dump()
+    );
+    py.wait_success(RUN).await;
+
+    let json_args = json!({"d": {"__decimal__": true, "as_str": "2.50"}, "l": [1, "x", null]});
+    let echoed = call(&addr(port), &json_args).await.unwrap();
+    assert_eq!(echoed, json!({"echoed": json_args}));
+}
+
+/// The same values in a delta state: a Python 0.0.18 source publishes them, the Rust
+/// `state_mirror` (values typed `Dynamic`) follows, and a Python caller of the mirror's
+/// `get_state` gets them back as the same Python values of the same types.
+#[tokio::test]
+async fn every_kind_python_sends_goes_through_a_rust_state_mirror_and_back() {
+    let dir = TempDir::new("dynamic_state");
+    let [publisher, replyer_port, mirror_port] = free_ports();
+    let addresses = source_addresses(&dir, "source_addresses.json", publisher, replyer_port);
+    let mirror_file = mirror_addresses(&dir, "mirror.json", mirror_port, publisher, replyer_port);
+    let mut mirror = Proc::rust(
+        "rust state_mirror",
+        &["-s", "state_mirror", "-a", &mirror_file],
+    );
+    mirror
+        .line(Stream::Stderr, |l| l.contains("in.get_state: "), START)
+        .await;
+    let updates = vec![json!({"current_num": 0, "is_snapshot": true, "state": tagged_values()})];
+    let config = dir.json(
+        "source_config.json",
+        &json!({"updates": updates, "hold_s": 30}),
+    );
+    let mut source = Proc::python(
+        "python state_source",
+        "state_source.py",
+        &["-a", &addresses, "-c", &config, "-m"],
+    );
+    source
+        .line(Stream::Stdout, |l| l == "SERIES DONE", RUN)
+        .await;
+    let mut py = sf_tests::PyProcess::spawn("py_dynamic", &[addr(mirror_port), "state".into()]);
+    py.ready().await;
+    let reply = py.expect_json(RUN).await;
+    assert_eq!(
+        (&reply["same"], &reply["mismatches"]),
+        (&json!(true), &json!([])),
+        "{reply}\n{}\n{}",
+        mirror.dump(),
+        source.dump()
+    );
+    py.wait_success(RUN).await;
 }

@@ -9,11 +9,19 @@ numbering to the service), then sleeps `hold_s` seconds while the framework's se
 Run: python -m service_framework -s ./state_source.py -a source_addresses.json \
          -c source_config.json -m
 
+Values written in the config as {"$ndarray": [...]}, {"$decimal": "1.10"}, {"$set": [...]},
+{"$uuid": "..."} or {"$bytes": "<hex>"} are sent as the Python objects they name (a float64
+numpy array, a Decimal, a set, a UUID, bytes), which msgpack_utils encodes as 0.0.18 does.
+
 Prints `Sent: <json>` per update, then `SERIES DONE`.
 """
 
 import json
 import time
+import uuid
+from decimal import Decimal
+
+import numpy
 
 from service_framework import get_logger
 
@@ -29,13 +37,36 @@ def setup_config(config):
     return config
 
 
+def typed(value):
+    """
+    The Python object a tagged JSON value names (see the module text); anything else as is.
+    """
+    if isinstance(value, dict):
+        if len(value) == 1:
+            (tag, inner), = value.items()
+            if tag == '$ndarray':
+                return numpy.array(inner, dtype=numpy.float64)
+            if tag == '$decimal':
+                return Decimal(inner)
+            if tag == '$set':
+                return set(inner)
+            if tag == '$uuid':
+                return uuid.UUID(inner)
+            if tag == '$bytes':
+                return bytes.fromhex(inner)
+        return {k: typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [typed(v) for v in value]
+    return value
+
+
 def main(to_send, config):
     """
     Sends the scripted series, then keeps the service up for a while.
     """
     for update in config['updates']:
         LOG.info('Sending update: %s', update)
-        to_send('state', 'prices', update)
+        to_send('state', 'prices', typed(update))
         print('Sent: ' + json.dumps(update), flush=True)
         if config['pause_s']:
             time.sleep(config['pause_s'])
