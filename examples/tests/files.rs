@@ -236,7 +236,7 @@ fn addresses_file_mistakes_name_the_file_and_the_connection() {
     assert_fails(
         with(&a),
         &format!(
-            r#"error: addresses: {}: unknown key "connection" (expected "connections" or "states")"#,
+            r#"error: addresses: {}: unknown key "connection" (expected "connections", "states" or "options")"#,
             a.display()
         ),
     );
@@ -246,6 +246,32 @@ fn addresses_file_mistakes_name_the_file_and_the_connection() {
         with(&a),
         &format!(
             r#"error: addresses: {}: connections: unknown key "outbound" (expected "in" or "out")"#,
+            a.display()
+        ),
+    );
+
+    let a = dir.write(
+        "options_shape.json",
+        r#"{"connections": {"out": {"request": {"requester": "127.0.0.1:1"}}},
+            "options": {"connections": {"out": {"request": 5}}}}"#,
+    );
+    assert_fails(
+        with(&a),
+        &format!(
+            r#"error: addresses: {}: options.connections.out.request must be an object like {{"timeout_s": 2}}, found integer 5"#,
+            a.display()
+        ),
+    );
+
+    let a = dir.write(
+        "options_type.json",
+        r#"{"connections": {"out": {"request": {"requester": "127.0.0.1:1"}}},
+            "options": {"connections": {"out": {"request": {"timeout_s": "soon"}}}}}"#,
+    );
+    assert_fails(
+        with(&a),
+        &format!(
+            r#"error: addresses: {}: options.connections.out.request: requester option "timeout_s" must be a number of seconds (0 or more), found "soon""#,
             a.display()
         ),
     );

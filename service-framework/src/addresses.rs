@@ -36,6 +36,57 @@ pub struct Sides {
     pub outbound: SideAddresses,
 }
 
+/// Creation options of one side: connection (or state) name -> option -> value.
+pub type SideOptions = BTreeMap<String, serde_json::Map<String, Value>>;
+
+/// Options by side.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionSides {
+    /// Inbound entries.
+    #[serde(default, rename = "in", skip_serializing_if = "BTreeMap::is_empty")]
+    pub inbound: SideOptions,
+    /// Outbound entries.
+    #[serde(default, rename = "out", skip_serializing_if = "BTreeMap::is_empty")]
+    pub outbound: SideOptions,
+}
+
+impl OptionSides {
+    fn is_empty(&self) -> bool {
+        self.inbound.is_empty() && self.outbound.is_empty()
+    }
+
+    /// The options given for `name` on the side `inbound` says.
+    pub fn get(&self, inbound: bool, name: &str) -> Option<&serde_json::Map<String, Value>> {
+        if inbound {
+            self.inbound.get(name)
+        } else {
+            self.outbound.get(name)
+        }
+    }
+}
+
+/// The `options` section: creation options set by the deployment, without recompiling
+/// (`timeout_s`, `retries`, `topic`, `is_x_pub`, `credit_window`, ...). Python 0.0.18 reads
+/// only `connections` and `states`, so a file with options still loads there.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionsSection {
+    /// By connection.
+    #[serde(default, skip_serializing_if = "OptionSides::is_empty")]
+    pub connections: OptionSides,
+    /// By state.
+    #[serde(default, skip_serializing_if = "OptionSides::is_empty")]
+    pub states: OptionSides,
+}
+
+impl OptionsSection {
+    /// True when nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty() && self.states.is_empty()
+    }
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +97,10 @@ pub struct AddressesFile {
     /// State addresses.
     #[serde(default)]
     pub states: Sides,
+    /// Creation options, by connection and state (a key of this project's, which Python
+    /// 0.0.18 ignores).
+    #[serde(default, skip_serializing_if = "OptionsSection::is_empty")]
+    pub options: OptionsSection,
 }
 
 impl AddressesFile {
@@ -220,9 +275,13 @@ fn check_shape(root: &Value) -> std::result::Result<(), String> {
         .as_object()
         .ok_or_else(|| format!("must be a JSON object {SHAPE}, found {}", kind(root)))?;
     for (section, sides) in top {
+        if section == "options" {
+            check_options(sides)?;
+            continue;
+        }
         if section != "connections" && section != "states" {
             return Err(format!(
-                "unknown key {section:?} (expected \"connections\" or \"states\")"
+                "unknown key {section:?} (expected \"connections\", \"states\" or \"options\")"
             ));
         }
         let sides = sides.as_object().ok_or_else(|| {
@@ -254,6 +313,52 @@ fn check_shape(root: &Value) -> std::result::Result<(), String> {
                     check_address(address).map_err(|found| {
                         format!("{section}.{side}.{name}.{socket} must be {ADDRESS}, found {found}")
                     })?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `options`: `{"connections"|"states": {"in"|"out": {NAME: {OPTION: value}}}}`. Which
+/// options a connection or state takes, and their types, are checked at start against the
+/// service's declarations.
+fn check_options(v: &Value) -> std::result::Result<(), String> {
+    const OPTIONS: &str =
+        r#"{"connections": {"out": {"request": {"timeout_s": 2}}}, "states": {..}}"#;
+    let top = v
+        .as_object()
+        .ok_or_else(|| format!("options must be an object {OPTIONS}, found {}", kind(v)))?;
+    for (section, sides) in top {
+        if section != "connections" && section != "states" {
+            return Err(format!(
+                "options: unknown key {section:?} (expected \"connections\" or \"states\")"
+            ));
+        }
+        let sides = sides.as_object().ok_or_else(|| {
+            format!(
+                "options.{section} must be an object {{\"in\": {{..}}, \"out\": {{..}}}}, found {}",
+                kind(sides)
+            )
+        })?;
+        for (side, entries) in sides {
+            if side != "in" && side != "out" {
+                return Err(format!(
+                    "options.{section}: unknown key {side:?} (expected \"in\" or \"out\")"
+                ));
+            }
+            let entries = entries.as_object().ok_or_else(|| {
+                format!(
+                    "options.{section}.{side} must be an object of names, found {}",
+                    kind(entries)
+                )
+            })?;
+            for (name, opts) in entries {
+                if !opts.is_object() {
+                    return Err(format!(
+                        "options.{section}.{side}.{name} must be an object like {{\"timeout_s\": 2}}, found {}",
+                        kind(opts)
+                    ));
                 }
             }
         }

@@ -152,6 +152,7 @@ pub async fn run(
             error,
         })?;
     }
+    apply_options(&mut def, &addresses, &options.addresses_origin)?;
     for m in def.connections.all() {
         check_creation(m.kind.creation_keys(), &m.creation, &m.name, m.kind.name())?;
     }
@@ -488,12 +489,96 @@ fn check_creation(
     name: &str,
     kind: &str,
 ) -> Result<()> {
-    for key in creation.keys() {
+    check_values(
+        allowed,
+        creation,
+        &format!("{kind} {name:?}"),
+        "creation argument",
+    )
+    .map_err(Error::Definition)
+}
+
+/// Each key is one `allowed` names, with a value of the type that option takes.
+fn check_values(
+    allowed: &[&str],
+    values: &Map<String, Value>,
+    what: &str,
+    noun: &str,
+) -> std::result::Result<(), String> {
+    for (key, value) in values {
         if !allowed.contains(&key.as_str()) {
-            return Err(Error::Definition(format!(
-                "{kind} {name:?}: unknown creation argument {key:?} (allowed: {})",
+            return Err(format!(
+                "{what}: unknown {noun} {key:?} (allowed: {})",
                 allowed.join(", ")
-            )));
+            ));
+        }
+        let (fits, expected) = match key.as_str() {
+            "topic" => (value.is_string(), "a string"),
+            "is_binder" | "is_x_pub" => (value.is_boolean(), "true or false"),
+            "retries" | "max_message_bytes" | "max_concurrency" | "credit_window" => {
+                (value.is_u64(), "a whole number")
+            }
+            // Seconds.
+            _ => (
+                value.as_f64().is_some_and(|s| s.is_finite() && s >= 0.0),
+                "a number of seconds (0 or more)",
+            ),
+        };
+        if !fits {
+            return Err(format!(
+                "{what}: {noun} {key:?} must be {expected}, found {value}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Merges the addresses file's `options` into the declared creation arguments: the file is
+/// the deployment's word, so it wins over what the code declared. Options for connections
+/// or states the service does not declare are ignored (several services may share one
+/// file); an unknown option, or a value of the wrong type, stops the start naming it.
+fn apply_options(def: &mut ServiceDef, addresses: &AddressesFile, origin: &str) -> Result<()> {
+    let opts = &addresses.options;
+    for m in def
+        .connections
+        .inbound
+        .iter_mut()
+        .chain(def.connections.outbound.iter_mut())
+    {
+        let inbound = m.kind.is_inbound();
+        if let Some(given) = opts.connections.get(inbound, &m.name) {
+            let side = if inbound { "in" } else { "out" };
+            let what = format!("{origin}: options.connections.{side}.{}", m.name);
+            check_values(
+                m.kind.creation_keys(),
+                given,
+                &what,
+                &format!("{} option", m.kind.name()),
+            )
+            .map_err(Error::Addresses)?;
+            m.creation
+                .extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+    for s in def
+        .states
+        .inbound
+        .iter_mut()
+        .chain(def.states.outbound.iter_mut())
+    {
+        let inbound = s.kind.is_inbound();
+        if let Some(given) = opts.states.get(inbound, &s.name) {
+            let side = if inbound { "in" } else { "out" };
+            let what = format!("{origin}: options.states.{side}.{}", s.name);
+            check_values(
+                s.kind.creation_keys(),
+                given,
+                &what,
+                &format!("{} option", s.kind.name()),
+            )
+            .map_err(Error::Addresses)?;
+            s.creation
+                .extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }
     Ok(())

@@ -181,3 +181,93 @@ fn a_handler_panic_is_internal_with_a_safe_message() {
     );
     h.stop().unwrap();
 }
+
+/// The deployment sets creation options in addresses.json's `options` section, without
+/// recompiling: here the relay's requester timeout (declared in code as 10 s) becomes 0.3 s,
+/// so a slow downstream is a timeout well before 10 s.
+#[test]
+fn options_in_the_addresses_file_set_creation_arguments_without_recompiling() {
+    let slow = ServiceDef::new("slow").replyer("reply", |a: Echo, _ctx: Ctx| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        Ok::<_, ServiceError>(Echoed { echoed: a.to_echo })
+    });
+    let (down, down_ready) = start(slow, replyer_at("127.0.0.1:0"));
+    let relay_def = relay().option(DOWN.name(), "timeout_s", 10.0);
+    let (relay, relay_ready) = start(
+        relay_def,
+        addresses(json!({
+            "connections": {
+                "in": {"relay": {"replyer": "127.0.0.1:0"}},
+                "out": {"down": {"requester": down_ready.endpoint("reply").unwrap()}},
+            },
+            "options": {"connections": {"out": {"down": {"timeout_s": 0.3}}}},
+        })),
+    );
+    let t = std::time::Instant::now();
+    let err = request(
+        relay_ready.endpoint("relay").unwrap(),
+        &json!({"to_echo": "x"}),
+    )
+    .expect_err("the downstream is too slow for 0.3 s");
+    let took = t.elapsed();
+    let ConnError::Remote(w) = err else {
+        panic!("an error reply, got {err:?}")
+    };
+    assert_eq!(w.code, ErrorCode::DependencyFailed, "{w:?}");
+    assert!(w.message.contains("timeout"), "{w:?}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "the file's 0.3 s applied, not the code's 10 s: {took:?}"
+    );
+    relay.stop().unwrap();
+    down.stop().unwrap();
+}
+
+/// An option the kind does not take, or a value of the wrong type, stops the start with the
+/// file, the key path and what is allowed or expected; options for connections the service
+/// does not declare are ignored (one file serves several services).
+#[test]
+fn a_wrong_option_in_the_addresses_file_stops_the_start_naming_it() {
+    let with_options = |options: serde_json::Value| {
+        Service::new(adder())
+            .config(json!({"offset": 1}))
+            .addresses(addresses(json!({
+                "connections": {"in": {"add": {"replyer": "127.0.0.1:0"}}},
+                "options": options,
+            })))
+            .run_blocking()
+    };
+    let msg = with_options(json!({"connections": {"in": {"add": {"timeout_s": 1}}}}))
+        .expect_err("a replyer takes no timeout_s")
+        .to_string();
+    assert!(
+        msg.contains("options.connections.in.add")
+            && msg.contains("timeout_s")
+            && msg.contains("max_concurrency"),
+        "{msg}"
+    );
+    let err = with_options(json!({"connections": {"in": {"add": {"max_concurrency": "many"}}}}))
+        .expect_err("a whole number is needed");
+    assert!(matches!(err, Error::Addresses(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("max_concurrency")
+            && msg.contains("a whole number")
+            && msg.contains("\"many\""),
+        "{msg}"
+    );
+    // Someone else's options: ignored; the adder starts and serves.
+    let svc = Service::new(adder())
+        .config(json!({"offset": 1}))
+        .addresses(addresses(json!({
+            "connections": {"in": {"add": {"replyer": "127.0.0.1:0"}}},
+            "options": {"connections": {"out": {"someone_elses": {"retries": 3}}}},
+        })))
+        .run_in_background();
+    let ready = svc
+        .wait_ready(std::time::Duration::from_secs(10))
+        .expect("the adder starts");
+    let sum = request(ready.endpoint("add").unwrap(), &json!({"a": 1, "b": 2})).unwrap();
+    assert_eq!(sum, json!({"total": 4}));
+    svc.stop().unwrap();
+}

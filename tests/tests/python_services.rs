@@ -1566,3 +1566,55 @@ async fn every_kind_python_sends_goes_through_a_rust_state_mirror_and_back() {
     );
     py.wait_success(RUN).await;
 }
+
+/// One addresses.json for a Python 0.0.18 replyer and a Rust requester, with an `options`
+/// section setting the Rust requester's `timeout_s` and `retries`: Python loads the file
+/// (it reads only `connections` and `states`) and serves; the Rust requester gets its
+/// replies.
+#[tokio::test]
+async fn python_0_0_18_loads_an_addresses_file_with_an_options_section() {
+    let dir = TempDir::new("options");
+    let shared = |port: u16| {
+        dir.json(
+            "addresses.json",
+            &json!({
+                "connections": {
+                    "in": {"reply": {"replyer": addr(port)}},
+                    "out": {"request": {"requester": addr(port)}},
+                },
+                "states": {"in": {}, "out": {}},
+                "options": {"connections": {"out": {"request": {"timeout_s": 2.5, "retries": 1}}}},
+            }),
+        )
+    };
+    let (mut py, port) = start_bound("python echo_replyer", Stream::Stdout, "READY", |port| {
+        Proc::python(
+            "python echo_replyer",
+            "echo_replyer.py",
+            &["-a", &shared(port)],
+        )
+    })
+    .await;
+    let file = shared(port);
+    let mut rust = Proc::rust(
+        "rust echo_requester",
+        &[
+            "-s",
+            "echo_requester",
+            "-a",
+            &file,
+            "-m",
+            "--num_req_to_send",
+            "3",
+        ],
+    );
+    let status = rust.exit(RUN).await;
+    assert!(status.success(), "{status}\n{}\n{}", rust.dump(), py.dump());
+    let responses = rust
+        .lines(Stream::Stdout)
+        .iter()
+        .filter(|l| l.starts_with("Got Response:"))
+        .count();
+    assert_eq!(responses, 3, "\n{}", rust.dump());
+    assert!(py.still_running(), "{}", py.dump());
+}
