@@ -2,5 +2,7 @@
 
 pub mod dynamic;
 pub mod echo;
+pub mod full_state;
 pub mod slow;
 pub mod state_mirror;
+pub mod ticks;
