@@ -1618,3 +1618,65 @@ async fn python_0_0_18_loads_an_addresses_file_with_an_options_section() {
     assert_eq!(responses, 3, "\n{}", rust.dump());
     assert!(py.still_running(), "{}", py.dump());
 }
+
+/// 13.3 A lagging Python 0.0.18 mirror under a long stream: the Rust state_source sends a
+///    snapshot and then 30,000 deltas as fast as it can to a Python mirror that cannot keep
+///    up (its queue at the publisher overflows, it sees gaps and resyncs through the Rust
+///    snapshot replyer, which blocks its loop). Python applies any snapshot whatever its
+///    number, so a snapshot published in the middle of the stream could take it back; the
+///    Rust side publishes unsolicited snapshots only after a quiet spell. The mirror must
+///    end at the source's final state.
+#[tokio::test]
+async fn a_lagging_python_mirror_of_a_long_rust_stream_ends_at_the_final_state() {
+    const DELTAS: usize = 30_000;
+    let dir = TempDir::new("lagging");
+    let [publisher, replyer, py_port] = free_ports();
+    let py_file = mirror_addresses(&dir, "py_mirror.json", py_port, publisher, replyer);
+    let mut py_mirror = Proc::python("python state_mirror", "state_mirror.py", &["-a", &py_file]);
+    py_mirror
+        .line(Stream::Stdout, |l| l == "READY", START)
+        .await;
+    let mut updates = vec![json!({"is_snapshot": true, "state": {"start": 0}})];
+    updates.extend((0..DELTAS).map(|i| json!({"state": {format!("k{}", i % 50): i}})));
+    let expected = final_state(&updates);
+    let source = rust_source(&dir, "rust state_source", (publisher, replyer), &updates).await;
+    let mut source = source;
+    source
+        .line(
+            Stream::Stderr,
+            |l| l.contains(&format!("prices is now at {}", DELTAS + 1)),
+            Duration::from_secs(30),
+        )
+        .await;
+    // Bounded by 40 s: Python works through its backlog (each `call` waits 1 s at most).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut last = None;
+    loop {
+        let got = call(&addr(py_port), &json!({})).await;
+        if let Ok(reply) = &got {
+            if reply["state"] == expected {
+                break;
+            }
+        }
+        last = Some(got);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the lagging Python mirror never reached the final state; last: {:?}\n{}",
+            last.as_ref()
+                .map(|r| r.as_ref().map(|v| v["state"].to_string())),
+            py_mirror
+                .dump()
+                .chars()
+                .rev()
+                .take(3000)
+                .collect::<String>()
+                .chars()
+                .rev()
+                .collect::<String>()
+        );
+        // Pacing between asks (each is bounded).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(last);
+    drop(source);
+}
