@@ -1,6 +1,7 @@
 //! Settings precedence (CLI > environment > .env.prod > .env > config.json > config.toml),
 //! errors that name the key, and the real binaries: `service-framework-bridge` reading
-//! config.toml from its working directory, and `service-framework -s bridge` handing over to it.
+//! config.toml from its working directory, `--num-cpus` setting its worker threads, and
+//! `service-framework -s bridge` handing over to it.
 
 mod common;
 
@@ -335,6 +336,53 @@ async fn the_binary_reads_config_toml_from_its_working_directory() {
         err.contains("ehco") && err.contains("load_builtin_plugins"),
         "{err}"
     );
+}
+
+/// The names of a process's threads, from /proc/<pid>/task/*/comm.
+fn thread_names(pid: u32) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads are listed in /proc")
+        .map(|t| {
+            let comm = t.expect("a thread entry").path().join("comm");
+            std::fs::read_to_string(comm)
+                .expect("a thread name")
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn num_cpus_sets_the_worker_threads_of_the_binary() {
+    let dir = scratch("num-cpus");
+    // Without the flag, the bridge's default of 2 worker threads; with it, as many as asked.
+    for (flag, workers) in [(None, 2), (Some("1"), 1), (Some("3"), 3)] {
+        let mut args = vec![
+            "--port",
+            "0",
+            "--load-builtin-plugins",
+            "echo",
+            "-cl",
+            "WARNING",
+        ];
+        if let Some(n) = flag {
+            args.extend(["--num-cpus", n]);
+        }
+        let mut p = Proc::spawn(&bridge_binary(), &args, &dir, &[]);
+        let url = p.url().await;
+        // Tokio names its worker threads "tokio-rt-worker" (its blocking pool's too, and the
+        // bridge runs nothing there): once the bridge serves, those are its workers.
+        let pid = p.child.id().expect("running");
+        let names = thread_names(pid);
+        let counted = names.iter().filter(|n| *n == "tokio-rt-worker").count();
+        assert_eq!(counted, workers, "--num-cpus {flag:?}: threads {names:?}");
+        let (s, v) = get(&format!("{url}/api/v1/echo?message=n")).await;
+        assert_eq!((s, data_of(200, &v)), (200, json!("n")));
+        assert!(p.terminate().await.success());
+    }
 }
 
 #[tokio::test]

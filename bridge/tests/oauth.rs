@@ -2,7 +2,8 @@
 //! (oauth2-mock-server from the npm registry, installed by this test into
 //! tests/oauth_provider): the redirect to the provider, its redirect back, the state check,
 //! the code exchange, the user read with the token, the signed session cookie, the docs served
-//! with it, a tampered cookie refused, and logout.
+//! with it, a tampered cookie refused, and logout; and the cookies' Secure flag for an https
+//! app URL.
 
 mod common;
 
@@ -141,6 +142,10 @@ async fn docs_login_end_to_end_against_a_real_provider() {
     assert!(state.len() >= 16);
     let (state_cookie, attrs) = set_cookie(&r, "sf_oauth_state").expect("the state cookie");
     assert!(attrs.contains("HttpOnly"), "{attrs}");
+    assert!(
+        !attrs.contains("Secure"),
+        "http app_url: no Secure flag ({attrs})"
+    );
     // The document and ReDoc are behind it too.
     for path in ["/api/v1/openapi.json", "/redoc", "/docs"] {
         let r = c.get(format!("{u}{path}")).send().await.unwrap();
@@ -243,6 +248,104 @@ async fn docs_login_end_to_end_against_a_real_provider() {
     assert_eq!(cleared, "sf_session=");
     assert!(attrs.contains("Max-Age=0"), "{attrs}");
     b.stop().await;
+}
+
+#[tokio::test]
+async fn cookies_are_secure_when_the_app_url_is_https() {
+    let p = provider().await;
+    // The bridge behind a TLS-terminating proxy: its public URL is https, it serves plain
+    // HTTP on loopback, where the test plays the proxy and hands the callback on.
+    let app_url = "https://docs.example.invalid";
+    let mut s = settings(&["echo"], &[]);
+    s.auth.oauth = Some(OauthSettings {
+        provider: "mock".into(),
+        client_id: "bridge-docs".into(),
+        client_secret: "s3cret".into(),
+        authorization_url: format!("{}/authorize", p.url),
+        token_url: format!("{}/token", p.url),
+        user_info_url: format!("{}/userinfo", p.url),
+        redirect_uri: "/oauth/callback".into(),
+        app_url: app_url.into(),
+        jwt_secret: "0123456789abcdef0123456789abcdef-test".into(),
+        ..Default::default()
+    });
+    let b = start(s, vec![]).await;
+    let u = b.url();
+    let c = no_redirects();
+
+    let r = c.get(format!("{u}/docs/")).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let (state_cookie, attrs) = set_cookie(&r, "sf_oauth_state").expect("the state cookie");
+    assert!(
+        attrs.contains("Secure") && attrs.contains("HttpOnly"),
+        "https app_url: {attrs}"
+    );
+    let to_provider = location(&r);
+    assert!(
+        to_provider.contains(&format!(
+            "redirect_uri={}",
+            urlencode(&format!("{app_url}/oauth/callback"))
+        )),
+        "{to_provider}"
+    );
+    // The provider sends the browser to the public callback; the proxy forwards its query.
+    let r = c.get(&to_provider).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let back = reqwest::Url::parse(&location(&r)).unwrap();
+    assert_eq!(
+        back.as_str().split('?').next(),
+        Some(format!("{app_url}/oauth/callback").as_str())
+    );
+    let r = c
+        .get(format!("{u}/oauth/callback?{}", back.query().unwrap()))
+        .header("cookie", &state_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302, "{:?}", r.text().await);
+    let (session, attrs) = set_cookie(&r, "sf_session").expect("the session cookie");
+    assert!(
+        attrs.contains("Secure") && attrs.contains("HttpOnly") && attrs.contains("SameSite=Lax"),
+        "https app_url: {attrs}"
+    );
+    let (_, attrs) = set_cookie(&r, "sf_oauth_state").expect("the state cookie cleared");
+    assert!(
+        attrs.contains("Secure") && attrs.contains("Max-Age=0"),
+        "{attrs}"
+    );
+    // The session works, and logout clears it with the same flags.
+    let r = c
+        .get(format!("{u}/docs/"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(format!("{u}/logout"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (cleared, attrs) = set_cookie(&r, "sf_session").expect("a clearing cookie");
+    assert_eq!(cleared, "sf_session=");
+    assert!(
+        attrs.contains("Secure") && attrs.contains("Max-Age=0"),
+        "{attrs}"
+    );
+    b.stop().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Rewrites a JWT payload's `sub` (what a forger would try), keeping the old signature.

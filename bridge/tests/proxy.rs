@@ -1,7 +1,7 @@
 //! The proxy against a real FastAPI upstream (tests/upstream_app.py under uvicorn, from the
 //! test venv): paths that try to leave their route, answers passed through raw, upstreams read
 //! in the background, per-read timeouts, cut streams, forced streaming, and call_plugin_api
-//! reaching proxied routes.
+//! reaching proxied routes; and the connect timeout against a listener that accepts nothing.
 
 mod common;
 
@@ -438,6 +438,132 @@ async fn timeouts_are_per_read_and_a_cut_stream_ends_with_an_error_event() {
     wait_until(Duration::from_secs(5), "the cut's log line", || async {
         logged("the upstream streams cut the answer")
     })
+    .await;
+    b.stop().await;
+}
+
+/// An upstream that stops accepting connections once its document was read: a listener on
+/// 127.0.0.1 with a backlog of 0 whose one queue slot is taken by a connection nobody accepts,
+/// so the kernel drops every further SYN and a connect hangs (it is not refused).
+struct StalledUpstream {
+    listener: tokio::net::TcpListener,
+    addr: std::net::SocketAddr,
+    _filler: Option<tokio::net::TcpStream>,
+}
+
+impl StalledUpstream {
+    fn bind() -> StalledUpstream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().unwrap())
+            .expect("bind 127.0.0.1");
+        let listener = socket.listen(0).expect("listen");
+        let addr = listener.local_addr().unwrap();
+        StalledUpstream {
+            listener,
+            addr,
+            _filler: None,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Accepts one connection (the bridge reading the document), answers `body` with
+    /// `Connection: close` (so the bridge keeps no connection to reuse) and returns the
+    /// request line.
+    async fn serve_document_once(&self, body: &Value) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut s, _) = tokio::time::timeout(Duration::from_secs(20), self.listener.accept())
+            .await
+            .expect("the bridge asks for the document within 20 s")
+            .expect("accept");
+        let mut head = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("the request head in time")
+                .expect("read");
+            assert!(n > 0, "the bridge closed before its request ended");
+            head.extend_from_slice(&buf[..n]);
+        }
+        let body = body.to_string();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(answer.as_bytes()).await.expect("write");
+        s.shutdown().await.expect("shutdown");
+        let head = String::from_utf8_lossy(&head).to_string();
+        head.lines().next().unwrap_or_default().to_owned()
+    }
+
+    /// Takes the accept queue's one slot, then checks that a further connect now hangs.
+    async fn stop_accepting(&mut self) {
+        let filler = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(self.addr),
+        )
+        .await
+        .expect("the queue's one slot is free")
+        .expect("connect");
+        self._filler = Some(filler);
+        let probe = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(self.addr),
+        )
+        .await;
+        assert!(
+            probe.is_err(),
+            "a connect to the full listener should hang, got {probe:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_connect_that_hangs_is_cut_by_connect_timeout_and_names_the_upstream() {
+    let _ = logs();
+    let mut up = StalledUpstream::bind();
+    // A read timeout far longer than the connect timeout: an answer in about a second can only
+    // come from connect_timeout.
+    let s = proxy_settings(
+        &[],
+        &[],
+        json!({"proxy_urls": {up.url(): {"name": "stalled"}}, "timeout": 30, "connect_timeout": 1}),
+    );
+    let b = start(s, vec![]).await;
+    let doc = json!({"openapi": "3.1.0", "info": {"title": "stalled", "version": "1"},
+        "paths": {"/api/v1/items/{item_id}": {"get": {"operationId": "item",
+            "parameters": [{"name": "item_id", "in": "path", "required": true,
+                "schema": {"type": "integer"}}],
+            "responses": {"200": {"description": "an item"}}}}}});
+    assert_eq!(
+        up.serve_document_once(&doc).await,
+        "GET /api/v1/openapi.json HTTP/1.1"
+    );
+    wait_upstreams(&b).await;
+    up.stop_accepting().await;
+
+    let t = Instant::now();
+    let (st, v) = get(&format!("{}/api/v1/items/1", b.url())).await;
+    let took = t.elapsed();
+    assert_eq!(st, 504, "{v}");
+    assert_eq!(v["status"], 504, "{v}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "answered after {took:?}, connect_timeout is 1 s"
+    );
+    let message = v["message"].as_str().unwrap();
+    assert!(message.contains("stalled"), "{v}");
+    assert!(!v.to_string().contains("127.0.0.1"), "{v}");
+    assert!(!v.to_string().contains(&up.addr.port().to_string()), "{v}");
+    wait_until(
+        Duration::from_secs(5),
+        "the connect timeout's log line",
+        || async { logged("the upstream stalled did not answer in time") },
+    )
     .await;
     b.stop().await;
 }
