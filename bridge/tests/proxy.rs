@@ -625,3 +625,65 @@ async fn proxy_config_mistakes_are_named() {
         assert!(e.contains(needle), "{e}");
     }
 }
+
+/// The list form of `proxy_urls`, as FrameX documents it (bridge/README.md says how FrameX
+/// 0.4.2 itself differs): every route of each listed upstream is published, in the OpenAPI
+/// document and as a route; with `white_list` only the routes it enables.
+#[tokio::test]
+async fn the_list_form_publishes_every_route_or_those_white_list_enables() {
+    let up = FastApi::start().await;
+    let paths_of = |doc: &Value| -> Vec<String> {
+        doc["paths"]
+            .as_object()
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+
+    let all = start(
+        proxy_settings(&[], &[], json!({"proxy_urls": [up.url()]})),
+        vec![],
+    )
+    .await;
+    wait_upstreams(&all).await;
+    let (_, doc) = get(&format!("{}/api/v1/openapi.json", all.url())).await;
+    let paths = paths_of(&doc);
+    for p in [
+        "/api/v1/items/{item_id}",
+        "/api/v1/admin",
+        "/api/v1/echo",
+        "/api/v1/teapot",
+    ] {
+        assert!(paths.iter().any(|x| x == p), "{p} published: {paths:?}");
+    }
+    let (st, _) = get(&format!("{}/api/v1/admin", all.url())).await;
+    assert_eq!(st, 200, "a listed upstream's route is served");
+    all.stop().await;
+
+    let some = start(
+        proxy_settings(
+            &[],
+            &[],
+            json!({"proxy_urls": [up.url()], "white_list": ["/api/v1/items/*"]}),
+        ),
+        vec![],
+    )
+    .await;
+    wait_upstreams(&some).await;
+    let (_, doc) = get(&format!("{}/api/v1/openapi.json", some.url())).await;
+    let paths = paths_of(&doc);
+    assert!(
+        paths.iter().any(|x| x == "/api/v1/items/{item_id}"),
+        "{paths:?}"
+    );
+    assert!(
+        !paths
+            .iter()
+            .any(|x| x == "/api/v1/admin" || x == "/api/v1/echo"),
+        "only what white_list enables: {paths:?}"
+    );
+    let (st, _) = get(&format!("{}/api/v1/admin", some.url())).await;
+    assert_eq!(st, 404, "a route white_list leaves out is not served");
+    let (st, _) = get(&format!("{}/api/v1/items/3", some.url())).await;
+    assert_eq!(st, 200);
+    some.stop().await;
+}
