@@ -1031,10 +1031,15 @@ async fn openapi_document_is_valid_3_1() {
     assert!(doc["paths"]["/api/v1/items"].get("get").is_some());
     assert!(doc["paths"]["/api/v1/items"].get("post").is_some());
     // Streams are documented as event streams; function APIs are not routes.
-    assert!(
-        doc["paths"]["/api/v1/echo_stream"]["get"]["responses"]["200"]["content"]
-            .get("text/event-stream")
-            .is_some()
+    let event = &doc["paths"]["/api/v1/echo_stream"]["get"]["responses"]["200"]["content"]
+        ["text/event-stream"]["schema"];
+    // The schema describes one event (not `{"type": "string"}`, which each event would fail).
+    assert_eq!(event["type"], "object", "{event}");
+    assert_eq!(event["required"], json!(["data"]), "{event}");
+    assert_eq!(
+        event["properties"]["event"]["enum"],
+        json!(["message_chunk", "finish", "error", "debug"]),
+        "{event}"
     );
     assert!(!doc["paths"]
         .as_object()
