@@ -54,7 +54,10 @@ impl BusProxy {
         let xpub = XPubSocket::with_options(
             SocketOptions::default()
                 .send_hwm(SUBSCRIBER_QUEUE)
-                .security(security.clone()),
+                .security(security.clone())
+                // Each new subscriber is announced to the publishers (an out-state answers
+                // it with a snapshot), and each departure too, so the counts stay balanced.
+                .xpub_verbose(true),
         );
         crate::util::count_auth_failures(&security, || xpub.monitor(), stats.clone(), stop.clone());
         let ep = subscribers.bind_endpoint()?;

@@ -1680,3 +1680,79 @@ async fn a_lagging_python_mirror_of_a_long_rust_stream_ends_at_the_final_state()
     drop(last);
     drop(source);
 }
+
+/// 13.2 through the bus: a Rust state_source publishes through `service-framework -s bus`
+///    (`is_x_pub` set in the file's options), finishes its updates and goes idle; then two
+///    Python 0.0.18 mirrors join through the bus, one after the other. Python never asks for
+///    a snapshot; the bus announces each new subscriber to the source (a verbose XPUB) and
+///    the source answers each with a snapshot, so both converge, the second too.
+#[tokio::test]
+async fn late_python_mirrors_behind_the_bus_converge_on_an_idle_rust_source() {
+    let dir = TempDir::new("bus_late");
+    let [bus_pub, bus_sub, replyer, m1, m2] = free_ports();
+    let bus_file = dir.json(
+        "bus.json",
+        &json!({"connections": {"in": {"bus": {
+            "publishers": addr(bus_pub), "subscribers": addr(bus_sub)}}}}),
+    );
+    let mut bus = Proc::rust("bus", &["-s", "bus", "-a", &bus_file]);
+    bus.line(Stream::Stderr, |l| l.contains("bus proxy running"), START)
+        .await;
+    let updates = vec![
+        json!({"is_snapshot": true, "state": {"a": 1}}),
+        json!({"state": {"b": 2}}),
+    ];
+    let source_file = dir.json(
+        "source.json",
+        &json!({
+            "states": {"out": {"prices": {"publisher": addr(bus_pub), "replyer": addr(replyer)}}},
+            // No periodic snapshots: what reaches the mirrors is what answers them.
+            "options": {"states": {"out": {"prices": {"is_x_pub": true, "snapshot_interval_s": 0}}}},
+        }),
+    );
+    let config = dir.json(
+        "source_config.json",
+        &json!({"updates": updates, "hold_s": 30}),
+    );
+    let mut source = Proc::rust(
+        "rust state_source via the bus",
+        &[
+            "-s",
+            "state_source",
+            "-a",
+            &source_file,
+            "-c",
+            &config,
+            "-m",
+        ],
+    );
+    source
+        .line(Stream::Stderr, |l| l.contains("prices is now at 2"), START)
+        .await;
+    let expected = final_state(&updates);
+    // Both stay up: the second joins while the first still subscribes to the same topic.
+    let mut mirrors = Vec::new();
+    for (i, port) in [m1, m2].into_iter().enumerate() {
+        let file = mirror_addresses(&dir, &format!("mirror{i}.json"), port, bus_sub, replyer);
+        let mut mirror = Proc::python(
+            &format!("python state_mirror {i}"),
+            "state_mirror.py",
+            &["-a", &file],
+        );
+        mirror.line(Stream::Stdout, |l| l == "READY", START).await;
+        let t0 = tokio::time::Instant::now();
+        until_state(
+            &format!("late Python mirror {i} behind the bus"),
+            &addr(port),
+            &expected,
+            &[&mirror, &source, &bus],
+        )
+        .await;
+        eprintln!(
+            "late Python mirror {i} converged {:?} after READY",
+            t0.elapsed()
+        );
+        mirrors.push(mirror);
+    }
+    assert!(mirrors.iter_mut().all(Proc::still_running));
+}

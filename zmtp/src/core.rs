@@ -312,11 +312,16 @@ impl Core {
             }
             let mut cancels = Vec::new();
             if self.kind == SocketType::XPub {
+                let verbose = self.options.xpub_verbose;
                 for (topic, n) in peer.subs.entries() {
                     if let Some(c) = st.xpub_counts.get_mut(topic) {
                         *c = c.saturating_sub(n);
-                        if *c == 0 {
+                        let last = *c == 0;
+                        if last {
                             st.xpub_counts.remove(topic);
+                        }
+                        // Verbose: every peer's subscribes went up, so its cancels do too.
+                        if last || verbose {
                             cancels.push(subscription_message(false, topic));
                         }
                     }
@@ -383,19 +388,25 @@ impl Core {
         out
     }
 
+    /// A peer's subscriptions are a set, as libzmq's are: subscribing again to a topic it
+    /// has changes nothing, one cancel removes it. (A libzmq SUB or XSUB sends every
+    /// subscribe but only its last cancel, so counting per peer would never let go.)
     fn subscription_locked(&self, peer: PeerId, subscribe: bool, topic: &[u8]) -> Option<Message> {
+        let verbose = self.options.xpub_verbose;
         let mut st = self.state();
         let p = st.peers.get_mut(&peer)?;
         let changed = if subscribe {
-            p.subs.add(topic);
-            true
+            !p.subs.contains(topic) && p.subs.add(topic)
         } else {
-            let had = p.subs.contains(topic);
-            p.subs.remove(topic);
-            had
+            p.subs.contains(topic) && p.subs.remove(topic)
         };
-        if !changed || self.kind != SocketType::XPub {
+        if self.kind != SocketType::XPub {
             return None;
+        }
+        if !changed {
+            // Verbose: a repeated subscribe goes up too (a newcomer behind a bus announces
+            // itself to the publishers, which may answer it with a snapshot).
+            return (verbose && subscribe).then(|| subscription_message(true, topic));
         }
         if subscribe {
             let c = st
@@ -403,16 +414,15 @@ impl Core {
                 .entry(Bytes::copy_from_slice(topic))
                 .or_insert(0);
             *c += 1;
-            (*c == 1).then(|| subscription_message(true, topic))
+            (*c == 1 || verbose).then(|| subscription_message(true, topic))
         } else {
             let c = st.xpub_counts.get_mut(topic)?;
             *c -= 1;
-            if *c == 0 {
+            let last = *c == 0;
+            if last {
                 st.xpub_counts.remove(topic);
-                Some(subscription_message(false, topic))
-            } else {
-                None
             }
+            (last || verbose).then(|| subscription_message(false, topic))
         }
     }
 
@@ -568,10 +578,11 @@ impl Core {
         let senders: Vec<(mpsc::Sender<Out>, bool)> = {
             let mut st = self.state();
             if subscribe {
+                // Every subscribe goes to the peers (as libzmq's SUB and XSUB do: a peer
+                // keeps a set, so a repeat is harmless there)...
                 st.own.add(topic);
-            } else if st.own.contains(topic) {
-                st.own.remove(topic);
-            } else {
+            } else if !st.own.remove(topic) {
+                // ...but a cancel only once the last of ours for the topic is gone.
                 return;
             }
             st.order

@@ -144,6 +144,10 @@ pub struct SocketOptions {
     pub tcp_keepalive: Option<Duration>,
     /// NULL (the default) or CURVE, as server or client, for every connection of the socket.
     pub security: Security,
+    /// XPUB: pass every peer's subscribe and cancel up, not only a topic's first subscribe
+    /// and last cancel (libzmq's `ZMQ_XPUB_VERBOSER`). A bus proxy sets it so that the
+    /// publishers behind it hear of each new subscriber. Default off.
+    pub xpub_verbose: bool,
 }
 
 impl Default for SocketOptions {
@@ -162,6 +166,7 @@ impl Default for SocketOptions {
             max_connections: 4096,
             tcp_keepalive: Some(Duration::from_secs(30)),
             security: Security::Null,
+            xpub_verbose: false,
         }
     }
 }
@@ -211,6 +216,11 @@ impl SocketOptions {
     /// Sets the security mechanism ([`Security::curve_server`], [`Security::curve_client`]).
     pub fn security(mut self, s: Security) -> Self {
         self.security = s;
+        self
+    }
+    /// XPUB: passes every peer's subscribe and cancel up (see [`SocketOptions::xpub_verbose`]).
+    pub fn xpub_verbose(mut self, on: bool) -> Self {
+        self.xpub_verbose = on;
         self
     }
     /// Sets the connection limit of a binding socket.

@@ -777,6 +777,71 @@ async fn loop_until_marker(ours: &OurPub, s: &mut PyPeer) {
     panic!("M never arrived in {RETRIES} tries");
 }
 
+/// A libzmq SUB that subscribes to a topic twice sends both subscribes but only the last
+/// of its two cancels (it counts its own). Our PUB and XPUB keep a set per peer, as libzmq
+/// does, so that one cancel lets the topic go: nothing more of it reaches that subscriber.
+async fn our_pub_repeated_subscribe(c: Case, xpub: bool) {
+    let eps = Endpoints::new(c.transport);
+    let mut ours = if xpub {
+        OurPub::XPub(XPubSocket::new())
+    } else {
+        OurPub::Pub(PubSocket::new())
+    };
+    let mut s1 = PyPeer::new("SUB").await;
+    link(c, &eps, &ours, &mut s1).await;
+    ready(&ours, 1).await;
+    s1.subscribe(b"A").await;
+    s1.subscribe(b"A").await;
+    if let Some(x) = ours.xpub() {
+        assert_eq!(x.next("0x01 A").await, sub_msg(true, "A"));
+    }
+    publish_until(&ours, &mut s1, "A-sync-").await;
+    s1.unsubscribe(b"A").await;
+    s1.unsubscribe(b"A").await;
+    s1.subscribe(b"M").await;
+    if let Some(x) = ours.xpub() {
+        // Not passed up again: the same peer's repeat changes nothing.
+        assert_eq!(x.next("0x00 A").await, sub_msg(false, "A"));
+        assert_eq!(x.next("0x01 M").await, sub_msg(true, "M"));
+    } else {
+        loop_until_marker(&ours, &mut s1).await;
+    }
+    ours.send(&[b"A-gone"]);
+    ours.send(&[b"M-end"]);
+    assert_eq!(
+        s1.until("M-end", &["M-mark", "A-sync-"]).await,
+        vec![m(&["M-end"])],
+        "A was let go after the one cancel libzmq sends"
+    );
+}
+
+/// A verbose XPUB (what the bus proxy runs) passes every subscriber's subscribe up, and
+/// every one's cancel when it goes, so the counts above it stay balanced.
+async fn verbose_xpub_with_two_libzmq_subs(c: Case) {
+    let eps = Endpoints::new(c.transport);
+    let mut ours = OurPub::XPub(XPubSocket::with_options(
+        SocketOptions::default().xpub_verbose(true),
+    ));
+    let mut s1 = PyPeer::new("SUB").await;
+    link(c, &eps, &ours, &mut s1).await;
+    let mut s2 = PyPeer::new("SUB").await;
+    link(c, &eps, &ours, &mut s2).await;
+    ready(&ours, 2).await;
+    let x = ours.xpub().expect("an XPUB");
+    s1.subscribe(b"A").await;
+    assert_eq!(x.next("the first 0x01 A").await, sub_msg(true, "A"));
+    s2.subscribe(b"A").await;
+    assert_eq!(
+        x.next("the second 0x01 A").await,
+        sub_msg(true, "A"),
+        "verbose: the second subscriber is announced too"
+    );
+    s1.close().await;
+    assert_eq!(x.next("the first 0x00 A").await, sub_msg(false, "A"));
+    s2.close().await;
+    assert_eq!(x.next("the second 0x00 A").await, sub_msg(false, "A"));
+}
+
 // ------------------------------------------------------------------------------------------
 // libzmq PUB and XPUB with our SUB and XSUB.
 
@@ -1236,6 +1301,9 @@ scenarios! {
     pub_with_libzmq_xsub => |c| our_pub(c, false, "XSUB");
     xpub_with_libzmq_sub => |c| our_pub(c, true, "SUB");
     xpub_with_libzmq_xsub => |c| our_pub(c, true, "XSUB");
+    pub_lets_go_of_a_libzmq_sub_that_subscribed_twice => |c| our_pub_repeated_subscribe(c, false);
+    xpub_lets_go_of_a_libzmq_sub_that_subscribed_twice => |c| our_pub_repeated_subscribe(c, true);
+    verbose_xpub_announces_every_libzmq_sub => verbose_xpub_with_two_libzmq_subs;
 
     sub_with_libzmq_pub => |c| their_pub(c, "PUB", false);
     xsub_with_libzmq_pub => |c| their_pub(c, "PUB", true);
