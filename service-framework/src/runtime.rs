@@ -294,7 +294,8 @@ pub async fn run(
                 ready
                     .endpoints
                     .insert(format!("in.{}", m.name), sub.endpoint().to_owned());
-                tracker.spawn(consume_subscriber(
+                tracker.spawn(consume(
+                    "subscriber handler",
                     m.name.clone(),
                     sub,
                     h.clone(),
@@ -320,7 +321,8 @@ pub async fn run(
                 ready
                     .endpoints
                     .insert(format!("in.{}", m.name), puller.endpoint().to_owned());
-                tracker.spawn(consume_puller(
+                tracker.spawn(consume(
+                    "puller handler",
                     m.name.clone(),
                     puller,
                     h.clone(),
@@ -818,36 +820,31 @@ async fn build_outbound(
     })
 }
 
-async fn consume_subscriber(
-    name: String,
-    mut sub: Subscriber,
-    handler: MessageHandler,
-    ctx: Ctx,
-    stop: CancellationToken,
-) {
-    loop {
-        let delivery = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            d = sub.next() => match d { Some(d) => d, None => return },
-        };
-        if let Err(e) = handler(delivery.body, ctx.clone()).await {
-            if let Some(suppressed) = WARNINGS.allow("subscriber_handler", &name) {
-                tracing::warn!(
-                    connection = %name,
-                    code = %e.code,
-                    suppressed,
-                    "subscriber handler failed: {}",
-                    escape(&e.message)
-                );
-            }
-        }
+/// An inbound stream of message bodies: a subscriber's deliveries, a puller's pushes.
+trait Inbound: Send {
+    /// The next body; `None` once the stream has ended.
+    fn next_body(&mut self) -> impl std::future::Future<Output = Option<bytes::Bytes>> + Send;
+}
+
+impl Inbound for Subscriber {
+    async fn next_body(&mut self) -> Option<bytes::Bytes> {
+        self.next().await.map(|d| d.body)
     }
 }
 
-async fn consume_puller(
+impl Inbound for Puller {
+    async fn next_body(&mut self) -> Option<bytes::Bytes> {
+        self.next_raw().await
+    }
+}
+
+/// Runs `handler` on each message of `source`, one at a time and in order, until `stop` or
+/// the end of the stream. A failed handler is logged (rate-limited, escaped) and the next
+/// message goes on.
+async fn consume(
+    kind: &'static str,
     name: String,
-    mut puller: Puller,
+    mut source: impl Inbound,
     handler: MessageHandler,
     ctx: Ctx,
     stop: CancellationToken,
@@ -856,15 +853,15 @@ async fn consume_puller(
         let body = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            d = puller.next_raw() => match d { Some(d) => d, None => return },
+            d = source.next_body() => match d { Some(d) => d, None => return },
         };
         if let Err(e) = handler(body, ctx.clone()).await {
-            if let Some(suppressed) = WARNINGS.allow("puller_handler", &name) {
+            if let Some(suppressed) = WARNINGS.allow(kind, &name) {
                 tracing::warn!(
                     connection = %name,
                     code = %e.code,
                     suppressed,
-                    "puller handler failed: {}",
+                    "{kind} failed: {}",
                     escape(&e.message)
                 );
             }
