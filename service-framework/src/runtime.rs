@@ -106,74 +106,24 @@ impl Ready {
 
 /// Runs a service until `main` returns (main mode) or `stop` resolves, then stops it
 /// gracefully. `on_ready` is called once every socket is bound or connecting.
+///
+/// The steps, in the original's order: [`prepare`] (the declaration, config, addresses and
+/// models, all checked before any socket), the out-connections and states, the shared
+/// context, [`serve_inbound`] (in-connections and state handlers), `init_function` then
+/// `main` or the service loop ([`drive`]), and [`drain`].
 pub async fn run(
     mut def: ServiceDef,
     options: RunOptions,
     stop: impl Future<Output = StopReason> + Send,
     on_ready: impl FnOnce(&Ready) + Send,
 ) -> Result<()> {
-    // 0. the declaration itself
-    if !def.problems.is_empty() {
-        return Err(Error::Definition(def.problems.join("; ")));
-    }
-    // 1. config
-    let mut config = options.config.clone();
-    if let Some(hook) = def.hooks.setup_config.take() {
-        config = hook(config).map_err(|error| Error::Hook {
-            hook: "setup_config",
-            error,
-        })?;
-    }
-    def.config
-        .validate_sourced(&config, &options.config_origin, &options.config_sources)?;
-    let typed_config = match &def.config_parser {
-        Some(parser) => Some(crate::config::parse_typed(
-            parser,
-            &config,
-            &options.config_origin,
-            &options.config_sources,
-        )?),
-        None => None,
-    };
+    let Prepared {
+        config,
+        typed_config,
+        addresses,
+    } = prepare(&mut def, &options)?;
 
-    // 2. addresses
-    let mut addresses = options.addresses.clone();
-    if let Some(hook) = def.hooks.setup_addresses.take() {
-        addresses = hook(addresses, &config).map_err(|error| Error::Hook {
-            hook: "setup_addresses",
-            error,
-        })?;
-    }
-
-    // 3. connection models
-    if let Some(hook) = def.hooks.setup_connection_models.take() {
-        hook(&mut def.connections, &config).map_err(|error| Error::Hook {
-            hook: "setup_connection_models",
-            error,
-        })?;
-    }
-    apply_options(&mut def, &addresses, &options.addresses_origin)?;
-    for m in def.connections.all() {
-        check_creation(m.kind.creation_keys(), &m.creation, &m.name, m.kind.name())?;
-    }
-    if let Some(hook) = def.hooks.setup_state_models.take() {
-        hook(&mut def.states, &config).map_err(|error| Error::Hook {
-            hook: "setup_state_models",
-            error,
-        })?;
-    }
-    for s in def.states.all() {
-        check_creation(s.kind.creation_keys(), &s.creation, &s.name, s.kind.name())?;
-    }
-    addresses.validate(&def.connections, &def.states, &options.addresses_origin)?;
-    if options.main_mode && def.main.is_none() {
-        return Err(Error::Definition(format!(
-            "service {:?} has no main, so it cannot run in main mode (-m)",
-            def.name
-        )));
-    }
-
-    // 4. out-connections, then the shared context
+    // Out-connections, then states (after connections, as in the original).
     let mut ready = Ready::default();
     let mut outbound = HashMap::new();
     let mut externals = Vec::new();
@@ -198,7 +148,6 @@ pub async fn run(
             .insert(format!("out.{}", m.name), endpoint_of(&built));
         outbound.insert(m.name.clone(), built);
     }
-    // 5. states (after connections, as in the original)
     let built = build_states(
         &def,
         &addresses,
@@ -229,7 +178,124 @@ pub async fn run(
     });
     let ctx = Ctx::new(shared.clone());
 
-    // 6. in-connections and in-state change handlers
+    let (replyers, tracker) = serve_inbound(
+        &def,
+        &options,
+        &addresses,
+        &ctx,
+        &shared,
+        &stop_token,
+        &mut ready,
+    )
+    .await?;
+    ready.ctx = Some(ctx.clone());
+    on_ready(&ready);
+
+    let mut incomplete = Vec::new();
+    let outcome = drive(&def, &options, &ctx, stop, &stop_token, &mut incomplete).await;
+
+    stop_token.cancel();
+    incomplete.extend(drain(&options, replyers, tracker, &shared).await);
+    drop(built.ins);
+    tracing::info!(service = %def.name, "stopped");
+    match outcome {
+        Ok(()) if !incomplete.is_empty() => Err(Error::DrainIncomplete(format!(
+            "stopped after the drain deadline of {:?}: {}",
+            options.drain_timeout,
+            incomplete.join("; ")
+        ))),
+        other => other,
+    }
+}
+
+/// What [`prepare`] settles before any socket exists.
+struct Prepared {
+    config: Map<String, Value>,
+    typed_config: Option<crate::config::TypedConfig>,
+    addresses: AddressesFile,
+}
+
+/// The declaration, then config (`setup_config`, validated and parsed into its type), then
+/// addresses (`setup_addresses`), then the models (`setup_connection_models`,
+/// `setup_state_models`, the addresses file's options), each creation argument checked, the
+/// addresses checked against the models. Every mistake is an error here, never later.
+fn prepare(def: &mut ServiceDef, options: &RunOptions) -> Result<Prepared> {
+    if !def.problems.is_empty() {
+        return Err(Error::Definition(def.problems.join("; ")));
+    }
+    let mut config = options.config.clone();
+    if let Some(hook) = def.hooks.setup_config.take() {
+        config = hook(config).map_err(|error| Error::Hook {
+            hook: "setup_config",
+            error,
+        })?;
+    }
+    def.config
+        .validate_sourced(&config, &options.config_origin, &options.config_sources)?;
+    let typed_config = match &def.config_parser {
+        Some(parser) => Some(crate::config::parse_typed(
+            parser,
+            &config,
+            &options.config_origin,
+            &options.config_sources,
+        )?),
+        None => None,
+    };
+
+    let mut addresses = options.addresses.clone();
+    if let Some(hook) = def.hooks.setup_addresses.take() {
+        addresses = hook(addresses, &config).map_err(|error| Error::Hook {
+            hook: "setup_addresses",
+            error,
+        })?;
+    }
+
+    if let Some(hook) = def.hooks.setup_connection_models.take() {
+        hook(&mut def.connections, &config).map_err(|error| Error::Hook {
+            hook: "setup_connection_models",
+            error,
+        })?;
+    }
+    if let Some(hook) = def.hooks.setup_state_models.take() {
+        hook(&mut def.states, &config).map_err(|error| Error::Hook {
+            hook: "setup_state_models",
+            error,
+        })?;
+    }
+    // After both hooks, so models they add take the file's options too.
+    apply_options(def, &addresses, &options.addresses_origin)?;
+    for m in def.connections.all() {
+        check_creation(m.kind.creation_keys(), &m.creation, &m.name, m.kind.name())?;
+    }
+    for s in def.states.all() {
+        check_creation(s.kind.creation_keys(), &s.creation, &s.name, s.kind.name())?;
+    }
+    addresses.validate(&def.connections, &def.states, &options.addresses_origin)?;
+    if options.main_mode && def.main.is_none() {
+        return Err(Error::Definition(format!(
+            "service {:?} has no main, so it cannot run in main mode (-m)",
+            def.name
+        )));
+    }
+    Ok(Prepared {
+        config,
+        typed_config,
+        addresses,
+    })
+}
+
+/// Binds the replyers and starts the subscribers, pullers and in-state handlers, every one
+/// under the one stop token. Returns the replyers (drained at the end) and the tracker of
+/// the message tasks.
+async fn serve_inbound(
+    def: &ServiceDef,
+    options: &RunOptions,
+    addresses: &AddressesFile,
+    ctx: &Ctx,
+    shared: &Shared,
+    stop_token: &CancellationToken,
+    ready: &mut Ready,
+) -> Result<(Vec<Replyer>, TaskTracker)> {
     let tracker = TaskTracker::new();
     for m in &def.states.inbound {
         if let (Some(h), Some(rx)) = (&m.on_change, shared.states_in.get(&m.name)) {
@@ -256,7 +322,7 @@ pub async fn run(
                     linger: options.linger,
                     // One stop for the whole service: every replyer stops taking work at once.
                     stop: Some(stop_token.clone()),
-                    security: security_of(&options, Side::In, &m.name, true)?,
+                    security: security_of(options, Side::In, &m.name, true)?,
                     ..Default::default()
                 };
                 if let Some(v) = m.creation_u64("max_message_bytes") {
@@ -279,7 +345,7 @@ pub async fn run(
                     topic: m.creation_str("topic"),
                     is_binder: m.creation_bool("is_binder"),
                     security: security_of(
-                        &options,
+                        options,
                         Side::In,
                         &m.name,
                         m.creation_bool("is_binder"),
@@ -307,7 +373,7 @@ pub async fn run(
                 let mut opts = PipelineOptions {
                     is_binder: m.creation_bool("is_binder"),
                     security: security_of(
-                        &options,
+                        options,
                         Side::In,
                         &m.name,
                         m.creation_bool("is_binder"),
@@ -338,16 +404,20 @@ pub async fn run(
             }
         }
     }
-    ready.ctx = Some(ctx.clone());
-    on_ready(&ready);
+    Ok((replyers, tracker))
+}
 
-    // 7. init_function, then main or the service loop
+/// The graceful stop, once the token is cancelled: every inbound connection has stopped
+/// taking work; replyers and message tasks drain side by side under the one deadline, then
+/// publishers, pushers and out-states flush (each returns as soon as its queue is out, or
+/// after the linger: no fixed pause). Returns what was still running at the deadline.
+async fn drain(
+    options: &RunOptions,
+    replyers: Vec<Replyer>,
+    tracker: TaskTracker,
+    shared: &Shared,
+) -> Vec<String> {
     let mut incomplete = Vec::new();
-    let outcome = drive(&def, &options, &ctx, stop, &stop_token, &mut incomplete).await;
-
-    // 8. graceful stop: every inbound connection stopped taking work when the token was
-    // cancelled; they drain side by side under the one deadline.
-    stop_token.cancel();
     let drains: Vec<_> = replyers
         .into_iter()
         .map(|r| tokio::spawn(r.shutdown()))
@@ -397,16 +467,7 @@ pub async fn run(
             OutState::Delta(d) => d.shutdown(options.linger).await,
         }
     }
-    drop(built.ins);
-    tracing::info!(service = %def.name, "stopped");
-    match outcome {
-        Ok(()) if !incomplete.is_empty() => Err(Error::DrainIncomplete(format!(
-            "stopped after the drain deadline of {:?}: {}",
-            options.drain_timeout,
-            incomplete.join("; ")
-        ))),
-        other => other,
-    }
+    incomplete
 }
 
 async fn drive(
