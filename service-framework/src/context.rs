@@ -161,14 +161,7 @@ impl Ctx {
     }
 
     fn outbound(&self, name: &str) -> Result<&Outbound, ServiceError> {
-        self.shared.outbound.get(name).ok_or_else(|| {
-            let mut names: Vec<_> = self.shared.outbound.keys().cloned().collect();
-            names.sort();
-            ServiceError::internal(format!(
-                "no out-connection named {name:?} (declared: {})",
-                names.join(", ")
-            ))
-        })
+        lookup(&self.shared.outbound, "out-connection", name)
     }
 
     /// An in-state as a typed value (a consistent snapshot of it). Readable from every
@@ -208,25 +201,11 @@ impl Ctx {
         &self,
         name: &str,
     ) -> Result<tokio::sync::watch::Receiver<sf_states::StateView>, ServiceError> {
-        self.shared.states_in.get(name).cloned().ok_or_else(|| {
-            let mut names: Vec<_> = self.shared.states_in.keys().cloned().collect();
-            names.sort();
-            ServiceError::internal(format!(
-                "no in-state named {name:?} (declared: {})",
-                names.join(", ")
-            ))
-        })
+        lookup(&self.shared.states_in, "in-state", name).cloned()
     }
 
     fn out_state(&self, name: &str) -> Result<&OutState, ServiceError> {
-        self.shared.states_out.get(name).ok_or_else(|| {
-            let mut names: Vec<_> = self.shared.states_out.keys().cloned().collect();
-            names.sort();
-            ServiceError::internal(format!(
-                "no out-state named {name:?} (declared: {})",
-                names.join(", ")
-            ))
-        })
+        lookup(&self.shared.states_out, "out-state", name)
     }
 
     /// Replaces a whole-state out-state and publishes it.
@@ -398,6 +377,23 @@ impl Ctx {
             _ => None,
         }
     }
+}
+
+/// `map[name]`, or an `internal` error naming what is declared (a name known only at run
+/// time, through the dynamic forms: typed handles are checked at start).
+fn lookup<'a, V>(
+    map: &'a HashMap<String, V>,
+    what: &str,
+    name: &str,
+) -> Result<&'a V, ServiceError> {
+    map.get(name).ok_or_else(|| {
+        let mut names: Vec<&str> = map.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        ServiceError::internal(format!(
+            "no {what} named {name:?} (declared: {})",
+            names.join(", ")
+        ))
+    })
 }
 
 fn wrong_kind(name: &str, conn: &Outbound, verb: &str) -> ServiceError {
