@@ -446,6 +446,27 @@ impl<T> ReadsState<T> for DeltaStateIn<T> {
     }
 }
 
+/// An out-state handle of `T`: a [`FullStateOut`] or a [`DeltaStateOut`] (what the testkit
+/// follows for a test to read).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an out-state handle of `{T}`",
+    note = "declare `const S: DeltaStateOut<{T}> = DeltaStateOut::new(\"name\");` and pass `&S`"
+)]
+pub trait WritesState<T>: sealed::Sealed {
+    /// The wire name.
+    fn state_name(&self) -> &str;
+}
+impl<T> WritesState<T> for FullStateOut<T> {
+    fn state_name(&self) -> &str {
+        self.name()
+    }
+}
+impl<T> WritesState<T> for DeltaStateOut<T> {
+    fn state_name(&self) -> &str {
+        self.name()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //!
 //! [`TestService`] starts a [`ServiceDef`] on ephemeral ports on the current runtime and gives
 //! a typed client for each of its in-connections, a capture of everything it publishes and
-//! pushes, stubs for its requesters (Nameko's `replace_dependencies`), and a wait until a
+//! pushes, a follower of each of its out-states ([`TestService::wait_state`]), stubs for its requesters (Nameko's `replace_dependencies`), and a wait until a
 //! handler has run (Nameko's `entrypoint_waiter`). Everything is real: sockets on 127.0.0.1,
 //! the service's own runtime code, nothing mocked.
 //!
@@ -100,6 +100,9 @@ pub struct TestService {
     captures: HashMap<String, tokio::sync::Mutex<mpsc::UnboundedReceiver<Bytes>>>,
     runs: HashMap<String, watch::Receiver<u64>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// A follower of each out-state, as a subscriber elsewhere would see it.
+    state_views: HashMap<String, watch::Receiver<sf_states::StateView>>,
+    _followers: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for TestService {
@@ -233,6 +236,48 @@ impl TestService {
         conn: &handle::Pusher<A>,
     ) -> std::result::Result<A, TestError> {
         self.next_captured(conn.name()).await
+    }
+
+    /// Waits until out-state `state`, as a follower of it sees it (a `full_update_in` or
+    /// `delta_update_in` the testkit runs, over the real sockets), decodes as `T` and `ok`
+    /// holds for it; returns that value. Bounded by [`WAIT`].
+    pub async fn wait_state<T: DeserializeOwned>(
+        &self,
+        state: &impl handle::WritesState<T>,
+        ok: impl Fn(&T) -> bool,
+    ) -> std::result::Result<T, TestError> {
+        let name = state.state_name();
+        let mut rx =
+            self.state_views.get(name).cloned().ok_or_else(|| {
+                TestError::Usage(format!("no out-state named {name:?} is followed"))
+            })?;
+        let seen = |v: &sf_states::StateView| {
+            sf_states::from_state_map::<T>(&v.state)
+                .ok()
+                .filter(|t| ok(t))
+        };
+        let got = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some(t) = seen(&rx.borrow_and_update()) {
+                    return Some(t);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match got {
+            Ok(Some(t)) => Ok(t),
+            Ok(None) => Err(TestError::Usage(format!("the follower of {name:?} ended"))),
+            Err(_) => Err(TestError::Timeout(
+                WAIT,
+                format!(
+                    "out-state {name:?} never reached the expected value; last seen: {:?}",
+                    rx.borrow().state
+                ),
+            )),
+        }
     }
 
     /// Everything captured on out-connection `name` so far, without waiting, as JSON.
@@ -548,6 +593,8 @@ impl TestBuilder {
         }
         let mut state_ins = Map::new();
         let mut state_outs = Map::new();
+        // The out-states the testkit binds, to follow once the service is up.
+        let mut followed = Vec::new();
         for s in self.def.states.all() {
             let inbound = s.kind.is_inbound();
             if let Some(list) = given.get(&(inbound, s.name.clone())) {
@@ -576,6 +623,13 @@ impl TestBuilder {
                 .map(|k| ((*k).to_owned(), Value::from("127.0.0.1:0")))
                 .collect();
             state_outs.insert(s.name.clone(), entry.into());
+            let topic = s
+                .creation
+                .get("topic")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            followed.push((s.name.clone(), s.kind, topic));
         }
         let addresses = AddressesFile::from_value(json!({
             "connections": {"in": ins, "out": outs},
@@ -664,6 +718,43 @@ impl TestBuilder {
             }));
             captures.insert(conn, tokio::sync::Mutex::new(rx));
         }
+        // A follower of each out-state the testkit bound, as a subscriber elsewhere would be.
+        let mut state_views = HashMap::new();
+        let mut followers: Vec<Box<dyn std::any::Any + Send + Sync>> = Vec::new();
+        for (state, kind, topic) in followed {
+            let at = |socket: &str| {
+                Address::from(
+                    ready
+                        .endpoints
+                        .get(&format!("state.out.{state}.{socket}"))
+                        .map(String::as_str)
+                        .unwrap_or_default(),
+                )
+            };
+            let opts = sf_states::StateOptions {
+                topic,
+                ..Default::default()
+            };
+            let err = |e: sf_states::Error| TestError::Usage(format!("following {state:?}: {e}"));
+            match kind {
+                crate::model::StateKind::FullUpdateOut => {
+                    let f = sf_states::FullUpdateIn::start(&at("publisher"), &opts)
+                        .await
+                        .map_err(err)?;
+                    state_views.insert(state, f.watch());
+                    followers.push(Box::new(f));
+                }
+                crate::model::StateKind::DeltaUpdateOut => {
+                    let f =
+                        sf_states::DeltaUpdateIn::start(&at("publisher"), &at("replyer"), &opts)
+                            .await
+                            .map_err(err)?;
+                    state_views.insert(state, f.watch());
+                    followers.push(Box::new(f));
+                }
+                _ => {}
+            }
+        }
         // The service's subscribers: their subscriptions in place on our feeds.
         let mut feed_pubs = HashMap::new();
         for (conn, p) in feeds {
@@ -681,6 +772,8 @@ impl TestBuilder {
             captures,
             runs,
             tasks,
+            state_views,
+            _followers: followers,
         })
     }
 }

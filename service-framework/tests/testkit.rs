@@ -136,3 +136,49 @@ async fn an_error_reply_and_a_bad_start_come_back_typed() {
         .expect_err("bad config");
     assert!(e.to_string().contains("bonus"), "{e}");
 }
+
+type Prices = std::collections::BTreeMap<String, i64>;
+const PRICES: DeltaStateOut<Prices> = DeltaStateOut::new("prices");
+const LAST: FullStateOut<Sum> = FullStateOut::new("last_sum");
+const PRICE: Replyer<Add, Sum> = Replyer::new("price");
+
+/// Sets price `a` to `b` in a delta state and the last sum in a full state.
+fn pricer() -> ServiceDef {
+    ServiceDef::new("pricer")
+        .delta_update_out(PRICES)
+        .full_update_out(LAST)
+        .replyer(PRICE, |args, ctx| async move {
+            let mut change = Prices::new();
+            change.insert(format!("p{}", args.a), args.b);
+            ctx.update_state(&PRICES, &change).await?;
+            let sum = Sum {
+                total: args.a + args.b,
+            };
+            ctx.set_state(&LAST, &sum).await?;
+            Ok(sum)
+        })
+}
+
+#[tokio::test]
+async fn what_a_service_puts_in_its_out_states_is_seen_as_a_follower_sees_it() {
+    let svc = TestService::start(pricer()).await.unwrap();
+    svc.call(&PRICE, &Add { a: 1, b: 10 }).await.unwrap();
+    svc.call(&PRICE, &Add { a: 2, b: 20 }).await.unwrap();
+    let prices = svc
+        .wait_state(&PRICES, |p: &Prices| p.len() == 2)
+        .await
+        .unwrap();
+    assert_eq!(prices, Prices::from([("p1".into(), 10), ("p2".into(), 20)]));
+    let last = svc
+        .wait_state(&LAST, |s: &Sum| s.total == 22)
+        .await
+        .unwrap();
+    assert_eq!(last, Sum { total: 22 });
+    // A value never reached is a bounded wait that says what was last seen.
+    let never = svc.wait_state(&PRICES, |p: &Prices| p.len() == 3).await;
+    assert!(
+        matches!(&never, Err(TestError::Timeout(..)) if never.as_ref().unwrap_err().to_string().contains("p2")),
+        "{never:?}"
+    );
+    svc.stop().await.unwrap();
+}
