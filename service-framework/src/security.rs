@@ -348,6 +348,41 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_key_from_the_environment_makes_a_curve_role() {
+        let pair = KeyPair::generate();
+        let var = format!("SF_TEST_SECRET_{}", std::process::id());
+        std::env::set_var(&var, pair.secret.to_z85().as_str());
+        let s = SecuritySettings::parse(
+            &format!(
+                r#"{{"service": {{"secret_key_env": "{var}", "allow_any_client": true,
+                    "server_key": "{}"}}}}"#,
+                pair.public.to_z85()
+            ),
+            "t",
+        )
+        .unwrap();
+        assert!(matches!(
+            s.connection(Side::In, "add", true).unwrap(),
+            Security::CurveServer { .. }
+        ));
+        match s.connection(Side::Out, "audit", false).unwrap() {
+            Security::CurveClient {
+                server_public,
+                public,
+                ..
+            } => {
+                assert_eq!(server_public, pair.public);
+                assert_eq!(
+                    public, pair.public,
+                    "our pair is the one from the environment"
+                );
+            }
+            other => panic!("a CURVE client, got {other:?}"),
+        }
+        std::env::remove_var(&var);
+    }
+
+    #[test]
     fn each_role_says_what_it_lacks() {
         let dir = tempfile::tempdir().unwrap();
         keygen(dir.path(), "svc").unwrap();
