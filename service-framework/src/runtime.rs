@@ -609,19 +609,18 @@ fn apply_options(def: &mut ServiceDef, addresses: &AddressesFile, origin: &str) 
         .chain(def.connections.outbound.iter_mut())
     {
         let inbound = m.kind.is_inbound();
-        if let Some(given) = opts.connections.get(inbound, &m.name) {
-            let side = if inbound { "in" } else { "out" };
-            let what = format!("{origin}: options.connections.{side}.{}", m.name);
-            check_values(
-                m.kind.creation_keys(),
-                given,
-                &what,
-                &format!("{} option", m.kind.name()),
-            )
-            .map_err(Error::Addresses)?;
-            m.creation
-                .extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
+        let given = opts.connections.get(inbound, &m.name);
+        let (keys, kind) = (m.kind.creation_keys(), m.kind.name());
+        merge_options(
+            origin,
+            "connections",
+            inbound,
+            &m.name,
+            keys,
+            kind,
+            given,
+            &mut m.creation,
+        )?;
     }
     for s in def
         .states
@@ -630,20 +629,42 @@ fn apply_options(def: &mut ServiceDef, addresses: &AddressesFile, origin: &str) 
         .chain(def.states.outbound.iter_mut())
     {
         let inbound = s.kind.is_inbound();
-        if let Some(given) = opts.states.get(inbound, &s.name) {
-            let side = if inbound { "in" } else { "out" };
-            let what = format!("{origin}: options.states.{side}.{}", s.name);
-            check_values(
-                s.kind.creation_keys(),
-                given,
-                &what,
-                &format!("{} option", s.kind.name()),
-            )
-            .map_err(Error::Addresses)?;
-            s.creation
-                .extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
+        let given = opts.states.get(inbound, &s.name);
+        let (keys, kind) = (s.kind.creation_keys(), s.kind.name());
+        merge_options(
+            origin,
+            "states",
+            inbound,
+            &s.name,
+            keys,
+            kind,
+            given,
+            &mut s.creation,
+        )?;
     }
+    Ok(())
+}
+
+/// Checks the options `given` for one connection or state and merges them over its
+/// creation arguments.
+#[allow(clippy::too_many_arguments)]
+fn merge_options(
+    origin: &str,
+    section: &str,
+    inbound: bool,
+    name: &str,
+    allowed: &[&str],
+    kind: &str,
+    given: Option<&Map<String, Value>>,
+    creation: &mut Map<String, Value>,
+) -> Result<()> {
+    let Some(given) = given else {
+        return Ok(());
+    };
+    let side = if inbound { "in" } else { "out" };
+    let what = format!("{origin}: options.{section}.{side}.{name}");
+    check_values(allowed, given, &what, &format!("{kind} option")).map_err(Error::Addresses)?;
+    creation.extend(given.iter().map(|(k, v)| (k.clone(), v.clone())));
     Ok(())
 }
 
