@@ -92,6 +92,22 @@ fn set_cookie(r: &reqwest::Response, name: &str) -> Option<(String, String)> {
         })
 }
 
+/// The docs login against the mock provider at `provider`, for a bridge reached at `app_url`.
+fn oauth_settings(provider: &str, app_url: &str) -> OauthSettings {
+    OauthSettings {
+        provider: "mock".into(),
+        client_id: "bridge-docs".into(),
+        client_secret: "s3cret".into(),
+        authorization_url: format!("{provider}/authorize"),
+        token_url: format!("{provider}/token"),
+        user_info_url: format!("{provider}/userinfo"),
+        redirect_uri: "/oauth/callback".into(),
+        app_url: app_url.into(),
+        jwt_secret: "0123456789abcdef0123456789abcdef-test".into(),
+        ..Default::default()
+    }
+}
+
 fn location(r: &reqwest::Response) -> String {
     r.headers()["location"].to_str().unwrap().to_owned()
 }
@@ -104,18 +120,7 @@ async fn docs_login_end_to_end_against_a_real_provider() {
     let mut s = settings(&["echo"], &[]);
     s.server.port = port;
     let app_url = format!("http://127.0.0.1:{port}");
-    s.auth.oauth = Some(OauthSettings {
-        provider: "mock".into(),
-        client_id: "bridge-docs".into(),
-        client_secret: "s3cret".into(),
-        authorization_url: format!("{}/authorize", p.url),
-        token_url: format!("{}/token", p.url),
-        user_info_url: format!("{}/userinfo", p.url),
-        redirect_uri: "/oauth/callback".into(),
-        app_url: app_url.clone(),
-        jwt_secret: "0123456789abcdef0123456789abcdef-test".into(),
-        ..Default::default()
-    });
+    s.auth.oauth = Some(oauth_settings(&p.url, &app_url));
     let b = start(s, vec![]).await;
     let u = b.url();
     let c = no_redirects();
@@ -257,18 +262,7 @@ async fn cookies_are_secure_when_the_app_url_is_https() {
     // HTTP on loopback, where the test plays the proxy and hands the callback on.
     let app_url = "https://docs.example.invalid";
     let mut s = settings(&["echo"], &[]);
-    s.auth.oauth = Some(OauthSettings {
-        provider: "mock".into(),
-        client_id: "bridge-docs".into(),
-        client_secret: "s3cret".into(),
-        authorization_url: format!("{}/authorize", p.url),
-        token_url: format!("{}/token", p.url),
-        user_info_url: format!("{}/userinfo", p.url),
-        redirect_uri: "/oauth/callback".into(),
-        app_url: app_url.into(),
-        jwt_secret: "0123456789abcdef0123456789abcdef-test".into(),
-        ..Default::default()
-    });
+    s.auth.oauth = Some(oauth_settings(&p.url, app_url));
     let b = start(s, vec![]).await;
     let u = b.url();
     let c = no_redirects();
