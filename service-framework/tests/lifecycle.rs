@@ -400,3 +400,122 @@ fn a_handler_can_ask_the_service_to_stop() {
     );
     h.join().expect("stopped by itself, gracefully");
 }
+
+/// A replyer whose handler holds its request until the test says so.
+fn held(release: Arc<Notify>) -> ServiceDef {
+    ServiceDef::new("held").replyer("reply", move |a: Echo, _ctx: Ctx| {
+        let release = release.clone();
+        async move {
+            release.notified().await;
+            Ok::<_, ServiceError>(Echoed { echoed: a.to_echo })
+        }
+    })
+}
+
+/// The async waits of a background service never block the caller's runtime: on one
+/// current-thread runtime, a task of the test keeps running while `wait_ready_async`,
+/// `stop_async` (draining an in-flight request) and a drop inside the runtime are awaited or
+/// done; the in-flight request is answered; `join_async` sees a main-mode service end.
+#[tokio::test(flavor = "current_thread")]
+async fn async_waits_and_drop_leave_the_callers_runtime_running() {
+    // A task of the caller's runtime that counts while it gets to run.
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    let count = || ticks.load(std::sync::atomic::Ordering::SeqCst);
+
+    let release = Arc::new(Notify::new());
+    let handle = Service::new(held(release.clone()))
+        .addresses(replyer_at("127.0.0.1:0"))
+        .run_in_background();
+    let ready = handle
+        .wait_ready_async(Duration::from_secs(10))
+        .await
+        .expect("ready");
+    let endpoint = ready.endpoint("reply").unwrap().to_owned();
+    let in_flight = tokio::spawn(async move {
+        service_framework::testing::call_once::<_, Value>(
+            &endpoint,
+            &json!({"to_echo": "held"}),
+            service_framework::connections::WorkflowId::new_random(),
+            Duration::from_secs(10),
+        )
+        .await
+    });
+    // Release the handler only after the counter has moved on while stop_async waits.
+    let before = count();
+    let releaser = tokio::spawn({
+        let ticks = ticks.clone();
+        async move {
+            while ticks.load(std::sync::atomic::Ordering::SeqCst) < before + 20 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            release.notify_one();
+        }
+    });
+    // The request is in flight before the stop (the handler waits on `release`).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    handle.stop_async().await.expect("a complete drain");
+    assert!(
+        count() >= before + 20,
+        "the caller's runtime ran during stop_async"
+    );
+    assert_eq!(
+        in_flight
+            .await
+            .unwrap()
+            .expect("the in-flight request is answered"),
+        json!({"echoed": "held"})
+    );
+    releaser.await.unwrap();
+
+    // Dropped inside the runtime with a request that never finishes: drop does not join
+    // (that would stall this runtime for the whole drain); the service drains on its own
+    // thread and answers the request `unavailable` at its deadline.
+    let handle = Service::new(held(Arc::new(Notify::new())))
+        .addresses(replyer_at("127.0.0.1:0"))
+        .drain_timeout(Duration::from_secs(2))
+        .run_in_background();
+    let ready = handle
+        .wait_ready_async(Duration::from_secs(10))
+        .await
+        .unwrap();
+    let endpoint = ready.endpoint("reply").unwrap().to_owned();
+    let stuck = tokio::spawn(async move {
+        service_framework::testing::call_once::<_, Value>(
+            &endpoint,
+            &json!({"to_echo": "stuck"}),
+            service_framework::connections::WorkflowId::new_random(),
+            Duration::from_secs(10),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = Instant::now();
+    drop(handle);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "drop inside a runtime returned at once, not after the 2 s drain: {:?}",
+        t.elapsed()
+    );
+    match stuck.await.unwrap() {
+        Err(ConnError::Remote(w)) => assert_eq!(w.code, ErrorCode::Unavailable, "{w:?}"),
+        other => panic!("the stuck request is answered unavailable at the deadline: {other:?}"),
+    }
+
+    // join_async: a main-mode service that ends by itself.
+    let main = ServiceDef::new("brief").main(|_ctx: Ctx| async move { Ok(()) });
+    let handle = Service::new(main).run_as_main_in_background();
+    tokio::time::timeout(Duration::from_secs(10), handle.join_async())
+        .await
+        .expect("main returned")
+        .expect("exit ok");
+    counter.abort();
+}
