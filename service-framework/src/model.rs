@@ -298,6 +298,32 @@ pub struct StateModel {
     pub(crate) on_change: Option<StateHandler>,
 }
 
+impl StateModel {
+    /// The state's creation arguments as the states crate's options (security apart): the
+    /// one place they are read.
+    pub(crate) fn state_options(&self) -> sf_states::StateOptions {
+        let f64_of = |k: &str| self.creation.get(k).and_then(Value::as_f64);
+        let bool_of = |k: &str| self.creation.get(k).and_then(Value::as_bool) == Some(true);
+        sf_states::StateOptions {
+            topic: self
+                .creation
+                .get("topic")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            is_x_pub: bool_of("is_x_pub"),
+            is_binder: bool_of("is_binder"),
+            resync_timeout: f64_of("resync_timeout_s")
+                .map(|s| std::time::Duration::from_secs_f64(s.max(0.001))),
+            snapshot_interval: f64_of("snapshot_interval_s")
+                .map(|s| std::time::Duration::from_secs_f64(s.max(0.0))),
+            wait_after_creation: f64_of("wait_after_creation_s")
+                .map(|s| std::time::Duration::from_secs_f64(s.clamp(0.0, 60.0))),
+            ..Default::default()
+        }
+    }
+}
+
 impl std::fmt::Debug for StateModel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateModel")

@@ -690,41 +690,7 @@ async fn build_states(
     };
     for m in def.states.all() {
         let addrs = addresses.state_addresses(m, origin)?;
-        let opts = sf_states::StateOptions {
-            topic: m
-                .creation
-                .get("topic")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned(),
-            is_x_pub: m
-                .creation
-                .get("is_x_pub")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            is_binder: m
-                .creation
-                .get("is_binder")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            resync_timeout: m
-                .creation
-                .get("resync_timeout_s")
-                .and_then(Value::as_f64)
-                .map(|s| Duration::from_secs_f64(s.max(0.001))),
-            snapshot_interval: m
-                .creation
-                .get("snapshot_interval_s")
-                .and_then(Value::as_f64)
-                .map(|s| Duration::from_secs_f64(s.max(0.0))),
-            wait_after_creation: m
-                .creation
-                .get("wait_after_creation_s")
-                .and_then(Value::as_f64)
-                .map(|s| Duration::from_secs_f64(s.clamp(0.0, 60.0))),
-            ..Default::default()
-        };
-        let mut opts = opts;
+        let mut opts = m.state_options();
         if let Some(sec) = security {
             // Which of the state's sockets bind: an out side's replyer always, its publisher
             // unless it goes through a bus; an in side's subscriber with is_binder.
@@ -785,13 +751,6 @@ async fn build_states(
                 );
                 built.outs.insert(m.name.clone(), OutState::Delta(s));
             }
-        }
-        if let Some(wait) = m
-            .creation
-            .get("wait_after_creation_s")
-            .and_then(Value::as_f64)
-        {
-            tokio::time::sleep(Duration::from_secs_f64(wait.clamp(0.0, 60.0))).await;
         }
     }
     Ok(built)

@@ -623,13 +623,7 @@ impl TestBuilder {
                 .map(|k| ((*k).to_owned(), Value::from("127.0.0.1:0")))
                 .collect();
             state_outs.insert(s.name.clone(), entry.into());
-            let topic = s
-                .creation
-                .get("topic")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            followed.push((s.name.clone(), s.kind, topic));
+            followed.push((s.name.clone(), s.kind, s.state_options().topic));
         }
         let addresses = AddressesFile::from_value(json!({
             "connections": {"in": ins, "out": outs},

@@ -519,3 +519,25 @@ async fn async_waits_and_drop_leave_the_callers_runtime_running() {
         .expect("exit ok");
     counter.abort();
 }
+
+/// An out-state's `wait_after_creation_s` (the original's slow-joiner pause) is waited once,
+/// by the state itself: a service with 1 s of it is ready after about 1 s, not 2.
+#[test]
+fn an_out_states_wait_after_creation_is_waited_once() {
+    const PRICES: service_framework::handle::DeltaStateOut<
+        std::collections::BTreeMap<String, i64>,
+    > = service_framework::handle::DeltaStateOut::new("prices").wait_after_creation_s(Some(1.0));
+    let def = ServiceDef::new("waits").delta_update_out(PRICES);
+    let t = Instant::now();
+    let handle = Service::new(def)
+        .addresses(addresses(json!({"states": {"out": {"prices": {
+            "publisher": "127.0.0.1:0", "replyer": "127.0.0.1:0"}}}})))
+        .run_in_background();
+    handle.wait_ready(Duration::from_secs(10)).expect("ready");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_millis(1900),
+        "ready after {took:?}: the 1 s wait once"
+    );
+    handle.stop().unwrap();
+}
