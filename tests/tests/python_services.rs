@@ -553,22 +553,40 @@ async fn python_requester_bad_arg_gets_an_error_reply_and_rust_replyer_keeps_ser
     let dir = TempDir::new("py_bad");
     let (mut replyer, port, requester_file) = rust_echo_replyer(&dir).await;
 
-    let mut py = Proc::python(
-        "python echo_requester",
-        "echo_requester.py",
-        &[
-            "-a",
-            &requester_file,
-            "-m",
-            "-cl",
-            "DEBUG",
-            "--num_req_to_send",
-            "2",
-            "--bad_arg_first",
-            "yes",
-        ],
-    );
-    let status = py.exit(RUN).await;
+    let run = || {
+        Proc::python(
+            "python echo_requester",
+            "echo_requester.py",
+            &[
+                "-a",
+                &requester_file,
+                "-m",
+                "-cl",
+                "DEBUG",
+                "--num_req_to_send",
+                "2",
+                "--bad_arg_first",
+                "yes",
+            ],
+        )
+    };
+    let mut py = run();
+    let mut status = py.exit(RUN).await;
+    // Once, in a loaded run from a clean clone, 0.0.18's REQ failed with EFSM in its own
+    // recv right after a send, while its main-mode service-loop thread was starting up
+    // (0.0.18 shares sockets between threads, one of its known defects; libzmq sockets are
+    // not thread-safe). Every reply it had got was right. That failure is named here and the
+    // run is tried once more; any other failure fails the test.
+    if !status.success()
+        && py
+            .lines(Stream::Stderr)
+            .iter()
+            .any(|l| l.contains("Operation cannot be accomplished in current state"))
+    {
+        eprintln!("0.0.18's REQ hit its thread race (EFSM); running it once more");
+        py = run();
+        status = py.exit(RUN).await;
+    }
     assert!(
         status.success(),
         "python exited with {status}\n{}",
