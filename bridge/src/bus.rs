@@ -294,38 +294,10 @@ pub(crate) fn map_error(e: sf_connections::Error, target: &str) -> ApiError {
     }
 }
 
-/// msgpack -> JSON: binary becomes an array of byte values, non-string map keys their text.
+/// msgpack -> JSON: [`Dynamic`]'s JSON view (binary as an array of byte values, non-string
+/// map keys as their text).
 pub(crate) fn msgpack_to_json(v: rmpv::Value) -> Value {
-    use rmpv::Value as M;
-    match v {
-        M::Nil => Value::Null,
-        M::Boolean(b) => Value::Bool(b),
-        M::Integer(i) => match (i.as_i64(), i.as_u64()) {
-            (Some(n), _) => n.into(),
-            (None, Some(n)) => n.into(),
-            _ => i.as_f64().map_or(Value::Null, Value::from),
-        },
-        M::F32(f) => serde_json::Number::from_f64(f64::from(f)).map_or(Value::Null, Value::Number),
-        M::F64(f) => serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number),
-        M::String(s) => match s.into_str() {
-            Some(s) => Value::String(s),
-            None => Value::Null,
-        },
-        M::Binary(b) => Value::Array(b.into_iter().map(Value::from).collect()),
-        M::Array(a) => Value::Array(a.into_iter().map(msgpack_to_json).collect()),
-        M::Map(m) => {
-            let mut out = Map::new();
-            for (k, v) in m {
-                let key = match k {
-                    M::String(s) => s.into_str().unwrap_or_default(),
-                    other => other.to_string(),
-                };
-                out.insert(key, msgpack_to_json(v));
-            }
-            Value::Object(out)
-        }
-        M::Ext(t, data) => json!({"ext": t, "data": data}),
-    }
+    sf_connections::Dynamic(v).into_json()
 }
 
 /// Builds the configured routes and streams, plus the automatic ones from addresses.json.

@@ -24,7 +24,12 @@ impl Dynamic {
     /// (0-255), an ext value `{"ext": type, "data": [bytes]}`, a non-string map key its text,
     /// a non-finite float `null`. Python's tagged maps stay the maps they are.
     pub fn to_json(&self) -> serde_json::Value {
-        to_json(&self.0)
+        self.clone().into_json()
+    }
+
+    /// [`to_json`](Self::to_json), taking the value (no copy of its strings).
+    pub fn into_json(self) -> serde_json::Value {
+        into_json(self.0)
     }
 
     /// From JSON: numbers, strings, arrays and maps as msgpack's own kinds (no `bin`: JSON has
@@ -106,34 +111,33 @@ impl schemars::JsonSchema for Dynamic {
     }
 }
 
-fn to_json(v: &rmpv::Value) -> serde_json::Value {
+fn into_json(v: rmpv::Value) -> serde_json::Value {
     use rmpv::Value as M;
     use serde_json::Value as J;
+    let bytes = |b: Vec<u8>| J::Array(b.into_iter().map(J::from).collect());
     match v {
         M::Nil => J::Null,
-        M::Boolean(b) => J::Bool(*b),
+        M::Boolean(b) => J::Bool(b),
         M::Integer(i) => match (i.as_i64(), i.as_u64()) {
             (Some(n), _) => n.into(),
             (None, Some(n)) => n.into(),
             _ => J::Null,
         },
-        M::F32(f) => serde_json::Number::from_f64(f64::from(*f)).map_or(J::Null, J::Number),
-        M::F64(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
-        M::String(s) => match s.as_str() {
-            Some(s) => J::String(s.to_owned()),
-            // Not UTF-8: its bytes, as for bin.
-            None => J::Array(s.as_bytes().iter().map(|b| J::from(*b)).collect()),
-        },
-        M::Binary(b) => J::Array(b.iter().map(|b| J::from(*b)).collect()),
-        M::Array(a) => J::Array(a.iter().map(to_json).collect()),
+        M::F32(f) => serde_json::Number::from_f64(f64::from(f)).map_or(J::Null, J::Number),
+        M::F64(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        // Not UTF-8: its bytes, as for bin.
+        M::String(s) if !s.is_str() => bytes(s.into_bytes()),
+        M::String(s) => J::String(s.into_str().unwrap_or_default()),
+        M::Binary(b) => bytes(b),
+        M::Array(a) => J::Array(a.into_iter().map(into_json).collect()),
         M::Map(m) => J::Object(
-            m.iter()
+            m.into_iter()
                 .map(|(k, v)| {
                     let key = match k {
-                        M::String(s) => s.as_str().map_or_else(|| k.to_string(), str::to_owned),
+                        M::String(s) if s.is_str() => s.into_str().unwrap_or_default(),
                         other => other.to_string(),
                     };
-                    (key, to_json(v))
+                    (key, into_json(v))
                 })
                 .collect(),
         ),
