@@ -134,14 +134,9 @@ impl DeltaUpdateOut {
         let mut guard = self.inner.lock().await;
         guard.state = state;
         guard.num += 1;
-        let args = DeltaArgs {
-            current_num: guard.num,
-            is_snapshot: true,
-            state: guard.state.clone(),
-        };
-        self.publisher.publish(&args, workflow_id).await?;
-        guard.published = tokio::time::Instant::now();
-        Ok(guard.num)
+        let whole = guard.state.clone();
+        self.publish_locked(&mut guard, true, whole, workflow_id)
+            .await
     }
 
     /// Applies a shallow delta (nil deletes); publishes it with the next number. Deletes of
@@ -156,24 +151,32 @@ impl DeltaUpdateOut {
         }
         apply_delta(&mut guard.state, &delta);
         guard.num += 1;
-        let args = DeltaArgs {
-            current_num: guard.num,
-            is_snapshot: false,
-            state: delta,
-        };
-        self.publisher.publish(&args, workflow_id).await?;
-        guard.published = tokio::time::Instant::now();
-        Ok(guard.num)
+        self.publish_locked(&mut guard, false, delta, workflow_id)
+            .await
     }
 
     /// Publishes the current state as a snapshot (same number: nothing changed), e.g. when
     /// subscribers are known to have joined.
     pub async fn publish_snapshot(&self, workflow_id: &WorkflowId) -> Result<i64> {
         let mut guard = self.inner.lock().await;
+        let whole = guard.state.clone();
+        self.publish_locked(&mut guard, true, whole, workflow_id)
+            .await
+    }
+
+    /// Publishes `state` (the whole state, or a delta) with the current number, under the
+    /// lock, and notes when (the quiet spell of unsolicited snapshots counts from it).
+    async fn publish_locked(
+        &self,
+        guard: &mut OutInner,
+        is_snapshot: bool,
+        state: StateMap,
+        workflow_id: &WorkflowId,
+    ) -> Result<i64> {
         let args = DeltaArgs {
             current_num: guard.num,
-            is_snapshot: true,
-            state: guard.state.clone(),
+            is_snapshot,
+            state,
         };
         self.publisher.publish(&args, workflow_id).await?;
         guard.published = tokio::time::Instant::now();
