@@ -15,7 +15,8 @@
 //!   times out, retries, matches replies by id and reconnects.
 //! - [`publisher`] and [`subscriber`]: publish/subscribe with exact topics, sequence numbers
 //!   that make loss visible, and an opt-in credit window that makes a stream lossless.
-//! - [`pipeline`]: PUSH/PULL with back-pressure and fair distribution.
+//! - [`pipeline`]: PUSH/PULL with back-pressure and fair distribution, and an opt-in acked
+//!   mode (at-least-once, redelivery when a worker is lost).
 //! - [`external`]: an out-connection that calls a local async function.
 //! - [`proxy`]: the XSUB/XPUB bus proxy.
 //! - [`stats`]: the counters every connection keeps.
@@ -41,7 +42,7 @@ pub use dynamic::Dynamic;
 pub use error::{Error, Result};
 pub use external::ExternalTarget;
 pub use handler::{typed, Outcome, RawHandler, RequestMeta};
-pub use pipeline::{PipelineOptions, Puller, Pusher};
+pub use pipeline::{Ack, PipelineOptions, Puller, Pushed, Pusher};
 pub use proxy::BusProxy;
 pub use publisher::{CreditOptions, Publisher, PublisherOptions};
 pub use replyer::{Drained, Replyer, ReplyerOptions};

@@ -43,6 +43,8 @@ counters! {
     Refused => "refused": "Requests answered `unavailable` because the service was stopping.",
     Abandoned => "abandoned": "Handlers still running at the drain deadline (answered `unavailable`).",
     AuthFailures => "auth_failures": "Peers refused by security (a failed CURVE handshake, a client key not authorized, a NULL peer on a CURVE socket).",
+    Redelivered => "redelivered": "Acked pipeline messages sent again (their puller went away, or no ack came within the ack timeout).",
+    Acked => "acked": "Acked pipeline messages acknowledged (a pusher: acks received; a puller: acks sent).",
 }
 
 /// The counters of one connection.
