@@ -333,7 +333,9 @@ impl Ctx {
         }
     }
 
-    /// Pushes on a pusher (waits while every puller is full, up to its send timeout).
+    /// Pushes on a pusher (waits while every puller is full, up to its send timeout). On an
+    /// acked pusher it returns once a puller's handler finished with the message (an error if
+    /// that handler failed), so a handler that pushes on acks its own message after that.
     pub async fn push<A: Serialize>(
         &self,
         conn: &handle::Pusher<A>,

@@ -197,6 +197,11 @@ options! {
         is_binder: bool = false,
         /// The largest message accepted, in bytes.
         max_message_bytes: Option<u64> = None,
+        /// At-least-once: each message is acknowledged after its handler returns (the
+        /// pushers must be acked too).
+        acked: bool = false,
+        /// Handlers run at once (default 1: one at a time, in order).
+        concurrency: Option<u64> = None,
     }
 }
 options! {
@@ -230,8 +235,15 @@ options! {
     PusherOpts {
         /// Bind instead of connecting.
         is_binder: bool = false,
-        /// Seconds a push waits while every puller is full.
+        /// Seconds a push waits while every puller is full (acked: for the ack too).
         send_timeout_s: Option<f64> = None,
+        /// At-least-once: a push returns once a puller's handler finished with it, and
+        /// what a lost puller had not acknowledged is sent again (the pullers must be acked).
+        acked: bool = false,
+        /// Acked: seconds after which an unacknowledged message is sent again (default 30).
+        ack_timeout_s: Option<f64> = None,
+        /// Acked: the most messages unacknowledged at once (default 1000).
+        window: Option<u64> = None,
     }
 }
 options! {
@@ -345,6 +357,10 @@ const_setters!(Puller<A> {
     is_binder: bool,
     /// Sets `max_message_bytes`.
     max_message_bytes: Option<u64>,
+    /// At-least-once: acknowledges each message after its handler returns.
+    acked: bool,
+    /// Handlers run at once (default 1: one at a time, in order).
+    concurrency: Option<u64>,
 });
 const_setters!(Requester<A, R> {
     /// Seconds to wait for each reply.
@@ -369,8 +385,14 @@ const_setters!(Publisher<A> {
 const_setters!(Pusher<A> {
     /// Binds instead of connecting.
     is_binder: bool,
-    /// Seconds a push waits while every puller is full.
+    /// Seconds a push waits while every puller is full (acked: for the ack too).
     send_timeout_s: Option<f64>,
+    /// At-least-once: a push returns once a puller's handler finished with it.
+    acked: bool,
+    /// Acked: seconds after which an unacknowledged message is sent again.
+    ack_timeout_s: Option<f64>,
+    /// Acked: the most messages unacknowledged at once.
+    window: Option<u64>,
 });
 const_setters!(FullStateIn<T> {
     /// Sets the topic.

@@ -73,7 +73,7 @@ impl ConnectionKind {
             ConnectionKind::Subscriber => {
                 &["topic", "is_binder", "credit_window", "max_message_bytes"]
             }
-            ConnectionKind::Puller => &["is_binder", "max_message_bytes"],
+            ConnectionKind::Puller => &["is_binder", "max_message_bytes", "acked", "concurrency"],
             ConnectionKind::Requester => &["timeout_s", "retries", "max_message_bytes"],
             ConnectionKind::Publisher => &[
                 "topic",
@@ -82,7 +82,13 @@ impl ConnectionKind {
                 "credit_stall_timeout_s",
                 "wait_after_creation_s",
             ],
-            ConnectionKind::Pusher => &["is_binder", "send_timeout_s"],
+            ConnectionKind::Pusher => &[
+                "is_binder",
+                "send_timeout_s",
+                "acked",
+                "ack_timeout_s",
+                "window",
+            ],
             ConnectionKind::ExternalTarget => &[],
         }
     }

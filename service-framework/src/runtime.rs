@@ -18,8 +18,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use sf_connections::logline::{escape, WARNINGS};
 use sf_connections::{
-    Address, CreditOptions, PipelineOptions, Publisher, PublisherOptions, Puller, Pusher, Replyer,
-    ReplyerOptions, Requester, RequesterOptions, Subscriber, SubscriberOptions,
+    Ack, Address, CreditOptions, PipelineOptions, Publisher, PublisherOptions, Puller, Pusher,
+    Replyer, ReplyerOptions, Requester, RequesterOptions, Subscriber, SubscriberOptions,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -360,14 +360,17 @@ async fn serve_inbound(
                 ready
                     .endpoints
                     .insert(format!("in.{}", m.name), sub.endpoint().to_owned());
-                tracker.spawn(consume(
-                    "subscriber handler",
-                    m.name.clone(),
-                    sub,
-                    h.clone(),
-                    ctx.clone(),
-                    stop_token.clone(),
-                ));
+                tracker.spawn(
+                    consume(
+                        "subscriber handler",
+                        m.name.clone(),
+                        sub,
+                        h.clone(),
+                        ctx.clone(),
+                        stop_token.clone(),
+                    )
+                    .run(),
+                );
             }
             (ConnectionKind::Puller, Some(Handler::Message(h))) => {
                 let mut opts = PipelineOptions {
@@ -383,18 +386,25 @@ async fn serve_inbound(
                 if let Some(v) = m.creation_u64("max_message_bytes") {
                     opts.max_message_bytes = v as usize;
                 }
+                opts.acked = m.creation_bool("acked");
+                let concurrency = m.creation_u64("concurrency").unwrap_or(1).max(1) as usize;
                 let puller = Puller::start(&address, opts).await.map_err(conn_err)?;
                 ready
                     .endpoints
                     .insert(format!("in.{}", m.name), puller.endpoint().to_owned());
-                tracker.spawn(consume(
+                let consumer = consume(
                     "puller handler",
                     m.name.clone(),
                     puller,
                     h.clone(),
                     ctx.clone(),
                     stop_token.clone(),
-                ));
+                );
+                if concurrency > 1 {
+                    tracker.spawn(consume_concurrently(consumer, concurrency));
+                } else {
+                    tracker.spawn(consumer.run());
+                }
             }
             _ => {
                 return Err(Error::Definition(format!(
@@ -577,10 +587,14 @@ fn check_values(
         }
         let (fits, expected) = match key.as_str() {
             "topic" => (value.is_string(), "a string"),
-            "is_binder" | "is_x_pub" => (value.is_boolean(), "true or false"),
+            "is_binder" | "is_x_pub" | "acked" => (value.is_boolean(), "true or false"),
             "retries" | "max_message_bytes" | "max_concurrency" | "credit_window" => {
                 (value.is_u64(), "a whole number")
             }
+            "window" | "concurrency" => (
+                value.as_u64().is_some_and(|n| n >= 1),
+                "a whole number (1 or more)",
+            ),
             // Seconds.
             _ => (
                 value.as_f64().is_some_and(|s| s.is_finite() && s >= 0.0),
@@ -850,6 +864,13 @@ async fn build_outbound(
             if let Some(t) = m.creation_f64("send_timeout_s") {
                 opts.send_timeout = Duration::from_secs_f64(t.max(0.001));
             }
+            opts.acked = m.creation_bool("acked");
+            if let Some(t) = m.creation_f64("ack_timeout_s") {
+                opts.ack_timeout = Duration::from_secs_f64(t.max(0.001));
+            }
+            if let Some(w) = m.creation_u64("window") {
+                opts.window = (w as usize).max(1);
+            }
             Outbound::Pusher(Pusher::start(&address, opts).await.map_err(conn_err)?)
         }
         _ => {
@@ -861,43 +882,79 @@ async fn build_outbound(
     })
 }
 
-/// An inbound stream of message bodies: a subscriber's deliveries, a puller's pushes.
+/// An inbound stream of message bodies: a subscriber's deliveries, a puller's pushes, each
+/// with the ack an acked puller owes for it.
 trait Inbound: Send {
     /// The next body; `None` once the stream has ended.
-    fn next_body(&mut self) -> impl std::future::Future<Output = Option<bytes::Bytes>> + Send;
+    fn next_body(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<(bytes::Bytes, Option<Ack>)>> + Send;
 }
 
 impl Inbound for Subscriber {
-    async fn next_body(&mut self) -> Option<bytes::Bytes> {
-        self.next().await.map(|d| d.body)
+    async fn next_body(&mut self) -> Option<(bytes::Bytes, Option<Ack>)> {
+        self.next().await.map(|d| (d.body, None))
     }
 }
 
 impl Inbound for Puller {
-    async fn next_body(&mut self) -> Option<bytes::Bytes> {
-        self.next_raw().await
+    async fn next_body(&mut self) -> Option<(bytes::Bytes, Option<Ack>)> {
+        self.next_pushed().await.map(|p| (p.body, p.ack))
     }
 }
 
-/// Runs `handler` on each message of `source`, one at a time and in order, until `stop` or
-/// the end of the stream. A failed handler is logged (rate-limited, escaped) and the next
-/// message goes on.
-async fn consume(
+/// Runs a message handler on each message of an inbound stream, until the stop token or the
+/// end of the stream.
+struct Consumer<S> {
     kind: &'static str,
     name: String,
-    mut source: impl Inbound,
+    source: S,
     handler: MessageHandler,
     ctx: Ctx,
     stop: CancellationToken,
+}
+
+fn consume<S: Inbound>(
+    kind: &'static str,
+    name: String,
+    source: S,
+    handler: MessageHandler,
+    ctx: Ctx,
+    stop: CancellationToken,
+) -> Consumer<S> {
+    Consumer {
+        kind,
+        name,
+        source,
+        handler,
+        ctx,
+        stop,
+    }
+}
+
+/// Runs `handler` on one message, then acknowledges it (an acked puller): after the handler
+/// returned, so a push it made downstream was acknowledged first. A failed handler is logged
+/// (rate-limited, escaped) and its message acknowledged as failed all the same: a poison
+/// message is not redelivered for ever (the pusher's push returns the error).
+async fn handle_one(
+    kind: &'static str,
+    name: &str,
+    handler: &MessageHandler,
+    ctx: Ctx,
+    body: bytes::Bytes,
+    ack: Option<Ack>,
 ) {
-    loop {
-        let body = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            d = source.next_body() => match d { Some(d) => d, None => return },
-        };
-        if let Err(e) = handler(body, ctx.clone()).await {
-            if let Some(suppressed) = WARNINGS.allow(kind, &name) {
+    match handler(body, ctx).await {
+        Ok(()) => {
+            if let Some(ack) = ack {
+                ack.send();
+            }
+        }
+        Err(e) => {
+            if let Some(ack) = ack {
+                ack.fail();
+            }
+            if let Some(suppressed) = WARNINGS.allow(kind, name) {
                 tracing::warn!(
                     connection = %name,
                     code = %e.code,
@@ -908,4 +965,55 @@ async fn consume(
             }
         }
     }
+}
+
+impl<S: Inbound> Consumer<S> {
+    /// One message at a time, in order.
+    async fn run(mut self) {
+        loop {
+            let (body, ack) = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return,
+                d = self.source.next_body() => match d { Some(d) => d, None => return },
+            };
+            handle_one(
+                self.kind,
+                &self.name,
+                &self.handler,
+                self.ctx.clone(),
+                body,
+                ack,
+            )
+            .await;
+        }
+    }
+}
+
+/// Up to `n` handlers at once (a puller's `concurrency`): a transform whose handler waits for
+/// its downstream acks still keeps several messages moving. Order is not kept. At the stop
+/// it takes no more messages and waits for the handlers running (the drain deadline bounds
+/// that); a message it never took stays unacknowledged and is redelivered upstream.
+async fn consume_concurrently<S: Inbound + 'static>(mut c: Consumer<S>, n: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(n));
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = c.stop.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        // Reap the finished ones so the set does not grow.
+        while running.try_join_next().is_some() {}
+        let (body, ack) = tokio::select! {
+            biased;
+            _ = c.stop.cancelled() => break,
+            d = c.source.next_body() => match d { Some(d) => d, None => break },
+        };
+        let (kind, name, handler, ctx) = (c.kind, c.name.clone(), c.handler.clone(), c.ctx.clone());
+        running.spawn(async move {
+            handle_one(kind, &name, &handler, ctx, body, ack).await;
+            drop(permit);
+        });
+    }
+    while running.join_next().await.is_some() {}
 }

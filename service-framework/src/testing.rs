@@ -529,6 +529,8 @@ impl TestBuilder {
                         &any,
                         PipelineOptions {
                             is_binder: true,
+                            // The peer speaks the service's protocol: acked or plain.
+                            acked: m.creation_bool("acked"),
                             ..Default::default()
                         },
                     )
@@ -562,6 +564,8 @@ impl TestBuilder {
                         &any,
                         PipelineOptions {
                             is_binder: true,
+                            // The peer speaks the service's protocol: acked or plain.
+                            acked: m.creation_bool("acked"),
                             ..Default::default()
                         },
                     )
