@@ -242,9 +242,18 @@ async fn run(args: Args, plugins: Vec<Plugin>) -> Result<()> {
     let stop = signals()?;
     // The line scripts and tests wait for.
     println!("bridge serving on {}", running.url());
+    let ready_file = service_framework::cli::ReadyFile::from_env();
+    if let Some(f) = &ready_file {
+        f.write(&serde_json::json!({
+            "service": "bridge",
+            "pid": std::process::id(),
+            "url": running.url(),
+        }));
+    }
     let reason = stop.await;
     tracing::info!("bridge stopping on {reason}");
     running.stop().await;
+    drop(ready_file);
     Ok(())
 }
 

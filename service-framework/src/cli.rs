@@ -97,6 +97,7 @@ usage: service-framework -s SERVICE [-a addresses.json] [-c config.json] [-m] [o
        service-framework call ADDRESS '{\"arg\": ...}' [--timeout SECONDS]
        service-framework subscribe ADDRESS [--topic TOPIC] [--count N] [--timeout SECONDS] [--envelope]
        service-framework keygen [--out DIR] [NAME]     a CURVE key pair, NAME.key and NAME.key_secret
+       service-framework up [--check] [FILE]           every service of a topology file, by one command
 
   -s,  --service_path      built-in service (bus, bridge) or a service binary: a path, or a name found
                            beside this executable or on PATH
@@ -390,6 +391,7 @@ pub fn main(def: ServiceDef) -> ExitCode {
         Err(e) => return fail(&e),
     };
     let main_mode = options.main_mode;
+    let def_name = def.name().to_owned();
     let service = Service::new(def).options(options);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -403,13 +405,68 @@ pub fn main(def: ServiceDef) -> ExitCode {
         let _in_runtime = rt.enter();
         os_signals()
     };
-    match rt.block_on(service.run(main_mode, signals, |ready| {
+    let ready_file = ReadyFile::from_env();
+    let name = def_name;
+    let result = rt.block_on(service.run(main_mode, signals, |ready| {
         for (name, ep) in &ready.endpoints {
             tracing::info!("{name}: {ep}");
         }
-    })) {
+        tracing::info!(service = %name, pid = std::process::id(), "ready");
+        if let Some(f) = &ready_file {
+            f.write(&serde_json::json!({
+                "service": name,
+                "pid": std::process::id(),
+                "endpoints": ready.endpoints,
+            }));
+        }
+    }));
+    drop(ready_file);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// The variable naming the ready file: a supervisor (`service-framework up`, a Kubernetes
+/// readiness probe) sets it, and the service writes the file once every socket is bound or
+/// connecting, and removes it when it stops.
+pub const READY_FILE_ENV: &str = "SF_READY_FILE";
+
+/// The ready signal as a file: written (atomically: a temporary file renamed) once the
+/// service is ready, removed when this value is dropped (at stop).
+#[derive(Debug)]
+pub struct ReadyFile {
+    path: PathBuf,
+}
+
+impl ReadyFile {
+    /// The file `SF_READY_FILE` names, if set and not empty.
+    pub fn from_env() -> Option<ReadyFile> {
+        std::env::var_os(READY_FILE_ENV)
+            .filter(|p| !p.is_empty())
+            .map(|p| ReadyFile { path: p.into() })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `content` (a JSON line) to the file. A failure is logged, never fatal: the
+    /// service runs whether or not anybody watches it.
+    pub fn write(&self, content: &Value) {
+        let tmp = self.path.with_extension("tmp");
+        let r = std::fs::write(&tmp, format!("{content}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = r {
+            tracing::warn!("cannot write the ready file {}: {e}", self.path.display());
+        }
+    }
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 

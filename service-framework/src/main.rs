@@ -6,6 +6,7 @@
 //! service-framework -s bus -a bus_addresses.json
 //! service-framework call 127.0.0.1:18899 '{"to_echo": "hi"}'
 //! service-framework subscribe 127.0.0.1:18900 --topic ticks --count 10
+//! service-framework up examples/pipeline/pipeline.toml
 //! ```
 
 use std::ffi::OsString;
@@ -20,10 +21,16 @@ const BUILT_INS: &str = "bus, bridge";
 /// The HTTP bridge lives in its own binary so that this one never compiles axum.
 const BRIDGE_BINARY: &str = "service-framework-bridge";
 
+/// `up` (topologies of services) lives in its own binary too: it reads TOML.
+const UP_BINARY: &str = "service-framework-up";
+
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
     if argv.first().is_some_and(|a| a == "keygen") {
         return cli::keygen_main(&argv[1..]);
+    }
+    if argv.first().is_some_and(|a| a == "up") {
+        return exec_service(UP_BINARY, argv);
     }
     let args = match cli::parse(argv.clone()) {
         Ok(a) => a,
