@@ -252,6 +252,62 @@ pub async fn one_hop(
     })
 }
 
+/// One hop, acked: `Pusher -> Puller` in acked mode, `tasks` source tasks each pushing in
+/// turn (an acked push returns once the puller acknowledged it), the puller acking each
+/// message as it takes it. Items per second, first push to last ack.
+pub async fn acked_hop(n: u64, tasks: u64) -> anyhow::Result<Through> {
+    let acked = PipelineOptions {
+        acked: true,
+        ..Default::default()
+    };
+    let mut sink = Puller::start(
+        &Address::from("127.0.0.1:0"),
+        PipelineOptions {
+            is_binder: true,
+            ..acked.clone()
+        },
+    )
+    .await?;
+    let source = Pusher::start(&Address::from(sink.endpoint()), acked).await?;
+    let consumer = tokio::spawn(async move {
+        let mut got = 0u64;
+        while let Some(p) = sink.next_pushed().await {
+            if let Some(ack) = p.ack {
+                ack.send();
+            }
+            got += 1;
+        }
+        got
+    });
+    let body = payload(MESSAGE_BYTES);
+    for _ in 0..WARMUP {
+        source.push(&body, WorkflowId::None).await?;
+    }
+    let start = Instant::now();
+    let per = n / tasks;
+    let mut running = Vec::new();
+    for i in 0..tasks {
+        let (source, body) = (source.clone(), body.clone());
+        let mine = if i == 0 { n - per * (tasks - 1) } else { per };
+        running.push(tokio::spawn(async move {
+            for _ in 0..mine {
+                source.push(&body, WorkflowId::None).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in running {
+        t.await?.context("acked push failed")?;
+    }
+    let elapsed = start.elapsed();
+    consumer.abort();
+    Ok(Through {
+        sent: n,
+        received: n,
+        per_s: n as f64 / elapsed.as_secs_f64(),
+    })
+}
+
 /// Runs the pipeline pattern.
 pub fn run(config: &Config) -> PatternReport {
     let c = config.counts();
@@ -346,6 +402,7 @@ pub fn run(config: &Config) -> PatternReport {
         lim,
         one_hop(c.pipeline, false, false, c.quiet),
     );
+    let mut plain_hop = None;
     for (case, fw_push, fw_pull) in [
         ("one hop: Pusher -> raw PULL", true, false),
         ("one hop: raw PUSH -> Puller", false, true),
@@ -356,6 +413,9 @@ pub fn run(config: &Config) -> PatternReport {
             lim,
             one_hop(c.pipeline, fw_push, fw_pull, c.quiet),
         );
+        if fw_push && fw_pull {
+            plain_hop = fw.as_ref().ok().map(|t| t.per_s);
+        }
         let mut row = Row::new(case, "through one hop", "msg/s")
             .fw(fw.as_ref().ok().map(|t| t.per_s))
             .raw(base.as_ref().ok().map(|t| t.per_s));
@@ -368,6 +428,27 @@ pub fn run(config: &Config) -> PatternReport {
         }
         row = row.note(notes.join("; "));
         p.push(row);
+    }
+    // At-least-once costs a round trip per message: acked pushes, against the plain hop.
+    for tasks in [1u64, 64] {
+        let fw = block_on(Flavor::Multi, lim, acked_hop(c.pipeline, tasks));
+        let mut notes = vec![format!(
+            "diagnostic; fw = acked Pusher -> Puller, {tasks} source task(s), each push waiting \
+             for its ack; raw = the plain Pusher -> Puller hop above"
+        )];
+        if let Err(e) = &fw {
+            notes.push(format!("acked failed: {e:#}"));
+        }
+        p.push(
+            Row::new(
+                format!("one hop acked, {tasks} source task(s)"),
+                "through one hop",
+                "msg/s",
+            )
+            .fw(fw.as_ref().ok().map(|t| t.per_s))
+            .raw(plain_hop)
+            .note(notes.join("; ")),
+        );
     }
     p.note(format!(
         "{} messages of {MESSAGE_BYTES} bytes per run; three-stage rows: median of {runs} runs each",
