@@ -9,6 +9,7 @@
 //! (edges checked, who binds, start order) -> [`supervise`] (processes).
 
 pub mod declared;
+pub mod k8s;
 pub mod plan;
 pub mod supervise;
 pub mod topology;
