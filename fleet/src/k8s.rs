@@ -52,6 +52,10 @@ pub const READY_FILE: &str = "/tmp/sf-ready";
 pub const GRACE_MARGIN_S: u64 = 5;
 /// Where a Python service's module is in the Python image.
 pub const PYTHON_APP_DIR: &str = "/app";
+/// The annotation naming the topology's service a resource belongs to.
+pub const ANNOTATION_SERVICE: &str = "service-framework/service";
+/// The annotation naming the topology.
+pub const ANNOTATION_TOPOLOGY: &str = "service-framework/topology";
 /// The bridge's HTTP port when its config does not name one.
 pub const BRIDGE_HTTP_PORT: u16 = 8080;
 
@@ -298,6 +302,11 @@ fn render_service(
 ) -> Result<Vec<Manifest>, String> {
     let name = addressing.names().name(&p.name).to_owned();
     let labels = labels(&name, part_of);
+    // Which service of which topology a resource is, as the topology names them.
+    let annotations = json!({
+        ANNOTATION_SERVICE: p.name,
+        ANNOTATION_TOPOLOGY: plan.topology.name,
+    });
     let python = p.runner.is_python();
     let bridge = matches!(p.declared, Declared::Bridge);
 
@@ -313,7 +322,7 @@ fn render_service(
     let config_map = json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": name, "labels": labels},
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
         "data": data,
     });
 
@@ -456,7 +465,7 @@ fn render_service(
         json!({
             "apiVersion": "batch/v1",
             "kind": "Job",
-            "metadata": {"name": name, "labels": labels},
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
             "spec": {
                 "completions": p.spec.replicas,
                 "parallelism": p.spec.replicas,
@@ -469,7 +478,7 @@ fn render_service(
         json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": {"name": name, "labels": labels},
+            "metadata": {"name": name, "labels": labels, "annotations": annotations},
             "spec": {
                 "replicas": p.spec.replicas,
                 "selector": {"matchLabels": labels},
@@ -494,7 +503,7 @@ fn render_service(
             doc: json!({
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": {"name": name, "labels": labels},
+                "metadata": {"name": name, "labels": labels, "annotations": annotations},
                 "spec": {
                     "selector": labels,
                     "ports": ports
