@@ -283,3 +283,69 @@ async fn an_acked_pusher_refuses_a_plain_puller_visibly() {
     assert_eq!(pusher.stats().get(Counter::Sent), 0);
     assert_eq!(pusher.stats().get(Counter::Dropped), 1);
 }
+
+#[tokio::test]
+async fn a_restarted_binding_puller_gets_what_its_predecessor_left_unacked() {
+    const N: u64 = 50;
+    let timeout = Duration::from_secs(15);
+    // The puller binds (a sink); the pusher connects and reconnects by itself.
+    let mut first = Puller::start(&Address::from("127.0.0.1:0"), acked(true, timeout))
+        .await
+        .unwrap();
+    let at = first.endpoint().to_owned();
+    let pusher = Pusher::start(&Address::from(at.as_str()), acked(false, timeout))
+        .await
+        .unwrap();
+    let mut pushes = JoinSet::new();
+    for id in 0..N {
+        let p = pusher.clone();
+        pushes.spawn(async move { p.push(&Item { id }, WorkflowId::None).await });
+    }
+    // The first instance acks the even ids and dies holding the odd ones.
+    let mut got = 0;
+    bounded(
+        "the first instance took every message",
+        Duration::from_secs(10),
+        async {
+            while got < N {
+                let p = first.next_pushed().await.unwrap();
+                if id_of(&p.body) % 2 == 0 {
+                    p.ack.unwrap().send();
+                }
+                got += 1;
+            }
+        },
+    )
+    .await;
+    drop(first);
+
+    // Restarted on the same port.
+    let second = bounded("the port is free again", Duration::from_secs(5), async {
+        loop {
+            match Puller::start(&Address::from(at.as_str()), acked(true, timeout)).await {
+                Ok(p) => return p,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let w = worker(second, seen.clone());
+    bounded("every push acked", Duration::from_secs(15), async {
+        while let Some(r) = pushes.join_next().await {
+            r.unwrap().unwrap();
+        }
+    })
+    .await;
+    let mut again = seen.lock().unwrap().clone();
+    again.sort_unstable();
+    again.dedup();
+    assert!(
+        again.iter().all(|id| id % 2 == 1),
+        "only what was not acked comes again: {again:?}"
+    );
+    assert_eq!(again, (0..N).filter(|id| id % 2 == 1).collect::<Vec<_>>());
+    assert_eq!(pusher.stats().get(Counter::Redelivered), N / 2);
+    assert_eq!(pusher.in_flight(), 0);
+    w.abort();
+}
