@@ -306,3 +306,47 @@ async fn a_transform_killed_mid_stream_loses_nothing() {
     b.stop_async().await.unwrap();
     sink_handle.stop_async().await.unwrap();
 }
+
+/// The acked options are checked like every other: a window or concurrency of 0, or an
+/// `acked` that is not a boolean, stops the start naming it.
+#[test]
+fn acked_options_in_the_addresses_file_are_checked() {
+    let with = |options: serde_json::Value| {
+        let def = ServiceDef::new("t")
+            .puller("work", |_: Item, _ctx: Ctx| async { Ok(()) })
+            .pusher(RESULTS_OUT);
+        Service::new(def)
+            .addresses(
+                AddressesFile::from_value(json!({
+                    "connections": {
+                        "in": {"work": {"puller": "127.0.0.1:1"}},
+                        "out": {"results": {"pusher": "127.0.0.1:1"}},
+                    },
+                    "options": {"connections": options},
+                }))
+                .unwrap(),
+            )
+            .run_blocking()
+            .expect_err("a wrong option")
+            .to_string()
+    };
+    let msg = with(json!({"in": {"work": {"concurrency": 0}}}));
+    assert!(
+        msg.contains("concurrency") && msg.contains("1 or more"),
+        "{msg}"
+    );
+    let msg = with(json!({"out": {"results": {"window": 0}}}));
+    assert!(msg.contains("window") && msg.contains("1 or more"), "{msg}");
+    let msg = with(json!({"in": {"work": {"acked": "yes"}}}));
+    assert!(
+        msg.contains("acked") && msg.contains("true or false"),
+        "{msg}"
+    );
+    let msg = with(json!({"out": {"results": {"ack_timeout_s": -1}}}));
+    assert!(msg.contains("ack_timeout_s"), "{msg}");
+    let msg = with(json!({"in": {"work": {"window": 5}}}));
+    assert!(
+        msg.contains("window") && msg.contains("concurrency"),
+        "a puller takes no window: {msg}"
+    );
+}
