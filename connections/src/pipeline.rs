@@ -73,7 +73,9 @@ pub struct PipelineOptions {
     /// plain PUSH/PULL, which libzmq peers speak.
     pub acked: bool,
     /// Acked pusher: a message with no ack after this long is sent again (default 30 s), a
-    /// safety net behind the redelivery that follows a lost connection at once.
+    /// safety net behind the redelivery that follows a lost connection at once. A push gives
+    /// up (and forgets its message) at its send timeout, so this acts only when it is shorter
+    /// than `send_timeout`.
     pub ack_timeout: Duration,
     /// Acked pusher: the most messages unacknowledged at once (default 1,000); further pushes
     /// wait for room, bounded by the send timeout.
