@@ -4,6 +4,7 @@ pub mod dynamic;
 pub mod echo;
 pub mod full_state;
 pub mod order_book;
+pub mod pipeline;
 pub mod slow;
 pub mod state_mirror;
 pub mod ticks;

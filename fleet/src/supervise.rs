@@ -127,7 +127,8 @@ type Table = Arc<Mutex<Vec<Status>>>;
 
 enum Out {
     Line(usize, String),
-    Changed(usize),
+    Changed(String),
+    Tick,
     Note(String),
 }
 
@@ -144,7 +145,6 @@ struct Instance {
     ready_file: Option<PathBuf>,
     python_ports: Vec<u16>,
     restart: Restart,
-    main: bool,
     ready_timeout: Duration,
     stop_timeout: Duration,
 }
@@ -249,7 +249,6 @@ fn prepare(plan: &Plan, ports: &LocalPorts, dir: &Path) -> Result<Vec<Instance>,
                 ready_file,
                 python_ports: python_ports.clone(),
                 restart: p.spec.restart,
-                main: p.spec.main,
                 ready_timeout: Duration::from_secs_f64(p.spec.ready_timeout_s.unwrap_or(30.0)),
                 stop_timeout: Duration::from_secs_f64(p.spec.stop_timeout_s.unwrap_or(15.0)),
             });
@@ -281,11 +280,22 @@ fn forward(read: impl AsyncRead + Unpin + Send + 'static, row: usize, out: mpsc:
 
 use tokio::io::AsyncReadExt;
 
-fn set(table: &Table, out: &mpsc::Sender<Out>, row: usize, f: impl FnOnce(&mut Status)) {
-    if let Ok(mut t) = table.lock() {
-        f(&mut t[row]);
-    }
-    let _ = out.try_send(Out::Changed(row));
+async fn set(table: &Table, out: &mpsc::Sender<Out>, row: usize, f: impl FnOnce(&mut Status)) {
+    let line = match table.lock() {
+        Ok(mut t) => {
+            f(&mut t[row]);
+            let r = &t[row];
+            format!(
+                "[up] {}: {}{}",
+                r.name,
+                r.state.word(),
+                r.pid.map_or(String::new(), |p| format!(" (pid {p})"))
+            )
+        }
+        Err(_) => return,
+    };
+    // Waits for room: a change is never dropped (the printer only writes lines).
+    let _ = out.send(Out::Changed(line)).await;
 }
 
 fn signal(pid: u32, sig: nix::sys::signal::Signal) {
@@ -370,7 +380,8 @@ async fn keep(
                     s.state =
                         State::Failed(format!("cannot start {}: {e}", inst.command.display()));
                     s.pid = None;
-                });
+                })
+                .await;
                 let _ = ready_tx.send(inst.row).await;
                 return;
             }
@@ -387,17 +398,18 @@ async fn keep(
             s.state = State::Starting;
             s.pid = pid;
             s.since = Some(started);
-        });
+        })
+        .await;
         // Ready, or exited first, or late.
         let early = tokio::select! {
             r = tokio::time::timeout(inst.ready_timeout, ready(&inst, &mut child)) => match r {
                 Ok(None) => {
-                    set(&table, &out, inst.row, |s| s.state = State::Ready);
+                    set(&table, &out, inst.row, |s| s.state = State::Ready).await;
                     None
                 }
                 Ok(Some(status)) => Some(status),
                 Err(_) => {
-                    set(&table, &out, inst.row, |s| s.state = State::NotReady);
+                    set(&table, &out, inst.row, |s| s.state = State::NotReady).await;
                     None
                 }
             },
@@ -414,7 +426,7 @@ async fn keep(
                     s = child.wait() => s.ok(),
                     () = stopped(&mut stop) => {
                         // The stop: SIGTERM, then SIGKILL past the deadline.
-                        set(&table, &out, inst.row, |s| s.state = State::Stopping);
+                        set(&table, &out, inst.row, |s| s.state = State::Stopping).await;
                         if let Some(pid) = pid {
                             signal(pid, nix::sys::signal::Signal::SIGTERM);
                         }
@@ -428,7 +440,7 @@ async fn keep(
                         set(&table, &out, inst.row, |s| {
                             s.state = State::Stopped(how);
                             s.pid = None;
-                        });
+                        }).await;
                         return;
                     }
                 }
@@ -440,7 +452,8 @@ async fn keep(
             set(&table, &out, inst.row, |s| {
                 s.state = State::Stopped(why);
                 s.pid = None;
-            });
+            })
+            .await;
             return;
         }
         let again = match inst.restart {
@@ -456,26 +469,27 @@ async fn keep(
                     State::Failed(why)
                 };
                 s.pid = None;
-            });
+            })
+            .await;
             return;
         }
-        let _ = inst.main;
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(500);
         }
         set(&table, &out, inst.row, |s| {
             s.state = State::Backoff(format!("{why}; again in {:.1}s", backoff.as_secs_f64()));
             s.pid = None;
-        });
+        })
+        .await;
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = stopped(&mut stop) => {
-                set(&table, &out, inst.row, |s| s.state = State::Stopped(why.clone()));
+                set(&table, &out, inst.row, |s| s.state = State::Stopped(why.clone())).await;
                 return;
             }
         }
         backoff = (backoff * 2).min(Duration::from_secs(30));
-        set(&table, &out, inst.row, |s| s.restarts += 1);
+        set(&table, &out, inst.row, |s| s.restarts += 1).await;
     }
 }
 
@@ -531,11 +545,10 @@ async fn printer(mut rx: mpsc::Receiver<Out>, table: Table, title: String, width
     let tty = std::io::stdout().is_terminal();
     let mut drawn = 0usize;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last: Vec<String> = Vec::new();
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
-            _ = tick.tick(), if tty => Some(Out::Changed(usize::MAX)),
+            _ = tick.tick(), if tty => Some(Out::Tick),
         };
         let Some(msg) = msg else { break };
         let rows = table.lock().map(|t| t.clone()).unwrap_or_default();
@@ -553,23 +566,10 @@ async fn printer(mut rx: mpsc::Receiver<Out>, table: Table, title: String, width
             Out::Note(n) => {
                 let _ = writeln!(stdout, "[up] {n}");
             }
-            Out::Changed(row) if !tty && row < rows.len() => {
-                let r = &rows[row];
-                let line = format!(
-                    "[up] {}: {}{}",
-                    r.name,
-                    r.state.word(),
-                    r.pid.map_or(String::new(), |p| format!(" (pid {p})"))
-                );
-                if last.get(row) != Some(&line) {
-                    let _ = writeln!(stdout, "{line}");
-                    if last.len() < rows.len() {
-                        last.resize(rows.len(), String::new());
-                    }
-                    last[row] = line;
-                }
+            Out::Changed(line) if !tty => {
+                let _ = writeln!(stdout, "{line}");
             }
-            Out::Changed(_) => {}
+            Out::Changed(..) | Out::Tick => {}
         }
         if tty {
             let lines = table_lines(&rows, &title);
