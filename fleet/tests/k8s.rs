@@ -7,92 +7,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use serde_json::Value;
 use sf_fleet::k8s::{ANNOTATION_SERVICE, GRACE_MARGIN_S, READY_FILE};
 use sf_fleet::Topology;
 
-const UP: &str = env!("CARGO_BIN_EXE_service-framework-up");
+mod support;
 
-fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("fleet sits in the workspace root")
-}
-
-/// `service-framework` and the example binaries beside `service-framework-up`, where `up`
-/// looks for them. They belong to other packages, so cargo does not build them for this
-/// test: they are built here once (a no-op when they are up to date).
-fn binaries() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let bin_dir = Path::new(UP).parent().expect("the binary has a folder");
-        let target_dir = bin_dir.parent().expect("the profile folder has a parent");
-        let profile = bin_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("profile folder name");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "service-framework",
-            "-p",
-            "sf-examples",
-            "--bins",
-        ])
-        .arg("--manifest-path")
-        .arg(workspace_root().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir);
-        match profile {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let status = cmd
-            .stdin(Stdio::null())
-            .status()
-            .expect("cargo runs to build the service binaries");
-        assert!(
-            status.success(),
-            "building the service binaries failed: {status}"
-        );
-    });
-}
-
-/// The venv interpreter: `SF_PYTHON` when it has kubernetes-validate beside it, else what
-/// `scripts/python-env` prints (it creates or updates the venv from
-/// tests/python/requirements.txt).
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        if let Some(p) = std::env::var_os("SF_PYTHON").filter(|p| !p.is_empty()) {
-            let p = PathBuf::from(p);
-            if p.with_file_name("kubernetes-validate").is_file() {
-                return p;
-            }
-        }
-        let script = workspace_root().join("scripts/python-env");
-        let out = Command::new(&script)
-            .output()
-            .unwrap_or_else(|e| panic!("{} could not run: {e}", script.display()));
-        assert!(
-            out.status.success(),
-            "{} failed ({}): {}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).expect("a UTF-8 path").trim())
-    })
-}
+use support::{binaries, python, workspace_root, UP};
 
 fn kubernetes_validate() -> PathBuf {
     let k = python().with_file_name("kubernetes-validate");
