@@ -31,7 +31,7 @@ fn check(file: &Path, dir: &Path) -> (i32, String, String) {
 
 #[test]
 fn every_example_topology_checks_clean() {
-    let mut files: Vec<_> = std::fs::read_dir(workspace_root().join("examples"))
+    let files: Vec<_> = std::fs::read_dir(workspace_root().join("examples"))
         .unwrap()
         .flatten()
         .filter(|d| d.path().is_dir())
