@@ -145,7 +145,9 @@ pub enum Runner {
     Python {
         /// The interpreter.
         interpreter: PathBuf,
-        /// The module file.
+        /// The module file as `-s` takes it: relative to the topology's directory, where the
+        /// service runs (`./quotes.py`). 0.0.18 turns `-s` into an import path relative to
+        /// its working directory (`./a/b.py` imports `a.b`); an absolute path fails there.
         module: PathBuf,
     },
 }
@@ -287,6 +289,36 @@ print(json.dumps({
 }))
 "#;
 
+/// The `-s` value of a Python 0.0.18 module run in `dir`: `./<path from dir>`. 0.0.18 imports
+/// `-s` as a module path relative to its working directory (it drops `./` and `.py` and
+/// turns `/` into `.`), so the file must be under `dir` and each part a Python name.
+fn module_arg(module: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let file = module
+        .canonicalize()
+        .unwrap_or_else(|_| module.to_path_buf());
+    let Ok(rel) = file.strip_prefix(dir) else {
+        return Err(format!(
+            "the Python module {} is not under the topology's directory {}: service_framework 0.0.18 imports it relative to the directory it runs in (the topology's)",
+            module.display(),
+            dir.display()
+        ));
+    };
+    let text = rel.to_string_lossy();
+    let stem = text.strip_suffix(".py").unwrap_or("");
+    let name_ok = |part: &str| {
+        part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if stem.is_empty() || !stem.split('/').all(name_ok) {
+        return Err(format!(
+            "the Python module {} cannot be imported by service_framework 0.0.18: it takes `{text}` as the import path `{}`; name it <letters, digits, _>.py",
+            module.display(),
+            stem.replace('/', ".")
+        ));
+    }
+    Ok(Path::new(".").join(rel))
+}
+
 /// What `name` (a service of the topology) declares, and how it runs.
 pub async fn declared(topology: &Topology, name: &str) -> Result<(Runner, Declared), String> {
     let spec = &topology.services[name];
@@ -296,6 +328,7 @@ pub async fn declared(topology: &Topology, name: &str) -> Result<(Runner, Declar
         if !module.is_file() {
             return Err(format!("{who}: no Python module {}", module.display()));
         }
+        let relative = module_arg(&module, &topology.dir).map_err(|e| format!("{who}: {e}"))?;
         let interpreter = interpreter(spec);
         let mut cmd = tokio::process::Command::new(&interpreter);
         cmd.arg("-c")
@@ -313,7 +346,7 @@ pub async fn declared(topology: &Topology, name: &str) -> Result<(Runner, Declar
         return Ok((
             Runner::Python {
                 interpreter,
-                module,
+                module: relative,
             },
             d,
         ));
@@ -396,6 +429,28 @@ mod tests {
         assert_eq!(outbound["p"].kind, Kind::Pusher);
         assert_eq!(outbound["s"].kind, Kind::DeltaOut);
         assert_eq!(outbound["s"].creation.len(), 1);
+    }
+
+    #[test]
+    fn a_python_module_is_given_relative_to_the_topology() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("py")).unwrap();
+        for f in ["quotes.py", "py/feed.py", "bad-name.py"] {
+            std::fs::write(root.join(f), "").unwrap();
+        }
+        assert_eq!(
+            module_arg(&root.join("quotes.py"), &root).unwrap(),
+            Path::new("./quotes.py")
+        );
+        assert_eq!(
+            module_arg(&root.join("py/../py/feed.py"), &root).unwrap(),
+            Path::new("./py/feed.py")
+        );
+        let e = module_arg(&root.join("bad-name.py"), &root).unwrap_err();
+        assert!(e.contains("`bad-name`"), "{e}");
+        let e = module_arg(&root.join("quotes.py"), &root.join("py")).unwrap_err();
+        assert!(e.contains("not under the topology's directory"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - a **Deployment**, or a **Job** for a main-mode service that finishes (below), running
 //!   `service-framework -s <service> -a /etc/sf/addresses.json [-c /etc/sf/config.json] [-m]
 //!   <args>` in `--image` (Rust binaries and the built-ins) or `python -u -m
-//!   service_framework -s /app/<module file> ...` in `--python-image`, with the topology's
+//!   service_framework -s ./<module file> ...` (in `/app`) in `--python-image`, with the topology's
 //!   env, readiness from the service's own signal (`SF_READY_FILE=/tmp/sf-ready` and an exec
 //!   probe `test -f /tmp/sf-ready`; a Python 0.0.18 service has no ready signal: a TCP probe
 //!   on its first bound port, none when it binds nothing), and
@@ -383,7 +383,8 @@ fn render_service(
                     "-m".into(),
                     "service_framework".into(),
                     "-s".into(),
-                    format!("{PYTHON_APP_DIR}/{file}"),
+                    // 0.0.18 imports `-s` relative to its working directory, /app.
+                    format!("./{file}"),
                 ],
             )
         }

@@ -304,6 +304,14 @@ fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     }
 }
 
+/// How a Python 0.0.18 service ended by `up`'s SIGTERM stopped: a clean stop.
+const PYTHON_SIGTERM_STOP: &str = "SIGTERM, as 0.0.18 stops";
+
+fn by_sigterm(s: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    s.signal() == Some(nix::sys::signal::Signal::SIGTERM as i32)
+}
+
 fn describe_exit(s: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (s.code(), s.signal()) {
@@ -431,6 +439,11 @@ async fn keep(
                             signal(pid, nix::sys::signal::Signal::SIGTERM);
                         }
                         let how = match tokio::time::timeout(inst.stop_timeout, child.wait()).await {
+                            // A Python 0.0.18 service (no ready file) without a
+                            // `sigterm_handler` keeps SIGTERM's default action: it stops so.
+                            Ok(Ok(s)) if inst.ready_file.is_none() && by_sigterm(s) => {
+                                PYTHON_SIGTERM_STOP.to_owned()
+                            }
                             Ok(Ok(s)) => describe_exit(s),
                             _ => {
                                 let _ = child.kill().await;
@@ -769,7 +782,7 @@ pub async fn up(plan: Plan, options: UpOptions) -> Result<i32, String> {
     let bad: Vec<String> = rows
         .iter()
         .filter(|r| match &r.state {
-            State::Stopped(how) => how != "exit 0",
+            State::Stopped(how) => how != "exit 0" && how != PYTHON_SIGTERM_STOP,
             State::Failed(_) => true,
             State::Done | State::Waiting => false,
             _ => true,

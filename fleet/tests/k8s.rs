@@ -470,7 +470,7 @@ fn a_fixture_of_built_ins_rust_and_python_services_renders_as_expected() {
             "-m",
             "service_framework",
             "-s",
-            "/app/echo_replyer.py",
+            "./echo_replyer.py",
             "-a",
             "/etc/sf/addresses.json"
         ])
