@@ -145,9 +145,8 @@ pub enum Runner {
     Python {
         /// The interpreter.
         interpreter: PathBuf,
-        /// The module file as `-s` takes it: relative to the topology's directory, where the
-        /// service runs (`./quotes.py`). 0.0.18 turns `-s` into an import path relative to
-        /// its working directory (`./a/b.py` imports `a.b`); an absolute path fails there.
+        /// The module file (absolute); [`python_invocation`] gives where it runs and its
+        /// `-s` value.
         module: PathBuf,
     },
 }
@@ -289,34 +288,35 @@ print(json.dumps({
 }))
 "#;
 
-/// The `-s` value of a Python 0.0.18 module run in `dir`: `./<path from dir>`. 0.0.18 imports
-/// `-s` as a module path relative to its working directory (it drops `./` and `.py` and
-/// turns `/` into `.`), so the file must be under `dir` and each part a Python name.
-fn module_arg(module: &Path, dir: &Path) -> Result<PathBuf, String> {
+/// A Python name: what 0.0.18 can import a module file or folder as.
+fn importable(part: &str) -> bool {
+    part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Where a Python 0.0.18 `module` runs and its `-s` value, for a topology in `dir`. 0.0.18
+/// imports `-s` as a module path relative to its working directory (it drops `./` and `.py`
+/// and turns `/` into `.`; an absolute path fails), so: in `dir` with `./<path from dir>`
+/// when the module is under `dir` by importable names, else in the module's own directory
+/// with `./<file>`.
+pub fn python_invocation(module: &Path, dir: &Path) -> (PathBuf, String) {
     let file = module
         .canonicalize()
         .unwrap_or_else(|_| module.to_path_buf());
-    let Ok(rel) = file.strip_prefix(dir) else {
-        return Err(format!(
-            "the Python module {} is not under the topology's directory {}: service_framework 0.0.18 imports it relative to the directory it runs in (the topology's)",
-            module.display(),
-            dir.display()
-        ));
-    };
-    let text = rel.to_string_lossy();
-    let stem = text.strip_suffix(".py").unwrap_or("");
-    let name_ok = |part: &str| {
-        part.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    };
-    if stem.is_empty() || !stem.split('/').all(name_ok) {
-        return Err(format!(
-            "the Python module {} cannot be imported by service_framework 0.0.18: it takes `{text}` as the import path `{}`; name it <letters, digits, _>.py",
-            module.display(),
-            stem.replace('/', ".")
-        ));
+    if let Ok(rel) = file.strip_prefix(dir) {
+        let text = rel.to_string_lossy();
+        if text
+            .strip_suffix(".py")
+            .is_some_and(|stem| stem.split('/').all(importable))
+        {
+            return (dir.to_path_buf(), format!("./{text}"));
+        }
     }
-    Ok(Path::new(".").join(rel))
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    let home = file
+        .parent()
+        .map_or_else(|| dir.to_path_buf(), Path::to_path_buf);
+    (home, format!("./{name}"))
 }
 
 /// What `name` (a service of the topology) declares, and how it runs.
@@ -328,7 +328,13 @@ pub async fn declared(topology: &Topology, name: &str) -> Result<(Runner, Declar
         if !module.is_file() {
             return Err(format!("{who}: no Python module {}", module.display()));
         }
-        let relative = module_arg(&module, &topology.dir).map_err(|e| format!("{who}: {e}"))?;
+        let file = module.file_name().unwrap_or_default().to_string_lossy();
+        if !file.strip_suffix(".py").is_some_and(importable) {
+            return Err(format!(
+                "{who}: service_framework 0.0.18 cannot import the Python module {}: it imports `-s` as a module path; name it <letters, digits, _>.py",
+                module.display()
+            ));
+        }
         let interpreter = interpreter(spec);
         let mut cmd = tokio::process::Command::new(&interpreter);
         cmd.arg("-c")
@@ -346,7 +352,7 @@ pub async fn declared(topology: &Topology, name: &str) -> Result<(Runner, Declar
         return Ok((
             Runner::Python {
                 interpreter,
-                module: relative,
+                module: module.canonicalize().unwrap_or(module),
             },
             d,
         ));
@@ -432,25 +438,32 @@ mod tests {
     }
 
     #[test]
-    fn a_python_module_is_given_relative_to_the_topology() {
+    fn a_python_module_runs_where_0_0_18_can_import_it() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
-        std::fs::create_dir_all(root.join("py")).unwrap();
-        for f in ["quotes.py", "py/feed.py", "bad-name.py"] {
+        for d in ["py", "other", "not-a-name"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        for f in ["quotes.py", "py/feed.py", "other/x.py", "not-a-name/y.py"] {
             std::fs::write(root.join(f), "").unwrap();
         }
+        let at = |m: &str, d: &str| python_invocation(&root.join(m), &root.join(d));
+        // Under the topology's directory: run there.
+        assert_eq!(at("quotes.py", ""), (root.clone(), "./quotes.py".into()));
         assert_eq!(
-            module_arg(&root.join("quotes.py"), &root).unwrap(),
-            Path::new("./quotes.py")
+            at("py/../py/feed.py", ""),
+            (root.clone(), "./py/feed.py".into())
+        );
+        // Elsewhere, or under a folder that is no Python name: in its own directory.
+        assert_eq!(at("quotes.py", "py"), (root.clone(), "./quotes.py".into()));
+        assert_eq!(
+            at("other/x.py", "py"),
+            (root.join("other"), "./x.py".into())
         );
         assert_eq!(
-            module_arg(&root.join("py/../py/feed.py"), &root).unwrap(),
-            Path::new("./py/feed.py")
+            at("not-a-name/y.py", ""),
+            (root.join("not-a-name"), "./y.py".into())
         );
-        let e = module_arg(&root.join("bad-name.py"), &root).unwrap_err();
-        assert!(e.contains("`bad-name`"), "{e}");
-        let e = module_arg(&root.join("quotes.py"), &root.join("py")).unwrap_err();
-        assert!(e.contains("not under the topology's directory"), "{e}");
     }
 
     #[test]

@@ -180,21 +180,31 @@ fn prepare(plan: &Plan, ports: &LocalPorts, dir: &Path) -> Result<Vec<Instance>,
             (None, Some(f)) => Some(plan.topology.resolve(f)),
             (None, None) => None,
         };
-        let (command, mut args) = match &p.runner {
-            Runner::Framework { exe, service } => (exe.clone(), vec!["-s".into(), service.clone()]),
+        let (command, mut args, run_in) = match &p.runner {
+            Runner::Framework { exe, service } => (
+                exe.clone(),
+                vec!["-s".into(), service.clone()],
+                plan.topology.dir.clone(),
+            ),
             Runner::Python {
                 interpreter,
                 module,
-            } => (
-                interpreter.clone(),
-                vec![
-                    "-u".into(),
-                    "-m".into(),
-                    "service_framework".into(),
-                    "-s".into(),
-                    module.display().to_string(),
-                ],
-            ),
+            } => {
+                // 0.0.18 imports `-s` relative to where it runs: not an absolute path.
+                let (run_in, module) =
+                    crate::declared::python_invocation(module, &plan.topology.dir);
+                (
+                    interpreter.clone(),
+                    vec![
+                        "-u".into(),
+                        "-m".into(),
+                        "service_framework".into(),
+                        "-s".into(),
+                        module,
+                    ],
+                    run_in,
+                )
+            }
         };
         args.push("-a".into());
         args.push(addr_path.display().to_string());
@@ -245,7 +255,7 @@ fn prepare(plan: &Plan, ports: &LocalPorts, dir: &Path) -> Result<Vec<Instance>,
                 command: command.clone(),
                 args: args.clone(),
                 env,
-                dir: plan.topology.dir.clone(),
+                dir: run_in.clone(),
                 ready_file,
                 python_ports: python_ports.clone(),
                 restart: p.spec.restart,

@@ -58,6 +58,7 @@ fn slot_port(up: &UpProcess, service: &str, slot: &str) -> String {
     up.seen
         .iter()
         .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", up.tail()))
         .to_owned()
 }
