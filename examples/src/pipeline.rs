@@ -47,6 +47,8 @@ pub struct SourceConfig {
     pub count: Option<u64>,
     /// The most items unacknowledged at once (default 64).
     pub in_flight: Option<u64>,
+    /// Items per second (default: as fast as the pipeline takes them).
+    pub rate: Option<f64>,
 }
 
 /// `pipeline_square`'s config.
@@ -103,8 +105,19 @@ pub fn source() -> ServiceDef {
             let count = config.count.unwrap_or(1000);
             let in_flight = config.in_flight.unwrap_or(64).clamp(1, 1000) as usize;
             let started = std::time::Instant::now();
+            let every = config
+                .rate
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .map(|r| Duration::from_secs_f64(1.0 / r.min(1e6)));
+            let mut ticks = every.map(tokio::time::interval);
             let mut running = tokio::task::JoinSet::new();
             for id in 0..count {
+                if let Some(t) = &mut ticks {
+                    tokio::select! {
+                        _ = t.tick() => {}
+                        () = ctx.stopping() => break,
+                    }
+                }
                 if ctx.is_stopping() {
                     break;
                 }

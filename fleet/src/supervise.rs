@@ -741,6 +741,9 @@ pub async fn up(plan: Plan, options: UpOptions) -> Result<i32, String> {
     }
     if reason.is_none() {
         note("every service started".into()).await;
+        for n in &plan.topology.notes {
+            note(n.clone()).await;
+        }
         // Until a signal, or until nothing is left running.
         let all_over = async {
             loop {

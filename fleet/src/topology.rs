@@ -39,6 +39,9 @@ pub struct TopologyFile {
     /// `"<service>.<out-connection or out-state> -> <service>.<in-connection or in-state>"`.
     #[serde(default)]
     pub edges: Vec<String>,
+    /// Lines `up` prints once every service started: where to look, what to try.
+    #[serde(default)]
+    pub notes: Vec<String>,
     /// The services, by name.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSpec>,
@@ -186,6 +189,8 @@ pub struct Topology {
     pub services: BTreeMap<String, ServiceSpec>,
     /// The edges, parsed.
     pub edges: Vec<Edge>,
+    /// Lines printed once every service started.
+    pub notes: Vec<String>,
 }
 
 /// Names a service may have: they become file names, log prefixes and Kubernetes names.
@@ -299,6 +304,7 @@ impl Topology {
             path: path.to_path_buf(),
             services: file.services,
             edges,
+            notes: file.notes,
         })
     }
 

@@ -119,7 +119,7 @@ fn pipeline_copy(dir: &Path, count: u64, work_ms: u64) -> std::path::PathBuf {
         .unwrap()
         .replace("port = 8080", "port = 0")
         .replace(
-            "config = { count = 100000, in_flight = 256 }",
+            "config = { count = 1000000, in_flight = 256, rate = 50 }",
             &format!("config = {{ count = {count}, in_flight = 256 }}"),
         )
         .replace(

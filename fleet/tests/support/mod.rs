@@ -22,41 +22,31 @@ pub fn workspace_root() -> &'static Path {
 /// `service-framework` and the example binaries beside `service-framework-up`, where `up`
 /// looks for them. They belong to other packages, so cargo does not build them for this
 /// test: they are built here once (a no-op when they are up to date).
+/// The cargo profile the tests were built with (`dev` for target/debug).
+pub fn profile() -> String {
+    let bin_dir = Path::new(UP).parent().expect("the binary has a folder");
+    match bin_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".into(),
+        Some(other) => other.into(),
+        None => "dev".into(),
+    }
+}
+
 pub fn binaries() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let bin_dir = Path::new(UP).parent().expect("the binary has a folder");
         let target_dir = bin_dir.parent().expect("the profile folder has a parent");
-        let profile = bin_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("profile folder name");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "service-framework",
-            "-p",
-            "sf-examples",
-            "-p",
-            "sf-bridge",
-            "--bins",
-        ])
-        .arg("--manifest-path")
-        .arg(workspace_root().join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target_dir);
-        match profile {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let status = cmd
+        // The same packages as scripts/demo builds: cargo unifies features per set of
+        // packages, so one set everywhere means one build, not one per test binary.
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "--profile", &profile()])
+            .args(["-p", "service-framework", "-p", "sf-examples"])
+            .args(["-p", "sf-bridge", "-p", "sf-fleet"])
+            .arg("--manifest-path")
+            .arg(workspace_root().join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(target_dir)
             .stdin(Stdio::null())
             .status()
             .expect("cargo runs to build the service binaries");
@@ -107,16 +97,20 @@ impl UpProcess {
     /// `up <args...>` in `dir`, with the venv's Python as `SF_PYTHON`.
     pub fn start(args: &[&str], dir: &Path) -> UpProcess {
         binaries();
-        let mut child = Command::new(UP)
-            .arg("up")
-            .args(args)
-            .current_dir(dir)
+        let mut cmd = Command::new(UP);
+        cmd.arg("up").args(args).current_dir(dir);
+        UpProcess::spawn(cmd)
+    }
+
+    /// Any command that ends up as `up` (a script that execs it), read the same way.
+    pub fn spawn(mut cmd: Command) -> UpProcess {
+        let mut child = cmd
             .env("SF_PYTHON", python())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("service-framework-up starts");
+            .expect("the command starts");
         let (tx, lines) = mpsc::channel();
         for r in [
             Box::new(child.stdout.take().expect("stdout")) as Box<dyn std::io::Read + Send>,
