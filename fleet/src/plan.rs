@@ -469,6 +469,36 @@ pub fn plan(
                 }
             }
             Kind::Pusher => {
+                // An acked pusher speaks DEALER, a plain one PUSH: both ends must agree, or
+                // every handshake between them fails.
+                let acked = |end: &End, inbound: bool| -> bool {
+                    let p = &b.services[&end.service];
+                    let side = if inbound { "in" } else { "out" };
+                    p.options
+                        .get("connections")
+                        .and_then(|c| c.get(side))
+                        .and_then(|c| c.get(&end.name))
+                        .and_then(|c| c.get("acked"))
+                        .and_then(Value::as_bool)
+                        .or_else(|| {
+                            lookup(&p.declared, inbound, &end.name)
+                                .and_then(|d| d.creation.get("acked"))
+                                .and_then(Value::as_bool)
+                        })
+                        .unwrap_or(false)
+                };
+                let (a_from, a_to) = (acked(&e.from, false), acked(&e.to, true));
+                if a_from != a_to {
+                    let yes_no = |a: bool| if a { "acked" } else { "not acked" };
+                    b.errors.push(format!(
+                        "edge \"{text}\": the pusher {} is {} and the puller {} is {}: both ends must agree (set `acked` on both, in the code or in `options`)",
+                        e.from,
+                        yes_no(a_from),
+                        e.to,
+                        yes_no(a_to)
+                    ));
+                    continue;
+                }
                 let binds = pusher_binds(&b, &e.from);
                 if binds {
                     // Fan-out: every puller connects to this pusher.

@@ -65,6 +65,7 @@ edges = [
   "nobody.x -> sink.squares",
   "a.nothing -> sink.squares",
   "c.request -> sink.results",
+  "d.squares -> a.items",
 ]
 [services.a]
 service = "pipeline_square"
@@ -75,6 +76,9 @@ service = "pipeline_sink"
 replicas = 2
 [services.c]
 service = "echo_requester"
+[services.d]
+service = "pipeline_square"
+options = { connections = { out = { squares = { acked = false } } } }
 [services.ghost]
 service = "no_such_service_binary"
 "#,
@@ -107,6 +111,8 @@ service = "no_such_service_binary"
         "service \"sink\" has 2 replicas, but it binds in.squares.puller",
         // a data-flow cycle
         "these edges form a cycle: \"a.squares -> b.items\", \"b.squares -> a.items\"",
+        // acked on one end only (the options section overrides the code)
+        "the pusher d.squares is not acked and the puller a.items is acked: both ends must agree",
     ] {
         assert!(err.contains(expected), "{expected:?} not in:\n{err}");
     }
