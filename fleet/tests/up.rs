@@ -266,3 +266,65 @@ config = { num_req_to_send = 3 }
         up.tail()
     );
 }
+
+/// `service-framework call ADDRESS JSON`: the reply as JSON, or the error line.
+fn call(address: &str, json: &str) -> Result<Value, String> {
+    let exe = Path::new(support::UP).with_file_name("service-framework");
+    let o = std::process::Command::new(exe)
+        .args(["call", address, json, "--timeout", "10"])
+        .output()
+        .expect("service-framework call runs");
+    if o.status.success() {
+        Ok(serde_json::from_slice(&o.stdout).expect("a JSON reply"))
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// `[up] <service> <slot>: 127.0.0.1:PORT...` printed at start for every bound slot.
+fn slot_address(up: &mut UpProcess, service: &str, slot: &str) -> String {
+    let prefix = format!("[up] {service} {slot}: ");
+    let l = up.wait_line(START, |l| l.starts_with(&prefix));
+    l[prefix.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_order_book_runs_under_up_mirror_converging_and_cancel_reaching_the_exchange() {
+    let example = workspace_root().join("examples/order_book/order_book.toml");
+    let mut up = UpProcess::start(&[example.to_str().unwrap()], workspace_root());
+    let feed = slot_address(&mut up, "feed", "in.cancel_order.replyer");
+    let book = slot_address(&mut up, "mirror", "in.book.replyer");
+    up.wait_line(START, |l| l == "[up] every service started");
+
+    // The mirror follows both delta states: prices arrive as Python's Decimal maps.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        let b = call(&book, "{}").expect("book answers");
+        if b["market_price"]["min_ask"].is_object() && b["order_book"]["asks"].is_object() {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "the mirror has nothing: {b}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        state["market_price"]["min_ask"]["__decimal__"], true,
+        "{state}"
+    );
+
+    // cancel_order -> external target -> exchange: once, then not_found upstream.
+    let ok = call(&feed, r#"{"order_id": "o-2"}"#).expect("a known order cancels");
+    assert_eq!(ok["order_id"], "o-2", "{ok}");
+    let again = call(&feed, r#"{"order_id": "o-2"}"#).unwrap_err();
+    assert!(
+        again.contains("dependency_failed") && again.contains("not_found"),
+        "{again}"
+    );
+
+    up.signal("TERM");
+    let status = up.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}:\n{}", up.tail());
+}
