@@ -20,6 +20,8 @@
 //! - [`delta`]: delta-state updates/s, and the time to resync (late joiner, gap).
 //! - [`resources`]: idle RSS and start-to-ready of the real `echo_replyer` binary.
 //! - [`bridge`]: HTTP requests/s through the bridge, against a raw axum server.
+//! - [`fleet`]: the pipeline example under `service-framework up`: start to every service
+//!   ready, and items/s end to end, acked against plain push/pull.
 //! - [`transport`]: the project's own ZMTP transport (`sf-zmtp`) as raw sockets, against the
 //!   `zeromq` crate and, with the `libzmq` feature, libzmq itself.
 //!
@@ -28,6 +30,7 @@
 
 pub mod bridge;
 pub mod delta;
+pub mod fleet;
 pub mod pipeline;
 pub mod procs;
 pub mod pubsub;
@@ -51,6 +54,7 @@ pub const PATTERNS: &[&str] = &[
     "resources",
     "bridge",
     "transport",
+    "fleet",
 ];
 
 /// How a run is set up.
@@ -103,6 +107,8 @@ pub struct Counts {
     pub late_join_keys: usize,
     /// Process starts measured.
     pub starts: usize,
+    /// Items through the pipeline example under `up`.
+    pub fleet_items: u64,
     /// HTTP requests per load run.
     pub http_requests: usize,
     /// Concurrent HTTP connections.
@@ -125,6 +131,7 @@ impl Counts {
                 delta_gaps: 2,
                 late_join_keys: 100,
                 starts: 1,
+                fleet_items: 20_000,
                 http_requests: 1_000,
                 http_connections: 8,
                 quiet: Duration::from_secs(2),
@@ -140,6 +147,7 @@ impl Counts {
                 delta_gaps: 20,
                 late_join_keys: 10_000,
                 starts: 5,
+                fleet_items: 200_000,
                 http_requests: 100_000,
                 http_connections: 32,
                 quiet: Duration::from_secs(2),
@@ -237,6 +245,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
             "resources" => resources::run(config),
             "bridge" => bridge::run(config),
             "transport" => transport::run(config),
+            "fleet" => fleet::run(config),
             _ => unreachable!("checked against PATTERNS"),
         }));
         let mut p = match outcome {

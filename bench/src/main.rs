@@ -18,11 +18,13 @@ const USAGE: &str = "usage: sf-bench [--short] [--json PATH] [--only PATTERN]
   --json PATH     where to write every figure as JSON (default bench-results.json)
   --only PATTERN  run one pattern: reqrep, pubsub, pipeline, delta, resources, bridge,
                   transport (sf-zmtp vs zeromq; vs libzmq too when built with
-                  --features libzmq)
+                  --features libzmq), fleet (the pipeline example under
+                  `service-framework up`: start to ready, items/s end to end)
   -h, --help      this text
 
 Full mode (the default) is meant for release builds:
-  cargo build --release -p sf-bench -p sf-examples && cargo run --release -p sf-bench";
+  cargo build --release -p sf-bench -p sf-examples && cargo run --release -p sf-bench
+(the fleet pattern also needs -p service-framework -p sf-fleet, the bridge -p sf-bridge)";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);

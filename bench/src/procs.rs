@@ -93,6 +93,14 @@ impl Proc {
         }
     }
 
+    /// Every output line read so far, after taking in those already waiting (no blocking).
+    pub fn lines(&mut self) -> &[String] {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        &self.seen
+    }
+
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -130,7 +130,8 @@ fn short_mode_measures_every_pattern_through_framework_and_raw() {
         );
     }
 
-    // Resources and the bridge need other packages' binaries: measured, or clearly skipped.
+    // Resources, the bridge and the fleet need other packages' binaries: measured, or
+    // clearly skipped.
     let measured_or_skipped = |pattern: &str, row: &Value, raw_needed: bool| {
         let note = row["note"].as_str().unwrap_or("");
         let fw_ok = positive(&row["framework"]) || note.contains("not measured");
@@ -146,6 +147,9 @@ fn short_mode_measures_every_pattern_through_framework_and_raw() {
     measured_or_skipped("resources", &res[0], true);
     let bridge = rows(&report, "bridge");
     measured_or_skipped("bridge", &bridge[0], true);
+    // The pipeline example under `up` needs service-framework and the pipeline binaries.
+    let fleet = rows(&report, "fleet");
+    measured_or_skipped("fleet", &fleet[0], false);
 
     assert!(printed.contains("fw/raw"), "no table printed:\n{printed}");
     assert!(printed.contains("PASS") || printed.contains("FAIL"));
