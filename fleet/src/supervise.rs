@@ -814,3 +814,60 @@ pub async fn up(plan: Plan, options: UpOptions) -> Result<i32, String> {
     }
     Ok(if bad.is_empty() { 0 } else { 1 })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_table_has_a_row_per_instance_with_state_pid_restarts_and_uptime() {
+        let rows = vec![
+            Status {
+                name: "square.1".into(),
+                runs: "pipeline_square".into(),
+                state: State::Ready,
+                pid: Some(4242),
+                restarts: 2,
+                since: Some(Instant::now()),
+            },
+            Status {
+                name: "source".into(),
+                runs: "pipeline_source".into(),
+                state: State::Backoff("killed by SIGKILL; again in 1.0s".into()),
+                pid: None,
+                restarts: 0,
+                since: None,
+            },
+        ];
+        let lines = table_lines(&rows, "pipeline");
+        assert!(lines[0].contains(" pipeline "), "{lines:?}");
+        assert!(lines[1]
+            .split_whitespace()
+            .eq(["SERVICE", "RUNS", "STATE", "PID", "RESTARTS", "UPTIME"]));
+        let cells: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["square.1", "pipeline_square", "ready", "4242", "2", "0s"]
+        );
+        // A long state is cut to its column, so the table keeps its shape.
+        assert!(lines[3].starts_with("source  "), "{}", lines[3]);
+        assert!(
+            lines[3].contains("restarting (killed by SIGKI…"),
+            "{}",
+            lines[3]
+        );
+        let widths: Vec<usize> = lines[1..].iter().map(|l| l.chars().count()).collect();
+        assert!(widths.windows(2).all(|w| w[0] == w[1]), "{lines:#?}");
+    }
+
+    #[test]
+    fn uptime_reads_in_the_largest_unit() {
+        let now = Instant::now();
+        assert_eq!(uptime(Some(now), &State::Ready), "0s");
+        assert_eq!(uptime(Some(now), &State::Done), "-");
+        let hour = now.checked_sub(Duration::from_secs(3725));
+        if let Some(t) = hour {
+            assert_eq!(uptime(Some(t), &State::Ready), "1h02m");
+        }
+    }
+}
