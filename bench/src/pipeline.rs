@@ -208,6 +208,7 @@ pub async fn one_hop(
         &sf_connections::wire::Request {
             args: &body,
             workflow_id: WorkflowId::None,
+            traceparent: None,
         },
     )?);
     let fw_source = if fw_push {

@@ -67,6 +67,7 @@ pub fn request_frame() -> Bytes {
         wire::encode(&Request {
             args: echo_args(),
             workflow_id: WorkflowId::None,
+            traceparent: None,
         })
         .expect("the echo request encodes"),
     )
@@ -298,6 +299,7 @@ pub async fn raw_router_codec() -> anyhow::Result<String> {
                 }),
                 workflow_id: req.workflow_id,
                 error: None,
+                traceparent: None,
             };
             let Ok(out) = rmp_serde::to_vec_named(&reply) else {
                 continue;
@@ -328,6 +330,7 @@ pub async fn raw_calls_codec(
         let body = rmp_serde::to_vec_named(&Request {
             args: &args,
             workflow_id: WorkflowId::None,
+            traceparent: None,
         })?;
         Ok(id_frame(id, Bytes::from(body)))
     };

@@ -65,7 +65,11 @@ impl BusRoute {
     pub async fn call(&self, args: Value) -> Result<Value, ApiError> {
         let reply: rmpv::Value = self
             .requester
-            .request(&args, WorkflowId::new_random())
+            .request_traced(
+                &args,
+                WorkflowId::new_random(),
+                Some(crate::trace::for_call()),
+            )
             .await
             .map_err(|e| map_error(e, &self.target))?;
         Ok(msgpack_to_json(reply))

@@ -24,6 +24,7 @@
 //! - [`proxy`] - routes forwarded to upstream OpenAPI services.
 //! - [`openapi`] - the OpenAPI 3.1 document.
 //! - [`server`] - the axum router, docs pages, start and stop ([`Bridge`]).
+//! - [`trace`] - the W3C `traceparent` of each request, carried on its bus calls and returned.
 //! - [`echo`] - the built-in `echo` plugin.
 //! - [`cli`] - the `service-framework-bridge` command line.
 
@@ -40,6 +41,7 @@ pub mod plugin;
 pub mod proxy;
 pub mod registry;
 pub mod server;
+pub mod trace;
 
 pub use config::Settings;
 pub use envelope::{EventType, StreamEvent};

@@ -469,7 +469,8 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>, oauth: Option<Arc<OAuth>>) ->
         })
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             envelope::TIMESTAMP_OFFSET.scope(offset, next.run(req))
-        }));
+        }))
+        .layer(middleware::from_fn(crate::trace::layer));
     match oauth {
         Some(o) => with_login(app, o),
         None => app,

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::handler::{typed, RawHandler, RequestMeta};
-use crate::wire::{self, ErrorCode, Reply, Request, WireError, WorkflowId};
+use crate::wire::{self, ErrorCode, Reply, Request, TraceParent, WireError, WorkflowId};
 
 /// A callable target, cheap to clone.
 #[derive(Clone)]
@@ -63,7 +63,21 @@ impl ExternalTarget {
         args: &A,
         workflow_id: WorkflowId,
     ) -> Result<R> {
-        let body = wire::encode(&Request { args, workflow_id })?;
+        self.call_traced(args, workflow_id, None).await
+    }
+
+    /// [`call`](Self::call) carrying the calling span's trace context.
+    pub async fn call_traced<A: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        args: &A,
+        workflow_id: WorkflowId,
+        traceparent: Option<TraceParent>,
+    ) -> Result<R> {
+        let body = wire::encode(&Request {
+            args,
+            workflow_id,
+            traceparent,
+        })?;
         // A panic becomes the `internal` error a replyer would answer, not a panic in the caller.
         let outcome = std::panic::AssertUnwindSafe((self.call)(body.into()))
             .catch_unwind()

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::wire::{self, ErrorCode, Reply, Request, WireError, WorkflowId};
+use crate::wire::{self, ErrorCode, Reply, Request, TraceParent, WireError, WorkflowId};
 
 /// A boxed, sendable future.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -39,8 +39,17 @@ impl Outcome {
 
     /// An error reply for `workflow_id`.
     pub fn err(workflow_id: WorkflowId, error: WireError) -> Self {
+        Self::err_traced(workflow_id, None, error)
+    }
+
+    /// An error reply for `workflow_id` carrying the serving span's trace context.
+    pub fn err_traced(
+        workflow_id: WorkflowId,
+        traceparent: Option<TraceParent>,
+        error: WireError,
+    ) -> Self {
         Outcome {
-            frame: error_reply(workflow_id, error.clone()),
+            frame: error_reply_traced(workflow_id, traceparent, error.clone()),
             error: Some(error),
         }
     }
@@ -51,14 +60,28 @@ impl Outcome {
 pub struct RequestMeta {
     /// The request's workflow id (echoed on the reply).
     pub workflow_id: WorkflowId,
+    /// The span serving this request: a child of the request's `traceparent` (same trace id,
+    /// a new span id), or the root of a new trace when the request carried none or a bad one.
+    /// The reply carries it.
+    pub trace: TraceParent,
 }
 
 /// Encodes an error reply for `workflow_id`.
 pub fn error_reply(workflow_id: WorkflowId, error: WireError) -> Vec<u8> {
+    error_reply_traced(workflow_id, None, error)
+}
+
+/// Encodes an error reply for `workflow_id` with the serving span's trace context.
+pub fn error_reply_traced(
+    workflow_id: WorkflowId,
+    traceparent: Option<TraceParent>,
+    error: WireError,
+) -> Vec<u8> {
     let reply: Reply<()> = Reply {
         return_args: None,
         workflow_id,
         error: Some(error),
+        traceparent,
     };
     // A unit reply with a string error always encodes.
     wire::encode(&reply).unwrap_or_default()
@@ -113,8 +136,12 @@ where
                 }
             };
             let workflow_id = request.workflow_id.clone();
+            let trace = request
+                .traceparent
+                .map_or_else(TraceParent::new_root, |parent| parent.child());
             let meta = RequestMeta {
                 workflow_id: request.workflow_id,
+                trace,
             };
             match f(request.args, meta).await {
                 Ok(ret) => {
@@ -122,11 +149,13 @@ where
                         return_args: Some(ret),
                         workflow_id: workflow_id.clone(),
                         error: None,
+                        traceparent: Some(trace),
                     };
                     match wire::encode(&reply) {
                         Ok(bytes) => Outcome::ok(bytes),
-                        Err(e) => Outcome::err(
+                        Err(e) => Outcome::err_traced(
                             workflow_id,
+                            Some(trace),
                             WireError::new(
                                 ErrorCode::InvalidReturn,
                                 format!("cannot encode the reply: {e}"),
@@ -134,7 +163,7 @@ where
                         ),
                     }
                 }
-                Err(err) => Outcome::err(workflow_id, err),
+                Err(err) => Outcome::err_traced(workflow_id, Some(trace), err),
             }
         })
     })

@@ -49,7 +49,7 @@ pub use replyer::{Drained, Replyer, ReplyerOptions};
 pub use requester::{Requester, RequesterOptions};
 pub use stats::{Counter, Stats};
 pub use subscriber::{Delivery, Subscriber, SubscriberOptions};
-pub use wire::{ErrorCode, WireError, WorkflowId};
+pub use wire::{ErrorCode, TraceParent, WireError, WorkflowId};
 
 /// The transport's security: keys, certificates, the authorizer of client keys, and the
 /// [`Security`] every connection's options take.

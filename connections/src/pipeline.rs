@@ -55,7 +55,7 @@ use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::stats::{Counter, Stats};
 use crate::util::IdMap;
-use crate::wire::{self, ErrorCode, Request, WireError, WorkflowId};
+use crate::wire::{self, ErrorCode, Request, TraceParent, WireError, WorkflowId};
 
 /// Tuning for both ends of a pipeline.
 #[derive(Debug, Clone)]
@@ -234,9 +234,20 @@ impl Pusher {
         args: &A,
         workflow_id: WorkflowId,
     ) -> Result<()> {
+        self.push_traced(args, workflow_id, None).await
+    }
+
+    /// [`push`](Self::push) carrying the pushing span's trace context.
+    pub async fn push_traced<A: Serialize + ?Sized>(
+        &self,
+        args: &A,
+        workflow_id: WorkflowId,
+        traceparent: Option<TraceParent>,
+    ) -> Result<()> {
         let body = wire::encode(&RequestRef {
             args,
             workflow_id: &workflow_id,
+            traceparent,
         })?;
         let socket = match &self.socket {
             PushSide::Plain(socket) => socket,
@@ -271,6 +282,8 @@ impl Pusher {
 struct RequestRef<'a, A: ?Sized> {
     args: &'a A,
     workflow_id: &'a WorkflowId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traceparent: Option<TraceParent>,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::stats::{Counter, Stats};
-use crate::wire::{self, WorkflowId};
+use crate::wire::{self, TraceParent, WorkflowId};
 
 /// Binds `address`, or connects to it (a bus proxy) with `connect`; returns the endpoint.
 macro_rules! attach {
@@ -145,7 +145,8 @@ impl Publisher {
         let (subs_tx, subscribers) = watch::channel(0usize);
         let pub_id: u64 = rand::random();
         let prefix = topic_prefix(&options.topic);
-        let headroom = prefix.len() + MAX_HEADER;
+        // One more byte in front: the count of extra entries (see `publish_traced`).
+        let headroom = 1 + prefix.len() + MAX_HEADER;
         let linger_ms = Arc::new(std::sync::atomic::AtomicU64::new(1000));
         let mut writer = Writer {
             pub_id,
@@ -247,8 +248,19 @@ impl Publisher {
         args: &A,
         workflow_id: &WorkflowId,
     ) -> Result<()> {
+        self.publish_traced(args, workflow_id, None).await
+    }
+
+    /// [`publish`](Self::publish) carrying the publishing span's trace context.
+    pub async fn publish_traced<A: Serialize + ?Sized>(
+        &self,
+        args: &A,
+        workflow_id: &WorkflowId,
+        traceparent: Option<TraceParent>,
+    ) -> Result<()> {
         // The writer puts the topic and its header in front, in the room left here: one
-        // buffer per message, no copy.
+        // buffer per message, no copy. The room's first byte tells it how many entries
+        // beyond `args` and `workflow_id` follow (its header sizes the map by it).
         let room = self.inner.headroom;
         let mut body = Vec::with_capacity(room + 128);
         body.resize(room, 0);
@@ -256,6 +268,11 @@ impl Publisher {
         wire::encode_into(&mut body, args)?;
         wire::encode_into(&mut body, "workflow_id")?;
         wire::encode_into(&mut body, workflow_id)?;
+        if let Some(tp) = traceparent {
+            body[0] = 1;
+            wire::encode_into(&mut body, "traceparent")?;
+            wire::encode_into(&mut body, &tp)?;
+        }
         self.inner.queue.send(body).await.map_err(|_| Error::Closed)
     }
 
@@ -344,7 +361,8 @@ impl Writer {
         self.seq += 1;
         let mut head = [0u8; 64];
         let mut w = &mut head[..];
-        rmp::encode::write_map_len(&mut w, 4).expect("fits");
+        let entries = 4 + u32::from(publish[0]);
+        rmp::encode::write_map_len(&mut w, entries).expect("fits");
         rmp::encode::write_str(&mut w, "seq").expect("fits");
         rmp::encode::write_uint(&mut w, self.seq).expect("fits");
         rmp::encode::write_str(&mut w, "pub_id").expect("fits");

@@ -26,7 +26,7 @@ use crate::address::Address;
 use crate::error::{Error, Result};
 use crate::stats::{Counter, Stats};
 use crate::util::IdMap;
-use crate::wire::{self, ErrorCode, Reply, Request, WireError, WorkflowId};
+use crate::wire::{self, ErrorCode, Reply, Request, TraceParent, WireError, WorkflowId};
 
 /// Tuning for a [`Requester`].
 #[derive(Debug, Clone)]
@@ -204,7 +204,26 @@ impl Requester {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let body = wire::encode(&Request { args, workflow_id })?;
+        self.request_traced(args, workflow_id, None).await
+    }
+
+    /// [`request`](Self::request) carrying a W3C trace context (`traceparent`): the calling
+    /// span's, which the replyer's span takes as its parent.
+    pub async fn request_traced<A, R>(
+        &self,
+        args: &A,
+        workflow_id: WorkflowId,
+        traceparent: Option<TraceParent>,
+    ) -> Result<R>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let body = wire::encode(&Request {
+            args,
+            workflow_id,
+            traceparent,
+        })?;
         let reply = self.request_raw(body).await?;
         let reply: Reply<R> = wire::decode(&reply).map_err(|e| {
             Error::Codec(format!(

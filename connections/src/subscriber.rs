@@ -633,6 +633,7 @@ mod tests {
             workflow_id: wf.clone(),
             seq: Some(9),
             pub_id: Some(42),
+            traceparent: None,
         })
         .unwrap();
         let h = scan_header(&publish).unwrap();

@@ -8,6 +8,10 @@
 //! - a publish is `msgpack(topic)` immediately followed by `msgpack(envelope)`, or only the
 //!   envelope when there is no topic. Framework publishers add `"seq"` and `"pub_id"` so that a
 //!   framework subscriber can count what it lost; Python ignores both.
+//! - every envelope may carry `"traceparent"`, a W3C trace context string
+//!   (`00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>`, see [`TraceParent`]); it is
+//!   omitted when absent, a Python 0.0.18 peer ignores it, and a value that is not a valid
+//!   traceparent is read as absent, never as a failure.
 //!
 //! Python's custom types travel as maps recognised by key presence; [`Decimal`], [`PySet`],
 //! [`PyUuid`] and [`NdArray`] are their Rust faces, and [`WorkflowId`] accepts nil, a string or
@@ -108,6 +112,249 @@ impl<'de> Deserialize<'de> for WorkflowId {
         }
         d.deserialize_any(V)
     }
+}
+
+/// A W3C trace context (`traceparent`, <https://www.w3.org/TR/trace-context/>): the trace a
+/// message belongs to and the span that sent it. On the wire and in HTTP headers it is the
+/// 55-character string `00-<trace id>-<parent span id>-<flags>` in lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceParent {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+}
+
+/// The length of a version-00 traceparent.
+const TRACEPARENT_LEN: usize = 55;
+
+impl TraceParent {
+    /// Parses a version-00 traceparent strictly: exactly 55 characters, lowercase hex, dashes
+    /// in place, neither id all zeros. Anything else is `None` (a peer's bad value is treated
+    /// as absent).
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() != TRACEPARENT_LEN || &b[..3] != b"00-" || b[35] != b'-' || b[52] != b'-' {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        let mut flags = [0u8; 1];
+        hex_decode(&b[3..35], &mut trace_id)?;
+        hex_decode(&b[36..52], &mut span_id)?;
+        hex_decode(&b[53..55], &mut flags)?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceParent {
+            trace_id,
+            span_id,
+            flags: flags[0],
+        })
+    }
+
+    /// A new trace (random trace id and span id, sampled), for a message that arrives with
+    /// none or a send outside any handler.
+    pub fn new_root() -> Self {
+        let trace_id = nonzero(rand::random::<u128>()).to_be_bytes();
+        TraceParent {
+            trace_id,
+            span_id: Self::new_span_id(),
+            flags: 0x01,
+        }
+    }
+
+    /// The same trace with a new span id: the next hop's span, whose parent is `self`.
+    pub fn child(&self) -> Self {
+        TraceParent {
+            span_id: Self::new_span_id(),
+            ..*self
+        }
+    }
+
+    fn new_span_id() -> [u8; 8] {
+        let id: u64 = rand::random();
+        (if id == 0 { 1 } else { id }).to_be_bytes()
+    }
+
+    /// The 16-byte trace id.
+    pub fn trace_id(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// The 8-byte span id (the parent span of whoever receives this traceparent).
+    pub fn span_id(&self) -> [u8; 8] {
+        self.span_id
+    }
+
+    /// The trace flags (bit 0: sampled).
+    pub fn flags(&self) -> u8 {
+        self.flags
+    }
+
+    /// The trace id as 32 lowercase hex characters, as log lines print it.
+    pub fn trace_id_hex(&self) -> TraceIdHex {
+        TraceIdHex(self.trace_id)
+    }
+
+    /// The encoded form, on the stack.
+    fn encode(&self) -> [u8; TRACEPARENT_LEN] {
+        let mut out = [b'-'; TRACEPARENT_LEN];
+        out[0] = b'0';
+        out[1] = b'0';
+        hex_encode(&self.trace_id, &mut out[3..35]);
+        hex_encode(&self.span_id, &mut out[36..52]);
+        hex_encode(&[self.flags], &mut out[53..55]);
+        out
+    }
+}
+
+fn nonzero(v: u128) -> u128 {
+    if v == 0 {
+        1
+    } else {
+        v
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn hex_encode(bytes: &[u8], out: &mut [u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+    }
+}
+
+/// Lowercase hex only, as the W3C format requires.
+fn hex_decode(hex: &[u8], out: &mut [u8]) -> Option<()> {
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (nibble(hex[2 * i])? << 4) | nibble(hex[2 * i + 1])?;
+    }
+    Some(())
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let buf = self.encode();
+        f.write_str(std::str::from_utf8(&buf).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceParent({self})")
+    }
+}
+
+impl std::str::FromStr for TraceParent {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        TraceParent::parse(s).ok_or_else(|| Error::Codec("not a W3C traceparent".into()))
+    }
+}
+
+/// A trace id printed as 32 lowercase hex characters.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TraceIdHex([u8; 16]);
+
+impl fmt::Display for TraceIdHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = [0u8; 32];
+        hex_encode(&self.0, &mut out);
+        f.write_str(std::str::from_utf8(&out).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for TraceIdHex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for TraceParent {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let buf = self.encode();
+        s.serialize_str(std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?)
+    }
+}
+
+/// Strict: only a valid traceparent string. Envelopes read theirs with
+/// [`lenient_traceparent`], which takes anything else as absent.
+impl<'de> Deserialize<'de> for TraceParent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        lenient_traceparent(d)?.ok_or_else(|| de::Error::custom("not a W3C traceparent"))
+    }
+}
+
+/// Reads an envelope's `traceparent`: a valid one, or `None` for nil and for any other value
+/// whatever its type (consumed and ignored, never an error: one peer's bad trace context must
+/// not fail its request).
+pub fn lenient_traceparent<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<TraceParent>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Option<TraceParent>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a traceparent string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+            Ok(TraceParent::parse(v))
+        }
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> std::result::Result<Self::Value, E> {
+            Ok(std::str::from_utf8(v).ok().and_then(TraceParent::parse))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D2: Deserializer<'de>>(
+            self,
+            d: D2,
+        ) -> std::result::Result<Self::Value, D2::Error> {
+            lenient_traceparent(d)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_enum<A: de::EnumAccess<'de>>(
+            self,
+            data: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            IgnoredAny.visit_enum(data).map(|_| None)
+        }
+    }
+    d.deserialize_any(V)
 }
 
 /// Reads one of Python's tagged maps, `{tag: true, key: value}`, recognised by key
@@ -431,6 +678,13 @@ pub struct Request<A> {
     /// Log correlation id.
     #[serde(default)]
     pub workflow_id: WorkflowId,
+    /// The W3C trace context of the sending span; omitted when absent, ignored by Python.
+    #[serde(
+        default,
+        deserialize_with = "lenient_traceparent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub traceparent: Option<TraceParent>,
 }
 
 /// replyer -> requester.
@@ -444,6 +698,13 @@ pub struct Reply<R> {
     /// Present only on failure. Python peers ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<WireError>,
+    /// The trace context of the span that served the request (same trace as the request's).
+    #[serde(
+        default,
+        deserialize_with = "lenient_traceparent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub traceparent: Option<TraceParent>,
 }
 
 /// publisher -> subscribers (after the topic prefix).
@@ -460,6 +721,13 @@ pub struct Publish<A> {
     /// Random id of the publishing socket, so a subscriber counts gaps per publisher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pub_id: Option<u64>,
+    /// The W3C trace context of the publishing span; omitted when absent.
+    #[serde(
+        default,
+        deserialize_with = "lenient_traceparent",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub traceparent: Option<TraceParent>,
 }
 
 /// Encodes any value as msgpack with named struct fields, as Python's `msgpack.packb` would
@@ -679,6 +947,68 @@ mod tests {
     }
 
     #[test]
+    fn traceparents_parse_strictly_and_round_trip() {
+        let text = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let tp = TraceParent::parse(text).expect("the W3C example parses");
+        assert_eq!(tp.to_string(), text);
+        assert_eq!(
+            tp.trace_id_hex().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(tp.flags(), 1);
+        let child = tp.child();
+        assert_eq!(child.trace_id(), tp.trace_id());
+        assert_ne!(child.span_id(), tp.span_id());
+        let root = TraceParent::new_root();
+        assert_eq!(TraceParent::parse(&root.to_string()), Some(root));
+        assert_ne!(root.trace_id(), TraceParent::new_root().trace_id());
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-011",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\u{e9}",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_traceparent_in_an_envelope_reads_as_absent() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        for (value, expected) in [
+            (serde_json::json!(good), TraceParent::parse(good)),
+            (serde_json::json!("garbage"), None),
+            (serde_json::json!(7), None),
+            (serde_json::json!(null), None),
+            (serde_json::json!({"a": [1, 2]}), None),
+            (serde_json::json!([good]), None),
+        ] {
+            let frame = encode(&serde_json::json!({
+                "args": {"x": 1}, "workflow_id": "w", "traceparent": value
+            }))
+            .unwrap();
+            let r: Request<serde_json::Value> = decode(&frame).expect("the request decodes");
+            assert_eq!(r.traceparent, expected, "{value}");
+            assert_eq!(r.workflow_id, WorkflowId::Str("w".into()));
+        }
+        // Absent: omitted on the wire, as 0.0.18 sends it.
+        let r = Request {
+            args: 1u8,
+            workflow_id: WorkflowId::None,
+            traceparent: None,
+        };
+        let frame = encode(&r).unwrap();
+        assert!(!frame.windows(11).any(|w| w == b"traceparent"));
+        assert_eq!(decode::<Request<u8>>(&frame).unwrap(), r);
+    }
+
+    #[test]
     fn workflow_ids_derive_like_the_original() {
         let id = WorkflowId::Str("abc".into());
         assert_eq!(id.derived(0), id);
@@ -712,6 +1042,7 @@ mod tests {
             workflow_id: WorkflowId::None,
             seq: None,
             pub_id: None,
+            traceparent: None,
         };
         let with = encode_publish("TOP", &env).unwrap();
         let (t, rest) = split_publish(&with).unwrap();

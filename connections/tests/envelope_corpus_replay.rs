@@ -112,6 +112,7 @@ fn envelope_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let request = wire::encode(&Request {
         args: args(),
         workflow_id: uuid_id(),
+        traceparent: None,
     })
     .unwrap();
     let publish = Publish {
@@ -119,6 +120,7 @@ fn envelope_seeds() -> Vec<(&'static str, Vec<u8>)> {
         workflow_id: WorkflowId::Str("w".into()),
         seq: Some(7),
         pub_id: Some(u64::MAX),
+        traceparent: None,
     };
     let mut trailing = request.clone();
     trailing.push(0xc0);
@@ -131,6 +133,7 @@ fn envelope_seeds() -> Vec<(&'static str, Vec<u8>)> {
             enc(&Request {
                 args: serde_json::json!({"to_echo": "hi"}),
                 workflow_id: WorkflowId::None,
+                traceparent: None,
             }),
         ),
         (
@@ -138,6 +141,7 @@ fn envelope_seeds() -> Vec<(&'static str, Vec<u8>)> {
             enc(&Request {
                 args: serde_json::json!({"to_echo": "hi", "extra": 1}),
                 workflow_id: WorkflowId::Str("id_1".into()),
+                traceparent: None,
             }),
         ),
         (
@@ -145,6 +149,7 @@ fn envelope_seeds() -> Vec<(&'static str, Vec<u8>)> {
             enc(&Request {
                 args: serde_json::json!({"to_echo": 5, "decimal": "x"}),
                 workflow_id: uuid_id(),
+                traceparent: None,
             }),
         ),
         (
@@ -158,6 +163,7 @@ fn envelope_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 return_args: Some(serde_json::json!({"echoed": "hi"})),
                 workflow_id: uuid_id(),
                 error: None,
+                traceparent: None,
             }),
         ),
         (
@@ -166,6 +172,7 @@ fn envelope_seeds() -> Vec<(&'static str, Vec<u8>)> {
                 return_args: None,
                 workflow_id: WorkflowId::Str("w".into()),
                 error: Some(WireError::new(ErrorCode::InvalidArgs, "args.to_echo: bad")),
+                traceparent: None,
             }),
         ),
         (
@@ -185,6 +192,7 @@ fn envelope_seeds() -> Vec<(&'static str, Vec<u8>)> {
                     workflow_id: WorkflowId::None,
                     seq: None,
                     pub_id: None,
+                    traceparent: None,
                 },
             )
             .unwrap(),

@@ -378,6 +378,7 @@ async fn a_malformed_frame_is_an_error_and_the_stream_goes_on() {
     let good = Request {
         args: job("main", 9, 2),
         workflow_id: WorkflowId::Str("w".into()),
+        traceparent: None,
     };
     raw.send(sf_zmtp::Message::single(wire::encode(&good).unwrap()))
         .await

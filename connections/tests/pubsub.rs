@@ -75,6 +75,7 @@ fn raw_frame(topic: &str, m: &Msg) -> sf_zmtp::Message {
         workflow_id: WorkflowId::None,
         seq: None,
         pub_id: None,
+        traceparent: None,
     };
     sf_zmtp::Message::single(wire::encode_publish(topic, &envelope).unwrap())
 }
@@ -676,6 +677,7 @@ async fn a_credit_subscriber_repeats_its_last_ack_so_a_lost_one_cannot_stall_the
             workflow_id: WorkflowId::None,
             seq: Some(n),
             pub_id: Some(77),
+            traceparent: None,
         };
         sf_zmtp::Message::single(wire::encode(&env).unwrap())
     };

@@ -152,6 +152,7 @@ fn requests() {
         &Request {
             args: echo.clone(),
             workflow_id: WorkflowId::None,
+            traceparent: None,
         },
     );
     check(
@@ -159,6 +160,7 @@ fn requests() {
         &Request {
             args: echo.clone(),
             workflow_id: WorkflowId::Str("abc_1".into()),
+            traceparent: None,
         },
     );
     check(
@@ -166,6 +168,7 @@ fn requests() {
         &Request {
             args: echo.clone(),
             workflow_id: WorkflowId::Uuid(fixed_uuid()),
+            traceparent: None,
         },
     );
     // The same envelopes with untyped args.
@@ -175,6 +178,7 @@ fn requests() {
         &Request {
             args: args.clone(),
             workflow_id: WorkflowId::None,
+            traceparent: None,
         },
     );
     check(
@@ -182,6 +186,7 @@ fn requests() {
         &Request {
             args,
             workflow_id: WorkflowId::Uuid(fixed_uuid()),
+            traceparent: None,
         },
     );
     // A derived id prints as Python's "{id}_{n}".
@@ -214,6 +219,7 @@ fn replies() {
             }),
             workflow_id: WorkflowId::None,
             error: None,
+            traceparent: None,
         },
     );
     check(
@@ -222,6 +228,7 @@ fn replies() {
             return_args: None,
             workflow_id: WorkflowId::Str("abc".into()),
             error: None,
+            traceparent: None,
         },
     );
 }
@@ -236,6 +243,7 @@ fn publish_without_topic() {
         workflow_id: WorkflowId::None,
         seq: None,
         pub_id: None,
+        traceparent: None,
     };
     let py = vector("publish_no_topic");
     assert_eq!(hex(&encode_publish("", &env).unwrap()), hex(py));
@@ -255,6 +263,7 @@ fn publish_with_topic() {
         workflow_id: WorkflowId::Uuid(fixed_uuid()),
         seq: None,
         pub_id: None,
+        traceparent: None,
     };
     let py = vector("publish_topic_TOP");
     assert_eq!(
@@ -291,6 +300,7 @@ fn extension_types() {
                 price: Decimal::new("1.50").unwrap(),
             },
             workflow_id: WorkflowId::None,
+            traceparent: None,
         },
     );
     // Python keeps the trailing zero; so does the Rust face.

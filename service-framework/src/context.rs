@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use sf_connections::{ExternalTarget, Publisher, Pusher, Requester, WorkflowId};
+use sf_connections::{ExternalTarget, Publisher, Pusher, Requester, TraceParent, WorkflowId};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ServiceError;
@@ -49,6 +49,8 @@ pub(crate) struct Shared {
 pub struct Ctx {
     shared: Arc<Shared>,
     incoming: WorkflowId,
+    /// The span serving the incoming message (`None` in `main` and hooks).
+    trace: Option<TraceParent>,
     sends: Arc<AtomicU64>,
 }
 
@@ -57,6 +59,7 @@ impl std::fmt::Debug for Ctx {
         f.debug_struct("Ctx")
             .field("service", &self.shared.service)
             .field("workflow_id", &self.incoming)
+            .field("trace", &self.trace)
             .finish()
     }
 }
@@ -66,17 +69,39 @@ impl Ctx {
         Ctx {
             shared,
             incoming: WorkflowId::None,
+            trace: None,
             sends: Arc::default(),
         }
     }
 
-    /// A context for one inbound message: its sends continue that message's workflow.
-    pub(crate) fn for_message(&self, workflow_id: WorkflowId) -> Self {
+    /// A context for one inbound message served in the span `trace`: its sends continue that
+    /// message's workflow and trace.
+    pub(crate) fn for_message(&self, workflow_id: WorkflowId, trace: TraceParent) -> Self {
         Ctx {
             shared: self.shared.clone(),
             incoming: workflow_id,
+            trace: Some(trace),
             sends: Arc::default(),
         }
+    }
+
+    /// The W3C trace context of the span serving the message being handled: the incoming
+    /// message's trace id (a new trace when it carried none) with a span id of this hop.
+    /// `None` in `main` and hooks, where every send starts a trace of its own.
+    pub fn trace(&self) -> Option<TraceParent> {
+        self.trace
+    }
+
+    /// The trace id of the message being handled, as 32 hex characters (what its log lines
+    /// print as `trace_id=...`); `None` in `main` and hooks.
+    pub fn trace_id(&self) -> Option<String> {
+        self.trace.map(|t| t.trace_id_hex().to_string())
+    }
+
+    /// The `traceparent` the next send carries: the handler's span as the parent, or, in
+    /// `main` and hooks, the root of a new trace.
+    pub fn next_traceparent(&self) -> TraceParent {
+        self.trace.unwrap_or_else(TraceParent::new_root)
     }
 
     /// The service's name.
@@ -247,6 +272,7 @@ impl Ctx {
         let map = sf_states::to_state_map(value)
             .map_err(|e| ServiceError::internal(format!("state {name:?}: {e}")))?;
         let id = self.next_workflow_id();
+        // State publishes go out without a trace context (the states layer carries none).
         let written = match self.out_state(name)? {
             OutState::Delta(d) if whole => d.snapshot(map, &id).await,
             OutState::Delta(d) => d.delta(map, &id).await,
@@ -296,13 +322,14 @@ impl Ctx {
         args: &A,
     ) -> Result<R, ServiceError> {
         let id = self.next_workflow_id();
+        let trace = Some(self.next_traceparent());
         match self.outbound(conn)? {
             Outbound::Requester(r) => r
-                .request(args, id)
+                .request_traced(args, id, trace)
                 .await
                 .map_err(|e| ServiceError::from_call(conn, e)),
             Outbound::External(t) => t
-                .call(args, id)
+                .call_traced(args, id, trace)
                 .await
                 .map_err(|e| ServiceError::from_call(conn, e)),
             other => Err(wrong_kind(conn, other, "request")),
@@ -326,7 +353,7 @@ impl Ctx {
         let id = self.next_workflow_id();
         match self.outbound(conn)? {
             Outbound::Publisher(p) => p
-                .publish(args, &id)
+                .publish_traced(args, &id, Some(self.next_traceparent()))
                 .await
                 .map_err(|e| ServiceError::from_call(conn, e)),
             other => Err(wrong_kind(conn, other, "publish")),
@@ -352,7 +379,7 @@ impl Ctx {
         let id = self.next_workflow_id();
         match self.outbound(conn)? {
             Outbound::Pusher(p) => p
-                .push(args, id)
+                .push_traced(args, id, Some(self.next_traceparent()))
                 .await
                 .map_err(|e| ServiceError::from_call(conn, e)),
             other => Err(wrong_kind(conn, other, "push")),

@@ -50,7 +50,7 @@ pub mod testing;
 pub use addresses::AddressesFile;
 pub use context::Ctx;
 pub use error::{Error, Result, ServiceError};
-pub use logging::{current_workflow_id, get_logger, in_workflow};
+pub use logging::{current_trace, current_workflow_id, get_logger, in_trace, in_workflow};
 pub use model::{
     ConnectionKind, ConnectionModel, ConnectionModels, Model, Models, ServiceDef, StateKind,
     StateModel, StateModels,

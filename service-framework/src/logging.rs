@@ -1,6 +1,7 @@
 //! Logging as the original sets it up: a console at one level, an optional file at another
 //! level rotated every hour keeping `backup_count` files, the workflow id on every line that
-//! belongs to a message (`workflow{id=...}` before the message, as a span would print it).
+//! belongs to a message (`workflow{id=...}` before the message, as a span would print it),
+//! followed by the W3C trace id of the span serving it (`trace_id=...`).
 //!
 //! The id is not a `tracing` span: an enabled span is allocated and has its fields formatted
 //! for every message, logged or not (callgrind: about 3.3k instructions a request at INFO,
@@ -12,7 +13,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use sf_connections::wire::WorkflowId;
+use sf_connections::wire::{TraceParent, WorkflowId};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt;
@@ -229,7 +230,28 @@ pub fn in_workflow<F: std::future::Future>(
     WORKFLOW.scope(id, fut)
 }
 
-/// The line format: `time LEVEL workflow{id=...}: spans: [target: ]message fields`, the
+tokio::task_local! {
+    /// The trace context of the span the running handler serves the message in.
+    static TRACE: TraceParent;
+}
+
+/// The trace context of the span the calling handler runs in (`None` outside a handler and in
+/// tasks it spawned unless they run inside [`in_trace`]): the incoming message's trace id with
+/// a span id of its own. Its trace id is on the handler's log lines as `trace_id=...`.
+pub fn current_trace() -> Option<TraceParent> {
+    TRACE.try_with(|tp| *tp).ok()
+}
+
+/// Runs `fut` in the span `trace`: every line it logs carries `trace_id=...`. Handlers
+/// already run this way; wrap a task a handler spawns to keep its trace.
+pub fn in_trace<F: std::future::Future>(
+    trace: TraceParent,
+    fut: F,
+) -> tokio::task::futures::TaskLocalFuture<TraceParent, F> {
+    TRACE.scope(trace, fut)
+}
+
+/// The line format: `time LEVEL workflow{id=...} trace_id=...: spans: [target: ]message fields`, the
 /// layout of tracing's default format with the handler's workflow id first.
 struct LineFormat {
     target: bool,
@@ -263,8 +285,15 @@ where
         } else {
             write!(w, " {level:>5} ")?;
         }
-        if let Ok(r) = WORKFLOW.try_with(|id| write!(w, "workflow{{id={id}}}: ")) {
+        let workflow = WORKFLOW.try_with(|id| write!(w, "workflow{{id={id}}}"));
+        if let Ok(r) = workflow {
             r?;
+        }
+        match TRACE.try_with(|tp| tp.trace_id_hex()) {
+            Ok(trace_id) if workflow.is_ok() => write!(w, " trace_id={trace_id}: ")?,
+            Ok(trace_id) => write!(w, "trace_id={trace_id}: ")?,
+            Err(_) if workflow.is_ok() => w.write_str(": ")?,
+            Err(_) => {}
         }
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {

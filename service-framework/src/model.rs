@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sf_connections::handler::BoxFuture;
-use sf_connections::wire::{self, Request};
+use sf_connections::wire::{self, Request, TraceParent};
 use sf_connections::{RawHandler, RequestMeta, WireError};
 
 use crate::addresses::AddressesFile;
@@ -894,9 +894,10 @@ where
     Arc::new(move |base: Ctx| {
         let f = f.clone();
         sf_connections::typed(move |args: A, meta: RequestMeta| {
-            let ctx = base.for_message(meta.workflow_id);
+            let ctx = base.for_message(meta.workflow_id, meta.trace);
             let id = ctx.workflow_id().clone();
-            let fut = crate::logging::in_workflow(id, f(args, ctx));
+            let fut =
+                crate::logging::in_workflow(id, crate::logging::in_trace(meta.trace, f(args, ctx)));
             async move { fut.await.map_err(WireError::from) }
         })
     })
@@ -916,9 +917,13 @@ where
                 let (_, err) = sf_connections::handler::decode_failure(&body, e.to_string());
                 ServiceError::with_code(err.code, err.message)
             })?;
-            let ctx = base.for_message(msg.workflow_id);
+            // The message's span: a child of its trace context, or a new trace.
+            let trace = msg
+                .traceparent
+                .map_or_else(TraceParent::new_root, |parent| parent.child());
+            let ctx = base.for_message(msg.workflow_id, trace);
             let id = ctx.workflow_id().clone();
-            crate::logging::in_workflow(id, f(msg.args, ctx)).await
+            crate::logging::in_workflow(id, crate::logging::in_trace(trace, f(msg.args, ctx))).await
         })
     })
 }

@@ -92,7 +92,12 @@ pub fn request_envelope(endpoint: &str, args: &Value, workflow_id: WorkflowId) -
             },
         )
         .unwrap();
-        let body = wire::encode(&wire::Request { args, workflow_id }).unwrap();
+        let body = wire::encode(&wire::Request {
+            args,
+            workflow_id,
+            traceparent: None,
+        })
+        .unwrap();
         let reply = r.request_raw(body).await.expect("a reply");
         wire::decode::<Value>(&reply).expect("reply decodes")
     })
