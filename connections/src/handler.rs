@@ -139,6 +139,9 @@ where
             let trace = request
                 .traceparent
                 .map_or_else(TraceParent::new_root, |parent| parent.child());
+            // The reply carries the serving span to a caller that sent a trace context; one
+            // that sent none (a Python 0.0.18 peer) gets the original's bytes.
+            let reply_trace = request.traceparent.map(|_| trace);
             let meta = RequestMeta {
                 workflow_id: request.workflow_id,
                 trace,
@@ -149,13 +152,13 @@ where
                         return_args: Some(ret),
                         workflow_id: workflow_id.clone(),
                         error: None,
-                        traceparent: Some(trace),
+                        traceparent: reply_trace,
                     };
                     match wire::encode(&reply) {
                         Ok(bytes) => Outcome::ok(bytes),
                         Err(e) => Outcome::err_traced(
                             workflow_id,
-                            Some(trace),
+                            reply_trace,
                             WireError::new(
                                 ErrorCode::InvalidReturn,
                                 format!("cannot encode the reply: {e}"),
@@ -163,7 +166,7 @@ where
                         ),
                     }
                 }
-                Err(err) => Outcome::err_traced(workflow_id, Some(trace), err),
+                Err(err) => Outcome::err_traced(workflow_id, reply_trace, err),
             }
         })
     })

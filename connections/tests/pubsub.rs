@@ -797,3 +797,51 @@ async fn the_bus_proxy_over_curve_carries_only_authorized_peers() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_traced_publish_carries_its_traceparent_beside_seq_and_an_untraced_one_none() {
+    let publisher = Publisher::start(
+        &Address::from("127.0.0.1:0"),
+        PublisherOptions {
+            topic: "traced".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut sub = Subscriber::start(&Address::from(publisher.endpoint()), sub_options("traced"))
+        .await
+        .unwrap();
+    publisher
+        .wait_for_subscribers(1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let tp = sf_connections::TraceParent::new_root();
+    let wf = WorkflowId::Str("wf-t".into());
+    publisher
+        .publish_traced(&msg("traced", "t", 1), &wf, Some(tp))
+        .await
+        .unwrap();
+    publisher
+        .publish(&msg("traced", "t", 2), &wf)
+        .await
+        .unwrap();
+    for (n, expected) in [(1, Some(tp)), (2, None)] {
+        let d = sub.next_timeout(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(d.workflow_id, wf);
+        assert_eq!(d.seq.map(|(seq, _)| seq), Some(n));
+        let env: Publish<Msg> = d.decode().unwrap();
+        assert_eq!(env.args, msg("traced", "t", n));
+        assert_eq!(env.traceparent, expected);
+        // As a Python subscriber sees it: one map, the extra key beside seq and pub_id.
+        let map: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
+            wire::decode(&d.body).unwrap();
+        let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+        let mut want = vec!["args", "pub_id", "seq", "workflow_id"];
+        if expected.is_some() {
+            want.push("traceparent");
+            want.sort_unstable();
+        }
+        assert_eq!(keys, want);
+    }
+}

@@ -251,10 +251,20 @@ pub fn in_trace<F: std::future::Future>(
     TRACE.scope(trace, fut)
 }
 
-/// The line format: `time LEVEL workflow{id=...} trace_id=...: spans: [target: ]message fields`, the
-/// layout of tracing's default format with the handler's workflow id first.
-struct LineFormat {
+/// The line format: `time LEVEL workflow{id=...} trace_id=...: spans: [target: ]message
+/// fields`, the layout of tracing's default format with the handler's workflow id and trace id
+/// first. A service (or a test) that installs its own subscriber gets the framework's lines
+/// with [`line_format`].
+#[derive(Debug, Clone, Copy)]
+pub struct LineFormat {
     target: bool,
+}
+
+/// The framework's line format as a `tracing_subscriber` event formatter
+/// (`fmt().event_format(line_format(false))`); `target` adds each event's target, as the log
+/// file's lines have it.
+pub fn line_format(target: bool) -> LineFormat {
+    LineFormat { target }
 }
 
 impl<S, N> FormatEvent<S, N> for LineFormat
