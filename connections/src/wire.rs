@@ -155,7 +155,8 @@ impl TraceParent {
     /// A new trace (random trace id and span id, sampled), for a message that arrives with
     /// none or a send outside any handler.
     pub fn new_root() -> Self {
-        let trace_id = nonzero(rand::random::<u128>()).to_be_bytes();
+        let id = (u128::from(fast_random()) << 64) | u128::from(fast_random());
+        let trace_id = nonzero(id).to_be_bytes();
         TraceParent {
             trace_id,
             span_id: Self::new_span_id(),
@@ -172,7 +173,7 @@ impl TraceParent {
     }
 
     fn new_span_id() -> [u8; 8] {
-        let id: u64 = rand::random();
+        let id = fast_random();
         (if id == 0 { 1 } else { id }).to_be_bytes()
     }
 
@@ -206,6 +207,22 @@ impl TraceParent {
         hex_encode(&[self.flags], &mut out[53..55]);
         out
     }
+}
+
+/// A random 64-bit value for ids: wyrand on a per-thread state seeded from the OS generator
+/// (ids need to be unique and unguessable enough for tracing, not secret; this is a few
+/// instructions where `rand::random` costs a generator block now and then on every
+/// replyer's request path).
+fn fast_random() -> u64 {
+    thread_local! {
+        static STATE: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+    }
+    STATE.with(|state| {
+        let x = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(x);
+        let t = u128::from(x).wrapping_mul(u128::from(x ^ 0xe703_7ed1_a0b4_28db));
+        ((t >> 64) as u64) ^ (t as u64)
+    })
 }
 
 fn nonzero(v: u128) -> u128 {
