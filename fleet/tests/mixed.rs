@@ -97,9 +97,9 @@ fn python_and_rust_services_feed_each_other_under_up() {
 
     // Consumers first: the Rust mirror, then the Python service (ready once its ports
     // accept), then the Rust ticker and the bridge.
-    up.ready_pid("board", START);
-    up.ready_pid("quotes", START);
-    up.wait_line(START, |l| l == "[up] every service started");
+    up.first_ready_pid("board", START);
+    up.first_ready_pid("quotes", START);
+    up.find_line(START, |l| l == "[up] every service started");
     for service in ["clock", "web"] {
         let ready = format!("[up] {service}: ready (pid ");
         assert!(

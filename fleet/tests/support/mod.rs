@@ -158,13 +158,33 @@ impl UpProcess {
         }
     }
 
+    /// A line matching `pred` among those already read, else the next one to come: for
+    /// facts whose order against other lines is not fixed (a service's ready line and the
+    /// bridge's address, printed by different processes).
+    pub fn find_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        self.wait_line(timeout, pred)
+    }
+
+    /// The pid of the first `[up] <instance>: ready (pid N)` line, read already or to come.
+    pub fn first_ready_pid(&mut self, instance: &str, timeout: Duration) -> u32 {
+        let prefix = format!("[up] {instance}: ready (pid ");
+        let l = self.find_line(timeout, |l| l.starts_with(&prefix));
+        l[prefix.len()..]
+            .trim_end_matches(')')
+            .parse()
+            .expect("a pid")
+    }
+
     /// The last 80 lines seen.
     pub fn tail(&self) -> String {
         let from = self.seen.len().saturating_sub(80);
         self.seen[from..].join("\n")
     }
 
-    /// Waits for `[up] <instance>: ready (pid N)` and returns N.
+    /// Waits for the next `[up] <instance>: ready (pid N)` and returns N.
     pub fn ready_pid(&mut self, instance: &str, timeout: Duration) -> u32 {
         let prefix = format!("[up] {instance}: ready (pid ");
         let l = self.wait_line(timeout, |l| l.starts_with(&prefix));
