@@ -190,6 +190,14 @@ impl Pusher {
         &self.stats
     }
 
+    /// Pullers connected now (a plain pusher; `None` for an acked one).
+    pub fn peer_count(&self) -> Option<usize> {
+        match &self.socket {
+            PushSide::Plain(socket) => Some(socket.peer_count()),
+            PushSide::Acked(_) => None,
+        }
+    }
+
     /// Flushes what is queued to the pullers (up to `linger`) and closes the socket; every
     /// clone fails from then on.
     ///

@@ -10,7 +10,7 @@
 //! that fails or panics, is counted, logged with the peer, and answered with an error reply.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::FutureExt;
@@ -231,11 +231,13 @@ async fn serve(
             send_reply(&tx, with_routing(routing, outcome.frame));
             continue;
         }
+        let started = Instant::now();
         let mut run = std::panic::AssertUnwindSafe(handler(body)).catch_unwind();
         // Most handlers finish without waiting (an echo, a lookup): answer those right here,
         // with no task spawn and no hand-off. Only a handler that has to wait gets a task
         // (and a slot).
         if let Some(outcome) = (&mut run).now_or_never() {
+            stats.record_processing(started.elapsed());
             send_reply(&tx, finish(outcome, &stats, routing));
             continue;
         }
@@ -252,10 +254,16 @@ async fn serve(
         let stats = stats.clone();
         let abandon = abandon.clone();
         owed += 1;
+        stats.begin_in_flight();
         tracker.spawn(async move {
             let reply = tokio::select! {
-                o = run => finish(o, &stats, routing),
+                o = run => {
+                    stats.record_processing(started.elapsed());
+                    stats.end_in_flight();
+                    finish(o, &stats, routing)
+                }
                 _ = abandon.cancelled() => {
+                    stats.end_in_flight();
                     stats.bump(Counter::Abandoned);
                     unavailable(routing, "the service stopped before this request finished")
                 }
@@ -359,6 +367,7 @@ fn count_outcome(stats: &Stats, outcome: &Outcome, routing: &[Bytes]) {
                 ErrorCode::TooLarge => Counter::TooLarge,
                 _ => Counter::HandlerFailed,
             });
+            stats.set_last_error(format!("{}: {}", e.code, e.message));
             let peer = peer_name(routing);
             if let Some(suppressed) = WARNINGS.allow(e.code.as_str(), &peer) {
                 tracing::warn!(

@@ -192,6 +192,11 @@ impl Requester {
         &self.inner.stats
     }
 
+    /// Replyers connected now (handshake finished).
+    pub fn peer_count(&self) -> usize {
+        self.inner.socket.peer_count()
+    }
+
     /// The options in force.
     pub fn options(&self) -> &RequesterOptions {
         &self.inner.options

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
 
 macro_rules! counters {
     ($($name:ident => $text:literal: $doc:literal,)*) => {
@@ -45,12 +47,21 @@ counters! {
     AuthFailures => "auth_failures": "Peers refused by security (a failed CURVE handshake, a client key not authorized, a NULL peer on a CURVE socket).",
     Redelivered => "redelivered": "Acked pipeline messages sent again (their puller went away, or no ack came within the ack timeout).",
     Acked => "acked": "Acked pipeline messages acknowledged (a pusher: acks received; a puller: acks sent).",
+    Resyncs => "resyncs": "Snapshots a state follower asked for (at start, after a gap, a reconnect or a restart of its out side).",
 }
 
 /// The counters of one connection.
 #[derive(Debug, Default)]
 pub struct Stats {
     values: [AtomicU64; Counter::ALL.len()],
+    /// Handler time, summed over finished handlers (nanoseconds).
+    processing_ns: AtomicU64,
+    /// Handlers finished (whatever their outcome): what `processing_ns` is summed over.
+    processed: AtomicU64,
+    /// Handlers running now.
+    in_flight: AtomicU64,
+    /// The last handler error, as `code: message`.
+    last_error: Mutex<Option<String>>,
 }
 
 impl Stats {
@@ -67,6 +78,50 @@ impl Stats {
     /// The current value.
     pub fn get(&self, c: Counter) -> u64 {
         self.values[c as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts one finished handler run and the time it took (two relaxed atomics).
+    pub fn record_processing(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.processing_ns.fetch_add(ns, Ordering::Relaxed);
+        self.processed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Handler time summed over the finished runs, and how many runs.
+    pub fn processing(&self) -> (Duration, u64) {
+        (
+            Duration::from_nanos(self.processing_ns.load(Ordering::Relaxed)),
+            self.processed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// One more handler running.
+    pub fn begin_in_flight(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One handler fewer running.
+    pub fn end_in_flight(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Handlers running now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Remembers the last handler error (only on the error path: a lock per failure).
+    pub fn set_last_error(&self, error: String) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error);
+        }
+    }
+
+    /// The last handler error, as `code: message`.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
     }
 
     /// Every non-zero counter by name.

@@ -101,6 +101,21 @@ pub struct AddressesFile {
     /// 0.0.18 ignores).
     #[serde(default, skip_serializing_if = "OptionsSection::is_empty")]
     pub options: OptionsSection,
+    /// The control endpoint (introspection: `ping`, `info`, `stats`, `health`): an address
+    /// to bind, `false` for none, absent or `true` for an ephemeral port on 127.0.0.1 (a
+    /// key of this project's, which Python 0.0.18 ignores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<ControlEntry>,
+}
+
+/// The addresses file's `control` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ControlEntry {
+    /// `false`: no control endpoint; `true`: the default (an ephemeral loopback port).
+    Enabled(bool),
+    /// Bind here.
+    At(Address),
 }
 
 impl AddressesFile {
@@ -279,9 +294,17 @@ fn check_shape(root: &Value) -> std::result::Result<(), String> {
             check_options(sides)?;
             continue;
         }
+        if section == "control" {
+            if !sides.is_boolean() {
+                check_address(sides).map_err(|found| {
+                    format!("control must be {ADDRESS}, or false for none, found {found}")
+                })?;
+            }
+            continue;
+        }
         if section != "connections" && section != "states" {
             return Err(format!(
-                "unknown key {section:?} (expected \"connections\", \"states\" or \"options\")"
+                "unknown key {section:?} (expected \"connections\", \"states\", \"options\" or \"control\")"
             ));
         }
         let sides = sides.as_object().ok_or_else(|| {

@@ -63,9 +63,18 @@ pub struct CliArgs {
     pub count: Option<u64>,
     /// `--envelope` for `subscribe`: print topic, workflow id and sequence beside the args.
     pub envelope: bool,
+    /// `--json` for `ping`, `info`, `stats`, `ls`: raw JSON lines.
+    pub json: bool,
+    /// `--up` for `ping`, `info`, `stats`, `ls`: every instance of the running `up`s.
+    pub up: bool,
+    /// `--watch [SECONDS]` for `stats`: redraw every SECONDS (2), with rates.
+    pub watch_s: Option<f64>,
     /// Everything else: `--key value` config pairs.
     pub extras: Vec<String>,
 }
+
+/// The introspection verbs (see [`crate::inspect`]).
+pub const INSPECT_VERBS: &[&str] = &["ping", "info", "stats", "ls", "health"];
 
 /// Reads one of the logging flags (`-cl`, `-f`, `-l`, `-bc`) into `log`, taking its value
 /// from `words`; `Ok(false)` for any other flag. Both command lines (services and the bridge)
@@ -96,6 +105,10 @@ usage: service-framework -s SERVICE [-a addresses.json] [-c config.json] [-m] [o
        service-framework describe -s SERVICE
        service-framework call ADDRESS '{\"arg\": ...}' [--timeout SECONDS]
        service-framework subscribe ADDRESS [--topic TOPIC] [--count N] [--timeout SECONDS] [--envelope]
+       service-framework ls|ping|info|stats|health [ADDRESS...] [--up] [--json] [--timeout SECONDS]
+                                                 running services through their control endpoints
+                                                 (no ADDRESS: every running `service-framework up`)
+       service-framework stats --watch [SECONDS] [ADDRESS...]   redrawn in place, with rates
        service-framework keygen [--out DIR] [NAME]     a CURVE key pair, NAME.key and NAME.key_secret
        service-framework up [--check] [FILE]           every service of a topology file, by one command
 
@@ -185,13 +198,26 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<CliArgs> {
     let mut out = CliArgs::default();
     let mut start = 0;
     if let Some(first) = args.first() {
-        if matches!(first.as_str(), "describe" | "call" | "subscribe") {
+        if matches!(first.as_str(), "describe" | "call" | "subscribe")
+            || INSPECT_VERBS.contains(&first.as_str())
+        {
             out.command = Some(first.clone());
             start = 1;
         }
     }
+    let inspecting = out
+        .command
+        .as_deref()
+        .is_some_and(|c| INSPECT_VERBS.contains(&c));
     let mut words = ArgWalker::new(args, start);
+    let mut after_watch = false;
     while let Some((flag, raw)) = words.next_word() {
+        if std::mem::take(&mut after_watch) {
+            if let Ok(secs) = raw.parse::<f64>() {
+                out.watch_s = Some(secs.max(0.1));
+                continue;
+            }
+        }
         if log_flag(&mut out.log, &flag, &mut words).map_err(Error::Other)? {
             continue;
         }
@@ -208,7 +234,23 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<CliArgs> {
                         .map_err(|_| Error::Other(format!("{flag} needs a number, got {v:?}")))?,
                 );
             }
-            "--timeout" if matches!(out.command.as_deref(), Some("call" | "subscribe")) => {
+            "--json" if inspecting => out.json = true,
+            "--up" if inspecting => out.up = true,
+            "--watch" if out.command.as_deref() == Some("stats") => {
+                out.watch_s = Some(2.0);
+                match words.take_inline() {
+                    Some(v) => {
+                        let secs: f64 = v.parse().map_err(|_| {
+                            Error::Other(format!("--watch needs seconds, got {v:?}"))
+                        })?;
+                        out.watch_s = Some(secs.max(0.1));
+                    }
+                    None => after_watch = true,
+                }
+            }
+            "--timeout"
+                if inspecting || matches!(out.command.as_deref(), Some("call" | "subscribe")) =>
+            {
                 let v = value(&flag)?;
                 out.timeout_s = Some(
                     v.parse()
@@ -411,12 +453,18 @@ pub fn main(def: ServiceDef) -> ExitCode {
         for (name, ep) in &ready.endpoints {
             tracing::info!("{name}: {ep}");
         }
-        tracing::info!(service = %name, pid = std::process::id(), "ready");
+        match ready.control() {
+            Some(control) => {
+                tracing::info!(service = %name, pid = std::process::id(), control, "ready")
+            }
+            None => tracing::info!(service = %name, pid = std::process::id(), "ready"),
+        }
         if let Some(f) = &ready_file {
             f.write(&serde_json::json!({
                 "service": name,
                 "pid": std::process::id(),
                 "endpoints": ready.endpoints,
+                "control": ready.control(),
             }));
         }
     }));

@@ -37,9 +37,11 @@
 pub mod addresses;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod context;
 pub mod error;
 pub mod handle;
+pub mod inspect;
 pub mod logging;
 pub mod model;
 pub mod runtime;

@@ -51,6 +51,7 @@ fn main() -> ExitCode {
     match args.command.as_deref() {
         Some("call") => call(&args),
         Some("subscribe") => subscribe(&args),
+        Some(verb) if cli::INSPECT_VERBS.contains(&verb) => inspect(verb, &args),
         Some("describe") => match args.service.as_deref() {
             Some("bus") => {
                 println!(
@@ -102,6 +103,33 @@ fn call(args: &CliArgs) -> ExitCode {
         }
         Err(e) => cli::fail(&e),
     }
+}
+
+/// `ls | ping | info | stats | health`: the control endpoints given, else every running
+/// `service-framework up`'s instances.
+fn inspect(verb: &str, args: &CliArgs) -> ExitCode {
+    use service_framework::inspect::{self, InspectOptions, Target};
+    let mut targets: Vec<Target> = args
+        .positional
+        .iter()
+        .map(|a| Target {
+            address: a.clone(),
+            instance: None,
+        })
+        .collect();
+    if args.up || targets.is_empty() {
+        targets.extend(inspect::discover_up(&std::env::temp_dir()));
+    }
+    let options = InspectOptions {
+        json: args.json,
+        watch: args.watch_s.map(Duration::from_secs_f64),
+        timeout: Duration::from_secs_f64(args.timeout_s.unwrap_or(2.0).max(0.001)),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return cli::fail(&e),
+    };
+    rt.block_on(inspect::run(verb, &targets, &options))
 }
 
 /// Prints each message as one JSON line, flushed as it comes, so the output can be piped.

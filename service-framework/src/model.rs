@@ -395,7 +395,16 @@ pub struct ServiceDef {
     pub(crate) problems: Vec<String>,
     /// Parses the checked config into the declared type, once, at start.
     pub(crate) config_parser: Option<crate::config::TypedParser>,
+    /// Free key/value pairs shown by the control endpoint's `info` (team, repository...).
+    pub(crate) metadata: std::collections::BTreeMap<String, String>,
+    /// The service's own version, shown by `ping` and `info`.
+    pub(crate) version: Option<String>,
+    /// The service's own figures, shown under `data` by the control endpoint's `stats`.
+    pub(crate) stats_data: Option<StatsData>,
 }
+
+/// A service's own figures for `stats` (see [`ServiceDef::stats_data`]).
+pub(crate) type StatsData = Arc<dyn Fn() -> Map<String, Value> + Send + Sync>;
 
 impl std::fmt::Debug for ServiceDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -427,7 +436,34 @@ impl ServiceDef {
             main: None,
             problems: Vec::new(),
             config_parser: None,
+            metadata: std::collections::BTreeMap::new(),
+            version: None,
+            stats_data: None,
         }
+    }
+
+    /// A metadata pair shown by the control endpoint's `info` (e.g. `("team", "pricing")`).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The service's version, shown by `ping`, `info` and `service-framework ls` (default:
+    /// the framework's version).
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// The service's own figures, asked for by each `stats` request and shown under its
+    /// `data` key: a closure reading the service's counters (an `Arc` of atomics it shares
+    /// with its handlers, say). It runs on the control endpoint's task, so keep it quick.
+    pub fn stats_data<F>(mut self, f: F) -> Self
+    where
+        F: Fn() -> Map<String, Value> + Send + Sync + 'static,
+    {
+        self.stats_data = Some(Arc::new(f));
+        self
     }
 
     /// The service's name.

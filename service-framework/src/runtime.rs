@@ -92,9 +92,16 @@ pub struct Ready {
     pub endpoints: BTreeMap<String, String>,
     /// The running service's context (the testkit reads its connections).
     pub(crate) ctx: Option<Ctx>,
+    /// The control endpoint (`ping`, `info`, `stats`, `health`), unless it is off.
+    pub control: Option<String>,
 }
 
 impl Ready {
+    /// The control endpoint (`tcp://127.0.0.1:PORT`), unless it is turned off.
+    pub fn control(&self) -> Option<&str> {
+        self.control.as_deref()
+    }
+
     /// The endpoint of connection `name` on either side.
     pub fn endpoint(&self, name: &str) -> Option<&str> {
         self.endpoints
@@ -122,6 +129,8 @@ pub async fn run(
         typed_config,
         addresses,
     } = prepare(&mut def, &options)?;
+    let started = std::time::SystemTime::now();
+    let control_at = crate::control::control_address(&addresses);
 
     // Out-connections, then states (after connections, as in the original).
     let mut ready = Ready::default();
@@ -178,6 +187,7 @@ pub async fn run(
     });
     let ctx = Ctx::new(shared.clone());
 
+    let mut probes = Vec::new();
     let (replyers, tracker) = serve_inbound(
         &def,
         &options,
@@ -186,10 +196,36 @@ pub async fn run(
         &shared,
         &stop_token,
         &mut ready,
+        &mut probes,
     )
     .await?;
+    let control = match control_at {
+        Some(at) => {
+            let intro = introspect(
+                &def,
+                &shared,
+                built.in_stats,
+                probes,
+                started,
+                &ready,
+                &stop_token,
+            );
+            let intro = Arc::new(intro);
+            let r = crate::control::bind(&at, intro.clone()).await?;
+            tracing::info!("control: {}", r.endpoint());
+            let _ = intro.control.set(r.endpoint().to_owned());
+            ready.control = Some(r.endpoint().to_owned());
+            Some((r, intro))
+        }
+        None => None,
+    };
     ready.ctx = Some(ctx.clone());
     on_ready(&ready);
+    if let Some((_, intro)) = &control {
+        intro
+            .ready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 
     let mut incomplete = Vec::new();
     let outcome = drive(&def, &options, &ctx, stop, &stop_token, &mut incomplete).await;
@@ -197,6 +233,10 @@ pub async fn run(
     stop_token.cancel();
     incomplete.extend(drain(&options, replyers, tracker, &shared).await);
     drop(built.ins);
+    // Last: `health` answers `stopping` until every other socket closed.
+    if let Some((r, _)) = control {
+        r.shutdown().await;
+    }
     tracing::info!(service = %def.name, "stopped");
     match outcome {
         Ok(()) if !incomplete.is_empty() => Err(Error::DrainIncomplete(format!(
@@ -205,6 +245,70 @@ pub async fn run(
             incomplete.join("; ")
         ))),
         other => other,
+    }
+}
+
+/// What the control endpoint reads: the declaration, the endpoints, and each connection's and
+/// state's counters (outbound from the context, inbound from `serve_inbound`).
+fn introspect(
+    def: &ServiceDef,
+    shared: &Shared,
+    in_stats: HashMap<String, Arc<sf_connections::Stats>>,
+    mut conns: Vec<crate::control::Conn>,
+    started: std::time::SystemTime,
+    ready: &Ready,
+    stop: &CancellationToken,
+) -> crate::control::Introspect {
+    use crate::control::{Conn, Probe, StateProbe};
+    for m in &def.connections.outbound {
+        let probe = match shared.outbound.get(&m.name) {
+            Some(Outbound::Requester(r)) => Probe::Requester(r.clone()),
+            Some(Outbound::Publisher(p)) => Probe::Publisher(p.clone()),
+            Some(Outbound::Pusher(p)) => Probe::Pusher(p.clone()),
+            Some(Outbound::External(_)) | None => Probe::External,
+        };
+        conns.push(Conn {
+            name: m.name.clone(),
+            side: "out",
+            kind: m.kind.name(),
+            probe,
+        });
+    }
+    let mut states = Vec::new();
+    for m in def.states.all() {
+        if let Some(view) = shared.states_in.get(&m.name) {
+            states.push(StateProbe::In {
+                name: m.name.clone(),
+                kind: m.kind.name(),
+                view: view.clone(),
+                stats: in_stats.get(&m.name).cloned().unwrap_or_default(),
+            });
+        } else if let Some(state) = shared.states_out.get(&m.name) {
+            states.push(StateProbe::Out {
+                name: m.name.clone(),
+                kind: m.kind.name(),
+                state: state.clone(),
+            });
+        }
+    }
+    crate::control::Introspect {
+        name: def.name.clone(),
+        id: crate::control::new_id(),
+        version: def
+            .version
+            .clone()
+            .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned()),
+        description: def.description.clone(),
+        metadata: def.metadata.clone(),
+        describe: def.describe(),
+        started,
+        endpoints: ready.endpoints.clone(),
+        conns,
+        states,
+        data: def.stats_data.clone(),
+        ready: std::sync::atomic::AtomicBool::new(false),
+        stop: stop.clone(),
+        control: std::sync::OnceLock::new(),
     }
 }
 
@@ -287,6 +391,7 @@ fn prepare(def: &mut ServiceDef, options: &RunOptions) -> Result<Prepared> {
 /// Binds the replyers and starts the subscribers, pullers and in-state handlers, every one
 /// under the one stop token. Returns the replyers (drained at the end) and the tracker of
 /// the message tasks.
+#[allow(clippy::too_many_arguments)]
 async fn serve_inbound(
     def: &ServiceDef,
     options: &RunOptions,
@@ -295,7 +400,9 @@ async fn serve_inbound(
     shared: &Shared,
     stop_token: &CancellationToken,
     ready: &mut Ready,
+    probes: &mut Vec<crate::control::Conn>,
 ) -> Result<(Vec<Replyer>, TaskTracker)> {
+    use crate::control::{Conn, Probe};
     let tracker = TaskTracker::new();
     for m in &def.states.inbound {
         if let (Some(h), Some(rx)) = (&m.on_change, shared.states_in.get(&m.name)) {
@@ -338,6 +445,12 @@ async fn serve_inbound(
                     .endpoints
                     .insert(format!("in.{}", m.name), r.endpoint().to_owned());
                 tracing::info!(connection = %m.name, endpoint = r.endpoint(), "replyer serving");
+                probes.push(Conn {
+                    name: m.name.clone(),
+                    side: "in",
+                    kind: m.kind.name(),
+                    probe: Probe::Replyer(r.stats().clone()),
+                });
                 replyers.push(r);
             }
             (ConnectionKind::Subscriber, Some(Handler::Message(h))) => {
@@ -360,6 +473,13 @@ async fn serve_inbound(
                 ready
                     .endpoints
                     .insert(format!("in.{}", m.name), sub.endpoint().to_owned());
+                let handled = Arc::new(sf_connections::Stats::default());
+                probes.push(Conn {
+                    name: m.name.clone(),
+                    side: "in",
+                    kind: m.kind.name(),
+                    probe: Probe::Subscriber(sub.stats().clone(), handled.clone()),
+                });
                 tracker.spawn(
                     consume(
                         "subscriber handler",
@@ -368,6 +488,7 @@ async fn serve_inbound(
                         h.clone(),
                         ctx.clone(),
                         stop_token.clone(),
+                        handled,
                     )
                     .run(),
                 );
@@ -392,6 +513,13 @@ async fn serve_inbound(
                 ready
                     .endpoints
                     .insert(format!("in.{}", m.name), puller.endpoint().to_owned());
+                let handled = Arc::new(sf_connections::Stats::default());
+                probes.push(Conn {
+                    name: m.name.clone(),
+                    side: "in",
+                    kind: m.kind.name(),
+                    probe: Probe::Puller(puller.stats().clone(), handled.clone()),
+                });
                 let consumer = consume(
                     "puller handler",
                     m.name.clone(),
@@ -399,6 +527,7 @@ async fn serve_inbound(
                     h.clone(),
                     ctx.clone(),
                     stop_token.clone(),
+                    handled,
                 );
                 if concurrency > 1 {
                     tracker.spawn(consume_concurrently(consumer, concurrency));
@@ -688,6 +817,8 @@ struct BuiltStates {
     ins: Vec<Box<dyn std::any::Any + Send>>,
     watches: HashMap<String, tokio::sync::watch::Receiver<sf_states::StateView>>,
     outs: HashMap<String, OutState>,
+    /// The in-states' counters, for the control endpoint.
+    in_stats: HashMap<String, Arc<sf_connections::Stats>>,
 }
 
 async fn build_states(
@@ -701,6 +832,7 @@ async fn build_states(
         ins: Vec::new(),
         watches: HashMap::new(),
         outs: HashMap::new(),
+        in_stats: HashMap::new(),
     };
     for m in def.states.all() {
         let addrs = addresses.state_addresses(m, origin)?;
@@ -731,6 +863,7 @@ async fn build_states(
                 let s = sf_states::FullUpdateIn::start(&addrs[0], &opts)
                     .await
                     .map_err(err)?;
+                built.in_stats.insert(m.name.clone(), s.stats().clone());
                 built.watches.insert(m.name.clone(), s.watch());
                 built.ins.push(Box::new(s));
             }
@@ -738,6 +871,7 @@ async fn build_states(
                 let s = sf_states::DeltaUpdateIn::start(&addrs[0], &addrs[1], &opts)
                     .await
                     .map_err(err)?;
+                built.in_stats.insert(m.name.clone(), s.stats().clone());
                 built.watches.insert(m.name.clone(), s.watch());
                 built.ins.push(Box::new(s));
             }
@@ -912,6 +1046,8 @@ struct Consumer<S> {
     handler: MessageHandler,
     ctx: Ctx,
     stop: CancellationToken,
+    /// The handler's figures (runs, failures, time, in flight) for the control endpoint.
+    stats: Arc<sf_connections::Stats>,
 }
 
 fn consume<S: Inbound>(
@@ -921,6 +1057,7 @@ fn consume<S: Inbound>(
     handler: MessageHandler,
     ctx: Ctx,
     stop: CancellationToken,
+    stats: Arc<sf_connections::Stats>,
 ) -> Consumer<S> {
     Consumer {
         kind,
@@ -929,6 +1066,7 @@ fn consume<S: Inbound>(
         handler,
         ctx,
         stop,
+        stats,
     }
 }
 
@@ -943,8 +1081,19 @@ async fn handle_one(
     ctx: Ctx,
     body: bytes::Bytes,
     ack: Option<Ack>,
+    stats: &sf_connections::Stats,
 ) {
-    match handler(body, ctx).await {
+    let started = std::time::Instant::now();
+    stats.begin_in_flight();
+    let outcome = handler(body, ctx).await;
+    stats.end_in_flight();
+    stats.record_processing(started.elapsed());
+    stats.bump(sf_connections::Counter::Received);
+    if let Err(e) = &outcome {
+        stats.bump(sf_connections::Counter::HandlerFailed);
+        stats.set_last_error(format!("{}: {}", e.code, e.message));
+    }
+    match outcome {
         Ok(()) => {
             if let Some(ack) = ack {
                 ack.send();
@@ -983,6 +1132,7 @@ impl<S: Inbound> Consumer<S> {
                 self.ctx.clone(),
                 body,
                 ack,
+                &self.stats,
             )
             .await;
         }
@@ -1010,8 +1160,9 @@ async fn consume_concurrently<S: Inbound + 'static>(mut c: Consumer<S>, n: usize
             d = c.source.next_body() => match d { Some(d) => d, None => break },
         };
         let (kind, name, handler, ctx) = (c.kind, c.name.clone(), c.handler.clone(), c.ctx.clone());
+        let stats = c.stats.clone();
         running.spawn(async move {
-            handle_one(kind, &name, &handler, ctx, body, ack).await;
+            handle_one(kind, &name, &handler, ctx, body, ack, &stats).await;
             drop(permit);
         });
     }

@@ -158,6 +158,12 @@ impl TestService {
         self.ready.endpoint(name)
     }
 
+    /// The service's control endpoint (`ping`, `info`, `stats`, `health`; an ephemeral
+    /// loopback port), unless it was turned off.
+    pub fn control(&self) -> Option<&str> {
+        self.ready.control()
+    }
+
     /// Calls replyer `conn` and returns its typed reply (an error reply is
     /// `TestError::Connection(Remote(..))`).
     pub async fn call<A: Serialize, R: DeserializeOwned>(

@@ -183,6 +183,20 @@ impl DeltaUpdateOut {
         Ok(guard.num)
     }
 
+    /// The publisher's counters (published, dropped at the high-water mark).
+    pub fn publisher_stats(&self) -> &Arc<sf_connections::Stats> {
+        self.publisher.stats()
+    }
+
+    /// Snapshot requests answered by the snapshot replyer (0 once it closed).
+    pub fn snapshots_served(&self) -> u64 {
+        self.replyer
+            .lock()
+            .expect("replyer lock")
+            .as_ref()
+            .map_or(0, |r| r.stats().get(Counter::Replied))
+    }
+
     /// Peers refused by security (CURVE) on the publisher and the snapshot replyer together.
     pub fn auth_failures(&self) -> u64 {
         let replyer = self

@@ -351,6 +351,7 @@ fn spawn_resync(
     stats: Arc<Stats>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
+    stats.bump(Counter::Resyncs);
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(20);
         let empty = StateMap::new();

@@ -22,6 +22,11 @@ pub struct FullUpdateOut {
 }
 
 impl FullUpdateOut {
+    /// The publisher's counters (published, dropped at the high-water mark).
+    pub fn publisher_stats(&self) -> &Arc<Stats> {
+        self.publisher.stats()
+    }
+
     /// Binds (or connects, `is_x_pub`) the publisher, then waits `wait_after_creation`.
     pub async fn start(publisher: &Address, options: &StateOptions) -> Result<Self> {
         let opts = options.publisher();
