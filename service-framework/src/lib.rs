@@ -33,12 +33,14 @@
 //! - [`runtime`]: the lifecycle, main mode, the service loop, signals, graceful stop.
 //! - [`service`]: embedding ([`Service`], background handles).
 //! - [`cli`] and [`logging`]: the command line and the logger.
+//! - [`control`] and [`inspect`]: the control endpoint every service answers on (`ping`,
+//!   `info`, `stats`, `health`) and the CLI verbs that ask it (`ls`, `info`, `stats`).
 
 pub mod addresses;
 pub mod cli;
 pub mod config;
-pub mod control;
 pub mod context;
+pub mod control;
 pub mod error;
 pub mod handle;
 pub mod inspect;
