@@ -224,3 +224,109 @@ fn a_handler_and_the_tasks_it_wraps_can_read_the_workflow_id() {
     assert_eq!(reply["echoed"], "ids wf-7 wf-7 -");
     assert_eq!(service_framework::current_workflow_id(), None);
 }
+
+/// A replyer `reply` that records the trace id its handler runs in.
+fn trace_recorder(seen: &Arc<Mutex<Vec<Option<String>>>>) -> ServiceDef {
+    let seen = seen.clone();
+    ServiceDef::new("trace_recorder").replyer("reply", move |a: Echo, ctx: Ctx| {
+        let seen = seen.clone();
+        async move {
+            assert_eq!(
+                service_framework::current_trace().map(|t| t.trace_id_hex().to_string()),
+                ctx.trace_id(),
+                "the task-local and the context agree"
+            );
+            seen.lock().unwrap().push(ctx.trace_id());
+            Ok::<_, ServiceError>(Echoed { echoed: a.to_echo })
+        }
+    })
+}
+
+#[test]
+fn every_send_of_main_starts_a_trace_and_a_handler_s_sends_continue_its_own() {
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let (down, down_ready) = start(trace_recorder(&seen), replyer_at("127.0.0.1:0"));
+    let down_ep = down_ready.endpoint("reply").unwrap().to_owned();
+    let def = ServiceDef::new("leader")
+        .requester(DOWN)
+        .main(move |ctx: Ctx| async move {
+            assert_eq!(ctx.trace(), None, "main serves no message");
+            for _ in 0..2 {
+                let _: Echoed = ctx
+                    .request(
+                        &DOWN,
+                        &Echo {
+                            to_echo: "main".into(),
+                        },
+                    )
+                    .await?;
+            }
+            Ok(())
+        });
+    let addrs = addresses(json!({"connections": {"out": {"down": {"requester": down_ep}}}}));
+    Service::new(def)
+        .addresses(addrs)
+        .run_as_main_in_background()
+        .join()
+        .unwrap();
+    let from_main = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(from_main.len(), 2, "{from_main:?}");
+    assert!(from_main
+        .iter()
+        .all(|t| t.as_ref().is_some_and(|t| t.len() == 32)));
+    assert_ne!(
+        from_main[0], from_main[1],
+        "each send of main is a trace of its own"
+    );
+
+    // Through a relay: its three sends carry the trace of the request it serves.
+    let addrs = addresses(json!({"connections": {
+        "in": {"relay": {"replyer": "127.0.0.1:0"}},
+        "out": {"down": {"requester": down_ready.endpoint("reply").unwrap()}}
+    }}));
+    let (up, up_ready) = start(relay(), addrs);
+    let relay_ep = up_ready.endpoint("relay").unwrap().to_owned();
+    let given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let frame = service_framework::connections::wire::encode(&json!({
+        "args": {"to_echo": "traced"}, "workflow_id": "wf-t", "traceparent": given
+    }))
+    .unwrap();
+    let reply = raw_request(&relay_ep, frame);
+    assert_eq!(reply["return_args"], json!({"echoed": "traced"}), "{reply}");
+    let tp = reply["traceparent"]
+        .as_str()
+        .expect("a traced request's reply is traced");
+    assert!(
+        tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{tp}"
+    );
+    assert_ne!(tp, given, "the relay's own span");
+    let via_relay = std::mem::take(&mut *seen.lock().unwrap());
+    assert_eq!(
+        via_relay,
+        vec![Some("0af7651916cd43dd8448eb211c80319c".to_owned()); 3]
+    );
+    up.stop().unwrap();
+    down.stop().unwrap();
+}
+
+/// Sends an encoded request frame and returns the whole reply envelope.
+fn raw_request(endpoint: &str, frame: Vec<u8>) -> Value {
+    use service_framework::connections::{wire, Address, Requester, RequesterOptions};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let r = Requester::connect(
+            &Address::from(endpoint),
+            RequesterOptions {
+                timeout: Duration::from_secs(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let reply = r.request_raw(frame).await.expect("a reply");
+        wire::decode::<Value>(&reply).expect("reply decodes")
+    })
+}
