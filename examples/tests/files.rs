@@ -236,7 +236,7 @@ fn addresses_file_mistakes_name_the_file_and_the_connection() {
     assert_fails(
         with(&a),
         &format!(
-            r#"error: addresses: {}: unknown key "connection" (expected "connections", "states" or "options")"#,
+            r#"error: addresses: {}: unknown key "connection" (expected "connections", "states", "options" or "control")"#,
             a.display()
         ),
     );
