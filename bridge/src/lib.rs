@@ -35,6 +35,7 @@ pub mod config;
 pub mod echo;
 pub mod envelope;
 pub mod error;
+pub mod metrics;
 pub mod oauth;
 pub mod openapi;
 pub mod plugin;

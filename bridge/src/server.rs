@@ -327,6 +327,7 @@ impl Drop for RunningBridge {
 }
 
 fn router(reg: Arc<Registry>, openapi: Arc<Value>, oauth: Option<Arc<OAuth>>) -> Router {
+    let metrics = Arc::new(crate::metrics::HttpMetrics::default());
     let mut api = Router::new();
     for (path, routes) in &reg.http {
         let mut mr: MethodRouter<()> = MethodRouter::new();
@@ -453,6 +454,10 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>, oauth: Option<Arc<OAuth>>) ->
             }),
         )
         .route("/redoc", get(move || async move { Html(redoc_html) }))
+        .route(
+            "/metrics",
+            get(crate::metrics::serve).with_state(metrics.clone()),
+        )
         .merge(api)
         .fallback(move |req: Request| {
             let reg = fallback_reg.clone();
@@ -470,7 +475,11 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>, oauth: Option<Arc<OAuth>>) ->
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             envelope::TIMESTAMP_OFFSET.scope(offset, next.run(req))
         }))
-        .layer(middleware::from_fn(crate::trace::layer));
+        .layer(middleware::from_fn(crate::trace::layer))
+        .layer(middleware::from_fn_with_state(
+            metrics,
+            crate::metrics::track,
+        ));
     match oauth {
         Some(o) => with_login(app, o),
         None => app,

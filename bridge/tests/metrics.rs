@@ -1,0 +1,166 @@
+//! `GET /metrics`: the bridge's HTTP metrics, read by a real Prometheus text parser (the
+//! `prometheus_client` Python package's OpenMetrics parser, from the test venv), with the
+//! values the test's own requests make.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::{client, settings, start};
+use serde_json::Value;
+
+/// Parses OpenMetrics text with `prometheus_client`: every sample as
+/// `{"name", "labels", "value"}`, or the parser's error.
+fn parse(text: &str) -> Vec<Value> {
+    use std::io::Write;
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append({"family": family.name, "type": family.type, "name": s.name,
+                    "labels": s.labels, "value": s.value})
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(sf_tests::python())
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the OpenMetrics parser refused the text:\n{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn value(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| {
+            s["name"] == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s["labels"][*k].as_str() == Some(*v))
+        })
+        .and_then(|s| s["value"].as_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_route_and_status_with_latency_and_in_flight() {
+    let bridge = start(settings(&["echo"], &[]), vec![]).await;
+    let url = bridge.url();
+    let c = client();
+    for _ in 0..3 {
+        let r = c
+            .get(format!("{url}/api/v1/echo?message=hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c.get(format!("{url}/api/v1/echo")).send().await.unwrap();
+    assert_eq!(r.status(), 422, "a missing query parameter");
+    for path in ["/nowhere/1", "/nowhere/2"] {
+        let r = c.get(format!("{url}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+    }
+
+    let r = c.get(format!("{url}/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let samples = parse(&text);
+
+    let echo_ok = [
+        ("method", "GET"),
+        ("route", "/api/v1/echo"),
+        ("status", "200"),
+    ];
+    assert_eq!(
+        value(&samples, "sf_bridge_http_requests_total", &echo_ok),
+        Some(3.0),
+        "{text}"
+    );
+    let echo_bad = [
+        ("method", "GET"),
+        ("route", "/api/v1/echo"),
+        ("status", "422"),
+    ];
+    assert_eq!(
+        value(&samples, "sf_bridge_http_requests_total", &echo_bad),
+        Some(1.0)
+    );
+    // Unmatched paths share one label value: a client cannot grow the series.
+    let unmatched = [("route", "(unmatched)"), ("status", "404")];
+    assert_eq!(
+        value(&samples, "sf_bridge_http_requests_total", &unmatched),
+        Some(2.0)
+    );
+    assert!(!text.contains("/nowhere"), "{text}");
+    // The latency histogram: every echo request observed once, and in the +Inf bucket.
+    let echo = [("method", "GET"), ("route", "/api/v1/echo")];
+    assert_eq!(
+        value(
+            &samples,
+            "sf_bridge_http_request_duration_seconds_count",
+            &echo
+        ),
+        Some(4.0)
+    );
+    let inf = [("method", "GET"), ("route", "/api/v1/echo"), ("le", "+Inf")];
+    assert_eq!(
+        value(
+            &samples,
+            "sf_bridge_http_request_duration_seconds_bucket",
+            &inf
+        ),
+        Some(4.0)
+    );
+    assert!(
+        value(
+            &samples,
+            "sf_bridge_http_request_duration_seconds_sum",
+            &echo
+        )
+        .unwrap()
+            > 0.0
+    );
+    // The scrape itself is the one request in flight while the text is made.
+    assert_eq!(
+        value(&samples, "sf_bridge_http_requests_in_flight", &[]),
+        Some(1.0)
+    );
+
+    // A second scrape counts the first.
+    let text = c
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let samples = parse(&text);
+    let scrape = [("method", "GET"), ("route", "/metrics"), ("status", "200")];
+    assert_eq!(
+        value(&samples, "sf_bridge_http_requests_total", &scrape),
+        Some(1.0)
+    );
+    bridge.stop().await;
+}
