@@ -121,6 +121,16 @@ pub struct Status {
     pub restarts: u32,
     /// When the current process started.
     pub since: Option<Instant>,
+    /// Its control endpoint, from its ready file (Rust services).
+    pub control: Option<String>,
+    /// From its `stats`: messages handled per second (requests, deliveries, pulls).
+    pub rate: Option<f64>,
+    /// From its `stats`: handler errors, summed over its connections.
+    pub errors: Option<u64>,
+    /// From its `stats`: messages lost (sequence gaps), connections and states.
+    pub lost: Option<u64>,
+    /// The last handled count and when it was read, for the rate.
+    last: Option<(Instant, u64)>,
 }
 
 type Table = Arc<Mutex<Vec<Status>>>;
@@ -422,7 +432,13 @@ async fn keep(
         let early = tokio::select! {
             r = tokio::time::timeout(inst.ready_timeout, ready(&inst, &mut child)) => match r {
                 Ok(None) => {
-                    set(&table, &out, inst.row, |s| s.state = State::Ready).await;
+                    let control = inst.ready_file.as_ref().and_then(|f| control_of(f));
+                    set(&table, &out, inst.row, |s| {
+                        s.state = State::Ready;
+                        s.control = control;
+                        s.last = None;
+                    })
+                    .await;
                     None
                 }
                 Ok(Some(status)) => Some(status),
@@ -516,6 +532,86 @@ async fn keep(
     }
 }
 
+/// The control endpoint a service wrote into its ready file.
+fn control_of(ready_file: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(ready_file).ok()?;
+    let v: serde_json::Value = serde_json::from_str(text.trim()).ok()?;
+    v.get("control")?.as_str().map(str::to_owned)
+}
+
+/// (handled, errors, lost) summed from a `stats` reply.
+fn totals(stats: &serde_json::Value) -> (u64, u64, u64) {
+    let (mut handled, mut errors, mut lost) = (0, 0, 0);
+    let field = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+    for list in ["connections", "states"] {
+        for c in stats
+            .get(list)
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let kind = c
+                .get("kind")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("");
+            handled += match kind {
+                "replyer" => field(c, "requests"),
+                "subscriber" => field(c, "delivered"),
+                "puller" => field(c, "pulled"),
+                _ => None,
+            }
+            .unwrap_or(0);
+            if kind != "requester" {
+                errors += field(c, "errors").unwrap_or(0);
+            }
+            lost += field(c, "lost").unwrap_or(0);
+        }
+    }
+    (handled, errors, lost)
+}
+
+/// Every second, each ready instance's `stats` (bounded by a short timeout), for the table's
+/// rate, errors and lost columns. Only on a terminal: piped output has no table.
+async fn poll_stats(table: Table) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let targets: Vec<(usize, String)> = table
+            .lock()
+            .map(|t| {
+                t.iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.state == State::Ready)
+                    .filter_map(|(i, s)| s.control.clone().map(|c| (i, c)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (row, control) in targets {
+            let reply = service_framework::cli::call(
+                &control,
+                r#"{"verb": "stats"}"#,
+                Duration::from_millis(500),
+            )
+            .await;
+            let Ok(stats) = reply else { continue };
+            let (handled, errors, lost) = totals(&stats);
+            let now = Instant::now();
+            if let Ok(mut t) = table.lock() {
+                let s = &mut t[row];
+                if let Some((then, before)) = s.last {
+                    let dt = now.duration_since(then).as_secs_f64();
+                    if dt > 0.0 {
+                        s.rate = Some(handled.saturating_sub(before) as f64 / dt);
+                    }
+                }
+                s.last = Some((now, handled));
+                s.errors = Some(errors);
+                s.lost = Some(lost);
+            }
+        }
+    }
+}
+
 fn uptime(since: Option<Instant>, state: &State) -> String {
     match since {
         Some(t) if state.running() => {
@@ -540,8 +636,8 @@ fn table_lines(rows: &[Status], title: &str) -> Vec<String> {
         "─".repeat(w + rw + 40 - title.len().min(w + rw + 30))
     )];
     lines.push(format!(
-        "{:<w$}  {:<rw$}  {:<28}  {:>7}  {:>8}  {:>6}",
-        "SERVICE", "RUNS", "STATE", "PID", "RESTARTS", "UPTIME"
+        "{:<w$}  {:<rw$}  {:<28}  {:>7}  {:>8}  {:>6}  {:>8}  {:>6}  {:>6}",
+        "SERVICE", "RUNS", "STATE", "PID", "RESTARTS", "UPTIME", "MSG/S", "ERRORS", "LOST"
     ));
     for r in rows {
         let mut state = r.state.word();
@@ -549,14 +645,18 @@ fn table_lines(rows: &[Status], title: &str) -> Vec<String> {
             state.truncate(27);
             state.push('…');
         }
+        let dash = || "-".to_owned();
         lines.push(format!(
-            "{:<w$}  {:<rw$}  {:<28}  {:>7}  {:>8}  {:>6}",
+            "{:<w$}  {:<rw$}  {:<28}  {:>7}  {:>8}  {:>6}  {:>8}  {:>6}  {:>6}",
             r.name,
             r.runs,
             state,
-            r.pid.map_or("-".into(), |p| p.to_string()),
+            r.pid.map_or_else(dash, |p| p.to_string()),
             r.restarts,
-            uptime(r.since, &r.state)
+            uptime(r.since, &r.state),
+            r.rate.map_or_else(dash, |v| format!("{v:.0}")),
+            r.errors.map_or_else(dash, |v| v.to_string()),
+            r.lost.map_or_else(dash, |v| v.to_string()),
         ));
     }
     lines
@@ -658,6 +758,11 @@ pub async fn up(plan: Plan, options: UpOptions) -> Result<i32, String> {
                 pid: None,
                 restarts: 0,
                 since: None,
+                control: None,
+                rate: None,
+                errors: None,
+                lost: None,
+                last: None,
             })
             .collect(),
     ));
@@ -669,6 +774,9 @@ pub async fn up(plan: Plan, options: UpOptions) -> Result<i32, String> {
         plan.topology.name.clone(),
         width,
     ));
+    let poller = std::io::stdout()
+        .is_terminal()
+        .then(|| tokio::spawn(poll_stats(table.clone())));
     let note = |n: String| {
         let out = out.clone();
         async move {
@@ -807,6 +915,9 @@ pub async fn up(plan: Plan, options: UpOptions) -> Result<i32, String> {
     } else {
         note(format!("not a clean stop: {}", bad.join(", "))).await;
     }
+    if let Some(p) = poller {
+        p.abort();
+    }
     drop(out);
     let _ = printer.await;
     if temporary {
@@ -829,6 +940,11 @@ mod tests {
                 pid: Some(4242),
                 restarts: 2,
                 since: Some(Instant::now()),
+                control: None,
+                rate: Some(1250.2),
+                errors: Some(3),
+                lost: Some(0),
+                last: None,
             },
             Status {
                 name: "source".into(),
@@ -837,17 +953,32 @@ mod tests {
                 pid: None,
                 restarts: 0,
                 since: None,
+                control: None,
+                rate: None,
+                errors: None,
+                lost: None,
+                last: None,
             },
         ];
         let lines = table_lines(&rows, "pipeline");
         assert!(lines[0].contains(" pipeline "), "{lines:?}");
-        assert!(lines[1]
-            .split_whitespace()
-            .eq(["SERVICE", "RUNS", "STATE", "PID", "RESTARTS", "UPTIME"]));
+        assert!(lines[1].split_whitespace().eq([
+            "SERVICE", "RUNS", "STATE", "PID", "RESTARTS", "UPTIME", "MSG/S", "ERRORS", "LOST"
+        ]));
         let cells: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
             cells,
-            ["square.1", "pipeline_square", "ready", "4242", "2", "0s"]
+            [
+                "square.1",
+                "pipeline_square",
+                "ready",
+                "4242",
+                "2",
+                "0s",
+                "1250",
+                "3",
+                "0"
+            ]
         );
         // A long state is cut to its column, so the table keeps its shape.
         assert!(lines[3].starts_with("source  "), "{}", lines[3]);
@@ -858,6 +989,23 @@ mod tests {
         );
         let widths: Vec<usize> = lines[1..].iter().map(|l| l.chars().count()).collect();
         assert!(widths.windows(2).all(|w| w[0] == w[1]), "{lines:#?}");
+    }
+
+    #[test]
+    fn stats_sum_handled_errors_and_lost_by_kind() {
+        let stats = serde_json::json!({
+            "connections": [
+                {"kind": "replyer", "requests": 7, "errors": 2},
+                {"kind": "requester", "requests": 100, "timeouts": 1},
+                {"kind": "subscriber", "delivered": 5, "lost": 3, "errors": 1},
+                {"kind": "puller", "pulled": 4, "errors": 0},
+                {"kind": "publisher", "published": 50},
+            ],
+            "states": [{"kind": "delta_update_in", "lost": 2}],
+        });
+        // A requester's calls are not messages this service handled.
+        assert_eq!(totals(&stats), (16, 3, 5));
+        assert_eq!(totals(&serde_json::json!({})), (0, 0, 0));
     }
 
     #[test]
