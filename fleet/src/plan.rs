@@ -196,6 +196,31 @@ impl Builder<'_> {
         }
     }
 
+    /// `bind_end` binds its `bind_key` slot and `connect_end` connects its `connect_key`
+    /// slot to it: one edge's addresses.
+    fn link(
+        &mut self,
+        (bind_end, bind_in, bind_kind, bind_key): (&End, bool, Kind, &'static str),
+        (conn_end, conn_in, conn_kind, conn_key): (&End, bool, Kind, &'static str),
+    ) {
+        let slot = self.slot(
+            &bind_end.service,
+            bind_in,
+            &bind_end.name,
+            bind_kind,
+            bind_key,
+        );
+        let r = self.bind(&bind_end.service, slot);
+        let slot = self.slot(
+            &conn_end.service,
+            conn_in,
+            &conn_end.name,
+            conn_kind,
+            conn_key,
+        );
+        self.connect(&conn_end.service, slot, r);
+    }
+
     fn connect(&mut self, service: &str, slot: Slot, to: BindRef) {
         let p = self.services.get_mut(service).expect("planned");
         if !p.connects.iter().any(|(s, _)| *s == slot) {
@@ -404,10 +429,10 @@ pub fn plan(
                     ));
                     continue;
                 }
-                let slot = b.slot(&e.to.service, true, &e.to.name, to_kind, "replyer");
-                let r = b.bind(&e.to.service, slot);
-                let slot = b.slot(&e.from.service, false, &e.from.name, from_kind, "requester");
-                b.connect(&e.from.service, slot, r);
+                b.link(
+                    (&e.to, true, to_kind, "replyer"),
+                    (&e.from, false, from_kind, "requester"),
+                );
             }
             Kind::Publisher | Kind::FullOut | Kind::DeltaOut | Kind::BusSubscribers => {
                 if n_in > 1 {
@@ -445,10 +470,10 @@ pub fn plan(
                         ));
                         continue;
                     }
-                    let slot = b.slot(&e.to.service, true, &e.to.name, to_kind, "publishers");
-                    let r = b.bind(&e.to.service, slot);
-                    let slot = b.slot(&e.from.service, false, &e.from.name, from_kind, "publisher");
-                    b.connect(&e.from.service, slot, r);
+                    b.link(
+                        (&e.to, true, to_kind, "publishers"),
+                        (&e.from, false, from_kind, "publisher"),
+                    );
                     if !b.services[&e.from.service].runner.is_python() {
                         b.set_option(
                             &e.from.service,
@@ -462,10 +487,7 @@ pub fn plan(
                 }
                 let (from_keys, to_keys) = (keys(from_kind), keys(to_kind));
                 for (fk, tk) in from_keys.iter().zip(to_keys) {
-                    let slot = b.slot(&e.from.service, false, &e.from.name, from_kind, fk);
-                    let r = b.bind(&e.from.service, slot);
-                    let slot = b.slot(&e.to.service, true, &e.to.name, to_kind, tk);
-                    b.connect(&e.to.service, slot, r);
+                    b.link((&e.from, false, from_kind, fk), (&e.to, true, to_kind, tk));
                 }
             }
             Kind::Pusher => {
@@ -509,10 +531,10 @@ pub fn plan(
                         ));
                         continue;
                     }
-                    let slot = b.slot(&e.from.service, false, &e.from.name, from_kind, "pusher");
-                    let r = b.bind(&e.from.service, slot);
-                    let slot = b.slot(&e.to.service, true, &e.to.name, to_kind, "puller");
-                    b.connect(&e.to.service, slot, r);
+                    b.link(
+                        (&e.from, false, from_kind, "pusher"),
+                        (&e.to, true, to_kind, "puller"),
+                    );
                     b.set_option(
                         &e.from.service,
                         false,
@@ -530,10 +552,10 @@ pub fn plan(
                         ));
                         continue;
                     }
-                    let slot = b.slot(&e.to.service, true, &e.to.name, to_kind, "puller");
-                    let r = b.bind(&e.to.service, slot);
-                    let slot = b.slot(&e.from.service, false, &e.from.name, from_kind, "pusher");
-                    b.connect(&e.from.service, slot, r);
+                    b.link(
+                        (&e.to, true, to_kind, "puller"),
+                        (&e.from, false, from_kind, "pusher"),
+                    );
                     b.set_option(&e.to.service, true, &e.to.name, "is_binder", json!(true));
                     b.set_option(
                         &e.from.service,

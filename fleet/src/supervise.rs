@@ -133,6 +133,25 @@ pub struct Status {
     last: Option<(Instant, u64)>,
 }
 
+impl Status {
+    /// A row for an instance not started yet.
+    pub fn new(name: impl Into<String>, runs: impl Into<String>) -> Status {
+        Status {
+            name: name.into(),
+            runs: runs.into(),
+            state: State::Waiting,
+            pid: None,
+            restarts: 0,
+            since: None,
+            control: None,
+            rate: None,
+            errors: None,
+            lost: None,
+            last: None,
+        }
+    }
+}
+
 type Table = Arc<Mutex<Vec<Status>>>;
 
 enum Out {
@@ -751,19 +770,7 @@ pub async fn up(plan: Plan, options: UpOptions) -> Result<i32, String> {
     let table: Table = Arc::new(Mutex::new(
         instances
             .iter()
-            .map(|i| Status {
-                name: i.name.clone(),
-                runs: plan.services[&i.service].runner.describe(),
-                state: State::Waiting,
-                pid: None,
-                restarts: 0,
-                since: None,
-                control: None,
-                rate: None,
-                errors: None,
-                lost: None,
-                last: None,
-            })
+            .map(|i| Status::new(&i.name, plan.services[&i.service].runner.describe()))
             .collect(),
     ));
     let width = instances.iter().map(|i| i.name.len()).max().unwrap_or(4);
@@ -934,30 +941,18 @@ mod tests {
     fn the_status_table_has_a_row_per_instance_with_state_pid_restarts_and_uptime() {
         let rows = vec![
             Status {
-                name: "square.1".into(),
-                runs: "pipeline_square".into(),
                 state: State::Ready,
                 pid: Some(4242),
                 restarts: 2,
                 since: Some(Instant::now()),
-                control: None,
                 rate: Some(1250.2),
                 errors: Some(3),
                 lost: Some(0),
-                last: None,
+                ..Status::new("square.1", "pipeline_square")
             },
             Status {
-                name: "source".into(),
-                runs: "pipeline_source".into(),
                 state: State::Backoff("killed by SIGKILL; again in 1.0s".into()),
-                pid: None,
-                restarts: 0,
-                since: None,
-                control: None,
-                rate: None,
-                errors: None,
-                lost: None,
-                last: None,
+                ..Status::new("source", "pipeline_source")
             },
         ];
         let lines = table_lines(&rows, "pipeline");
