@@ -590,8 +590,12 @@ fn totals(stats: &serde_json::Value) -> (u64, u64, u64) {
 }
 
 /// Every second, each ready instance's `stats` (bounded by a short timeout), for the table's
-/// rate, errors and lost columns. Only on a terminal: piped output has no table.
+/// rate, errors and lost columns. Only on a terminal: piped output has no table. One
+/// requester per instance is kept while its control address stays the same (a restarted
+/// instance has a new one), so a poll is one round trip, not a new connection.
 async fn poll_stats(table: Table) {
+    use service_framework::connections::{Address, Requester, RequesterOptions, WorkflowId};
+    let mut clients: BTreeMap<usize, (String, Requester)> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -605,13 +609,27 @@ async fn poll_stats(table: Table) {
                     .collect()
             })
             .unwrap_or_default();
+        clients.retain(|row, (addr, _)| targets.iter().any(|(r, a)| r == row && a == addr));
         for (row, control) in targets {
-            let reply = service_framework::cli::call(
-                &control,
-                r#"{"verb": "stats"}"#,
-                Duration::from_millis(500),
-            )
-            .await;
+            let requester = match clients.entry(row) {
+                std::collections::btree_map::Entry::Occupied(e) => &e.into_mut().1,
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let options = RequesterOptions {
+                        timeout: Duration::from_millis(500),
+                        ..Default::default()
+                    };
+                    match Requester::connect(&Address::from(control.as_str()), options) {
+                        Ok(r) => &e.insert((control, r)).1,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let reply = requester
+                .request::<_, serde_json::Value>(
+                    &serde_json::json!({"verb": "stats"}),
+                    WorkflowId::None,
+                )
+                .await;
             let Ok(stats) = reply else { continue };
             let (handled, errors, lost) = totals(&stats);
             let now = Instant::now();

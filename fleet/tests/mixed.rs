@@ -5,11 +5,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{http, workspace_root, UpProcess};
+use support::{bridge_data, call, workspace_root, UpProcess};
 
 const START: Duration = Duration::from_secs(60);
 
@@ -52,43 +51,6 @@ fn assert_prices(prices: &Value, tick: i64, what: &str) {
     }
 }
 
-/// The port `up` printed for a bound slot: `[up] <service> <slot>: 127.0.0.1:PORT`.
-fn slot_port(up: &UpProcess, service: &str, slot: &str) -> String {
-    let prefix = format!("[up] {service} {slot}: ");
-    up.seen
-        .iter()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", up.tail()))
-        .to_owned()
-}
-
-/// `service-framework call ADDRESS JSON`: the reply, parsed.
-fn call(address: &str, args: &str) -> Value {
-    let exe = Path::new(support::UP).with_file_name("service-framework");
-    let o = Command::new(&exe)
-        .args(["call", address, args, "--timeout", "10"])
-        .output()
-        .expect("service-framework call runs");
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "call {address} {args}: {}\n{out}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out:?}: {e}"))
-}
-
-/// POST /api/v1/bus/<route> on the bridge: the reply's `data`.
-fn bridge(port: u16, route: &str, body: &str) -> Value {
-    let (status, text) = http(port, "POST", &format!("/api/v1/bus/{route}"), body);
-    assert_eq!(status, 200, "{route}: {text}");
-    let json = &text[text.find('{').unwrap()..=text.rfind('}').unwrap()];
-    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
-    v["data"].clone()
-}
-
 #[test]
 fn python_and_rust_services_feed_each_other_under_up() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,20 +70,9 @@ fn python_and_rust_services_feed_each_other_under_up() {
             up.tail()
         );
     }
-    let quote_at = slot_port(&up, "quotes", "in.quote.replyer");
-    let board_at = slot_port(&up, "board", "in.get_weather.replyer");
-    const SAYS: &str = "bridge serving on http://127.0.0.1:";
-    let web_port: u16 = up
-        .seen
-        .iter()
-        .find_map(|l| l.find(SAYS).map(|i| &l[i + SAYS.len()..]))
-        .map(|rest| {
-            rest.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-        })
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no bridge port:\n{}", up.tail()));
+    let quote_at = up.slot_address(START, "quotes", "in.quote.replyer");
+    let board_at = up.slot_address(START, "board", "in.get_weather.replyer");
+    let web_port = up.bridge_port(START);
 
     // Rust -> Python, publish/subscribe: the ticker's ticks reach quotes.py, which prices
     // every symbol at each.
@@ -138,7 +89,7 @@ fn python_and_rust_services_feed_each_other_under_up() {
     assert_prices(&serde_json::from_str(prices).unwrap(), tick, &line);
 
     // Rust -> Python, request/reply: the bridge calls quotes.py's replyer.
-    let q = bridge(web_port, "quote", r#"{"symbol": "GLOBEX"}"#);
+    let q = bridge_data(web_port, "/api/v1/bus/quote", r#"{"symbol": "GLOBEX"}"#);
     assert_eq!(q["symbol"], "GLOBEX", "{q}");
     let t = q["tick"].as_i64().expect("a tick");
     assert!(t >= tick, "{q}");
@@ -147,13 +98,13 @@ fn python_and_rust_services_feed_each_other_under_up() {
         "{q}"
     );
     // And so does `service-framework call`; an unknown symbol is an answer, not a crash.
-    let q = call(&quote_at, r#"{"symbol": "NOPE"}"#);
+    let q = call(&quote_at, r#"{"symbol": "NOPE"}"#).expect("it answers");
     assert_eq!(q["price"], -1.0, "{q}");
     assert!(
         q["error"].as_str().unwrap_or("").contains("unknown symbol"),
         "{q}"
     );
-    let q = call(&quote_at, r#"{"symbol": "ACME"}"#);
+    let q = call(&quote_at, r#"{"symbol": "ACME"}"#).expect("it answers");
     assert_eq!(q["symbol"], "ACME", "{q}");
 
     // Python -> Rust, full state: quotes.py publishes the whole board after each tick; the
@@ -161,7 +112,7 @@ fn python_and_rust_services_feed_each_other_under_up() {
     // (The board of the tick seen is published just after the line: asked until there.)
     let deadline = Instant::now() + START;
     let b = loop {
-        let b = call(&board_at, "{}");
+        let b = call(&board_at, "{}").expect("it answers");
         if b["state"]["tick"].as_i64().is_some_and(|t| t >= tick) {
             break b;
         }
@@ -173,7 +124,7 @@ fn python_and_rust_services_feed_each_other_under_up() {
     assert!(b["current_num"].as_i64().unwrap() >= 0, "{b}");
     assert_prices(&state["prices"], t, "the mirror's board");
     // The same through the bridge.
-    let b = bridge(web_port, "board", "{}");
+    let b = bridge_data(web_port, "/api/v1/bus/board", "{}");
     assert!(b["state"]["tick"].as_i64().unwrap() >= t, "{b}");
     assert_prices(
         &b["state"]["prices"],

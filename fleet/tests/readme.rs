@@ -9,17 +9,14 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use support::{http, workspace_root, UpProcess};
+use support::{bridge_data, http, workspace_root, UpProcess};
 
 const WAIT: Duration = Duration::from_secs(300);
 
 fn count(port: u16) -> u64 {
-    let (status, body) = http(port, "POST", "/api/v1/bus/results", "{}");
-    assert_eq!(status, 200, "{body}");
-    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
-    let v: Value = serde_json::from_str(json).unwrap();
-    v["data"]["count"].as_u64().expect("a count")
+    bridge_data(port, "/api/v1/bus/results", "{}")["count"]
+        .as_u64()
+        .expect("a count")
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{http, signal, workspace_root, UpProcess};
+use support::{bridge_data, call, signal, workspace_root, UpProcess};
 
 const START: Duration = Duration::from_secs(60);
 
@@ -138,20 +138,8 @@ fn pipeline_copy(dir: &Path, count: u64, work_ms: u64) -> std::path::PathBuf {
     f
 }
 
-fn bridge_port(up: &mut UpProcess) -> u16 {
-    const SAYS: &str = "bridge serving on http://127.0.0.1:";
-    let l = up.find_line(START, |l| l.contains(SAYS));
-    let rest = &l[l.find(SAYS).unwrap() + SAYS.len()..];
-    let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    port.parse().unwrap_or_else(|e| panic!("{l:?}: {e}"))
-}
-
 fn totals(port: u16) -> Value {
-    let (status, body) = http(port, "POST", "/api/v1/bus/results", "{}");
-    assert_eq!(status, 200, "{body}");
-    let json = &body[body.find('{').unwrap()..=body.rfind('}').unwrap()];
-    let v: Value = serde_json::from_str(json).unwrap();
-    v["data"].clone()
+    bridge_data(port, "/api/v1/bus/results", "{}")
 }
 
 fn sum_of_squares(n: u64) -> i64 {
@@ -164,7 +152,7 @@ fn the_pipeline_loses_nothing_when_a_worker_is_killed_and_restarted() {
     let n = 20_000;
     let file = pipeline_copy(dir.path(), n, 2);
     let mut up = UpProcess::start(&[file.to_str().unwrap()], dir.path());
-    let port = bridge_port(&mut up);
+    let port = up.bridge_port(START);
     let victim = up.first_ready_pid("square.1", START);
     up.find_line(START, |l| l == "[up] every service started");
 
@@ -268,37 +256,12 @@ config = { num_req_to_send = 3 }
     );
 }
 
-/// `service-framework call ADDRESS JSON`: the reply as JSON, or the error line.
-fn call(address: &str, json: &str) -> Result<Value, String> {
-    let exe = Path::new(support::UP).with_file_name("service-framework");
-    let o = std::process::Command::new(exe)
-        .args(["call", address, json, "--timeout", "10"])
-        .output()
-        .expect("service-framework call runs");
-    if o.status.success() {
-        Ok(serde_json::from_slice(&o.stdout).expect("a JSON reply"))
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
-}
-
-/// `[up] <service> <slot>: 127.0.0.1:PORT...` printed at start for every bound slot.
-fn slot_address(up: &mut UpProcess, service: &str, slot: &str) -> String {
-    let prefix = format!("[up] {service} {slot}: ");
-    let l = up.find_line(START, |l| l.starts_with(&prefix));
-    l[prefix.len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn the_order_book_runs_under_up_mirror_converging_and_cancel_reaching_the_exchange() {
     let example = workspace_root().join("examples/order_book/order_book.toml");
     let mut up = UpProcess::start(&[example.to_str().unwrap()], workspace_root());
-    let feed = slot_address(&mut up, "feed", "in.cancel_order.replyer");
-    let book = slot_address(&mut up, "mirror", "in.book.replyer");
+    let feed = up.slot_address(START, "feed", "in.cancel_order.replyer");
+    let book = up.slot_address(START, "mirror", "in.book.replyer");
     up.find_line(START, |l| l == "[up] every service started");
 
     // The mirror follows both delta states: prices arrive as Python's Decimal maps.

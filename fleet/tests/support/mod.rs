@@ -268,3 +268,52 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
     (status, body)
 }
+
+/// `service-framework call ADDRESS JSON` (the binary beside `service-framework-up`): the
+/// reply as JSON, or the error it printed.
+pub fn call(address: &str, json: &str) -> Result<serde_json::Value, String> {
+    let exe = Path::new(UP).with_file_name("service-framework");
+    let o = Command::new(exe)
+        .args(["call", address, json, "--timeout", "10"])
+        .output()
+        .expect("service-framework call runs");
+    if o.status.success() {
+        let out = String::from_utf8_lossy(&o.stdout);
+        Ok(serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out:?}: {e}")))
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// POST `path` on the bridge at 127.0.0.1:`port` with a JSON body: the envelope's `data`
+/// (the status must be 200).
+pub fn bridge_data(port: u16, path: &str, body: &str) -> serde_json::Value {
+    let (status, text) = http(port, "POST", path, body);
+    assert_eq!(status, 200, "{path}: {text}");
+    let json = &text[text.find('{').unwrap()..=text.rfind('}').unwrap()];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+    v["data"].clone()
+}
+
+impl UpProcess {
+    /// The address `up` printed at start for a bound slot:
+    /// `[up] <service> <slot>: 127.0.0.1:PORT`.
+    pub fn slot_address(&mut self, timeout: Duration, service: &str, slot: &str) -> String {
+        let prefix = format!("[up] {service} {slot}: ");
+        let l = self.find_line(timeout, |l| l.starts_with(&prefix));
+        l[prefix.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The bridge's port, from its `bridge serving on http://127.0.0.1:PORT` line.
+    pub fn bridge_port(&mut self, timeout: Duration) -> u16 {
+        const SAYS: &str = "bridge serving on http://127.0.0.1:";
+        let l = self.find_line(timeout, |l| l.contains(SAYS));
+        let rest = &l[l.find(SAYS).unwrap() + SAYS.len()..];
+        let port: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        port.parse().unwrap_or_else(|e| panic!("{l:?}: {e}"))
+    }
+}
