@@ -446,3 +446,22 @@ async fn service_framework_dash_s_bridge_runs_it() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["name"], "bridge");
 }
+
+/// Issue 16: a bridge with no plugin loaded (the stock binary, no flags but a port) starts and
+/// serves its system routes, its (empty) OpenAPI document and an envelope 404 under /api.
+#[tokio::test]
+async fn the_stock_binary_with_no_plugin_serves_its_system_routes() {
+    let dir = scratch("no-plugins");
+    let mut p = Proc::spawn(&bridge_binary(), &["--port", "0"], &dir, &[]);
+    let url = p.url().await;
+    assert_eq!(get(&format!("{url}/health")).await, (200, json!("ok")));
+    assert_eq!(get(&format!("{url}/ping")).await, (200, json!("pong")));
+    let (s, doc) = get(&format!("{url}/api/v1/openapi.json")).await;
+    assert_eq!(s, 200);
+    let paths: Vec<&String> = doc["paths"].as_object().expect("paths").keys().collect();
+    assert!(paths.iter().all(|p| !p.starts_with("/api/")), "{paths:?}");
+    let (s, v) = get(&format!("{url}/api/v1/echo?message=x")).await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["status"], 404, "{v}");
+    assert!(p.terminate().await.success());
+}
