@@ -191,7 +191,7 @@ pub fn main(plugins: Vec<Plugin>) -> ExitCode {
                 "plugins": names,
                 "config": ["server.host", "server.port", "server.enable_proxy", "load_plugins",
                     "load_builtin_plugins", "plugins.<name>", "auth.rules", "auth.oauth", "bus.routes", "bus.streams", "bus.states", "bus.auto_routes",
-                    "server.timestamp_offset", "server.strict_validation"],
+                    "server.timestamp_offset", "server.strict_validation", "metrics.control", "metrics.up", "metrics.timeout_s"],
             })
         );
         return ExitCode::SUCCESS;

@@ -29,6 +29,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "plugins",
     "auth",
     "bus",
+    "metrics",
 ];
 
 /// Everything the bridge is configured with.
@@ -47,6 +48,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// `[bus]`: services on the bus published as routes.
     pub bus: BusSettings,
+    /// `[metrics]`: the bus services whose stats `/metrics` carries.
+    pub metrics: crate::bus_metrics::MetricsSettings,
 }
 
 /// `[server]`.

@@ -30,11 +30,13 @@
 
 pub mod auth;
 pub mod bus;
+pub mod bus_metrics;
 pub mod cli;
 pub mod config;
 pub mod echo;
 pub mod envelope;
 pub mod error;
+pub mod exporter;
 pub mod metrics;
 pub mod oauth;
 pub mod openapi;

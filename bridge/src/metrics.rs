@@ -8,6 +8,9 @@
 //! `route` is the matched route's template (`/api/v1/echo`, `/docs/{*rest}`), never the raw
 //! path, so a client cannot grow the label set: anything no route matched (the proxy's
 //! upstreams, a 404) is `route="(unmatched)"`.
+//!
+//! With `[metrics]` configured, the same page carries the bus services' stats
+//! ([`crate::bus_metrics`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,6 +47,7 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
+    bus: Option<crate::bus_metrics::BusMetrics>,
 }
 
 impl std::fmt::Debug for HttpMetrics {
@@ -59,6 +63,13 @@ fn latency_histogram() -> Histogram {
 
 impl Default for HttpMetrics {
     fn default() -> Self {
+        HttpMetrics::new(None)
+    }
+}
+
+impl HttpMetrics {
+    /// The HTTP metrics, and the bus services' stats when `bus` is given.
+    pub fn new(bus: Option<crate::bus_metrics::BusMetrics>) -> Self {
         let mut registry = Registry::with_prefix("sf_bridge");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -85,17 +96,21 @@ impl Default for HttpMetrics {
             requests,
             latency,
             in_flight,
+            bus,
         }
     }
-}
 
-impl HttpMetrics {
     /// The metrics in the OpenMetrics text format.
-    pub fn encode(&self) -> String {
+    pub async fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+        if let Err(e) = encode_registry(&mut out, &self.registry) {
             tracing::warn!("cannot encode the metrics: {e}");
         }
+        if let Some(bus) = &self.bus {
+            out.push_str(&bus.encode().await);
+        }
+        let _ = encode_eof(&mut out);
         out
     }
 }
@@ -135,7 +150,7 @@ pub async fn serve(State(m): State<Arc<HttpMetrics>>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        m.encode(),
+        m.encode().await,
     )
         .into_response()
 }

@@ -327,7 +327,12 @@ impl Drop for RunningBridge {
 }
 
 fn router(reg: Arc<Registry>, openapi: Arc<Value>, oauth: Option<Arc<OAuth>>) -> Router {
-    let metrics = Arc::new(crate::metrics::HttpMetrics::default());
+    let bus_metrics = &reg.settings.metrics;
+    let metrics = Arc::new(crate::metrics::HttpMetrics::new(
+        bus_metrics
+            .enabled()
+            .then(|| crate::bus_metrics::BusMetrics::new(bus_metrics.clone())),
+    ));
     let mut api = Router::new();
     for (path, routes) in &reg.http {
         let mut mr: MethodRouter<()> = MethodRouter::new();

@@ -1,7 +1,7 @@
 //! The command line, with the original's flags:
 //!
 //! ```text
-//! -s/--service_path   service to run: built-in `bus`, or a service binary (path or name)
+//! -s/--service_path   service to run: built-in `bus` or `broker`, or a service binary (path or name)
 //! -a/--addresses_path addresses.json          -c/--config_path   config.json
 //! -m/--main_mode      run `main`              -cl/--console_loglevel  INFO
 //! -f/--file_loglevel  INFO                    -l/--log_path      log file (hourly rotation)
@@ -111,8 +111,10 @@ usage: service-framework -s SERVICE [-a addresses.json] [-c config.json] [-m] [o
        service-framework stats --watch [SECONDS] [ADDRESS...]   redrawn in place, with rates
        service-framework keygen [--out DIR] [NAME]     a CURVE key pair, NAME.key and NAME.key_secret
        service-framework up [--check] [FILE]           every service of a topology file, by one command
+       service-framework metrics [--listen HOST:PORT] [ADDRESS...] [--up]
+                                                 their stats as a Prometheus scrape target (/metrics)
 
-  -s,  --service_path      built-in service (bus, bridge) or a service binary: a path, or a name found
+  -s,  --service_path      built-in service (bus, broker, bridge) or a service binary: a path, or a name found
                            beside this executable or on PATH
   -a,  --addresses_path    addresses.json          -c, --config_path   config.json
   -m,  --main_mode         run the service's main (a leading-edge service)

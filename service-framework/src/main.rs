@@ -4,6 +4,7 @@
 //! ```text
 //! service-framework -s echo_replyer -a examples/echo/replyer_addresses.json
 //! service-framework -s bus -a bus_addresses.json
+//! service-framework -s broker -a broker_addresses.json
 //! service-framework call 127.0.0.1:18899 '{"to_echo": "hi"}'
 //! service-framework subscribe 127.0.0.1:18900 --topic ticks --count 10
 //! service-framework up examples/pipeline/pipeline.toml
@@ -16,13 +17,18 @@ use std::time::Duration;
 use service_framework::cli::{self, CliArgs};
 use service_framework::{AddressesFile, Error};
 
-const BUILT_INS: &str = "bus, bridge";
+mod builtin_broker;
+
+const BUILT_INS: &str = "bus, broker, bridge";
 
 /// The HTTP bridge lives in its own binary so that this one never compiles axum.
 const BRIDGE_BINARY: &str = "service-framework-bridge";
 
 /// `up` (topologies of services) lives in its own binary too: it reads TOML.
 const UP_BINARY: &str = "service-framework-up";
+
+/// The Prometheus exporter is served by the bridge's crate, for the same reason as the bridge.
+const METRICS_BINARY: &str = "service-framework-metrics";
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -31,6 +37,9 @@ fn main() -> ExitCode {
     }
     if argv.first().is_some_and(|a| a == "up") {
         return exec_service(UP_BINARY, argv);
+    }
+    if argv.first().is_some_and(|a| a == "metrics") {
+        return exec_service(METRICS_BINARY, argv[1..].to_vec());
     }
     let args = match cli::parse(argv.clone()) {
         Ok(a) => a,
@@ -64,12 +73,17 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
+            Some("broker") => {
+                println!("{}", builtin_broker::describe());
+                ExitCode::SUCCESS
+            }
             Some("bridge") => exec_service(BRIDGE_BINARY, vec![OsString::from("describe")]),
             Some(name) => exec_service(name, vec![OsString::from("describe")]),
             None => cli::fail(&Error::Other("describe needs -s SERVICE".into())),
         },
         _ => match args.service.as_deref() {
             Some("bus") => run_bus(&args),
+            Some("broker") => builtin_broker::run(&args),
             Some("bridge") => exec_service(BRIDGE_BINARY, argv),
             Some(name) => exec_service(name, argv),
             None => cli::fail(&Error::Other("-s SERVICE is required".into())),

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod openmetrics;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
