@@ -49,7 +49,7 @@ pub mod trace;
 pub use config::Settings;
 pub use envelope::{EventType, StreamEvent};
 pub use error::{ApiError, Error, Result};
-pub use plugin::{Api, CallType, EventStream, NoParams, Plugin, PluginMetadata};
+pub use plugin::{Api, CallType, EventStream, NoParams, Plugin, PluginMetadata, RemoteApi};
 pub use registry::PluginCtx;
 pub use server::{builtin_plugins, App, Bridge, RunningBridge};
 

@@ -478,6 +478,24 @@ pub(crate) struct ConfigSpec {
 
 type StartHook = Arc<dyn Fn(PluginCtx) -> BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
 
+/// A plugin's state, made once at start from its config.
+pub(crate) type State = Arc<dyn std::any::Any + Send + Sync>;
+
+pub(crate) type StateFactory = Arc<dyn Fn(Value) -> Result<State, ApiError> + Send + Sync>;
+
+/// An API whose argument and result types are known in Rust, for
+/// [`PluginCtx::call_api`](crate::PluginCtx::call_api): `Self` holds the keyword arguments
+/// (query parameters by name, the body under its parameter's name) and serializes to them.
+/// `#[plugin]` implements it for each API (`<plugin>_api::<Method>`); write it by hand for
+/// a builder API.
+pub trait RemoteApi: Serialize {
+    /// What `required_remote_apis` names: `"GET /api/v1/path"` (the method picks one of a
+    /// path's APIs) or a function name `plugin.Type.method`.
+    const NAME: &'static str;
+    /// The handler's result (for a stream, a `Vec` of its `message_chunk` payloads).
+    type Output: DeserializeOwned;
+}
+
 /// A plugin: metadata, an optional typed config, APIs and an optional start hook.
 #[derive(Clone)]
 pub struct Plugin {
@@ -486,6 +504,7 @@ pub struct Plugin {
     pub(crate) config: Option<ConfigSpec>,
     pub(crate) apis: Vec<Api>,
     pub(crate) on_start: Option<StartHook>,
+    pub(crate) state: Option<StateFactory>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -509,6 +528,7 @@ impl Plugin {
             config: None,
             apis: Vec::new(),
             on_start: None,
+            state: None,
         }
     }
 
@@ -552,6 +572,23 @@ impl Plugin {
         Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
     {
         self.on_start = Some(Arc::new(move |ctx| Box::pin(f(ctx))));
+        self
+    }
+
+    /// The plugin's state `S`, made once when the bridge starts from its config `C`
+    /// (`plugins.<name>` as given to [`Plugin::config`]; [`NoParams`] when it has none),
+    /// before the start hooks run. Handlers read it with [`PluginCtx::state`] (shared by
+    /// every request, so it holds its own locks where it changes). An error stops the start.
+    pub fn state<C, S, F>(mut self, make: F) -> Self
+    where
+        C: DeserializeOwned + 'static,
+        S: Send + Sync + 'static,
+        F: Fn(C) -> Result<S, ApiError> + Send + Sync + 'static,
+    {
+        self.state = Some(Arc::new(move |config| {
+            let c: C = from_json(config, "config")?;
+            make(c).map(|s| Arc::new(s) as State)
+        }));
         self
     }
 

@@ -18,11 +18,23 @@ use crate::plugin::{self, Api, CallType, HandlerSpec, Output, Plugin, PluginMeta
 use crate::proxy::Proxy;
 
 /// A loaded plugin.
-#[derive(Debug)]
 pub(crate) struct PluginInfo {
     pub meta: PluginMetadata,
     pub type_name: String,
     pub config: Value,
+    /// What [`Plugin::state`] made at start.
+    pub state: Option<plugin::State>,
+}
+
+impl std::fmt::Debug for PluginInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginInfo")
+            .field("meta", &self.meta)
+            .field("type_name", &self.type_name)
+            .field("config", &self.config)
+            .field("state", &self.state.is_some())
+            .finish()
+    }
 }
 
 /// One API of a loaded plugin.
@@ -125,10 +137,20 @@ impl Registry {
             return Err(Error::Plugin(format!("plugin {name:?} is loaded twice")));
         }
         let config = self.plugin_config(p)?;
+        let state = match &p.state {
+            Some(make) => Some(make(config.clone()).map_err(|e| {
+                Error::Plugin(format!(
+                    "plugin {name:?}: its state cannot be made: {}",
+                    e.message
+                ))
+            })?),
+            None => None,
+        };
         let info = Arc::new(PluginInfo {
             meta: p.meta.clone(),
             type_name: p.type_name.clone(),
             config,
+            state,
         });
         self.plugins.push(info.clone());
         for api in &p.apis {
@@ -261,6 +283,14 @@ impl Registry {
         for info in &self.plugins {
             let mut mine = HashMap::new();
             for name in &info.meta.required_remote_apis {
+                if let Some(methods) = self.ambiguous(name) {
+                    return Err(Error::Plugin(format!(
+                        "plugin {:?} requires {name:?} (required_remote_apis), but that path has several methods ({}): name one, e.g. \"{} {name}\"",
+                        info.meta.name,
+                        methods.join(", "),
+                        methods[0],
+                    )));
+                }
                 let target = self.lookup(name).or_else(|| self.proxied(name)).ok_or_else(|| {
                     let hint = if name.starts_with('/') && !name.starts_with(crate::API_PREFIX) {
                         format!(" (HTTP APIs are named by their full path, e.g. {})", plugin::prefixed(name))
@@ -293,10 +323,20 @@ impl Registry {
             .then(|| Target::Proxy(method, path.to_owned()))
     }
 
-    /// `"/api/v1/x"`, `"POST /api/v1/x"` or a function name.
+    /// The methods of a path named without one, when it has several (which one is meant
+    /// cannot be told).
+    fn ambiguous(&self, name: &str) -> Option<Vec<String>> {
+        let routes = self.http.get(name)?;
+        (routes.len() > 1).then(|| routes.iter().map(|(m, _)| m.to_string()).collect())
+    }
+
+    /// `"/api/v1/x"` (a path with one method), `"POST /api/v1/x"` or a function name.
     fn lookup(&self, name: &str) -> Option<Target> {
         let (method, path) = match name.split_once(' ') {
-            Some((m, p)) if p.starts_with('/') => (Method::from_bytes(m.as_bytes()).ok(), p),
+            Some((m, p)) if p.starts_with('/') => (
+                Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).ok(),
+                p.trim(),
+            ),
             _ => (None, name),
         };
         if path.starts_with('/') {
@@ -352,6 +392,46 @@ impl PluginCtx {
     /// The plugin's config, `plugins.<name>`, as its declared model (checked at start).
     pub fn config<C: DeserializeOwned>(&self) -> Result<C, ApiError> {
         plugin::from_json(self.plugin.config.clone(), "config")
+    }
+
+    /// The state [`Plugin::state`](crate::Plugin::state) made at start (a 500 naming the
+    /// type if the plugin has none of that type).
+    pub fn state<S: Send + Sync + 'static>(&self) -> Result<Arc<S>, ApiError> {
+        self.plugin
+            .state
+            .clone()
+            .and_then(|s| s.downcast::<S>().ok())
+            .ok_or_else(|| {
+                ApiError::internal(format!(
+                    "plugin {:?} has no state of type {}",
+                    self.plugin.meta.name,
+                    std::any::type_name::<S>()
+                ))
+            })
+    }
+
+    /// [`call_plugin_api`](Self::call_plugin_api) with Rust types: `args` is the API's
+    /// keyword arguments as a [`RemoteApi`](crate::RemoteApi) (`#[plugin]` makes one per
+    /// API, `inventory_api::Stock::new(..)`), and the answer is its `Output`. `A::NAME` must
+    /// be in this plugin's `required_remote_apis`, as for the JSON form.
+    pub async fn call_api<A: crate::plugin::RemoteApi>(
+        &self,
+        args: A,
+    ) -> Result<A::Output, ApiError> {
+        let kwargs = serde_json::to_value(&args).map_err(|e| {
+            ApiError::internal(format!(
+                "{}: the arguments cannot be serialized: {e}",
+                A::NAME
+            ))
+        })?;
+        let answer = self.call_plugin_api(A::NAME, kwargs).await?;
+        serde_json::from_value(answer).map_err(|e| {
+            ApiError::internal(format!(
+                "{}: the answer is not a {}: {e}",
+                A::NAME,
+                std::any::type_name::<A::Output>()
+            ))
+        })
     }
 
     /// Calls an API this plugin declared in `required_remote_apis`: an HTTP path or a
