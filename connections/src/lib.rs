@@ -53,5 +53,8 @@ pub use wire::{ErrorCode, TraceParent, WireError, WorkflowId};
 
 /// The transport's security: keys, certificates, the authorizer of client keys, and the
 /// [`Security`] every connection's options take.
+/// A socket's live count of connected peers (see each connection's `peer_gauge`).
+pub use sf_zmtp::PeerGauge;
+
 pub use sf_zmtp::security;
 pub use sf_zmtp::security::Security;

@@ -190,11 +190,11 @@ impl Pusher {
         &self.stats
     }
 
-    /// Pullers connected now (a plain pusher; `None` for an acked one).
-    pub fn peer_count(&self) -> Option<usize> {
+    /// Pullers connected now.
+    pub fn peer_count(&self) -> usize {
         match &self.socket {
-            PushSide::Plain(socket) => Some(socket.peer_count()),
-            PushSide::Acked(_) => None,
+            PushSide::Plain(socket) => socket.peer_count(),
+            PushSide::Acked(book) => book.socket.peer_count(),
         }
     }
 
@@ -697,6 +697,16 @@ pub struct Puller {
     max: usize,
     stats: Arc<Stats>,
     _stop: DropCancel,
+}
+
+impl Puller {
+    /// Pushers connected now, readable after the puller has moved into its consumer.
+    pub fn peer_gauge(&self) -> sf_zmtp::PeerGauge {
+        match &self.socket {
+            PullSide::Plain(socket) => socket.peer_gauge(),
+            PullSide::Acked { tx, .. } => tx.peer_gauge(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Puller {

@@ -63,6 +63,7 @@ impl Default for ReplyerOptions {
 #[derive(Debug)]
 pub struct Replyer {
     endpoint: String,
+    peers: sf_zmtp::PeerGauge,
     stats: Arc<Stats>,
     stop: CancellationToken,
     done: tokio::task::JoinHandle<()>,
@@ -92,10 +93,12 @@ impl Replyer {
             stats.clone(),
             stop.clone(),
         );
+        let peers = socket.peer_gauge();
         let done = tokio::spawn(serve(socket, handler, options, stats.clone(), stop.clone()));
         tracing::debug!(%endpoint, "replyer bound");
         Ok(Replyer {
             endpoint,
+            peers,
             stats,
             stop,
             done,
@@ -110,6 +113,11 @@ impl Replyer {
     /// Live counters.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// Requesters connected now.
+    pub fn peer_gauge(&self) -> sf_zmtp::PeerGauge {
+        self.peers.clone()
     }
 
     /// Starts the stop without waiting for it: from now on new requests are answered

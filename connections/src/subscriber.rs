@@ -90,6 +90,7 @@ pub struct Subscriber {
     acks: Option<Acks>,
     stats: Arc<Stats>,
     connections: watch::Receiver<u64>,
+    peers: sf_zmtp::PeerGauge,
     stop: CancellationToken,
 }
 
@@ -164,6 +165,7 @@ impl Subscriber {
         };
         let (conn_tx, connections) = watch::channel(0u64);
         count_connections(socket.monitor(), conn_tx, stop.clone());
+        let peers = socket.peer_gauge();
         tokio::spawn(reader.run(socket, tx, ack_rx, sub_id, stop.clone()));
         Ok(Subscriber {
             endpoint,
@@ -171,6 +173,7 @@ impl Subscriber {
             acks,
             stats,
             connections,
+            peers,
             stop,
         })
     }
@@ -190,6 +193,11 @@ impl Subscriber {
     /// it missed while it was cut off (its subscription is re-sent on the new connection).
     pub fn connections(&self) -> watch::Receiver<u64> {
         self.connections.clone()
+    }
+
+    /// Publishers connected now, readable after the subscriber has moved into its consumer.
+    pub fn peer_gauge(&self) -> sf_zmtp::PeerGauge {
+        self.peers.clone()
     }
 
     /// Live counters (`lost` counts sequence gaps from framework publishers).

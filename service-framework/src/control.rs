@@ -16,7 +16,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sf_connections::wire::{ErrorCode, WireError, WorkflowId};
 use sf_connections::{
-    Address, Counter, Publisher, Pusher, Replyer, ReplyerOptions, RequestMeta, Requester, Stats,
+    Address, Counter, PeerGauge, Publisher, Pusher, Replyer, ReplyerOptions, RequestMeta,
+    Requester, Stats,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,14 +34,15 @@ pub const CONTROL_ENV: &str = "SF_CONTROL";
 
 /// What one of the service's connections lets the control endpoint read.
 pub(crate) enum Probe {
-    Replyer(Arc<Stats>),
+    /// The replyer's counters, and its connected requesters.
+    Replyer(Arc<Stats>, PeerGauge),
     Requester(Requester),
     Publisher(Publisher),
-    /// The subscriber's own counters, and its handler's.
-    Subscriber(Arc<Stats>, Arc<Stats>),
+    /// The subscriber's own counters, its handler's, and its connected publishers.
+    Subscriber(Arc<Stats>, Arc<Stats>, PeerGauge),
     Pusher(Pusher),
-    /// The puller's own counters, and its handler's.
-    Puller(Arc<Stats>, Arc<Stats>),
+    /// The puller's own counters, its handler's, and its connected pushers.
+    Puller(Arc<Stats>, Arc<Stats>, PeerGauge),
     External,
 }
 
@@ -228,8 +230,11 @@ impl Introspect {
             let count = match &c.probe {
                 Probe::Requester(r) => Some(r.peer_count()),
                 Probe::Publisher(p) => Some(*p.subscriber_changes().borrow()),
-                Probe::Pusher(p) => p.peer_count(),
-                _ => None,
+                Probe::Pusher(p) => Some(p.peer_count()),
+                Probe::Replyer(_, peers)
+                | Probe::Subscriber(_, _, peers)
+                | Probe::Puller(_, _, peers) => Some(peers.count()),
+                Probe::External => None,
             };
             if let Some(n) = count {
                 peers.push(json!({
@@ -279,7 +284,7 @@ fn conn_stats(c: &Conn) -> Value {
         m.insert(key.into(), v.into());
     };
     match &c.probe {
-        Probe::Replyer(s) => {
+        Probe::Replyer(s, _) => {
             let errors = [
                 Counter::InvalidArgs,
                 Counter::Malformed,
@@ -313,7 +318,7 @@ fn conn_stats(c: &Conn) -> Value {
                 *p.subscriber_changes().borrow() as u64,
             );
         }
-        Probe::Subscriber(s, h) => {
+        Probe::Subscriber(s, h, _) => {
             put(&mut m, "received", s.get(Counter::Received));
             put(&mut m, "delivered", s.get(Counter::Delivered));
             put(&mut m, "lost", s.get(Counter::Lost));
@@ -333,7 +338,7 @@ fn conn_stats(c: &Conn) -> Value {
             put(&mut m, "timeouts", s.get(Counter::Timeouts));
             put(&mut m, "in_flight", p.in_flight() as u64);
         }
-        Probe::Puller(s, h) => {
+        Probe::Puller(s, h, _) => {
             put(&mut m, "pulled", s.get(Counter::Received));
             handler_figures(
                 &mut m,

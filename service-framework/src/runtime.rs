@@ -449,7 +449,7 @@ async fn serve_inbound(
                     name: m.name.clone(),
                     side: "in",
                     kind: m.kind.name(),
-                    probe: Probe::Replyer(r.stats().clone()),
+                    probe: Probe::Replyer(r.stats().clone(), r.peer_gauge()),
                 });
                 replyers.push(r);
             }
@@ -478,7 +478,11 @@ async fn serve_inbound(
                     name: m.name.clone(),
                     side: "in",
                     kind: m.kind.name(),
-                    probe: Probe::Subscriber(sub.stats().clone(), handled.clone()),
+                    probe: Probe::Subscriber(
+                        sub.stats().clone(),
+                        handled.clone(),
+                        sub.peer_gauge(),
+                    ),
                 });
                 tracker.spawn(
                     consume(
@@ -518,7 +522,11 @@ async fn serve_inbound(
                     name: m.name.clone(),
                     side: "in",
                     kind: m.kind.name(),
-                    probe: Probe::Puller(puller.stats().clone(), handled.clone()),
+                    probe: Probe::Puller(
+                        puller.stats().clone(),
+                        handled.clone(),
+                        puller.peer_gauge(),
+                    ),
                 });
                 let consumer = consume(
                     "puller handler",

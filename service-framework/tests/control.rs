@@ -209,6 +209,19 @@ async fn every_verb_and_counters_that_move_by_what_was_sent() {
     assert_eq!(health["stopping"], false);
     let doubler = conn(&health, "doubler");
     assert_eq!(doubler["up"], true, "{health}");
+    // Every connection with peers reports them: the testkit's publisher, pusher and the
+    // puller capturing `done_out` are connected, one each.
+    for name in ["ticks_in", "jobs_in", "done_out", "sums_out"] {
+        let c = conn(&health, name);
+        assert_eq!(c["peers"], 1, "{name}: {health}");
+        assert_eq!(c["up"], true, "{name}: {health}");
+    }
+    assert!(conn(&health, "add")["peers"].is_u64(), "{health}");
+    assert_eq!(
+        health["connections"].as_array().unwrap().len(),
+        6,
+        "{health}"
+    );
 
     // An unknown verb names the verbs.
     match ask(&control, "reboot").await {
@@ -375,4 +388,48 @@ fn cli_ls_ping_info_stats_over_control_addresses() {
     assert!(!dead.status.success());
     assert!(dead.stderr.contains("127.0.0.1:1"), "{}", dead.stderr);
     handle.stop().unwrap();
+}
+
+/// Asks `health` until `conn`'s peer count is `want` (within 5 s).
+async fn wait_peers(control: &str, conn_name: &str, want: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let h = ask(control, "health").await.unwrap();
+        if conn(&h, conn_name)["peers"] == want {
+            return h;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{conn_name} never had {want} peers: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_counts_a_replyers_callers_as_they_come_and_go() {
+    let def = ServiceDef::new("adder").replyer(ADD, |args, _ctx| async move {
+        Ok(Sum {
+            total: args.a + args.b,
+        })
+    });
+    let svc = TestService::start(def).await.unwrap();
+    let control = svc.control().unwrap().to_owned();
+    wait_peers(&control, "add", 0).await;
+    let endpoint = svc.endpoint("add").unwrap().to_owned();
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            service_framework::connections::Requester::connect(
+                &endpoint.as_str().into(),
+                Default::default(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let h = wait_peers(&control, "add", 2).await;
+    assert_eq!(conn(&h, "add")["up"], true);
+    drop(callers);
+    let h = wait_peers(&control, "add", 0).await;
+    assert_eq!(conn(&h, "add")["up"], false);
+    svc.stop().await.unwrap();
 }

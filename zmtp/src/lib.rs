@@ -54,7 +54,7 @@ pub use monitor::{Event, PeerId, SocketStats};
 pub use options::{Heartbeat, SocketOptions, SocketType};
 pub use security::{Authorizer, KeyPair, PublicKey, SecretKey, Security};
 pub use socket::{
-    DealerSender, DealerSocket, PubSocket, PullSocket, PushSocket, Receiver, RouterSender,
-    RouterSocket, SubSocket, XPubSocket, XSubSocket,
+    DealerSender, DealerSocket, PeerGauge, PubSocket, PullSocket, PushSocket, Receiver,
+    RouterSender, RouterSocket, SubSocket, XPubSocket, XSubSocket,
 };
 pub use wire::Limits;

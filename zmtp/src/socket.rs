@@ -33,6 +33,24 @@ impl Drop for Guard {
     }
 }
 
+/// A socket's number of connected peers (handshake finished), readable from anywhere; 0 once
+/// the socket is gone. It does not keep the socket alive.
+#[derive(Debug, Clone)]
+pub struct PeerGauge(std::sync::Weak<Core>);
+
+impl PeerGauge {
+    /// Peers connected now.
+    pub fn count(&self) -> usize {
+        self.0.upgrade().map_or(0, |core| {
+            if core.stop.is_cancelled() {
+                0
+            } else {
+                core.peer_count()
+            }
+        })
+    }
+}
+
 /// What every kind has: the shared core, the inbox, the guard.
 #[derive(Debug)]
 struct Socket {
@@ -155,6 +173,12 @@ macro_rules! common {
             /// Peers connected now (handshake finished).
             pub fn peer_count(&self) -> usize {
                 self.s.core.peer_count()
+            }
+
+            /// A count of connected peers that can be read after the socket has moved into
+            /// a task (for health reports).
+            pub fn peer_gauge(&self) -> PeerGauge {
+                PeerGauge(Arc::downgrade(&self.s.core))
             }
 
             /// Waits until at least `n` peers are connected (or the socket closes).
@@ -290,6 +314,11 @@ impl DealerSender {
     pub fn peer_count(&self) -> usize {
         self.core.peer_count()
     }
+
+    /// As [`DealerSocket::peer_gauge`].
+    pub fn peer_gauge(&self) -> PeerGauge {
+        PeerGauge(Arc::downgrade(&self.core))
+    }
 }
 
 /// The receive half of a split socket.
@@ -385,6 +414,11 @@ impl RouterSender {
     /// As [`RouterSocket::send`].
     pub fn send(&self, msg: impl Into<Message>) -> Result<()> {
         self.core.send_routed(msg.into())
+    }
+
+    /// As [`RouterSocket::peer_gauge`].
+    pub fn peer_gauge(&self) -> PeerGauge {
+        PeerGauge(Arc::downgrade(&self.core))
     }
 }
 
