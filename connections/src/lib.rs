@@ -19,6 +19,7 @@
 //!   mode (at-least-once, redelivery when a worker is lost).
 //! - [`external`]: an out-connection that calls a local async function.
 //! - [`proxy`]: the XSUB/XPUB bus proxy.
+//! - [`mdp`]: the Majordomo (MDP 0.2) broker and its framing.
 //! - [`stats`]: the counters every connection keeps.
 
 pub mod address;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod external;
 pub mod handler;
 pub mod logline;
+pub mod mdp;
 pub mod pipeline;
 pub mod proxy;
 pub mod publisher;

@@ -1,0 +1,20 @@
+//! Majordomo (MDP 0.2, rfc.zeromq.org spec 18): a broker that clients and workers meet at,
+//! and the framework's replyers as MDP workers.
+//!
+//! - [`proto`]: the commands as frames, parsed and built with no I/O (shared by the broker,
+//!   the worker, and any MDP client: a requester calling through a broker sends
+//!   [`proto::client_request`] on a DEALER and reads [`proto::parse_client_reply`]).
+//! - [`broker`]: the broker's state machine ([`BrokerCore`]), pure and unit-tested.
+//! - [`server`]: [`Broker`], that state machine on one ROUTER socket (`service-framework -s
+//!   broker` runs it).
+//!
+//! Any MDP 0.2 client or worker works with the broker, not only the framework's:
+//! `tests/tests/mdp.rs` proves it with a client and a worker written in Python from the spec.
+
+pub mod broker;
+pub mod proto;
+pub mod server;
+
+pub use broker::{BrokerCore, BrokerOptions};
+pub use proto::{BrokerStatus, ClientReply, ProtoError, ToBroker, ToWorker};
+pub use server::Broker;

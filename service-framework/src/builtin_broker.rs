@@ -1,0 +1,207 @@
+//! `service-framework -s broker -a addresses.json`: the Majordomo (MDP 0.2) broker as a
+//! built-in service (the broker itself is `sf_connections::mdp`).
+//!
+//! Its address is the addresses file's `connections.in.broker.router`; clients and workers
+//! all connect there:
+//!
+//! ```json
+//! {"connections": {"in": {"broker": {"router": "127.0.0.1:5555"}}}}
+//! ```
+//!
+//! Tuning, from `-c config.json` (a flat object) or `--key value` on the command line (the
+//! command line wins): `heartbeat_interval_s` (2.5), `heartbeat_liveness` (3),
+//! `max_queued_per_service` (1000), `max_queued_total` (100000), `max_services` (10000),
+//! `request_timeout_s` (30). `--security FILE` (or `SF_SECURITY`) makes it a CURVE server
+//! (entry `connections.in.broker`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use service_framework::cli::{self, CliArgs};
+use service_framework::{AddressesFile, Error};
+use sf_connections::mdp::{Broker, BrokerOptions};
+
+/// What `describe -s broker` prints.
+pub fn describe() -> Value {
+    serde_json::json!({
+        "name": "broker",
+        "description": "Majordomo (MDP 0.2, rfc.zeromq.org spec 18) broker: MDP clients and workers (framework replyers whose address names a broker) connect to connections.in.broker.router",
+        "addresses": {"connections": {"in": {"broker": {"router": "host:port"}}}},
+        "config": {
+            "heartbeat_interval_s": "number, 2.5",
+            "heartbeat_liveness": "integer, 3",
+            "max_queued_per_service": "integer, 1000",
+            "max_queued_total": "integer, 100000",
+            "max_services": "integer, 10000",
+            "request_timeout_s": "number, 30"
+        }
+    })
+}
+
+/// Reads the tuning keys; any other key, or a value of the wrong type, is an error naming it.
+pub fn options(config: &Map<String, Value>) -> Result<BrokerOptions, Error> {
+    let mut o = BrokerOptions::default();
+    for (key, v) in config {
+        let num = || {
+            v.as_f64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .ok_or_else(|| {
+                    Error::Config(format!("broker: {key} must be a number above 0, found {v}"))
+                })
+        };
+        let whole = || {
+            num().and_then(|x| {
+                if x.fract() == 0.0 && x <= u32::MAX as f64 {
+                    Ok(x as u64)
+                } else {
+                    Err(Error::Config(format!(
+                        "broker: {key} must be a whole number, found {v}"
+                    )))
+                }
+            })
+        };
+        match key.as_str() {
+            "heartbeat_interval_s" => o.heartbeat_interval = Duration::from_secs_f64(num()?),
+            "heartbeat_liveness" => o.liveness = whole()? as u32,
+            "max_queued_per_service" => o.max_queued_per_service = whole()? as usize,
+            "max_queued_total" => o.max_queued_total = whole()? as usize,
+            "max_services" => o.max_services = whole()? as usize,
+            "request_timeout_s" => o.request_timeout = Duration::from_secs_f64(num()?),
+            other => {
+                return Err(Error::Config(format!(
+                    "broker: unknown config key {other:?} (known: heartbeat_interval_s, heartbeat_liveness, max_queued_per_service, max_queued_total, max_services, request_timeout_s)"
+                )))
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Runs the broker until SIGINT or SIGTERM.
+pub fn run(args: &CliArgs) -> ExitCode {
+    let _guard = match service_framework::logging::init(&args.log) {
+        Ok(g) => g,
+        Err(e) => return cli::fail(&e),
+    };
+    let Some(path) = &args.addresses else {
+        return cli::fail(&Error::Addresses(
+            "the broker needs -a addresses.json with connections.in.broker.router".into(),
+        ));
+    };
+    let file = match AddressesFile::read(path) {
+        Ok(f) => f,
+        Err(e) => return cli::fail(&e),
+    };
+    let Some(router) = file
+        .connections
+        .inbound
+        .get("broker")
+        .and_then(|e| e.get("router"))
+    else {
+        return cli::fail(&Error::Addresses(format!(
+            "{}: connections.in.broker needs {{\"router\": \"host:port\"}}",
+            path.display()
+        )));
+    };
+    let (security_path, extras) = match cli::security_flag(&args.extras) {
+        Ok(x) => x,
+        Err(e) => return cli::fail(&e),
+    };
+    let mut config = match &args.config {
+        Some(p) => match service_framework::config::read_config_file(p) {
+            Ok(c) => c,
+            Err(e) => return cli::fail(&e),
+        },
+        None => Map::new(),
+    };
+    match service_framework::config::pairs_from_extras(&extras) {
+        Ok(pairs) => {
+            for (k, v) in pairs {
+                config.insert(k, Value::String(v));
+            }
+        }
+        Err(e) => return cli::fail(&e),
+    }
+    let mut options = match options(&config) {
+        Ok(o) => o,
+        Err(e) => return cli::fail(&e),
+    };
+    options.security = match service_framework::security::SecuritySettings::from_flag_or_env(
+        security_path.as_deref(),
+    ) {
+        Ok(Some(s)) => match s.connection(service_framework::security::Side::In, "broker", true) {
+            Ok(sec) => sec,
+            Err(e) => return cli::fail(&e),
+        },
+        Ok(None) => sf_connections::Security::Null,
+        Err(e) => return cli::fail(&e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return cli::fail(&Error::Other(e.to_string())),
+    };
+    rt.block_on(async {
+        let broker = match Broker::bind(router, options).await {
+            Ok(b) => b,
+            Err(e) => return cli::fail(&Error::Other(format!("broker: {e}"))),
+        };
+        tracing::info!(
+            service = "broker",
+            pid = std::process::id(),
+            endpoint = broker.endpoint(),
+            "ready"
+        );
+        let ready_file = cli::ReadyFile::from_env();
+        if let Some(f) = &ready_file {
+            f.write(&serde_json::json!({
+                "service": "broker",
+                "pid": std::process::id(),
+                "endpoints": {"in.broker.router": broker.endpoint()},
+            }));
+        }
+        let reason = service_framework::service::os_signals().await;
+        let stats = broker.stats().clone();
+        tracing::info!(
+            ?reason,
+            requests = stats.get(sf_connections::Counter::Received),
+            replies = stats.get(sf_connections::Counter::Replied),
+            refused = stats.get(sf_connections::Counter::Refused),
+            "broker stopping"
+        );
+        broker.shutdown().await;
+        drop(ready_file);
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuning_keys_are_read_and_mistakes_named() {
+        let c: Map<String, Value> = serde_json::from_str(
+            r#"{"heartbeat_interval_s": "0.5", "heartbeat_liveness": 4, "max_queued_per_service": "7"}"#,
+        )
+        .unwrap();
+        let o = options(&c).unwrap();
+        assert_eq!(o.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(o.liveness, 4);
+        assert_eq!(o.max_queued_per_service, 7);
+        for bad in [
+            r#"{"heartbeat_liveness": 2.5}"#,
+            r#"{"heartbeat_interval_s": -1}"#,
+            r#"{"heartbeat_interval_s": "soon"}"#,
+            r#"{"liveness": 3}"#,
+        ] {
+            let c: Map<String, Value> = serde_json::from_str(bad).unwrap();
+            let e = options(&c).unwrap_err().to_string();
+            assert!(e.contains("broker:"), "{bad}: {e}");
+        }
+    }
+}
