@@ -375,10 +375,23 @@ async fn num_cpus_sets_the_worker_threads_of_the_binary() {
         let url = p.url().await;
         // Tokio names its worker threads "tokio-rt-worker" (its blocking pool's too, and the
         // bridge runs nothing there): once the bridge serves, those are its workers.
+        // A new thread names itself once it runs, so one just spawned still shows the
+        // process's name for a moment: wait (bounded) for every worker to carry its name.
         let pid = p.child.id().expect("running");
-        let names = thread_names(pid);
-        let counted = names.iter().filter(|n| *n == "tokio-rt-worker").count();
-        assert_eq!(counted, workers, "--num-cpus {flag:?}: threads {names:?}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let names = thread_names(pid);
+            let counted = names.iter().filter(|n| *n == "tokio-rt-worker").count();
+            assert!(counted <= workers, "--num-cpus {flag:?}: threads {names:?}");
+            if counted == workers {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "--num-cpus {flag:?}: threads {names:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let (s, v) = get(&format!("{url}/api/v1/echo?message=n")).await;
         assert_eq!((s, data_of(200, &v)), (200, json!("n")));
         assert!(p.terminate().await.success());
