@@ -105,6 +105,24 @@ impl Replyer {
         })
     }
 
+    /// A replyer served some other way (through a broker, see [`crate::mdp::worker`]): its
+    /// parts, stopped and drained as a bound one is.
+    pub(crate) fn assemble(
+        endpoint: String,
+        stats: Arc<Stats>,
+        stop: CancellationToken,
+        done: tokio::task::JoinHandle<()>,
+        peers: sf_zmtp::PeerGauge,
+    ) -> Replyer {
+        Replyer {
+            endpoint,
+            stats,
+            stop,
+            done,
+            peers,
+        }
+    }
+
     /// The endpoint actually bound (the real port when 0 was asked for).
     pub fn endpoint(&self) -> &str {
         &self.endpoint

@@ -186,6 +186,43 @@ impl AddressesFile {
 
     /// The addresses of state `model`: one per socket its kind needs, or an error naming the
     /// missing entry.
+    /// A replyer served through a Majordomo broker: its entry names the broker instead of an
+    /// address to bind, `{"broker": "host:port"}`, with the MDP service name it registers
+    /// under in `"service"` (absent: `<service>.<connection>`, chosen by the runtime).
+    /// `None` for any other entry.
+    pub fn broker_for(
+        &self,
+        model: &ConnectionModel,
+        origin: &str,
+    ) -> Result<Option<(Address, Option<String>)>> {
+        if model.kind != crate::model::ConnectionKind::Replyer {
+            return Ok(None);
+        }
+        let Some(entry) = self.connections.inbound.get(&model.name) else {
+            return Ok(None);
+        };
+        let Some(broker) = entry.get("broker") else {
+            return Ok(None);
+        };
+        let at = format!("{origin}: connections.in.{}", model.name);
+        if let Some(other) = entry.keys().find(|k| *k != "broker" && *k != "service") {
+            return Err(Error::Addresses(format!(
+                "{at}: a replyer served through a broker takes \"broker\" and \"service\" only, found {other:?}{}",
+                if other == "replyer" { " (serve either directly or through the broker)" } else { "" }
+            )));
+        }
+        let service = match entry.get("service") {
+            None => None,
+            Some(Address::Plain(s)) => Some(s.clone()),
+            Some(other) => {
+                return Err(Error::Addresses(format!(
+                    "{at}.service must be a service name (a string), found {other}"
+                )))
+            }
+        };
+        Ok(Some((broker.clone(), service)))
+    }
+
     pub fn state_addresses(&self, model: &StateModel, origin: &str) -> Result<Vec<Address>> {
         let (side_name, side) = if model.kind.is_inbound() {
             ("in", &self.states.inbound)
@@ -238,6 +275,23 @@ impl AddressesFile {
         for m in models.all().filter(|m| m.kind.address_key().is_some()) {
             match self.address_for(m, origin) {
                 Ok(addr) => {
+            match self.broker_for(m, origin) {
+                Ok(Some((broker, _))) => {
+                    if let Err(e) = broker.connect_endpoint() {
+                        problems.push(format!("{origin}: connection {:?}: broker: {e}", m.name));
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(Error::Addresses(msg)) => {
+                    problems.push(msg);
+                    continue;
+                }
+                Err(e) => {
+                    problems.push(e.to_string());
+                    continue;
+                }
+            }
                     let binds = binds(m);
                     let checked = if binds {
                         addr.bind_endpoint()

@@ -69,7 +69,13 @@ impl ConnectionKind {
     /// Creation arguments this kind understands.
     pub fn creation_keys(self) -> &'static [&'static str] {
         match self {
-            ConnectionKind::Replyer => &["max_message_bytes", "max_concurrency"],
+            ConnectionKind::Replyer => &[
+                "max_message_bytes",
+                "max_concurrency",
+                // Served through a broker only: the MDP heartbeat (the broker's own).
+                "heartbeat_interval_s",
+                "heartbeat_liveness",
+            ],
             ConnectionKind::Subscriber => {
                 &["topic", "is_binder", "credit_window", "max_message_bytes"]
             }

@@ -417,7 +417,11 @@ async fn serve_inbound(
     }
     let mut replyers = Vec::new();
     for m in &def.connections.inbound {
-        let address = addresses.address_for(m, &options.addresses_origin)?;
+        let brokered = addresses.broker_for(m, &options.addresses_origin)?;
+        let address = match &brokered {
+            Some((broker, _)) => broker.clone(),
+            None => addresses.address_for(m, &options.addresses_origin)?,
+        };
         let conn_err = |source| Error::Connection {
             name: m.name.clone(),
             source,
@@ -438,9 +442,32 @@ async fn serve_inbound(
                 if let Some(v) = m.creation_u64("max_concurrency") {
                     opts.max_concurrency = v as usize;
                 }
-                let r = Replyer::bind(&address, make(ctx.clone()), opts)
-                    .await
-                    .map_err(conn_err)?;
+                let r = match brokered {
+                    // As MDP workers of a Majordomo broker (`service-framework -s broker`):
+                    // one per `max_concurrency` (default 1), each serving one request at once.
+                    Some((broker, service)) => {
+                        let mut worker = sf_connections::mdp::WorkerOptions::default();
+                        if let Some(s) = m.creation_f64("heartbeat_interval_s") {
+                            worker.heartbeat_interval =
+                                std::time::Duration::from_secs_f64(s.max(0.001));
+                        }
+                        if let Some(n) = m.creation_u64("heartbeat_liveness") {
+                            worker.liveness = n.clamp(1, 1000) as u32;
+                        }
+                        worker.workers = m.creation_u64("max_concurrency").unwrap_or(1) as usize;
+                        let service = service.unwrap_or_else(|| format!("{}.{}", def.name, m.name));
+                        sf_connections::mdp::worker::serve(
+                            &broker,
+                            &service,
+                            make(ctx.clone()),
+                            opts,
+                            worker,
+                        )
+                        .await
+                    }
+                    None => Replyer::bind(&address, make(ctx.clone()), opts).await,
+                }
+                .map_err(conn_err)?;
                 ready
                     .endpoints
                     .insert(format!("in.{}", m.name), r.endpoint().to_owned());
@@ -728,7 +755,7 @@ fn check_values(
             "retries" | "max_message_bytes" | "max_concurrency" | "credit_window" => {
                 (value.is_u64(), "a whole number")
             }
-            "window" | "concurrency" => (
+            "window" | "concurrency" | "heartbeat_liveness" => (
                 value.as_u64().is_some_and(|n| n >= 1),
                 "a whole number (1 or more)",
             ),

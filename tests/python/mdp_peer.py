@@ -18,8 +18,8 @@ then reconnects on a new socket and registers again, as the spec says), `broker_
 Stdin: `disconnect` (send DISCONNECT, exit), `quit`.
 
 Client (a DEALER, as the spec requires): stdin lines
-    {"service": S, "body": [frames...], "timeout_ms": T}
-answered by {"partials": [[frames]...], "final": [frames], "service": S} or {"timeout": true};
+    {"service": S, "body": [frames...], "timeout_ms": T}   ("body_hex" for binary frames)
+answered by {"partials": [[frames]...], "final": [frames], "final_hex": [...], "service": S} or {"timeout": true};
     {"raw": [hex frames]}   sends those frames as they are, answered {"sent": true};
     {"recv_ms": T}          prints the next message's frames, or {"timeout": true}.
 """
@@ -159,7 +159,11 @@ def run_client(broker):
                 out(timeout=True)
             continue
         service = req['service'].encode()
-        sock.send_multipart([CLIENT, C_REQUEST, service] + [f.encode() for f in req['body']])
+        if 'body_hex' in req:
+            body = [bytes.fromhex(f) for f in req['body_hex']]
+        else:
+            body = [f.encode() for f in req['body']]
+        sock.send_multipart([CLIENT, C_REQUEST, service] + body)
         partials = []
         deadline = time.time() + req.get('timeout_ms', 5000) / 1000.0
         answered = False
@@ -173,7 +177,8 @@ def run_client(broker):
             if frames[1] == C_PARTIAL:
                 partials.append(body)
             elif frames[1] == C_FINAL:
-                out(partials=partials, final=body, service=frames[2].decode())
+                out(partials=partials, final=body, service=frames[2].decode(),
+                    final_hex=[f.hex() for f in frames[3:]])
                 answered = True
                 break
             else:

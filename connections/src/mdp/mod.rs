@@ -7,6 +7,8 @@
 //! - [`broker`]: the broker's state machine ([`BrokerCore`]), pure and unit-tested.
 //! - [`server`]: [`Broker`], that state machine on one ROUTER socket (`service-framework -s
 //!   broker` runs it).
+//! - [`worker`]: a framework replyer served through a broker, as MDP workers (an addresses
+//!   entry `{"broker": "host:port", "service": "name"}` instead of `{"replyer": ...}`).
 //!
 //! Any MDP 0.2 client or worker works with the broker, not only the framework's:
 //! `tests/tests/mdp.rs` proves it with a client and a worker written in Python from the spec.
@@ -14,7 +16,9 @@
 pub mod broker;
 pub mod proto;
 pub mod server;
+pub mod worker;
 
 pub use broker::{BrokerCore, BrokerOptions};
 pub use proto::{BrokerStatus, ClientReply, ProtoError, ToBroker, ToWorker};
 pub use server::Broker;
+pub use worker::WorkerOptions;

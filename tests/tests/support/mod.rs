@@ -174,6 +174,29 @@ impl Proc {
         }
     }
 
+    /// Waits until `n` lines (printed or to come) hold `pred`.
+    pub async fn wait_count(&self, pred: impl Fn(&str) -> bool, n: usize, timeout: Duration) {
+        let mut changed = self.changed.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            changed.borrow_and_update();
+            if self.count_lines(&pred) >= n {
+                return;
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, changed.changed()).await,
+                Ok(Ok(()))
+            ) && self.count_lines(&pred) < n
+            {
+                panic!(
+                    "{}: fewer than {n} such lines within {timeout:?}\n{}",
+                    self.name,
+                    self.dump()
+                );
+            }
+        }
+    }
+
     /// Lines printed so far that hold `pred`.
     pub fn count_lines(&self, pred: impl Fn(&str) -> bool) -> usize {
         self.lines

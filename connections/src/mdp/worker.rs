@@ -1,0 +1,386 @@
+//! A framework replyer served through a Majordomo broker: instead of binding a ROUTER, it
+//! connects to the broker as one or more MDP 0.2 workers for one service name and runs the
+//! same handler on what they are given.
+//!
+//! Request and reply bodies are the framework's own envelopes (one frame each), so
+//! validation, error replies, workflow ids and trace ids work exactly as over a direct
+//! connection. Each worker serves one request at a time (MDP's rule); `workers` of them
+//! serve that many at once.
+//!
+//! Each worker registers (READY), heartbeats every interval (sending nothing else in it), and
+//! takes the broker for gone after `liveness` intervals of silence. On DISCONNECT from the
+//! broker, or a silent broker, it closes its socket and registers again on a new one, as the
+//! spec says: a restarted broker gets its workers back within a heartbeat or two. On stop it
+//! finishes the request in hand (within the drain timeout; past it the caller is answered
+//! `unavailable`), then sends DISCONNECT.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use sf_zmtp::{DealerSocket, Message};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::proto::{self, ToWorker};
+use crate::address::Address;
+use crate::error::{Error, Result};
+use crate::handler::{Outcome, RawHandler};
+use crate::logline::{escape, WARNINGS};
+use crate::replyer::{Replyer, ReplyerOptions};
+use crate::stats::{Counter, Stats};
+use crate::wire::{ErrorCode, WireError, WorkflowId};
+
+/// How a replyer behaves as MDP workers. The heartbeat must match the broker's.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Heartbeat interval (default 2.5 s, as the broker's default).
+    pub heartbeat_interval: Duration,
+    /// Intervals of broker silence before re-registering (default 3).
+    pub liveness: u32,
+    /// Workers (connections to the broker), each serving one request at a time (default 1).
+    pub workers: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            heartbeat_interval: Duration::from_millis(2500),
+            liveness: 3,
+            workers: 1,
+        }
+    }
+}
+
+/// Most workers one replyer registers.
+pub const MAX_WORKERS: usize = 256;
+
+/// Connects `workers` MDP workers for `service` to the broker at `broker` and serves their
+/// requests with `handler`. The returned [`Replyer`] stops, drains and counts as a bound
+/// one does; its endpoint reads `mdp://<broker host:port>/<service>`.
+pub async fn serve(
+    broker: &Address,
+    service: &str,
+    handler: RawHandler,
+    options: ReplyerOptions,
+    worker: WorkerOptions,
+) -> Result<Replyer> {
+    let endpoint = broker.connect_endpoint()?;
+    let name = proto::service_name(service.as_bytes())
+        .ok()
+        .filter(|s| !s.starts_with("mmi."))
+        .ok_or_else(|| Error::Address {
+            address: broker.to_string(),
+            reason: format!(
+                "service name {service:?}: give 1 to {} printable characters, not starting with \"mmi.\"",
+                proto::MAX_SERVICE_LEN
+            ),
+        })?;
+    let stats = Arc::new(Stats::default());
+    let stop = options
+        .stop
+        .as_ref()
+        .map_or_else(CancellationToken::new, CancellationToken::child_token);
+    let n = worker.workers.clamp(1, MAX_WORKERS);
+    let shared = Arc::new(Slot {
+        endpoint: endpoint.clone(),
+        service: name.clone(),
+        handler,
+        options,
+        worker,
+        stats: stats.clone(),
+        stop: stop.clone(),
+    });
+    let tasks: Vec<_> = (0..n)
+        .map(|i| tokio::spawn(shared.clone().run(i)))
+        .collect();
+    let done = tokio::spawn(async move {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let shown = endpoint.strip_prefix("tcp://").unwrap_or(&endpoint);
+    tracing::debug!(broker = %endpoint, service = %name, workers = n, "replyer serving through a broker");
+    // Its callers are the broker's peers, not its own: it reports none (a gauge of a socket
+    // that never connects).
+    let no_peers = DealerSocket::new().peer_gauge();
+    Ok(Replyer::assemble(
+        format!("mdp://{shown}/{name}"),
+        stats,
+        stop,
+        done,
+        no_peers,
+    ))
+}
+
+type Running = Pin<Box<dyn Future<Output = std::thread::Result<Outcome>> + Send>>;
+
+struct Job {
+    client: Bytes,
+    started: Instant,
+    run: Running,
+}
+
+struct Slot {
+    endpoint: String,
+    service: String,
+    handler: RawHandler,
+    options: ReplyerOptions,
+    worker: WorkerOptions,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+}
+
+/// Why a session ended.
+enum End {
+    /// Register again on a new socket.
+    Again,
+    /// The replyer is stopping.
+    Stop,
+}
+
+impl Slot {
+    async fn run(self: Arc<Self>, index: usize) {
+        let mut delay = Duration::ZERO;
+        loop {
+            if !delay.is_zero() {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            match self.session(index).await {
+                End::Stop => return,
+                // A short pause, so a broker that refuses at once is not hammered.
+                End::Again => delay = Duration::from_millis(100),
+            }
+        }
+    }
+
+    fn silence_limit(&self) -> Duration {
+        self.worker.heartbeat_interval * self.worker.liveness.max(1)
+    }
+
+    async fn send(&self, socket: &DealerSocket, msg: Message) -> bool {
+        matches!(
+            tokio::time::timeout(self.silence_limit(), socket.send(msg)).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// One registration: from READY to DISCONNECT, a silent broker, or the stop.
+    async fn session(&self, index: usize) -> End {
+        let mut socket =
+            DealerSocket::with_options(crate::replyer::transport_options(&self.options));
+        if let Err(e) = socket.connect(&self.endpoint) {
+            tracing::warn!(broker = %self.endpoint, "cannot connect to the broker: {e}");
+            return End::Again;
+        }
+        // READY waits for the connection: however long the broker takes to come (back).
+        tokio::select! {
+            _ = self.stop.cancelled() => {
+                socket.close().await;
+                return End::Stop;
+            }
+            r = socket.send(proto::worker_ready(&self.service)) => if r.is_err() {
+                return End::Again;
+            }
+        }
+        tracing::info!(broker = %self.endpoint, service = %self.service, worker = index, "registered with the broker");
+        let end = self.serve(&mut socket).await;
+        if matches!(end, End::Stop) {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), socket.send(proto::disconnect()))
+                    .await;
+        }
+        socket.close().await;
+        end
+    }
+
+    async fn serve(&self, socket: &mut DealerSocket) -> End {
+        let interval = self.worker.heartbeat_interval;
+        let mut broker_deadline = Instant::now() + self.silence_limit();
+        let mut heartbeat_at = Instant::now() + interval;
+        let mut job: Option<Job> = None;
+        let mut drain_deadline: Option<Instant> = None;
+        let stopped = self.stop.clone().cancelled_owned();
+        tokio::pin!(stopped);
+        loop {
+            let wake = heartbeat_at.min(broker_deadline);
+            tokio::select! {
+                biased;
+                _ = &mut stopped, if drain_deadline.is_none() => {
+                    if job.is_none() {
+                        return End::Stop;
+                    }
+                    drain_deadline = Some(Instant::now() + self.options.drain_timeout);
+                }
+                _ = sleep_until_opt(drain_deadline), if job.is_some() => {
+                    let j = job.take().expect("a job");
+                    self.stats.bump(Counter::Abandoned);
+                    let outcome = Outcome::err(
+                        WorkflowId::None,
+                        WireError::new(ErrorCode::Unavailable, "the service stopped before this request finished"),
+                    );
+                    self.send(socket, proto::worker_reply(true, j.client, [Bytes::from(outcome.frame)])).await;
+                    return End::Stop;
+                }
+                outcome = poll_job(&mut job), if job.is_some() => {
+                    let j = job.take().expect("a job");
+                    let reply = self.finish(outcome, &j);
+                    if !self.send(socket, proto::worker_reply(true, j.client, [reply])).await {
+                        return End::Again;
+                    }
+                    heartbeat_at = Instant::now() + interval;
+                    if drain_deadline.is_some() {
+                        return End::Stop;
+                    }
+                }
+                m = socket.recv() => {
+                    let Ok(m) = m else { return End::Again };
+                    broker_deadline = Instant::now() + self.silence_limit();
+                    match proto::parse_to_worker(m.frames()) {
+                        Ok(ToWorker::Request { client, body }) => {
+                            if job.is_some() || drain_deadline.is_some() {
+                                // The broker gives one request at a time; one that breaks
+                                // that (or one racing our stop) is refused, not dropped.
+                                self.stats.bump(Counter::Refused);
+                                let outcome = Outcome::err(
+                                    WorkflowId::None,
+                                    WireError::new(ErrorCode::Unavailable, "this worker is busy or stopping"),
+                                );
+                                if !self.send(socket, proto::worker_reply(true, client, [Bytes::from(outcome.frame)])).await {
+                                    return End::Again;
+                                }
+                                continue;
+                            }
+                            match self.start(client, body) {
+                                Ok(j) => job = Some(j),
+                                Err((client, reply)) => {
+                                    if !self.send(socket, proto::worker_reply(true, client, [reply])).await {
+                                        return End::Again;
+                                    }
+                                }
+                            }
+                        }
+                        Ok(ToWorker::Heartbeat) => {}
+                        Ok(ToWorker::Disconnect) => {
+                            tracing::info!(broker = %self.endpoint, service = %self.service, "the broker sent DISCONNECT: registering again");
+                            self.stats.bump(Counter::Reconnects);
+                            return End::Again;
+                        }
+                        Err(e) => {
+                            self.stats.bump(Counter::Malformed);
+                            if let Some(suppressed) = WARNINGS.allow("mdp_worker_malformed", &self.endpoint) {
+                                tracing::warn!(broker = %self.endpoint, suppressed, "dropped a malformed message from the broker: {e}");
+                            }
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    if now >= broker_deadline {
+                        tracing::warn!(broker = %self.endpoint, service = %self.service, silent = ?self.silence_limit(), "the broker is silent: registering again");
+                        self.stats.bump(Counter::Reconnects);
+                        return End::Again;
+                    }
+                    if now >= heartbeat_at {
+                        heartbeat_at = now + interval;
+                        if socket.peer_count() > 0
+                            && tokio::time::timeout(interval, socket.send(proto::heartbeat())).await.is_err()
+                        {
+                            tracing::debug!(broker = %self.endpoint, "heartbeat not sent within an interval");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the handler on a request, or says what to answer at once.
+    fn start(&self, client: Bytes, body: Vec<Bytes>) -> std::result::Result<Job, (Bytes, Bytes)> {
+        self.stats.bump(Counter::Received);
+        let refuse = |code, counter, message: String| {
+            self.stats.bump(counter);
+            let outcome = Outcome::err(WorkflowId::None, WireError::new(code, message));
+            (client.clone(), Bytes::from(outcome.frame))
+        };
+        let [frame] = body.as_slice() else {
+            return Err(refuse(
+                ErrorCode::Malformed,
+                Counter::Malformed,
+                format!(
+                    "malformed request: expected one body frame (a framework request envelope), got {}",
+                    body.len()
+                ),
+            ));
+        };
+        if frame.len() > self.options.max_message_bytes {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                Counter::TooLarge,
+                format!(
+                    "request of {} bytes exceeds the limit of {} bytes",
+                    frame.len(),
+                    self.options.max_message_bytes
+                ),
+            ));
+        }
+        self.stats.begin_in_flight();
+        Ok(Job {
+            client,
+            started: Instant::now(),
+            run: Box::pin(
+                std::panic::AssertUnwindSafe((self.handler)(frame.clone())).catch_unwind(),
+            ),
+        })
+    }
+
+    /// Counts the outcome and gives the reply frame (a panic becomes `internal`).
+    fn finish(&self, outcome: std::thread::Result<Outcome>, job: &Job) -> Bytes {
+        self.stats.end_in_flight();
+        self.stats.record_processing(job.started.elapsed());
+        let peer: String = job.client.iter().map(|b| format!("{b:02x}")).collect();
+        let outcome = outcome.unwrap_or_else(|_| {
+            tracing::error!(peer, "request handler panicked");
+            Outcome::err(
+                WorkflowId::None,
+                WireError::new(ErrorCode::Internal, "the handler failed unexpectedly"),
+            )
+        });
+        match &outcome.error {
+            None => self.stats.bump(Counter::Replied),
+            Some(e) => {
+                self.stats.bump(match e.code {
+                    ErrorCode::InvalidArgs => Counter::InvalidArgs,
+                    ErrorCode::Malformed => Counter::Malformed,
+                    ErrorCode::TooLarge => Counter::TooLarge,
+                    _ => Counter::HandlerFailed,
+                });
+                self.stats
+                    .set_last_error(format!("{}: {}", e.code, e.message));
+                if let Some(suppressed) = WARNINGS.allow(e.code.as_str(), &peer) {
+                    tracing::warn!(peer, code = %e.code, suppressed, "request answered with an error: {}", escape(&e.message));
+                }
+            }
+        }
+        Bytes::from(outcome.frame)
+    }
+}
+
+async fn poll_job(job: &mut Option<Job>) -> std::thread::Result<Outcome> {
+    match job {
+        Some(j) => (&mut j.run).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,169 @@
+//! A framework replyer served through the Majordomo broker: the real `echo_replyer` process,
+//! whose addresses entry names a broker (`{"broker": "127.0.0.1:PORT"}`), registers as MDP
+//! worker `echo_replyer.reply`; a Python MDP client written from the spec
+//! (`tests/python/mdp_peer.py`) calls it through the real `service-framework -s broker`.
+//!
+//! What is proven:
+//! 1. the payloads are the framework's own envelopes: the reply echoes, keeps the workflow id
+//!    and continues the caller's trace; a wrongly typed argument is answered with an
+//!    `invalid_args` error reply, and the replyer goes on serving;
+//! 2. the broker killed (SIGKILL) and restarted on the same port: the worker registers again
+//!    by itself, and calls work again.
+//!
+//! Run with `SF_PYTHON=$(scripts/python-env) cargo test -p sf-tests --test mdp_replyer`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sf_connections::wire::{self, Reply, Request, TraceParent, WorkflowId};
+use sf_tests::PyProcess;
+use support::{bin, BrokerProc, Proc, TempDir, INTERVAL_MS, LIVENESS};
+use tokio::process::Command;
+
+const WAIT: Duration = Duration::from_secs(10);
+const SERVICE: &str = "echo_replyer.reply";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+/// Starts `echo_replyer` with its replyer served through the broker on `port`.
+fn echo_replyer(dir: &TempDir, port: u16) -> Proc {
+    let path = dir.0.join("echo_addresses.json");
+    let addresses = json!({
+        "connections": {"in": {"reply": {"broker": format!("127.0.0.1:{port}")}}},
+        "options": {"connections": {"in": {"reply": {
+            "heartbeat_interval_s": INTERVAL_MS as f64 / 1000.0,
+            "heartbeat_liveness": LIVENESS,
+        }}}},
+        "control": false,
+    });
+    std::fs::write(&path, addresses.to_string()).unwrap();
+    let mut cmd = Command::new(bin("service-framework"));
+    cmd.args(["-s", "echo_replyer", "-a"]).arg(&path);
+    Proc::spawn("echo_replyer", cmd)
+}
+
+async fn client(broker: &str) -> PyProcess {
+    let mut c = PyProcess::spawn("mdp_peer", &["client", broker]);
+    c.ready().await;
+    c
+}
+
+/// One framework request through the broker; the decoded framework reply.
+async fn call(c: &mut PyProcess, args: Value, workflow: &str, trace: TraceParent) -> Reply<Value> {
+    let envelope = wire::encode(&Request {
+        args,
+        workflow_id: WorkflowId::Str(workflow.to_owned()),
+        traceparent: Some(trace),
+    })
+    .unwrap();
+    c.send_line(
+        &json!({"service": SERVICE, "body_hex": [hex(&envelope)], "timeout_ms": 3000}).to_string(),
+    )
+    .await;
+    let r = c.expect_json(WAIT).await;
+    let frames = r["final_hex"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no FINAL: {r}"));
+    assert_eq!(frames.len(), 1, "one reply frame: {r}");
+    wire::decode(&unhex(frames[0].as_str().unwrap())).expect("a framework reply envelope")
+}
+
+/// Asks `mmi.service` until the replyer's service is there.
+async fn until_registered(c: &mut PyProcess) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        c.send_line(
+            &json!({"service": "mmi.service", "body": [SERVICE], "timeout_ms": 2000}).to_string(),
+        )
+        .await;
+        let r = c.expect_json(WAIT).await;
+        if r["final"] == json!(["200"]) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{SERVICE} not registered within {WAIT:?}: {r}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_framework_replyer_serves_through_the_broker_and_survives_its_restart() {
+    let broker = BrokerProc::start(&[]).await;
+    let dir = TempDir::new("replyer");
+    let replyer = echo_replyer(&dir, broker.port);
+    replyer
+        .log_line(|l| l.contains("registered with the broker"), WAIT)
+        .await;
+    let mut c = client(&broker.endpoint()).await;
+    until_registered(&mut c).await;
+
+    // 1. The framework's envelopes, unchanged: echo, workflow id, trace.
+    let trace = TraceParent::new_root();
+    let reply = call(&mut c, json!({"to_echo": "hi"}), "wf-broker-1", trace).await;
+    assert_eq!(reply.error, None);
+    assert_eq!(reply.return_args, Some(json!({"echoed": "hi"})));
+    assert_eq!(reply.workflow_id, WorkflowId::Str("wf-broker-1".into()));
+    let served = reply.traceparent.expect("the serving span comes back");
+    assert_eq!(
+        served.trace_id(),
+        trace.trace_id(),
+        "the caller's trace goes on"
+    );
+    assert_ne!(served.span_id(), trace.span_id());
+    // Validation: a wrongly typed argument is an error reply, and serving goes on.
+    let reply = call(
+        &mut c,
+        json!({"to_echo": 5}),
+        "wf-broker-2",
+        TraceParent::new_root(),
+    )
+    .await;
+    let err = reply.error.expect("an error reply");
+    assert_eq!(err.code, sf_connections::ErrorCode::InvalidArgs, "{err:?}");
+    assert!(err.message.contains("to_echo"), "{err:?}");
+    assert_eq!(reply.workflow_id, WorkflowId::Str("wf-broker-2".into()));
+    let reply = call(
+        &mut c,
+        json!({"to_echo": "again"}),
+        "wf-broker-3",
+        TraceParent::new_root(),
+    )
+    .await;
+    assert_eq!(reply.return_args, Some(json!({"echoed": "again"})));
+
+    // 2. The broker killed and restarted on the same port: the worker registers again.
+    let registrations = |p: &Proc| p.count_lines(|l| l.contains("registered with the broker"));
+    assert_eq!(registrations(&replyer), 1);
+    let broker = broker.restart().await;
+    replyer
+        .wait_count(|l| l.contains("registered with the broker"), 2, WAIT)
+        .await;
+    // A new client, as the spec recommends after a broker failure.
+    let mut c = client(&broker.endpoint()).await;
+    until_registered(&mut c).await;
+    let reply = call(
+        &mut c,
+        json!({"to_echo": "after restart"}),
+        "wf-broker-4",
+        TraceParent::new_root(),
+    )
+    .await;
+    assert_eq!(reply.return_args, Some(json!({"echoed": "after restart"})));
+    assert!(
+        broker.has_line(|l| l.contains("worker registered") && l.contains(SERVICE)),
+        "{}",
+        broker.dump()
+    );
+}
