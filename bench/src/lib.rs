@@ -15,6 +15,7 @@
 //! # Patterns
 //! - [`reqrep`]: round trips/s and p50/p99, 1 and 16 callers, multi- and current-thread
 //!   runtimes, and a service on its own thread as embedded services run.
+//! - [`broker`]: request/reply through the Majordomo broker against direct, same run.
 //! - [`pubsub`]: 100-byte messages at full speed, with and without the credit window.
 //! - [`pipeline`]: three-stage PUSH -> PULL/PUSH -> PULL.
 //! - [`delta`]: delta-state updates/s, and the time to resync (late joiner, gap).
@@ -29,6 +30,7 @@
 //! reports its error in the table instead of stopping the run.
 
 pub mod bridge;
+pub mod broker;
 pub mod delta;
 pub mod fleet;
 pub mod pipeline;
@@ -48,6 +50,7 @@ pub use report::{Machine, PatternReport, Report, Row, Target, Verdict};
 /// The patterns, in run order (the names `--only` takes).
 pub const PATTERNS: &[&str] = &[
     "reqrep",
+    "broker",
     "pubsub",
     "pipeline",
     "delta",
@@ -239,6 +242,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         let t = Instant::now();
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match name {
             "reqrep" => reqrep::run(config),
+            "broker" => broker::run(config),
             "pubsub" => pubsub::run(config),
             "pipeline" => pipeline::run(config),
             "delta" => delta::run(config),

@@ -1,0 +1,230 @@
+//! The Majordomo broker: what a hop through it costs, against a direct request/reply in the
+//! same run.
+//!
+//! Direct: an `sf_connections` [`Requester`](sf_connections::Requester) calling a bound
+//! [`Replyer`] (the `reqrep` pattern's framework case). Brokered: the same typed echo
+//! handler served through [`mdp::worker::serve`] behind an in-process
+//! [`mdp::Broker`], called by MDP clients (one DEALER each, lock-step as MDP clients are,
+//! sending the framework's request envelope). With 16 callers the broker side has 16 clients
+//! and 16 workers; the direct side one requester shared by 16 tasks. Rows: fw = through the
+//! broker, raw = direct; plus the p50 the broker adds.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sf_connections::mdp::{self, proto, BrokerOptions, WorkerOptions};
+use sf_connections::wire::{self, Reply};
+use sf_connections::{typed, Address, Replyer, ReplyerOptions, RequestMeta, WireError};
+use sf_zmtp::DealerSocket;
+
+use crate::report::{PatternReport, Row};
+use crate::reqrep::{fw_calls, fw_replyer, request_frame, RoundTrips, CALLERS};
+use crate::util::{block_on, rate, Flavor, Latency};
+use crate::Config;
+
+const SERVICE: &str = "echo";
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Echo {
+    to_echo: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Echoed {
+    echoed: String,
+}
+
+async fn brokered_replyer(broker: &str, workers: usize) -> anyhow::Result<Replyer> {
+    let handler = typed(|a: Echo, _m: RequestMeta| async move {
+        Ok::<_, WireError>(Echoed { echoed: a.to_echo })
+    });
+    Ok(mdp::worker::serve(
+        &Address::from(broker),
+        SERVICE,
+        handler,
+        ReplyerOptions::default(),
+        WorkerOptions {
+            workers,
+            ..Default::default()
+        },
+    )
+    .await?)
+}
+
+/// One MDP request and its FINAL; the body is the framework's request envelope.
+async fn mdp_call(
+    sock: &mut DealerSocket,
+    service: &str,
+    body: Bytes,
+) -> anyhow::Result<Vec<Bytes>> {
+    tokio::time::timeout(
+        REPLY_TIMEOUT,
+        sock.send(proto::client_request(service, [body])),
+    )
+    .await
+    .context("send timed out")??;
+    loop {
+        let m = tokio::time::timeout(REPLY_TIMEOUT, sock.recv())
+            .await
+            .context("no reply in time")??;
+        let r = proto::parse_client_reply(m.frames())?;
+        if r.last {
+            return Ok(r.body);
+        }
+    }
+}
+
+async fn client(ep: &str) -> anyhow::Result<DealerSocket> {
+    let sock = DealerSocket::new();
+    sock.connect(ep)?;
+    Ok(sock)
+}
+
+/// `total` brokered round trips from `callers` clients, after every worker registered.
+async fn brokered(callers: usize, total: usize, warmup: usize) -> anyhow::Result<RoundTrips> {
+    let broker = mdp::Broker::bind(&Address::from("127.0.0.1:0"), BrokerOptions::default()).await?;
+    let ep = broker.endpoint().to_owned();
+    let replyer = brokered_replyer(&ep, callers).await?;
+    // Every worker registered: ask `mmi.service` until it answers, then warm each client up.
+    let mut probe = client(&ep).await?;
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while mdp_call(
+        &mut probe,
+        "mmi.service",
+        Bytes::from_static(SERVICE.as_bytes()),
+    )
+    .await?[0]
+        .as_ref()
+        != b"200"
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the workers never registered");
+    }
+    let frame = request_frame();
+    let per = total / callers;
+    let warm = (warmup / callers).max(1);
+    let start_gate = std::sync::Arc::new(tokio::sync::Barrier::new(callers));
+    let mut tasks = Vec::with_capacity(callers);
+    let mut started = None;
+    for _ in 0..callers {
+        let mut sock = client(&ep).await?;
+        let frame = frame.clone();
+        let gate = start_gate.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..warm {
+                mdp_call(&mut sock, SERVICE, frame.clone()).await?;
+            }
+            gate.wait().await;
+            let t0 = Instant::now();
+            let mut lat = Vec::with_capacity(per);
+            for _ in 0..per {
+                let t = Instant::now();
+                let body = mdp_call(&mut sock, SERVICE, frame.clone()).await?;
+                let reply: Reply<Echoed> = wire::decode(&body[0])?;
+                anyhow::ensure!(
+                    reply.return_args.is_some_and(|r| !r.echoed.is_empty()),
+                    "wrong echo"
+                );
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok((t0, lat))
+        }));
+    }
+    let mut lat = Vec::with_capacity(total);
+    for t in tasks {
+        let (t0, l) = t.await??;
+        started = Some(started.map_or(t0, |s: Instant| s.min(t0)));
+        lat.extend(l);
+    }
+    let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
+    replyer.shutdown().await;
+    broker.shutdown().await;
+    Ok(RoundTrips {
+        per_s: rate(lat.len() as u64, elapsed),
+        latency: Latency::of(&mut lat),
+    })
+}
+
+async fn direct(callers: usize, total: usize, warmup: usize) -> anyhow::Result<RoundTrips> {
+    let rep = fw_replyer().await?;
+    fw_calls(rep.endpoint().to_owned(), callers, total, warmup).await
+}
+
+/// Runs the broker pattern.
+pub fn run(config: &Config) -> PatternReport {
+    let c = config.counts();
+    let lim = if config.short {
+        Duration::from_secs(20)
+    } else {
+        Duration::from_secs(120)
+    };
+    let mut p = PatternReport::new(
+        "broker",
+        "request/reply through the Majordomo broker (MDP 0.2) vs direct Requester->Replyer, same run",
+    );
+    let runs = if config.short { 1 } else { 3 };
+    for callers in [1, CALLERS] {
+        let (n, warm) = if callers == 1 {
+            (c.rr_one, c.rr_warmup)
+        } else {
+            (c.rr_many, c.rr_warmup)
+        };
+        // Alternating runs, the median of each side (by throughput).
+        let (mut ds, mut bs) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            ds.push(block_on(Flavor::Multi, lim, direct(callers, n, warm)));
+            bs.push(block_on(Flavor::Multi, lim, brokered(callers, n, warm)));
+        }
+        let d = crate::util::median_run(ds, |r| r.per_s);
+        let b = crate::util::median_run(bs, |r| r.per_s);
+        let case = if callers == 1 {
+            "1 caller, multi-thread".to_owned()
+        } else {
+            format!("{callers} callers, multi-thread")
+        };
+        let (bo, dok) = (b.as_ref().ok(), d.as_ref().ok());
+        let mut rt = Row::new(&case, "round trips/s", "rt/s")
+            .fw(bo.map(|x| x.per_s))
+            .raw(dok.map(|x| x.per_s))
+            .note(if callers == 1 {
+                "fw = MDP client -> broker -> worker; raw = direct Requester -> Replyer".to_owned()
+            } else {
+                format!(
+                    "fw = {callers} MDP clients, {callers} workers; raw = one Requester shared by {callers} tasks"
+                )
+            });
+        for (side, r) in [("brokered", &b), ("direct", &d)] {
+            if let Err(e) = r {
+                rt = rt.note(format!("{side} failed: {e:#}"));
+            }
+        }
+        p.push(rt);
+        for (metric, get) in [
+            (
+                "p50 latency",
+                (|l: &Latency| l.p50_us) as fn(&Latency) -> f64,
+            ),
+            ("p99 latency", |l: &Latency| l.p99_us),
+        ] {
+            p.push(
+                Row::new(&case, metric, "us")
+                    .fw(bo.map(|x| get(&x.latency)))
+                    .raw(dok.map(|x| get(&x.latency))),
+            );
+        }
+        if let (Some(b), Some(d)) = (bo, dok) {
+            p.push(
+                Row::new(&case, "p50 added by the broker", "us")
+                    .fw(b.latency.p50_us - d.latency.p50_us)
+                    .note("brokered p50 minus direct p50"),
+            );
+        }
+    }
+    p.note(format!(
+        "in-process broker and worker (default 2.5 s heartbeat), request frame {} bytes; median run of {runs} per side",
+        request_frame().len()
+    ));
+    p
+}
