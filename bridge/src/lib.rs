@@ -12,6 +12,8 @@
 //! ```
 //!
 //! # Layout
+//! - [`declare`] - plugins declared with `#[plugin]` / `#[on_request]` / `#[model]`, and
+//!   their registration when their crate is linked.
 //! - [`plugin`] - what a plugin declares ([`Plugin`], [`PluginMetadata`], [`Api`] with FrameX's
 //!   `on_request` options, typed query / body / result models).
 //! - [`registry`] - the loaded routes and function APIs, `required_remote_apis` resolution and
@@ -33,6 +35,7 @@ pub mod bus;
 pub mod bus_metrics;
 pub mod cli;
 pub mod config;
+pub mod declare;
 pub mod echo;
 pub mod envelope;
 pub mod error;
@@ -47,11 +50,18 @@ pub mod server;
 pub mod trace;
 
 pub use config::Settings;
+#[doc(hidden)]
+pub use declare::__private;
+pub use declare::{registered_plugins, PluginDef, Registration};
 pub use envelope::{EventType, StreamEvent};
 pub use error::{ApiError, Error, Result};
-pub use plugin::{Api, CallType, EventStream, NoParams, Plugin, PluginMetadata, RemoteApi};
+pub use plugin::{
+    Api, CallType, EventStream, NoParams, Plugin, PluginMetadata, RemoteApi, TextChunk,
+};
 pub use registry::PluginCtx;
 pub use server::{builtin_plugins, App, Bridge, RunningBridge};
+/// The attribute macros (see [`declare`]).
+pub use sf_bridge_macros::{model, on_request, plugin};
 
 /// Every plugin path is under this prefix unless it opts out.
 pub const API_PREFIX: &str = "/api/v1";

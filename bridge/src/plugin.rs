@@ -120,6 +120,14 @@ impl PluginMetadata {
     }
 }
 
+/// The payload of a `message_chunk` event made from a string (`StreamEvent::chunk("a")` is
+/// `{"content": "a"}`, as in FrameX).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, Serialize, JsonSchema)]
+pub struct TextChunk {
+    /// The text.
+    pub content: String,
+}
+
 /// A query model for handlers that take no query parameters.
 #[derive(Debug, Clone, Copy, Default, serde::Deserialize, Serialize, JsonSchema)]
 pub struct NoParams {}
@@ -171,6 +179,8 @@ pub struct Api {
     pub(crate) tags: Vec<String>,
     pub(crate) summary: Option<String>,
     pub(crate) handler: Option<HandlerSpec>,
+    /// A stream's `message_chunk` payload model, for the OpenAPI document.
+    pub(crate) event: Option<SchemaFn>,
 }
 
 impl std::fmt::Debug for Api {
@@ -213,6 +223,7 @@ impl Api {
             tags: Vec::new(),
             summary: None,
             handler: None,
+            event: None,
         }
     }
 
@@ -282,6 +293,13 @@ impl Api {
         S: Into<String>,
     {
         self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// A stream's `message_chunk` payload model `T`, shown in the OpenAPI document
+    /// ([`TextChunk`] for the events of a stream of strings).
+    pub fn event_type<T: JsonSchema>(mut self) -> Self {
+        self.event = Some(SchemaGenerator::subschema_for::<T>);
         self
     }
 

@@ -51,11 +51,12 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// A bridge with the built-in plugins available (`echo`).
+    /// A bridge with the built-in plugins (`echo`) and every `#[plugin]` linked into the
+    /// program available.
     pub fn new(settings: Settings) -> Self {
         Bridge {
             settings,
-            available: Vec::new(),
+            available: crate::declare::registered_plugins(),
             addresses: None,
             security: None,
         }
@@ -63,14 +64,18 @@ impl Bridge {
 
     /// Makes a plugin available to `load_plugins` (loaded when named there or with
     /// `--load-plugins`).
+    /// A plugin of the same name made available before (one linked in) is replaced.
     pub fn plugin(mut self, p: Plugin) -> Self {
+        self.available.retain(|a| a.name() != p.name());
         self.available.push(p);
         self
     }
 
     /// Makes several plugins available.
     pub fn plugins(mut self, ps: impl IntoIterator<Item = Plugin>) -> Self {
-        self.available.extend(ps);
+        for p in ps {
+            self = self.plugin(p);
+        }
         self
     }
 

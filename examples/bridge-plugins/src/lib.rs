@@ -1,0 +1,8 @@
+//! The two plugins of issue 16, written with `#[plugin]` / `#[on_request]`: `inventory`
+//! (typed config, a query with a default, a JSON body, two methods on one path, an SSE
+//! stream, a function API) and `orders` (calls them with `call_plugin_api`, typed and JSON,
+//! declared in `required_remote_apis`). Linking this crate registers both; `framex-pair-bridge`
+//! is the stock bridge with them linked in.
+
+pub mod inventory;
+pub mod orders;
