@@ -6,7 +6,11 @@
 //!   side connects to `tcp://host:port`;
 //! - a full endpoint, `"tcp://127.0.0.1:5555"` or `"ipc:///tmp/bus.sock"`, used as-is on both sides;
 //! - an object `{"bind": "...", "connect": "..."}` for a host that binds one address and is reached
-//!   at another (NAT, containers); each side may be given in either of the forms above.
+//!   at another (NAT, containers); each side may be given in either of the forms above;
+//! - for a requester only, a list of the above, `["10.0.0.1:7999", "10.0.0.2:7999"]`: replicas of
+//!   one replyer, which the requester spreads its requests over (see
+//!   [`Requester`](crate::Requester)). A one-address list is the same as that address; every
+//!   other kind of socket refuses a list with a message saying so.
 //!
 //! Port 0 binds an ephemeral port; the connection reports the endpoint actually bound.
 
@@ -31,6 +35,8 @@ pub enum Address {
         #[serde(default)]
         connect: Option<String>,
     },
+    /// Replicas of one replyer, for a requester: each element a plain or split address.
+    Replicas(Vec<Address>),
 }
 
 impl From<&str> for Address {
@@ -55,6 +61,16 @@ impl fmt::Display for Address {
                 bind.as_deref().unwrap_or("-"),
                 connect.as_deref().unwrap_or("-")
             ),
+            Address::Replicas(list) => {
+                f.write_str("[")?;
+                for (i, a) in list.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{a}")?;
+                }
+                f.write_str("]")
+            }
         }
     }
 }
@@ -63,6 +79,15 @@ impl Address {
     /// The endpoint the binding side binds.
     pub fn bind_endpoint(&self) -> Result<String> {
         let raw = match self {
+            Address::Replicas(list) => {
+                return match list.as_slice() {
+                    [one @ (Address::Plain(_) | Address::Split { .. })] => one.bind_endpoint(),
+                    _ => Err(self.err(
+                        "a list of addresses names the replicas a requester calls; a socket \
+                         that binds takes one address",
+                    )),
+                }
+            }
             Address::Plain(s) => s,
             Address::Split { bind: Some(b), .. } => b,
             Address::Split { bind: None, .. } => {
@@ -74,18 +99,49 @@ impl Address {
 
     /// The endpoint the connecting side connects to.
     pub fn connect_endpoint(&self) -> Result<String> {
-        let raw = match self {
-            Address::Plain(s) => s,
-            Address::Split {
-                connect: Some(c), ..
-            } => c,
-            Address::Split { connect: None, .. } => {
-                return Err(
-                    self.err("this socket connects, but the address has no \"connect\" entry")
-                )
-            }
-        };
+        let raw =
+            match self {
+                Address::Replicas(list) => return match list.as_slice() {
+                    [one @ (Address::Plain(_) | Address::Split { .. })] => one.connect_endpoint(),
+                    _ => Err(self.err(
+                        "a list of addresses names the replicas a requester calls; this socket \
+                         connects to one address",
+                    )),
+                },
+                Address::Plain(s) => s,
+                Address::Split {
+                    connect: Some(c), ..
+                } => c,
+                Address::Split { connect: None, .. } => {
+                    return Err(
+                        self.err("this socket connects, but the address has no \"connect\" entry")
+                    )
+                }
+            };
         endpoint(raw, false).map_err(|reason| self.err(&reason))
+    }
+
+    /// The endpoints a requester connects to: one for a plain or split address, one per
+    /// replica for a list (not empty, no list inside it, no endpoint twice).
+    pub fn connect_endpoints(&self) -> Result<Vec<String>> {
+        let Address::Replicas(list) = self else {
+            return Ok(vec![self.connect_endpoint()?]);
+        };
+        if list.is_empty() {
+            return Err(self.err("an empty list of replicas: give at least one address"));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(list.len());
+        for a in list {
+            if matches!(a, Address::Replicas(_)) {
+                return Err(self.err("a list of replicas cannot hold another list"));
+            }
+            let ep = a.connect_endpoint()?;
+            if out.contains(&ep) {
+                return Err(self.err(&format!("{ep} is listed twice")));
+            }
+            out.push(ep);
+        }
+        Ok(out)
     }
 
     fn err(&self, reason: &str) -> Error {
@@ -198,5 +254,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tcp://"), "{e}");
+    }
+
+    #[test]
+    fn replica_lists() {
+        let a: Address = serde_json::from_str(
+            r#"["127.0.0.1:1", "tcp://10.0.0.2:2", {"bind": "*:3", "connect": "h3:3"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            a.connect_endpoints().unwrap(),
+            ["tcp://127.0.0.1:1", "tcp://10.0.0.2:2", "tcp://h3:3"]
+        );
+        assert_eq!(
+            a.to_string(),
+            "[127.0.0.1:1, tcp://10.0.0.2:2, {bind: *:3, connect: h3:3}]"
+        );
+        // Other sockets take one address, and say why a list is refused.
+        for e in [a.connect_endpoint(), a.bind_endpoint()] {
+            let e = e.unwrap_err().to_string();
+            assert!(e.contains("replicas a requester calls"), "{e}");
+        }
+        // One address, in a list or not, is the same address.
+        let one: Address = serde_json::from_str(r#"["127.0.0.1:1"]"#).unwrap();
+        assert_eq!(one.connect_endpoint().unwrap(), "tcp://127.0.0.1:1");
+        assert_eq!(one.connect_endpoints().unwrap(), ["tcp://127.0.0.1:1"]);
+        assert_eq!(
+            Address::from("127.0.0.1:1").connect_endpoints().unwrap(),
+            ["tcp://127.0.0.1:1"]
+        );
+        for (bad, why) in [
+            ("[]", "empty list"),
+            (r#"["h:1", "tcp://h:1"]"#, "listed twice"),
+            (r#"["h:1", ["h:2"]]"#, "another list"),
+            (r#"["h:1", "h:0"]"#, "port 0"),
+        ] {
+            let a: Address = serde_json::from_str(bad).unwrap();
+            let e = a.connect_endpoints().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

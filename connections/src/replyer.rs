@@ -262,7 +262,9 @@ async fn serve(
         // Most handlers finish without waiting (an echo, a lookup): answer those right here,
         // with no task spawn and no hand-off. Only a handler that has to wait gets a task
         // (and a slot).
-        if let Some(outcome) = (&mut run).now_or_never() {
+        // Run as serving a request: a requester called by the handler does not retry (only
+        // the caller at the edge does; see `requester::serving`).
+        if let Some(outcome) = crate::requester::serving_now(|| (&mut run).now_or_never()) {
             stats.record_processing(started.elapsed());
             send_reply(&tx, finish(outcome, &stats, routing));
             continue;
@@ -283,7 +285,7 @@ async fn serve(
         stats.begin_in_flight();
         tracker.spawn(async move {
             let reply = tokio::select! {
-                o = run => {
+                o = crate::requester::serving(run) => {
                     stats.record_processing(started.elapsed());
                     stats.end_in_flight();
                     finish(o, &stats, routing)

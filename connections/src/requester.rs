@@ -11,7 +11,28 @@
 //! request went out on is lost, that request fails at once (it is retried if the caller
 //! allowed retries) instead of waiting out its timeout. Requests made while no peer is
 //! connected wait for one, bounded by their own timeout.
+//!
+//! # Replicas
+//! A requester may be given several addresses (a list in addresses.json): replicas of one
+//! replyer, brokerless. Each replica gets a DEALER socket of its own, so each has its own
+//! connection, heartbeats (ZMTP PING/PONG: a replica that stops answering them is dropped
+//! after the heartbeat timeout) and reconnects. A request goes to the replica that is up with
+//! the fewest requests in flight, ties in turn. A replica is out from the moment its
+//! connection is lost (a heartbeat timeout, a reset, a close) or it answers `unavailable`
+//! (stopping), and back when a connection to it finishes its handshake again. A request in
+//! flight on a replica that is lost fails at once, and is retried on another replica only if
+//! the caller allowed retries; when no replica is up, requests wait for one, bounded by their
+//! timeout. With one address nothing of this costs anything: the request path is the one
+//! described above.
+//!
+//! # Where retries happen
+//! Only at the edge: a requester used while serving a request (inside a replyer's handler, see
+//! [`serving`]) makes one attempt whatever its `retries`; its failure becomes the handler's
+//! error (`dependency_failed` in a service), which no requester retries. The caller at the
+//! edge retries the whole chain, so a chain of hops costs at most `retries + 1` attempts at
+//! any hop, never `(retries + 1)` to the power of the hops.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +40,10 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sf_zmtp::{DealerSender, DealerSocket, Event, Message, PeerId, Receiver, SocketOptions};
-use tokio::sync::oneshot;
+
+/// The transport's heartbeat settings ([`RequesterOptions::heartbeat`]).
+pub use sf_zmtp::Heartbeat;
+use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::address::Address;
@@ -44,6 +68,9 @@ pub struct RequesterOptions {
     /// NULL (the default: what Python 0.0.18 speaks) or CURVE, for every connection of the
     /// socket; refused peers are counted in `auth_failures`.
     pub security: sf_zmtp::Security,
+    /// ZMTP PING/PONG on each connection (default: every 1 s, dropped after 5 s without a
+    /// frame). A replica whose connection is dropped is out until it answers again.
+    pub heartbeat: Option<Heartbeat>,
 }
 
 impl Default for RequesterOptions {
@@ -54,16 +81,39 @@ impl Default for RequesterOptions {
             max_message_bytes: 16 << 20,
             queue: 10_000,
             security: sf_zmtp::Security::Null,
+            heartbeat: Some(Heartbeat::default()),
         }
     }
+}
+
+tokio::task_local! {
+    /// Set while a replyer runs a handler: requests made then are not retried.
+    static SERVING: ();
+}
+
+/// Runs `fut` as serving a request: a requester called inside it makes one attempt, whatever
+/// its `retries` (see the module docs). The replyer runs every handler this way; wrap a task
+/// a handler spawns to keep the rule there.
+pub fn serving<F: std::future::Future>(fut: F) -> tokio::task::futures::TaskLocalFuture<(), F> {
+    SERVING.scope((), fut)
+}
+
+/// Runs `f` (one poll of a handler) as serving a request, without wrapping its future.
+pub(crate) fn serving_now<R>(f: impl FnOnce() -> R) -> R {
+    SERVING.sync_scope((), f)
+}
+
+/// True inside [`serving`] (inside a replyer's handler).
+pub fn is_serving() -> bool {
+    SERVING.try_with(|_| ()).is_ok()
 }
 
 /// A request waiting for its reply: where the reply goes, and when it was made.
 struct Waiting {
     tx: oneshot::Sender<Result<Bytes>>,
     born: tokio::time::Instant,
-    /// The connection it went out on, once sent.
-    peer: Option<PeerId>,
+    /// The replica (index) and connection it went out on, once sent.
+    peer: Option<(usize, PeerId)>,
 }
 
 /// Requests in flight by id.
@@ -94,7 +144,91 @@ fn request_frame(id: u64, body: Bytes) -> Message {
     ])
 }
 
-/// A connection to one replyer (framework or Python), shared freely between tasks.
+/// What the requester knows of one replica, now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// The endpoint it is reached at.
+    pub endpoint: String,
+    /// Connected, and not stopping: it is given requests.
+    pub up: bool,
+    /// Requests sent to it and not finished.
+    pub in_flight: usize,
+    /// Requests sent to it in all.
+    pub sent: u64,
+}
+
+/// One replica's live state, shared by the callers and the replica's reader task.
+#[derive(Debug)]
+struct Replica {
+    endpoint: String,
+    up: AtomicBool,
+    in_flight: AtomicUsize,
+    sent: AtomicU64,
+}
+
+/// The replicas, and the count of those up (watched by requests that wait for one).
+#[derive(Debug)]
+struct Replicas {
+    list: Box<[Replica]>,
+    up_count: watch::Sender<usize>,
+}
+
+impl Replicas {
+    fn set_up(&self, i: usize, up: bool) {
+        if self.list[i].up.swap(up, Ordering::SeqCst) != up {
+            let n = self
+                .list
+                .iter()
+                .filter(|r| r.up.load(Ordering::SeqCst))
+                .count();
+            self.up_count.send_replace(n);
+        }
+    }
+
+    /// The replica that is up with the fewest in flight, ties taken in turn from `start`;
+    /// `avoid` (the replica the last attempt failed on) only if no other is up.
+    fn pick(&self, start: usize, avoid: Option<usize>) -> Option<usize> {
+        let n = self.list.len();
+        let mut best: Option<(usize, usize)> = None;
+        let mut fallback = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let r = &self.list[i];
+            if !r.up.load(Ordering::Relaxed) {
+                continue;
+            }
+            if Some(i) == avoid {
+                fallback = Some(i);
+                continue;
+            }
+            let load = r.in_flight.load(Ordering::Relaxed);
+            if best.is_none_or(|(l, _)| load < l) {
+                best = Some((load, i));
+            }
+        }
+        best.map(|(_, i)| i).or(fallback)
+    }
+}
+
+/// Counts a request in flight on a replica until dropped (answered, failed, or abandoned by
+/// its caller).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection to one replyer (framework or Python), or to several replicas of one, shared
+/// freely between tasks.
 #[derive(Debug, Clone)]
 pub struct Requester {
     inner: Arc<Inner>,
@@ -103,7 +237,11 @@ pub struct Requester {
 struct Inner {
     endpoint: String,
     options: RequesterOptions,
-    socket: DealerSender,
+    /// One socket per replica, in the order of `replicas.list`.
+    sockets: Box<[DealerSender]>,
+    replicas: Arc<Replicas>,
+    /// Where the next pick starts (ties go in turn).
+    turn: AtomicUsize,
     pending: Pending,
     idle: Arc<Idle>,
     next_id: std::sync::atomic::AtomicU64,
@@ -127,31 +265,61 @@ impl Drop for Inner {
 }
 
 impl Requester {
-    /// Starts connecting to `address` in the background and returns at once.
+    /// Starts connecting to `address` in the background and returns at once. A list of
+    /// addresses connects to each replica (see the module docs).
     pub fn connect(address: &Address, options: RequesterOptions) -> Result<Requester> {
-        let endpoint = address.connect_endpoint()?;
-        let socket = DealerSocket::with_options(
-            SocketOptions::default()
-                .send_hwm(options.queue.max(1))
-                .max_message_bytes(options.max_message_bytes.saturating_mul(2))
-                .security(options.security.clone()),
-        );
-        socket.connect(&endpoint)?;
-        let monitor = socket.monitor();
-        let auth_events =
-            (!matches!(options.security, sf_zmtp::Security::Null)).then(|| socket.monitor());
-        let (tx, rx) = socket.split();
+        let endpoints = address.connect_endpoints()?;
         let pending: Pending = Arc::default();
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let idle = Arc::new(Idle::default());
-        if let Some(events) = auth_events {
-            crate::util::count_auth_failures(
-                &options.security,
-                || events,
-                stats.clone(),
-                stop.clone(),
+        let replicas = Arc::new(Replicas {
+            list: endpoints
+                .iter()
+                .map(|ep| Replica {
+                    endpoint: ep.clone(),
+                    up: AtomicBool::new(false),
+                    in_flight: AtomicUsize::new(0),
+                    sent: AtomicU64::new(0),
+                })
+                .collect(),
+            up_count: watch::Sender::new(0),
+        });
+        let mut sockets = Vec::with_capacity(endpoints.len());
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            let socket = DealerSocket::with_options(
+                SocketOptions::default()
+                    .send_hwm(options.queue.max(1))
+                    .max_message_bytes(options.max_message_bytes.saturating_mul(2))
+                    .security(options.security.clone())
+                    .heartbeat(options.heartbeat),
             );
+            socket.connect(endpoint)?;
+            let monitor = socket.monitor();
+            let auth_events =
+                (!matches!(options.security, sf_zmtp::Security::Null)).then(|| socket.monitor());
+            let (tx, rx) = socket.split();
+            if let Some(events) = auth_events {
+                crate::util::count_auth_failures(
+                    &options.security,
+                    || events,
+                    stats.clone(),
+                    stop.clone(),
+                );
+            }
+            tokio::spawn(read_replies(
+                Reader {
+                    index,
+                    endpoint: endpoint.clone(),
+                    replicas: replicas.clone(),
+                    pending: pending.clone(),
+                    stats: stats.clone(),
+                    stop: stop.clone(),
+                },
+                rx,
+                monitor,
+            ));
+            sockets.push(tx);
         }
         tokio::spawn(sweep(
             options.timeout,
@@ -160,19 +328,13 @@ impl Requester {
             stats.clone(),
             stop.clone(),
         ));
-        tokio::spawn(read_replies(
-            endpoint.clone(),
-            rx,
-            monitor,
-            pending.clone(),
-            stats.clone(),
-            stop.clone(),
-        ));
         Ok(Requester {
             inner: Arc::new(Inner {
-                endpoint,
+                endpoint: endpoints.join(", "),
                 options,
-                socket: tx,
+                sockets: sockets.into(),
+                replicas,
+                turn: AtomicUsize::new(0),
                 pending,
                 idle,
                 next_id: std::sync::atomic::AtomicU64::new(1),
@@ -182,9 +344,41 @@ impl Requester {
         })
     }
 
-    /// The endpoint this requester connects to.
+    /// The endpoint this requester connects to (the replicas' endpoints, comma-separated,
+    /// for a list).
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
+    }
+
+    /// Each replica's state, in the order of the address list (one entry for one address).
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        let one = self.inner.sockets.len() == 1;
+        self.inner
+            .replicas
+            .list
+            .iter()
+            .map(|r| ReplicaStatus {
+                endpoint: r.endpoint.clone(),
+                up: r.up.load(Ordering::SeqCst),
+                // One replica: nothing is counted per replica on the request path.
+                in_flight: if one {
+                    self.inner.pending.lock().expect("pending lock").len()
+                } else {
+                    r.in_flight.load(Ordering::Relaxed)
+                },
+                sent: if one {
+                    self.inner.stats.get(Counter::Sent)
+                } else {
+                    r.sent.load(Ordering::Relaxed)
+                },
+            })
+            .collect()
+    }
+
+    /// The number of replicas up, now and as it changes (a test or a health check waits on
+    /// it).
+    pub fn replicas_up(&self) -> watch::Receiver<usize> {
+        self.inner.replicas.up_count.subscribe()
     }
 
     /// Live counters.
@@ -192,9 +386,9 @@ impl Requester {
         &self.inner.stats
     }
 
-    /// Replyers connected now (handshake finished).
+    /// Replyers connected now (handshake finished), over all replicas.
     pub fn peer_count(&self) -> usize {
-        self.inner.socket.peer_count()
+        self.inner.sockets.iter().map(|s| s.peer_count()).sum()
     }
 
     /// The options in force.
@@ -247,20 +441,26 @@ impl Requester {
     }
 
     /// Sends an encoded request frame and returns the encoded reply frame, with the
-    /// configured timeout and retries.
+    /// configured timeout and retries (none inside a handler: see [`serving`]).
     pub async fn request_raw(&self, body: Vec<u8>) -> Result<Bytes> {
         // Shared, not copied, by every attempt.
         let body = Bytes::from(body);
         let inner = &self.inner;
-        let attempts = inner.options.retries + 1;
+        let retries = inner.options.retries;
+        let attempts = if retries > 0 && is_serving() {
+            1
+        } else {
+            retries + 1
+        };
+        let many = inner.sockets.len() > 1;
         let mut last = Error::Closed;
+        // The replica the last attempt failed on: the next goes elsewhere if it can.
+        let mut avoid = None;
         for attempt in 0..attempts {
             if attempt > 0 {
                 inner.stats.bump(Counter::Retries);
             }
-            let id = inner
-                .next_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             let born = tokio::time::Instant::now();
             inner.pending.lock().expect("pending lock").insert(
@@ -271,24 +471,38 @@ impl Requester {
                     peer: None,
                 },
             );
-            if inner
-                .idle
-                .sleeping
-                .load(std::sync::atomic::Ordering::SeqCst)
-            {
+            if inner.idle.sleeping.load(Ordering::SeqCst) {
                 inner.idle.wake.notify_one();
             }
+            let (index, _load) = if many {
+                match self.pick(avoid, born + inner.options.timeout).await {
+                    Some(i) => (i, Some(InFlight::new(&inner.replicas.list[i].in_flight))),
+                    None => {
+                        self.forget_timed_out(id);
+                        last = Error::Timeout(inner.options.timeout);
+                        continue;
+                    }
+                }
+            } else {
+                (0, None)
+            };
+            let socket = &inner.sockets[index];
             // Waits for a connected replyer with room, bounded by the timeout.
-            let sent = tokio::time::timeout(
-                inner.options.timeout,
-                inner.socket.send_tracked(request_frame(id, body.clone())),
+            let sent = tokio::time::timeout_at(
+                born + inner.options.timeout,
+                socket.send_tracked(request_frame(id, body.clone())),
             )
             .await;
             let peer_used = match sent {
                 Ok(Ok(peer)) => {
                     inner.stats.bump(Counter::Sent);
+                    if many {
+                        inner.replicas.list[index]
+                            .sent
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     if let Some(w) = inner.pending.lock().expect("pending lock").get_mut(&id) {
-                        w.peer = Some(peer);
+                        w.peer = Some((index, peer));
                     }
                     peer
                 }
@@ -299,20 +513,13 @@ impl Requester {
                         return Err(e);
                     }
                     last = e;
+                    avoid = Some(index);
                     continue;
                 }
                 Err(_) => {
-                    // Counted here unless the sweeper got to it first (and counted it).
-                    if inner
-                        .pending
-                        .lock()
-                        .expect("pending lock")
-                        .remove(&id)
-                        .is_some()
-                    {
-                        inner.stats.bump(Counter::Timeouts);
-                    }
+                    self.forget_timed_out(id);
                     last = Error::Timeout(inner.options.timeout);
+                    avoid = Some(index);
                     continue;
                 }
             };
@@ -329,12 +536,15 @@ impl Requester {
                     // try again (a successor, or another replica, may take it).
                     if attempt + 1 < attempts && is_stopping_reply(&reply) {
                         // Not to the same replyer again: it refuses work until it goes, and
-                        // its connection may close with the retry on it.
-                        inner.socket.retire(peer_used);
+                        // its connection may close with the retry on it. Its replica is out
+                        // until a new connection to it is made (its successor).
+                        socket.retire(peer_used);
+                        inner.replicas.set_up(index, false);
                         last = match wire::decode::<Reply<serde::de::IgnoredAny>>(&reply) {
                             Ok(Reply { error: Some(e), .. }) => Error::Remote(e),
                             _ => Error::Closed,
                         };
+                        avoid = Some(index);
                         continue;
                     }
                     return Ok(reply);
@@ -342,8 +552,46 @@ impl Requester {
                 Ok(Err(e)) => last = e,
                 Err(_) => last = Error::Closed,
             }
+            avoid = Some(index);
         }
         Err(last)
+    }
+
+    /// Removes a request that timed out before it was sent; counted here unless the sweeper
+    /// got to it first (and counted it).
+    fn forget_timed_out(&self, id: u64) {
+        let inner = &self.inner;
+        if inner
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&id)
+            .is_some()
+        {
+            inner.stats.bump(Counter::Timeouts);
+        }
+    }
+
+    /// The replica for the next attempt (see [`Replicas::pick`]); while none is up, waits
+    /// for one until `deadline` (`None` then).
+    async fn pick(&self, avoid: Option<usize>, deadline: tokio::time::Instant) -> Option<usize> {
+        let inner = &self.inner;
+        let start = inner.turn.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = inner.replicas.pick(start, avoid) {
+            return Some(i);
+        }
+        let mut up = inner.replicas.up_count.subscribe();
+        loop {
+            // Looked at again after subscribing: a replica that came up meanwhile is seen.
+            if let Some(i) = inner.replicas.pick(start, avoid) {
+                return Some(i);
+            }
+            tokio::select! {
+                changed = up.changed() => changed.ok()?,
+                _ = tokio::time::sleep_until(deadline) => return None,
+                _ = inner.stop.cancelled() => return None,
+            }
+        }
     }
 }
 
@@ -430,33 +678,42 @@ async fn sweep(
     }
 }
 
-/// Routes replies to their callers, and fails the requests of a connection that is lost.
-async fn read_replies(
+/// What a replica's reader task works with.
+struct Reader {
+    index: usize,
     endpoint: String,
-    mut rx: Receiver,
-    mut events: tokio::sync::mpsc::Receiver<Event>,
+    replicas: Arc<Replicas>,
     pending: Pending,
     stats: Arc<Stats>,
     stop: CancellationToken,
-) {
+}
+
+/// Routes one replica's replies to their callers, takes the replica out when its connection
+/// is lost (failing the requests on it) and puts it back when a connection is made.
+async fn read_replies(r: Reader, mut rx: Receiver, mut events: tokio::sync::mpsc::Receiver<Event>) {
     let mut connected_before = false;
     loop {
         tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = r.stop.cancelled() => break,
             m = rx.recv() => match m {
-                Ok(msg) => route_reply(msg, &pending, &stats),
+                Ok(msg) => route_reply(msg, &r.pending, &r.stats),
                 Err(_) => break,
             },
             ev = events.recv() => match ev {
                 Some(Event::Connected { .. }) => {
                     if connected_before {
-                        stats.bump(Counter::Reconnects);
-                        tracing::info!(%endpoint, "requester reconnected");
+                        r.stats.bump(Counter::Reconnects);
+                        tracing::info!(endpoint = %r.endpoint, "requester reconnected");
                     }
                     connected_before = true;
+                    r.replicas.set_up(r.index, true);
                 }
-                Some(Event::Disconnected { peer, .. }) => fail_lost(&endpoint, peer, &pending),
+                Some(Event::Disconnected { peer, reason, .. }) => {
+                    // Out first, so a retry of the requests failed below goes elsewhere.
+                    r.replicas.set_up(r.index, false);
+                    fail_lost(&r, peer, &reason);
+                }
                 Some(_) => {}
                 None => std::future::pending::<()>().await,
             },
@@ -465,18 +722,19 @@ async fn read_replies(
 }
 
 /// A lost connection takes the requests queued or in flight on it: they fail now.
-fn fail_lost(endpoint: &str, peer: PeerId, pending: &Pending) {
+fn fail_lost(r: &Reader, peer: PeerId, reason: &str) {
     let lost: Vec<Waiting> = {
-        let mut map = pending.lock().expect("pending lock");
+        let mut map = r.pending.lock().expect("pending lock");
         let gone: Vec<u64> = map
             .iter()
-            .filter(|(_, w)| w.peer == Some(peer))
+            .filter(|(_, w)| w.peer == Some((r.index, peer)))
             .map(|(id, _)| *id)
             .collect();
         gone.iter().filter_map(|id| map.remove(id)).collect()
     };
+    let endpoint = &r.endpoint;
     if !lost.is_empty() {
-        tracing::warn!(%endpoint, count = lost.len(), "replyer went away with requests in flight");
+        tracing::warn!(%endpoint, count = lost.len(), reason, "replyer went away with requests in flight");
     }
     for w in lost {
         let _ = w.tx.send(Err(Error::Socket(format!(

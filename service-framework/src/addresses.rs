@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Entries for connections the service does not declare are ignored, so several services
-//! may share one file.
+//! may share one file. A requester's entry may be a list of addresses, the replicas of one
+//! replyer (`{"requester": ["10.0.0.1:7999", "10.0.0.2:7999"]}`): requests go to the one with
+//! the fewest in flight (see `sf_connections::requester`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -184,8 +186,6 @@ impl AddressesFile {
         })
     }
 
-    /// The addresses of state `model`: one per socket its kind needs, or an error naming the
-    /// missing entry.
     /// A replyer served through a Majordomo broker: its entry names the broker instead of an
     /// address to bind, `{"broker": "host:port"}`, with the MDP service name it registers
     /// under in `"service"` (absent: `<service>.<connection>`, chosen by the runtime).
@@ -223,6 +223,8 @@ impl AddressesFile {
         Ok(Some((broker.clone(), service)))
     }
 
+    /// The addresses of state `model`: one per socket its kind needs, or an error naming the
+    /// missing entry.
     pub fn state_addresses(&self, model: &StateModel, origin: &str) -> Result<Vec<Address>> {
         let (side_name, side) = if model.kind.is_inbound() {
             ("in", &self.states.inbound)
@@ -273,8 +275,6 @@ impl AddressesFile {
             }
         }
         for m in models.all().filter(|m| m.kind.address_key().is_some()) {
-            match self.address_for(m, origin) {
-                Ok(addr) => {
             match self.broker_for(m, origin) {
                 Ok(Some((broker, _))) => {
                     if let Err(e) = broker.connect_endpoint() {
@@ -292,11 +292,15 @@ impl AddressesFile {
                     continue;
                 }
             }
+            match self.address_for(m, origin) {
+                Ok(addr) => {
                     let binds = binds(m);
                     let checked = if binds {
-                        addr.bind_endpoint()
+                        addr.bind_endpoint().map(drop)
+                    } else if m.kind == crate::model::ConnectionKind::Requester {
+                        addr.connect_endpoints().map(drop)
                     } else {
-                        addr.connect_endpoint()
+                        addr.connect_endpoint().map(drop)
                     };
                     if let Err(e) = checked {
                         problems.push(format!("{origin}: connection {:?}: {e}", m.name));
@@ -387,9 +391,29 @@ fn check_shape(root: &Value) -> std::result::Result<(), String> {
                     )
                 })?;
                 for (socket, address) in sockets {
-                    check_address(address).map_err(|found| {
-                        format!("{section}.{side}.{name}.{socket} must be {ADDRESS}, found {found}")
-                    })?;
+                    let at = format!("{section}.{side}.{name}.{socket}");
+                    match address {
+                        // Replicas of one replyer: a requester spreads its requests over them.
+                        Value::Array(list) if socket == "requester" => {
+                            if list.is_empty() {
+                                return Err(format!(
+                                    "{at} is an empty list: give at least one replica's address"
+                                ));
+                            }
+                            for (i, a) in list.iter().enumerate() {
+                                check_address(a).map_err(|found| {
+                                    format!("{at}[{i}] must be {ADDRESS}, found {found}")
+                                })?;
+                            }
+                        }
+                        Value::Array(_) => {
+                            return Err(format!(
+                                "{at} must be {ADDRESS}, found an array (a list of replicas is for a requester only)"
+                            ))
+                        }
+                        _ => check_address(address)
+                            .map_err(|found| format!("{at} must be {ADDRESS}, found {found}"))?,
+                    }
                 }
             }
         }
@@ -458,5 +482,53 @@ fn check_address(v: &Value) -> std::result::Result<(), String> {
             Ok(())
         }
         other => Err(kind(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> std::result::Result<AddressesFile, String> {
+        AddressesFile::parse(json, "a.json").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_requester_takes_a_list_of_replicas_and_nothing_else_does() {
+        let f = parse(
+            r#"{"connections": {"out": {"request": {"requester": ["127.0.0.1:1", "tcp://h:2"]}}}}"#,
+        )
+        .unwrap();
+        let a = &f.connections.outbound["request"]["requester"];
+        assert_eq!(
+            a.connect_endpoints().unwrap(),
+            ["tcp://127.0.0.1:1", "tcp://h:2"]
+        );
+        // The one-address form is unchanged.
+        let f = parse(r#"{"connections": {"out": {"request": {"requester": "127.0.0.1:1"}}}}"#)
+            .unwrap();
+        assert_eq!(
+            f.connections.outbound["request"]["requester"],
+            Address::from("127.0.0.1:1")
+        );
+        for (json, expected) in [
+            (
+                r#"{"connections": {"in": {"reply": {"replyer": ["127.0.0.1:1"]}}}}"#,
+                "connections.in.reply.replyer must be",
+            ),
+            (
+                r#"{"connections": {"out": {"request": {"requester": []}}}}"#,
+                "connections.out.request.requester is an empty list",
+            ),
+            (
+                r#"{"connections": {"out": {"request": {"requester": ["h:1", 7]}}}}"#,
+                "connections.out.request.requester[1] must be",
+            ),
+        ] {
+            let e = parse(json).unwrap_err();
+            assert!(e.contains(expected), "{json}: {e}");
+        }
+        let e = parse(r#"{"connections": {"in": {"reply": {"replyer": ["h:1"]}}}}"#).unwrap_err();
+        assert!(e.contains("for a requester only"), "{e}");
     }
 }
