@@ -763,6 +763,10 @@ async fn signals() -> std::io::Result<&'static str> {
     })
 }
 
+/// In a run's folder, the canonical path of its topology file (read by `service-framework
+/// ls FILE`).
+pub const TOPOLOGY_FILE: &str = "topology";
+
 /// Runs the plan until Ctrl-C or SIGTERM (or until nothing is left running). Returns the
 /// process exit code: 0 when every service stopped cleanly.
 pub async fn up(plan: Plan, options: UpOptions) -> Result<i32, String> {
@@ -782,6 +786,14 @@ pub async fn up(plan: Plan, options: UpOptions) -> Result<i32, String> {
         ),
     };
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // Which file this run is of: `service-framework ls FILE` finds the run by it.
+    let source = std::fs::canonicalize(&plan.topology.path).unwrap_or(plan.topology.path.clone());
+    if let Err(e) = std::fs::write(dir.join(TOPOLOGY_FILE), source.to_string_lossy().as_bytes()) {
+        eprintln!(
+            "[up] cannot write {}: {e}",
+            dir.join(TOPOLOGY_FILE).display()
+        );
+    }
     let ports = LocalPorts::assign(&plan).map_err(|e| format!("cannot find free ports: {e}"))?;
     let instances = prepare(&plan, &ports, &dir)?;
 

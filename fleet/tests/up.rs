@@ -5,6 +5,7 @@
 mod support;
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -246,6 +247,37 @@ config = { num_req_to_send = 3 }
         assert!(l.starts_with("requester | "), "{l}");
     }
     up.find_line(START, |l| l == "[up] requester: done");
+    // `ls FILE`: the running services of this file, by their control endpoints.
+    let sf = Path::new(support::UP).with_file_name("service-framework");
+    let ls = Command::new(&sf)
+        .args(["ls", file.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let names: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["name"].to_string())
+        .collect();
+    assert_eq!(names, ["\"echo_replyer\""], "{out}");
+    // Another file, with nothing of it running: said plainly, exit 1.
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, "[services.x]\nservice = \"bus\"\n").unwrap();
+    let ls = Command::new(&sf)
+        .args(["ls", other.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(ls.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&ls.stderr)
+            .contains("no running `service-framework up` of this file"),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
     up.signal("INT");
     let status = up.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}:\n{}", up.tail());

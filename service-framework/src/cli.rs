@@ -105,9 +105,10 @@ usage: service-framework -s SERVICE [-a addresses.json] [-c config.json] [-m] [o
        service-framework describe -s SERVICE
        service-framework call ADDRESS '{\"arg\": ...}' [--timeout SECONDS]
        service-framework subscribe ADDRESS [--topic TOPIC] [--count N] [--timeout SECONDS] [--envelope]
-       service-framework ls|ping|info|stats|health [ADDRESS...] [--up] [--json] [--timeout SECONDS]
+       service-framework ls|ping|info|stats|health [ADDRESS...|FILE.toml] [--up] [--json] [--timeout SECONDS]
                                                  running services through their control endpoints
-                                                 (no ADDRESS: every running `service-framework up`)
+                                                 (FILE.toml: the running `up` of that file; nothing:
+                                                 every running `service-framework up`)
        service-framework stats --watch [SECONDS] [ADDRESS...]   redrawn in place, with rates
        service-framework keygen [--out DIR] [NAME]     a CURVE key pair, NAME.key and NAME.key_secret
        service-framework up [--check] [FILE]           every service of a topology file, by one command

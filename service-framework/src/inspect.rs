@@ -39,6 +39,22 @@ pub struct InspectOptions {
 /// The control endpoints of every running `service-framework up` (their ready files in the
 /// temporary directory; a file whose process is gone is skipped), sorted by instance.
 pub fn discover_up(temp_dir: &Path) -> Vec<Target> {
+    discover(temp_dir, None)
+}
+
+/// As [`discover_up`], only the runs of the topology file `topology` (each run records its
+/// file's canonical path in its folder).
+pub fn discover_topology(temp_dir: &Path, topology: &Path) -> Vec<Target> {
+    let wanted = std::fs::canonicalize(topology).unwrap_or_else(|_| topology.to_path_buf());
+    discover(temp_dir, Some(&wanted))
+}
+
+/// Whether a command-line word names a topology file rather than a control address.
+pub fn is_topology_file(word: &str) -> bool {
+    word.ends_with(".toml") && Path::new(word).is_file()
+}
+
+fn discover(temp_dir: &Path, topology: Option<&Path>) -> Vec<Target> {
     let mut found = Vec::new();
     let Ok(dirs) = std::fs::read_dir(temp_dir) else {
         return found;
@@ -46,6 +62,12 @@ pub fn discover_up(temp_dir: &Path) -> Vec<Target> {
     for dir in dirs.flatten() {
         if !dir.file_name().to_string_lossy().starts_with("sf-up-") {
             continue;
+        }
+        if let Some(wanted) = topology {
+            let recorded = std::fs::read_to_string(dir.path().join("topology")).ok();
+            if recorded.as_deref().map(Path::new) != Some(wanted) {
+                continue;
+            }
         }
         let Ok(files) = std::fs::read_dir(dir.path()) else {
             continue;

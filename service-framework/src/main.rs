@@ -123,15 +123,25 @@ fn call(args: &CliArgs) -> ExitCode {
 /// `service-framework up`'s instances.
 fn inspect(verb: &str, args: &CliArgs) -> ExitCode {
     use service_framework::inspect::{self, InspectOptions, Target};
-    let mut targets: Vec<Target> = args
+    let (files, addresses): (Vec<&String>, Vec<&String>) = args
         .positional
         .iter()
+        .partition(|a| inspect::is_topology_file(a));
+    let mut targets: Vec<Target> = addresses
+        .into_iter()
         .map(|a| Target {
             address: a.clone(),
             instance: None,
         })
         .collect();
-    if args.up || targets.is_empty() {
+    for f in &files {
+        let found = inspect::discover_topology(&std::env::temp_dir(), std::path::Path::new(f));
+        if found.is_empty() {
+            eprintln!("{f}: no running `service-framework up` of this file");
+        }
+        targets.extend(found);
+    }
+    if args.up || (targets.is_empty() && files.is_empty()) {
         targets.extend(inspect::discover_up(&std::env::temp_dir()));
     }
     let options = InspectOptions {
