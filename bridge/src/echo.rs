@@ -89,6 +89,7 @@ pub fn plugin() -> Plugin {
             .path("/api/v1/echo_stream")
             .get()
             .summary("Echo the message one character per event")
+            .event_type::<crate::TextChunk>()
             .handle_stream(|q: EchoQuery, ctx: PluginCtx| async move {
                 let text = format!("{}{}", prefix(&ctx)?, q.message);
                 let chars: Vec<_> = text

@@ -78,6 +78,9 @@ pub(crate) fn document(reg: &Registry) -> Value {
                         });
                     }
                     let data = (e.handler.response)(&mut gen).to_value();
+                    if let (true, Some(event)) = (e.handler.stream, e.api.event) {
+                        op["x-message-schema"] = event(&mut gen).to_value();
+                    }
                     op["responses"] = if e.handler.stream {
                         stream_responses()
                     } else if e.api.raw_response {
@@ -197,6 +200,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                     "framex_surface": {"type": "string"}, "service_framework": {"type": "string"}}}}}}}}}),
     );
 
+    let functions = function_apis(reg, &mut gen, &mut extra_schemas);
     let mut schemas = gen.take_definitions(true);
     for (k, v) in extra_schemas {
         schemas.entry(k).or_insert(v);
@@ -270,12 +274,66 @@ pub(crate) fn document(reg: &Registry) -> Value {
         },
         "tags": tags,
         "paths": paths,
+        "x-function-apis": functions,
         "components": {
             "schemas": schemas,
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "Authorization",
                 "description": "The key, bare or as `Bearer <key>`"}},
         },
     })
+}
+
+/// `x-function-apis`: every function API (`call_type` func or all) by its name, with the
+/// keyword arguments `call_plugin_api` takes (query parameters, and the body under its
+/// name) and what it answers (a stream: the list of its `message_chunk` payloads).
+fn function_apis(
+    reg: &Registry,
+    gen: &mut schemars::SchemaGenerator,
+    extra: &mut Map<String, Value>,
+) -> Value {
+    let mut out = Map::new();
+    for (name, e) in &reg.funcs {
+        let mut kwargs = hoist_root(e.handler.query_root.clone(), extra);
+        if let Value::Object(m) = &mut kwargs {
+            m.remove("title");
+            m.remove("default");
+            if let Some((body, schema_fn)) = &e.handler.body {
+                let s = schema_fn(gen).to_value();
+                m.entry("properties")
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut()
+                    .map(|p| p.insert(body.clone(), s));
+                match m.entry("required").or_insert_with(|| json!([])) {
+                    Value::Array(r) => r.push(body.clone().into()),
+                    other => *other = json!([body]),
+                }
+            }
+        }
+        let returns = if e.handler.stream {
+            let item = e.api.event.map(|f| f(gen).to_value()).unwrap_or(json!({}));
+            json!({"type": "array", "items": item})
+        } else {
+            (e.handler.response)(gen).to_value()
+        };
+        let route: Vec<String> = match e.api.full_path() {
+            Some(p) if e.api.effective_call_type() == crate::plugin::CallType::All => {
+                e.api.methods.iter().map(|m| format!("{m} {p}")).collect()
+            }
+            _ => Vec::new(),
+        };
+        out.insert(
+            name.clone(),
+            json!({
+                "plugin": e.plugin.meta.name,
+                "summary": e.api.summary.clone().unwrap_or_else(|| e.api.name.clone()),
+                "kwargs": kwargs,
+                "returns": returns,
+                "stream": e.handler.stream,
+                "routes": route,
+            }),
+        );
+    }
+    Value::Object(out)
 }
 
 /// FastAPI's generated id for FrameX's handler: `route_handler` and the path with every

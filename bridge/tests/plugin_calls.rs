@@ -208,3 +208,41 @@ async fn a_typed_call_checks_required_remote_apis_and_the_answer() {
         .to_string();
     assert!(e.contains("plugins.shelf") && e.contains("start"), "{e}");
 }
+
+/// Issue 16: function APIs are listed in the document (`x-function-apis`, with the kwargs
+/// `call_plugin_api` takes and what they answer), and a stream's event payload model is its
+/// operation's `x-message-schema`.
+#[tokio::test]
+async fn the_document_lists_function_apis_and_stream_event_types() {
+    let mut s = settings(&["echo"], &["shelf"]);
+    s.plugins.insert("shelf".into(), json!({"start": 0}));
+    let app = Bridge::new(s)
+        .plugins([shelf()])
+        .build()
+        .await
+        .expect("builds");
+    let doc = app.openapi();
+    let confess = &doc["x-function-apis"]["echo.EchoPlugin.confess"];
+    assert_eq!(confess["plugin"], "echo", "{confess}");
+    assert_eq!(
+        confess["kwargs"]["required"],
+        json!(["message"]),
+        "{confess}"
+    );
+    assert_eq!(
+        confess["kwargs"]["properties"]["message"]["type"], "string",
+        "{confess}"
+    );
+    assert_eq!(confess["returns"]["type"], "string", "{confess}");
+    assert_eq!(confess["stream"], false);
+    // Only function APIs: the HTTP-only ones are paths.
+    let names: Vec<&String> = doc["x-function-apis"].as_object().unwrap().keys().collect();
+    assert_eq!(names, ["echo.EchoPlugin.confess"]);
+    // The echo stream's chunks are {"content": ...}.
+    let op = &doc["paths"]["/api/v1/echo_stream"]["get"];
+    let chunk = &op["x-message-schema"];
+    let r = chunk["$ref"].as_str().expect("a reference");
+    let name = r.trim_start_matches("#/components/schemas/");
+    let model = &doc["components"]["schemas"][name];
+    assert_eq!(model["properties"]["content"]["type"], "string", "{model}");
+}

@@ -181,6 +181,21 @@ async fn every_route_of_the_macro_plugins() {
     );
     assert_eq!(limit["schema"]["default"], 10, "{limit}");
     assert!(items["post"]["requestBody"].is_object());
+    // The function API and the stream's event type are in the document too.
+    let reserve = &doc["x-function-apis"]["inventory.Inventory.reserve"];
+    assert_eq!(
+        reserve["kwargs"]["required"],
+        json!(["sku", "quantity"]),
+        "{reserve}"
+    );
+    assert_eq!(
+        reserve["returns"]["$ref"], "#/components/schemas/Level",
+        "{reserve}"
+    );
+    assert_eq!(
+        doc["paths"]["/api/v1/inventory/watch"]["get"]["x-message-schema"]["$ref"],
+        "#/components/schemas/Level"
+    );
     let tag = doc["tags"]
         .as_array()
         .unwrap()
