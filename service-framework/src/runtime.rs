@@ -433,7 +433,8 @@ async fn serve_inbound(
                     linger: options.linger,
                     // One stop for the whole service: every replyer stops taking work at once.
                     stop: Some(stop_token.clone()),
-                    security: security_of(options, Side::In, &m.name, true)?,
+                    // Through a broker it connects (a CURVE client of the broker), else binds.
+                    security: security_of(options, Side::In, &m.name, brokered.is_none())?,
                     ..Default::default()
                 };
                 if let Some(v) = m.creation_u64("max_message_bytes") {

@@ -167,3 +167,86 @@ async fn a_framework_replyer_serves_through_the_broker_and_survives_its_restart(
         broker.dump()
     );
 }
+
+/// Mistakes in the addresses or the broker's tuning stop the start with exit 2, named.
+#[tokio::test]
+async fn mistakes_are_named_at_start() {
+    let dir = TempDir::new("mistakes");
+    let write = |name: &str, v: Value| {
+        let p = dir.0.join(name);
+        std::fs::write(&p, v.to_string()).unwrap();
+        p
+    };
+    let both = write(
+        "both.json",
+        json!({"connections": {"in": {"reply": {"replyer": "127.0.0.1:0", "broker": "127.0.0.1:1"}}}, "control": false}),
+    );
+    let typo = write(
+        "typo.json",
+        json!({"connections": {"in": {"reply": {"broker": "127.0.0.1:1", "servce": "x"}}}, "control": false}),
+    );
+    let no_router = write(
+        "no_router.json",
+        json!({"connections": {"in": {"broker": {"routr": "127.0.0.1:0"}}}}),
+    );
+    let router = write(
+        "router.json",
+        json!({"connections": {"in": {"broker": {"router": "127.0.0.1:0"}}}}),
+    );
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "-s".into(),
+                "echo_replyer".into(),
+                "-a".into(),
+                both.display().to_string(),
+            ],
+            "serve either directly or through the broker",
+        ),
+        (
+            vec![
+                "-s".into(),
+                "echo_replyer".into(),
+                "-a".into(),
+                typo.display().to_string(),
+            ],
+            "\"servce\"",
+        ),
+        (
+            vec!["-s".into(), "broker".into()],
+            "connections.in.broker.router",
+        ),
+        (
+            vec![
+                "-s".into(),
+                "broker".into(),
+                "-a".into(),
+                no_router.display().to_string(),
+            ],
+            "{\"router\": \"host:port\"}",
+        ),
+        (
+            vec![
+                "-s".into(),
+                "broker".into(),
+                "-a".into(),
+                router.display().to_string(),
+                "--heartbeat_liveness".into(),
+                "2.5".into(),
+            ],
+            "heartbeat_liveness must be a whole number",
+        ),
+    ];
+    for (args, says) in cases {
+        let mut cmd = Command::new(bin("service-framework"));
+        cmd.args(&args);
+        let mut p = Proc::spawn("service-framework", cmd);
+        let status = p.exit(WAIT).await;
+        assert_eq!(status.code(), Some(2), "{args:?}\n{}", p.dump());
+        assert!(
+            p.has_line(|l| l.contains(says)),
+            "{args:?}: no {says:?}\n{}",
+            p.dump()
+        );
+    }
+}

@@ -207,6 +207,25 @@ impl Proc {
             .count()
     }
 
+    /// Waits for the process to exit by itself (bounded), then for its output to be read.
+    pub async fn exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(s)) => s,
+            _ => panic!(
+                "{} did not exit within {timeout:?}\n{}",
+                self.name,
+                self.dump()
+            ),
+        };
+        // Both pipes close at exit: wait (bounded) until the collectors have read them.
+        let mut changed = self.changed.clone();
+        while tokio::time::timeout(Duration::from_millis(500), changed.changed())
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {}
+        status
+    }
+
     /// SIGKILL, and waits for the exit.
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
