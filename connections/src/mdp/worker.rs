@@ -334,7 +334,12 @@ impl Slot {
             client,
             started: Instant::now(),
             run: Box::pin(
-                std::panic::AssertUnwindSafe((self.handler)(frame.clone())).catch_unwind(),
+                // Run as serving a request: a requester the handler calls does not retry
+                // (retries happen at the edge only, as in a bound replyer).
+                std::panic::AssertUnwindSafe(crate::requester::serving((self.handler)(
+                    frame.clone(),
+                )))
+                .catch_unwind(),
             ),
         })
     }
