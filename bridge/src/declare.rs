@@ -18,7 +18,12 @@
 //!         Greeting { text: format!("{greeting}, {name}") }
 //!     }
 //! }
+//! # fn main() {}
 //! ```
+//!
+//! The impl block belongs at module level (not in a function body): the `greeter_api`
+//! module it makes refers to its items through `super`. In a function body, write
+//! `#[plugin(..., typed = false)]` (no typed-call module).
 //!
 //! What the macros make: a [`Plugin`] built by [`PluginDef::plugin`] and registered when the
 //! crate is linked (so `--load-plugins greeter` finds it in any bridge binary that links the
