@@ -2,7 +2,12 @@
 //! spread (counted by each replica's control `stats`), a replica killed with SIGKILL under
 //! load costs no request when retries are on and only prompt errors when they are off, a
 //! stopped (SIGSTOP) replica is taken out within the heartbeat timeout and put back after
-//! SIGCONT.
+//! SIGCONT. Then the same across hosts: network namespaces made here (a bridge, a veth per
+//! host), replicas run in them with `ip netns exec`, one host's link cut under load.
+//!
+//! The namespace test runs its client in a child process (this test binary again, in the
+//! client's namespace, its part chosen by `SF_REPLICAS_ROLE`), which reports on stdout in
+//! lines starting with `@@ `.
 
 mod support;
 
@@ -27,6 +32,8 @@ const HEARTBEAT: Heartbeat = Heartbeat {
 };
 /// Each attempt's timeout.
 const TIMEOUT: Duration = Duration::from_secs(3);
+/// Selects the child process's part.
+const ROLE: &str = "SF_REPLICAS_ROLE";
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -325,4 +332,304 @@ fn a_stopped_replica_is_out_within_the_heartbeat_timeout_and_back_after_sigcont(
         after - sent_while_out
     );
     let _ = stopped;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across hosts: network namespaces.
+
+/// Hosts as network namespaces: `sw` holds a bridge, each host (three replicas and a client)
+/// a veth whose other end is on the bridge, addressed 10.213.N.0/24 (N from the pid). All of
+/// it is removed when this is dropped, also when the test fails.
+struct Hosts {
+    prefix: String,
+    net: String,
+    names: Vec<String>,
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Hosts {
+    /// The switch, then `hosts` hosts. `Err` when namespaces cannot be made here.
+    fn new(hosts: usize) -> Result<Hosts, String> {
+        let id = std::process::id();
+        let mut h = Hosts {
+            prefix: format!("sfr{}", id % 100_000),
+            net: format!("10.213.{}", id % 250),
+            names: Vec::new(),
+        };
+        let sw = h.ns("sw");
+        ip(&["netns", "add", &sw])?;
+        h.names.push(sw.clone());
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        for i in 0..hosts {
+            let ns = h.ns(&format!("h{i}"));
+            ip(&["netns", "add", &ns])?;
+            h.names.push(ns.clone());
+            // eth0 in the host, p<i> on the switch's bridge.
+            let port = format!("p{i}");
+            ip(&[
+                "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
+            ])?;
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0"])?;
+            ip(&["-n", &sw, "link", "set", &port, "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", h.addr(i)),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(h)
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    fn addr(&self, host: usize) -> String {
+        format!("{}.{}", self.net, host + 1)
+    }
+
+    /// Cuts (or heals) host `i`'s link: its port on the switch goes down.
+    fn link(&self, i: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.ns("sw"), "link", "set", &format!("p{i}"), state]).expect("link set");
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for ns in self.names.iter().rev() {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The client's part, in its own namespace: load on the three replicas; it reports each
+/// change of the replicas (`@@ out i`, `@@ back i`), progress on request (when a replica has
+/// been out or back for 300 answers) and at the end `@@ done ok=N errors=M`.
+fn client_part(endpoints: &str, retries: u32) {
+    let rt = runtime();
+    let _guard = rt.enter();
+    let eps: Vec<&str> = endpoints.split(',').collect();
+    let req = requester(&eps, retries);
+    rt.block_on(wait_up(&req, "3 replicas up", |n| n == 3));
+    println!("@@ ready");
+    let run = load(&rt, &req, 16);
+    // Each replica serves a share.
+    let t = Instant::now();
+    while req.replicas().iter().any(|r| r.sent < 200) {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            req.replicas()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let spread: Vec<u64> = req.replicas().iter().map(|r| r.sent).collect();
+    println!("@@ spread {spread:?}");
+    // Two events come: host 1 cut (then healed), replica 2 killed.
+    let mut was: Vec<bool> = vec![true; 3];
+    let mut outs = 0;
+    let mut backs = 0;
+    let t = Instant::now();
+    while outs < 2 || backs < 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "{:?}",
+            req.replicas()
+        );
+        let now: Vec<bool> = req.replicas().iter().map(|r| r.up).collect();
+        for i in 0..3 {
+            if was[i] && !now[i] {
+                outs += 1;
+                println!("@@ out {i}");
+                let before: Vec<u64> = req.replicas().iter().map(|r| r.sent).collect();
+                run.answered(300, Duration::from_secs(20));
+                let after: Vec<u64> = req.replicas().iter().map(|r| r.sent).collect();
+                println!(
+                    "@@ continued {i} {:?}",
+                    after
+                        .iter()
+                        .zip(&before)
+                        .map(|(a, b)| a - b)
+                        .collect::<Vec<_>>()
+                );
+            }
+            if !was[i] && now[i] {
+                backs += 1;
+                let before = req.replicas()[i].sent;
+                run.answered(300, Duration::from_secs(20));
+                println!("@@ back {i} {}", req.replicas()[i].sent - before);
+            }
+        }
+        was = now;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (ok, errors) = run.finish(&rt);
+    // Without retries, a request on the cut or killed replica fails: with an error, within
+    // its timeout.
+    for (e, took) in &errors {
+        assert!(retries == 0, "retries on: nothing may fail: {e}");
+        assert!(
+            e.contains("went away") || e.contains("timed out"),
+            "an unexpected error: {e}"
+        );
+        assert!(
+            *took <= TIMEOUT + Duration::from_millis(500),
+            "{e} after {took:?}"
+        );
+    }
+    let slowest = errors.iter().map(|e| e.1).max().unwrap_or_default();
+    println!(
+        "@@ done ok={ok} errors={} slowest_error={slowest:?}",
+        errors.len()
+    );
+}
+
+#[test]
+fn replicas_on_three_namespace_hosts_survive_a_cut_link_and_a_sigkill() {
+    const TEST: &str = "replicas_on_three_namespace_hosts_survive_a_cut_link_and_a_sigkill";
+    if std::env::var(ROLE).as_deref() == Ok("client") {
+        let retries =
+            std::env::var("SF_REPLICAS_RETRIES").map_or(2, |r| r.parse().expect("retries"));
+        return client_part(
+            &std::env::var("SF_REPLICAS_ENDPOINTS").expect("endpoints"),
+            retries,
+        );
+    }
+    if !is_root() {
+        println!("skipped: network namespaces need root (CI runs as root)");
+        return;
+    }
+    let hosts = match Hosts::new(4) {
+        Ok(h) => h,
+        Err(e) if e.contains("Operation not permitted") || e.contains("Permission denied") => {
+            println!("skipped: the kernel refuses network namespaces here: {e}");
+            return;
+        }
+        Err(e) => panic!("making the namespace hosts: {e}"),
+    };
+    let dir = Scratch::new("replicas-netns");
+    let mut reps = Vec::new();
+    for i in 0..3 {
+        let file = dir.write(
+            &format!("h{i}.json"),
+            &format!(
+                r#"{{"connections": {{"in": {{"reply": {{"replyer": "{}:7000"}}}}, "out": {{}}}}, "states": {{"in": {{}}, "out": {{}}}}}}"#,
+                hosts.addr(i)
+            ),
+        );
+        let ns = hosts.ns(&format!("h{i}"));
+        reps.push(start_replica(&["ip", "netns", "exec", &ns], &file));
+    }
+    let endpoints: Vec<String> = reps.iter().map(|r| r.endpoint.clone()).collect();
+    // Two clients on host 3 see the same faults: one with 2 retries, one with none.
+    let exe = std::env::current_exe().expect("the test binary");
+    let client = |retries: &str| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &hosts.ns("h3")])
+            .arg(&exe)
+            .args(["--exact", TEST, "--nocapture", "--test-threads", "1"])
+            .env(ROLE, "client")
+            .env("SF_REPLICAS_RETRIES", retries)
+            .env("SF_REPLICAS_ENDPOINTS", endpoints.join(","));
+        Proc::spawn(cmd)
+    };
+    let mut clients = [client("2"), client("0")];
+    let wait = Duration::from_secs(30);
+    let mut spread = String::new();
+    for c in &mut clients {
+        c.wait_for_stdout("@@ ready", wait);
+        spread = c.wait_for_stdout("@@ spread", wait);
+    }
+
+    // Host 1's link cut under load: out within the heartbeat timeout, the others serve on.
+    hosts.link(1, false);
+    let cut = Instant::now();
+    clients[0].wait_for_stdout("@@ out 1", wait);
+    let detected = cut.elapsed();
+    let bound = HEARTBEAT.timeout + HEARTBEAT.interval + Duration::from_millis(500);
+    assert!(
+        detected <= bound,
+        "link cut seen after {detected:?}, bound {bound:?}"
+    );
+    let mut continued = String::new();
+    for c in &mut clients {
+        continued = c.wait_for_stdout("@@ continued 1", wait);
+    }
+    hosts.link(1, true);
+    let healed = Instant::now();
+    let mut back = String::new();
+    for c in &mut clients {
+        back = c.wait_for_stdout("@@ back 1", wait);
+    }
+    let back_after = healed.elapsed();
+
+    // Replica 2 killed under load.
+    kill(reps[2].proc.pid(), "KILL");
+    let mut continued2 = String::new();
+    for c in &mut clients {
+        c.wait_for_stdout("@@ out 2", wait);
+        continued2 = c.wait_for_stdout("@@ continued 2", wait);
+    }
+    let mut done = Vec::new();
+    for c in &mut clients {
+        done.push(c.wait_for_stdout("@@ done", wait));
+        let status = c.finish(Duration::from_secs(10));
+        assert!(
+            status.success(),
+            "a client part failed:\n{}",
+            c.stderr_text()
+        );
+    }
+    assert!(
+        done[0].contains("errors=0 "),
+        "retries on: nothing lost: {}",
+        done[0]
+    );
+    println!(
+        "namespace hosts: {spread}; host 1 cut: out after {detected:?}, then {continued}; \
+         healed: {back} (all back within {back_after:?}); replica 2 SIGKILLed: {continued2}; \
+         retries 2: {}; retries 0: {}",
+        done[0], done[1]
+    );
+    drop(clients);
+    drop(reps);
+    drop(hosts);
 }
