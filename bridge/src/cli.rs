@@ -40,7 +40,7 @@ and config.toml in the working directory, .env, .env.prod, the environment
 
   --host HOST                  bind address (server.host, 127.0.0.1)
   --port PORT                  port (server.port, 8080; 0 picks one)
-  --load-plugins NAME          load a plugin compiled into this binary (repeatable)
+  --load-plugins NAME          load a plugin linked into this binary, or a [bus.services] one
   --load-builtin-plugins NAME  load a built-in plugin: echo (repeatable)
   --enable-proxy               forward the upstreams of [plugins.proxy] proxy_urls
   --no-enable-proxy            do not, whatever the config says
@@ -190,7 +190,7 @@ pub fn main(plugins: Vec<Plugin>) -> ExitCode {
                 "builtin_plugins": ["echo", "proxy"],
                 "plugins": names,
                 "config": ["server.host", "server.port", "server.enable_proxy", "load_plugins",
-                    "load_builtin_plugins", "plugins.<name>", "auth.rules", "auth.oauth", "bus.routes", "bus.streams", "bus.states", "bus.auto_routes",
+                    "load_builtin_plugins", "plugins.<name>", "auth.rules", "auth.oauth", "bus.routes", "bus.streams", "bus.states", "bus.services", "bus.auto_routes",
                     "server.timestamp_offset", "server.strict_validation", "metrics.control", "metrics.up", "metrics.timeout_s"],
             })
         );

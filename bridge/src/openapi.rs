@@ -249,6 +249,19 @@ pub(crate) fn document(reg: &Registry) -> Value {
         }
         tags.push(tag);
     }
+    for (name, control, info) in &reg.bus_services {
+        let version = info["version"].as_str().unwrap_or_default();
+        let mut description = info["description"].as_str().unwrap_or_default().to_owned();
+        if !version.is_empty() {
+            description = format!("{description}\n\nversion {version}, a service on the bus");
+        }
+        tags.push(json!({
+            "name": name,
+            "description": description.trim(),
+            "x-bus-service": {"control": control, "name": info["name"], "id": info["id"],
+                "version": info["version"], "metadata": info["metadata"]},
+        }));
+    }
     let known: Vec<String> = tags
         .iter()
         .filter_map(|t| t["name"].as_str().map(str::to_owned))

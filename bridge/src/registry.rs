@@ -100,6 +100,8 @@ pub(crate) struct Registry {
     pub auth: AuthRules,
     /// The proxy, when enabled.
     pub proxy: Option<Arc<Proxy>>,
+    /// `[bus.services]` mounted: name, control endpoint, its `info`.
+    pub bus_services: Vec<(String, String, Value)>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -124,6 +126,7 @@ impl Registry {
             http: BTreeMap::new(),
             resolved: HashMap::new(),
             proxy: None,
+            bus_services: Vec::new(),
         };
         for p in plugins {
             reg.add_plugin(p)?;

@@ -109,6 +109,11 @@ impl Bridge {
             out.push(p.clone());
         }
         for name in &self.settings.load_plugins {
+            if self.settings.bus.services.contains_key(name)
+                && !self.available.iter().any(|p| p.name() == name)
+            {
+                continue; // a bus service of that name, mounted from [bus.services]
+            }
             let p = self
                 .available
                 .iter()
@@ -116,7 +121,7 @@ impl Bridge {
                 .ok_or_else(|| {
                     let names: Vec<&str> = self.available.iter().map(Plugin::name).collect();
                     Error::Config(format!(
-                    "load_plugins: no plugin {name:?} is compiled into this bridge; available: {}",
+                    "load_plugins: no plugin {name:?} is compiled into this bridge, and [bus.services] has no service of that name; available: {}",
                     if names.is_empty() { "(none)".into() } else { names.join(", ") }
                 ))
                 })?;
@@ -144,6 +149,13 @@ impl Bridge {
         for s in streams {
             let path = s.path.clone();
             reg.add_route(&path, Method::GET, Target::BusStream(Arc::new(s)))?;
+        }
+        for s in bus::services(&reg.settings.bus, self.security.as_ref()).await? {
+            for r in s.routes {
+                let (path, method) = (r.path.clone(), r.method.clone());
+                reg.add_route(&path, method, Target::Bus(Arc::new(r)))?;
+            }
+            reg.bus_services.push((s.name, s.control, s.info));
         }
         for s in bus::states(&reg.settings.bus, self.security.as_ref()).await? {
             let path = s.path.clone();
