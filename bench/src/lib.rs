@@ -16,6 +16,7 @@
 //! - [`reqrep`]: round trips/s and p50/p99, 1 and 16 callers, multi- and current-thread
 //!   runtimes, and a service on its own thread as embedded services run.
 //! - [`broker`]: request/reply through the Majordomo broker against direct, same run.
+//! - [`replicas`]: one requester over 1, 2 and 3 brokerless replicas, against 1, same run.
 //! - [`pubsub`]: 100-byte messages at full speed, with and without the credit window.
 //! - [`pipeline`]: three-stage PUSH -> PULL/PUSH -> PULL.
 //! - [`delta`]: delta-state updates/s, and the time to resync (late joiner, gap).
@@ -37,6 +38,7 @@ pub mod pipeline;
 pub mod procs;
 pub mod pubsub;
 pub mod report;
+pub mod replicas;
 pub mod reqrep;
 pub mod resources;
 pub mod transport;
@@ -51,6 +53,7 @@ pub use report::{Machine, PatternReport, Report, Row, Target, Verdict};
 pub const PATTERNS: &[&str] = &[
     "reqrep",
     "broker",
+    "replicas",
     "pubsub",
     "pipeline",
     "delta",
@@ -243,6 +246,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match name {
             "reqrep" => reqrep::run(config),
             "broker" => broker::run(config),
+            "replicas" => replicas::run(config),
             "pubsub" => pubsub::run(config),
             "pipeline" => pipeline::run(config),
             "delta" => delta::run(config),
