@@ -40,7 +40,7 @@ use sf_connections::{
 };
 
 use crate::config::{
-    BusRouteConfig, BusServiceConfig, BusSettings, BusStateConfig, BusStreamConfig, StateKindConfig,
+    BusRouteConfig, BusSettings, BusStateConfig, BusStreamConfig, StateKindConfig,
 };
 use crate::envelope::StreamEvent;
 use crate::error::{ApiError, Error, Result};
@@ -525,96 +525,22 @@ fn described(file: &Path, connection: &str, what: &str) -> Result<(Option<Value>
     Ok((get("args"), get("return_args")))
 }
 
-/// A service mounted as a plugin: what its `info` says about itself, and its routes.
-#[derive(Debug)]
-pub(crate) struct BusService {
-    pub name: String,
-    pub control: String,
-    pub info: Value,
-    pub routes: Vec<BusRoute>,
-}
-
-/// Reads each `[bus.services.<name>]`'s `info` from its control endpoint and makes a route of
-/// each of its replyers. A service that does not answer stops the start, naming it.
-pub(crate) async fn services(
-    settings: &BusSettings,
+/// A requester towards a bus service's socket at `address` (for `[bus.services]`), with the
+/// security file's entry for `conn` (else `path`'s).
+pub(crate) fn connect(
+    address: &str,
+    timeout_s: f64,
     sec: Option<&SecuritySettings>,
-) -> Result<Vec<BusService>> {
-    let mut out = Vec::new();
-    for (name, cfg) in &settings.services {
-        out.push(service(name, cfg, sec).await?);
-    }
-    Ok(out)
-}
-
-async fn service(
-    name: &str,
-    cfg: &BusServiceConfig,
-    sec: Option<&SecuritySettings>,
-) -> Result<BusService> {
-    let what = format!("bus.services.{name}");
-    let timeout = cfg.timeout_s.unwrap_or(10.0);
-    if !(timeout > 0.0 && timeout.is_finite()) {
-        return Err(Error::Config(format!(
-            "{what}.timeout_s must be a positive number of seconds"
-        )));
-    }
-    let control = Requester::connect(
-        &Address::from(cfg.control.as_str()),
+    conn: &str,
+    path: &str,
+) -> Result<Requester> {
+    Requester::connect(
+        &Address::from(address),
         RequesterOptions {
-            timeout: Duration::from_secs_f64(timeout.min(5.0)),
-            security: client_security(sec, Side::Out, &Some(format!("{name}.control")), name)?,
+            timeout: Duration::from_secs_f64(timeout_s),
+            security: client_security(sec, Side::Out, &Some(conn.to_owned()), path)?,
             ..Default::default()
         },
     )
-    .map_err(|e| Error::Bus(format!("{what}: {e}")))?;
-    let info: rmpv::Value = control
-        .request(&json!({"verb": "info"}), WorkflowId::new_random())
-        .await
-        .map_err(|e| {
-            Error::Bus(format!(
-                "{what}: its control endpoint {} did not answer `info`: {e}",
-                cfg.control
-            ))
-        })?;
-    let info = msgpack_to_json(info);
-    let prefix = cfg.prefix.clone().unwrap_or_else(|| format!("/{name}"));
-    let mut routes = Vec::new();
-    for c in info["connections"].as_array().into_iter().flatten() {
-        if c["side"] != "in" || c["kind"] != "replyer" {
-            continue;
-        }
-        let (Some(conn), Some(endpoint)) = (c["name"].as_str(), c["endpoint"].as_str()) else {
-            continue;
-        };
-        let path = prefixed(&format!("{}/{conn}", prefix.trim_end_matches('/')));
-        let address = Address::from(endpoint);
-        let requester = Requester::connect(
-            &address,
-            RequesterOptions {
-                timeout: Duration::from_secs_f64(timeout),
-                security: client_security(sec, Side::Out, &Some(conn.to_owned()), &path)?,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| Error::Bus(format!("{what}.{conn}: {e}")))?;
-        let schema = |v: &Value| (v.is_object()).then(|| v.clone());
-        routes.push(BusRoute {
-            target: address.to_string(),
-            path,
-            method: Method::POST,
-            requester,
-            raw_response: false,
-            description: Some(format!("Replyer {conn:?} of bus service {name:?}")),
-            tags: vec![name.to_owned()],
-            args_schema: schema(&c["args"]),
-            return_schema: schema(&c["returns"]),
-        });
-    }
-    Ok(BusService {
-        name: name.to_owned(),
-        control: cfg.control.clone(),
-        info,
-        routes,
-    })
+    .map_err(|e| Error::Bus(format!("{address}: {e}")))
 }

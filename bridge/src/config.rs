@@ -109,13 +109,14 @@ pub struct BusSettings {
     /// `POST /api/v1/bus/<name>` and every `connections.in.<name>.subscriber` as
     /// `GET /api/v1/bus/<name>` (events) unless a configured route already names it.
     pub auto_routes: bool,
-    /// Name -> a running service whose replyers become routes, read from its control
-    /// endpoint's `info` at start (a plugin shipped as a bus service).
+    /// Name -> a service whose replyers become routes while it runs, read from its control
+    /// endpoint's `info` (a plugin shipped as a bus service).
     pub services: BTreeMap<String, BusServiceConfig>,
 }
 
 /// A service on the bus mounted as a plugin: each of its replyers is
-/// `POST /api/v1/<prefix>/<connection>`, with the schemas and metadata its `info` gives.
+/// `POST /api/v1/<prefix>/<connection>`, with the schemas and metadata its `info` gives,
+/// for as long as it answers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusServiceConfig {
@@ -123,8 +124,11 @@ pub struct BusServiceConfig {
     pub control: String,
     /// The path before each connection's name (default: `/<name>`).
     pub prefix: Option<String>,
-    /// Seconds a request to one of its replyers may take (10), and `info` at start (5).
+    /// Seconds a request to one of its replyers may take (10), and `info` (at most 5).
     pub timeout_s: Option<f64>,
+    /// Seconds between two reads of its `info` (1): how soon a service that stopped or
+    /// came back is unmounted or mounted.
+    pub refresh_s: Option<f64>,
 }
 
 impl Default for BusSettings {

@@ -32,6 +32,7 @@
 
 pub mod auth;
 pub mod bus;
+mod bus_services;
 pub mod bus_metrics;
 pub mod cli;
 pub mod config;

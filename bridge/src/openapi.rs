@@ -95,46 +95,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                 }
                 Target::Bus(r) => {
                     used_tags.extend(r.tags.iter().cloned());
-                    let args = r
-                        .args_schema
-                        .clone()
-                        .map(|s| hoist_root(s, &mut extra_schemas))
-                        .unwrap_or_else(|| json!({"type": "object"}));
-                    let ret = r
-                        .return_schema
-                        .clone()
-                        .map(|s| hoist_root(s, &mut extra_schemas))
-                        .unwrap_or(json!({}));
-                    let mut op = json!({
-                        "tags": r.tags,
-                        "summary": r.description.clone().unwrap_or_else(|| format!("Request to the replyer at {}", r.target)),
-                        "operationId": operation_id(&r.path, method),
-                    });
-                    if *method == Method::GET {
-                        op["parameters"] = json!(query_params_of(&args));
-                    } else {
-                        op["parameters"] = json!([]);
-                        op["requestBody"] = json!({
-                            "required": true,
-                            "content": {"application/json": {"schema": args}},
-                        });
-                    }
-                    op["responses"] = if r.raw_response {
-                        json!({"200": {"description": "The reply's return_args", "content": {"application/json": {"schema": ret}}}})
-                    } else {
-                        json!({"200": {"description": "The reply's return_args in data", "content": {"application/json": {"schema": envelope_of(ret)}}}})
-                    };
-                    add_errors(&mut op, true, protected, false);
-                    for (code, what) in [
-                        (
-                            "502",
-                            "The service's reply was unusable or the service went away",
-                        ),
-                        ("504", "No reply in time"),
-                    ] {
-                        op["responses"][code] = json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}});
-                    }
-                    op
+                    bus_operation(r, method, protected, &mut extra_schemas)
                 }
                 Target::BusStream(s) => {
                     used_tags.extend(s.tags.iter().cloned());
@@ -168,8 +129,9 @@ pub(crate) fn document(reg: &Registry) -> Value {
                     add_errors(&mut op, false, protected, false);
                     op
                 }
-                // Upstream routes are added to the served document as they are read.
-                Target::Proxy(..) => continue,
+                // Upstream and bus-service routes are added to the served document while
+                // they are there.
+                Target::Proxy(..) | Target::BusService(_) => continue,
             };
             item.insert(method.as_str().to_ascii_lowercase(), op);
         }
@@ -249,19 +211,6 @@ pub(crate) fn document(reg: &Registry) -> Value {
         }
         tags.push(tag);
     }
-    for (name, control, info) in &reg.bus_services {
-        let version = info["version"].as_str().unwrap_or_default();
-        let mut description = info["description"].as_str().unwrap_or_default().to_owned();
-        if !version.is_empty() {
-            description = format!("{description}\n\nversion {version}, a service on the bus");
-        }
-        tags.push(json!({
-            "name": name,
-            "description": description.trim(),
-            "x-bus-service": {"control": control, "name": info["name"], "id": info["id"],
-                "version": info["version"], "metadata": info["metadata"]},
-        }));
-    }
     let known: Vec<String> = tags
         .iter()
         .filter_map(|t| t["name"].as_str().map(str::to_owned))
@@ -294,6 +243,55 @@ pub(crate) fn document(reg: &Registry) -> Value {
                 "description": "The key, bare or as `Bearer <key>`"}},
         },
     })
+}
+
+/// The operation of a replyer served as a route.
+pub(crate) fn bus_operation(
+    r: &crate::bus::BusRoute,
+    method: &Method,
+    protected: bool,
+    extra_schemas: &mut Map<String, Value>,
+) -> Value {
+    let args = r
+        .args_schema
+        .clone()
+        .map(|s| hoist_root(s, extra_schemas))
+        .unwrap_or_else(|| json!({"type": "object"}));
+    let ret = r
+        .return_schema
+        .clone()
+        .map(|s| hoist_root(s, extra_schemas))
+        .unwrap_or(json!({}));
+    let mut op = json!({
+        "tags": r.tags,
+        "summary": r.description.clone().unwrap_or_else(|| format!("Request to the replyer at {}", r.target)),
+        "operationId": operation_id(&r.path, method),
+    });
+    if *method == Method::GET {
+        op["parameters"] = json!(query_params_of(&args));
+    } else {
+        op["parameters"] = json!([]);
+        op["requestBody"] = json!({
+            "required": true,
+            "content": {"application/json": {"schema": args}},
+        });
+    }
+    op["responses"] = if r.raw_response {
+        json!({"200": {"description": "The reply's return_args", "content": {"application/json": {"schema": ret}}}})
+    } else {
+        json!({"200": {"description": "The reply's return_args in data", "content": {"application/json": {"schema": envelope_of(ret)}}}})
+    };
+    add_errors(&mut op, true, protected, false);
+    for (code, what) in [
+        (
+            "502",
+            "The service's reply was unusable or the service went away",
+        ),
+        ("504", "No reply in time"),
+    ] {
+        op["responses"][code] = json!({"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}}});
+    }
+    op
 }
 
 /// `x-function-apis`: every function API (`call_type` func or all) by its name, with the

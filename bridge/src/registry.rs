@@ -59,6 +59,9 @@ pub(crate) enum Target {
     Bus(Arc<BusRoute>),
     BusStream(Arc<BusStream>),
     BusState(Arc<BusState>),
+    /// A path under a `[bus.services]` prefix, looked up among the service's replyers when
+    /// it is called (the service may come and go).
+    BusService(String),
     /// An HTTP path no local route serves, looked up among the upstreams' routes when it
     /// is called (FrameX's fallback to the proxy; upstreams are read in the background).
     Proxy(Option<Method>, String),
@@ -78,6 +81,7 @@ impl Target {
         match self {
             Target::Local(e) => format!("plugin API {}", e.func_name),
             Target::Bus(r) => format!("bus route {}", r.path),
+            Target::BusService(p) => format!("bus service route {p}"),
             Target::BusStream(s) => format!("bus stream {}", s.path),
             Target::BusState(s) => format!("bus state {}", s.path),
             Target::Proxy(m, p) => match m {
@@ -100,8 +104,8 @@ pub(crate) struct Registry {
     pub auth: AuthRules,
     /// The proxy, when enabled.
     pub proxy: Option<Arc<Proxy>>,
-    /// `[bus.services]` mounted: name, control endpoint, its `info`.
-    pub bus_services: Vec<(String, String, Value)>,
+    /// `[bus.services]`, mounted while they answer.
+    pub live: Option<Arc<crate::bus_services::LiveServices>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -126,7 +130,7 @@ impl Registry {
             http: BTreeMap::new(),
             resolved: HashMap::new(),
             proxy: None,
-            bus_services: Vec::new(),
+            live: None,
         };
         for p in plugins {
             reg.add_plugin(p)?;
@@ -294,7 +298,11 @@ impl Registry {
                         methods[0],
                     )));
                 }
-                let target = self.lookup(name).or_else(|| self.proxied(name)).ok_or_else(|| {
+                let target = self
+                    .lookup(name)
+                    .or_else(|| self.bus_service(name))
+                    .or_else(|| self.proxied(name))
+                    .ok_or_else(|| {
                     let hint = if name.starts_with('/') && !name.starts_with(crate::API_PREFIX) {
                         format!(" (HTTP APIs are named by their full path, e.g. {})", plugin::prefixed(name))
                     } else {
@@ -313,6 +321,18 @@ impl Registry {
         }
         self.resolved = resolved;
         Ok(())
+    }
+
+    /// `POST /path` or `/path` under a `[bus.services]` prefix.
+    fn bus_service(&self, name: &str) -> Option<Target> {
+        let live = self.live.as_ref()?;
+        let path = match name.split_once(' ') {
+            Some((m, p)) if m.eq_ignore_ascii_case("POST") => p.trim(),
+            Some(_) => return None,
+            None => name,
+        };
+        live.covers(path)
+            .then(|| Target::BusService(path.to_owned()))
     }
 
     /// With the proxy enabled, an HTTP path no local route serves is left to the upstreams.
@@ -466,6 +486,17 @@ impl PluginCtx {
         match target {
             Target::Local(entry) => call_local(&self.registry, &entry, kwargs).await,
             Target::Bus(route) => route.call(Value::Object(kwargs)).await,
+            Target::BusService(path) => {
+                let route = self
+                    .registry
+                    .live
+                    .as_ref()
+                    .map(|l| l.route(&path))
+                    .transpose()?
+                    .flatten()
+                    .ok_or_else(|| ApiError::not_found(format!("no bus service serves {path}")))?;
+                route.call(Value::Object(kwargs)).await
+            }
             Target::BusStream(s) => Err(ApiError::bad_request(format!(
                 "{} is an endless stream of bus messages and cannot be collected",
                 s.path

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use service_framework::AddressesFile;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus_services::LiveServices;
 use crate::config::Settings;
 use crate::envelope::{self, EventType, StreamEvent};
 use crate::error::{ApiError, Error, Result};
@@ -150,12 +151,9 @@ impl Bridge {
             let path = s.path.clone();
             reg.add_route(&path, Method::GET, Target::BusStream(Arc::new(s)))?;
         }
-        for s in bus::services(&reg.settings.bus, self.security.as_ref()).await? {
-            for r in s.routes {
-                let (path, method) = (r.path.clone(), r.method.clone());
-                reg.add_route(&path, method, Target::Bus(Arc::new(r)))?;
-            }
-            reg.bus_services.push((s.name, s.control, s.info));
+        let live = LiveServices::start(&reg.settings.bus, self.security.as_ref()).await?;
+        if !live.is_empty() {
+            reg.live = Some(live);
         }
         for s in bus::states(&reg.settings.bus, self.security.as_ref()).await? {
             let path = s.path.clone();
@@ -254,9 +252,13 @@ impl App {
 
     /// The served OpenAPI document as it is now, with the upstream routes read so far.
     pub fn current_openapi(&self) -> Arc<Value> {
-        match &self.proxy {
+        let doc = match &self.proxy {
             Some(p) => p.document(&self.openapi),
             None => self.openapi.clone(),
+        };
+        match &self.registry.live {
+            Some(l) => Arc::new(l.document(&doc, &self.registry)),
+            None => doc,
         }
     }
 
@@ -454,6 +456,10 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>, oauth: Option<Arc<OAuth>>) ->
                         Some(p) => p.document(&base),
                         None => base,
                     };
+                    let doc = match &reg.live {
+                        Some(l) => Arc::new(l.document(&doc, &reg)),
+                        None => doc,
+                    };
                     envelope::json_response(StatusCode::OK, &*doc)
                 }
             }),
@@ -484,6 +490,16 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>, oauth: Option<Arc<OAuth>>) ->
         .fallback(move |req: Request| {
             let reg = fallback_reg.clone();
             async move {
+                if let Some(live) = &reg.live {
+                    if let Some(r) =
+                        serve_bus_service(&reg, live, req.method(), req.uri().path(), req.headers())
+                    {
+                        return match r {
+                            Ok(route) => dispatch(reg.clone(), Target::Bus(route), req).await,
+                            Err(e) => envelope::failure(&e),
+                        };
+                    }
+                }
                 if let Some(p) = &reg.proxy {
                     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
                     if let Some(r) = p.handle(&reg.auth, req).await {
@@ -558,14 +574,54 @@ pub const VERSION_DETAILS_PATH: &str = "/version/details";
 /// serves everything else).
 fn health(reg: &Registry) -> Response {
     let missing = reg.proxy.as_ref().map(|p| p.missing()).unwrap_or_default();
-    if missing.is_empty() {
+    let services = reg.live.as_ref().map(|l| l.missing()).unwrap_or_default();
+    if missing.is_empty() && services.is_empty() {
         return axum::Json("ok").into_response();
     }
-    let list: Vec<Value> = missing
-        .into_iter()
-        .map(|(name, error)| json!({"name": name, "error": error}))
-        .collect();
-    axum::Json(json!({"status": "degraded", "missing_upstreams": list})).into_response()
+    let mut body = json!({"status": "degraded"});
+    if !missing.is_empty() {
+        let list: Vec<Value> = missing
+            .into_iter()
+            .map(|(name, error)| json!({"name": name, "error": error}))
+            .collect();
+        body["missing_upstreams"] = list.into();
+    }
+    if !services.is_empty() {
+        let list: Vec<Value> = services
+            .into_iter()
+            .map(|(name, error)| json!({"name": name, "error": error}))
+            .collect();
+        body["missing_bus_services"] = list.into();
+    }
+    axum::Json(body).into_response()
+}
+
+/// A request under a `[bus.services]` prefix: its route (POST), or the error to answer
+/// (405, 401, 404 or 503 while the service is not answering); `None` when no service's
+/// prefix covers the path.
+fn serve_bus_service(
+    reg: &Registry,
+    live: &LiveServices,
+    method: &Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+) -> Option<Result<Arc<bus::BusRoute>, ApiError>> {
+    let route = match live.route(path) {
+        Ok(None) => return None,
+        Ok(Some(r)) => r,
+        Err(e) => return Some(Err(e)),
+    };
+    if *method != Method::POST {
+        return Some(Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}; allowed: POST"),
+        )));
+    }
+    if let Err(e) = reg.auth.check(path, Some(path), headers) {
+        tracing::warn!(%path, "rejected: {}", e.message);
+        return Some(Err(e));
+    }
+    Some(Ok(route))
 }
 
 async fn swagger_file(file: String, config: Arc<utoipa_swagger_ui::Config<'static>>) -> Response {
@@ -708,7 +764,9 @@ async fn dispatch(reg: Arc<Registry>, target: Target, req: Request) -> Response 
         },
         Target::BusState(s) => Ok(s.current()),
         // Proxied paths are answered by the fallback, never routed here.
-        Target::Proxy(..) => Err(ApiError::not_found(format!("no route for {path}"))),
+        Target::Proxy(..) | Target::BusService(_) => {
+            Err(ApiError::not_found(format!("no route for {path}")))
+        }
     };
     match result {
         Ok(v) => envelope::success(StatusCode::OK, v),

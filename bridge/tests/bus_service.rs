@@ -1,14 +1,17 @@
-//! A plugin shipped as a service on the bus (issue 16 item 3, mounted at start): the bridge
-//! reads a running service's control `info` and serves each of its replyers as a route,
-//! tagged with the service's metadata in the OpenAPI document; `--load-plugins NAME`
+//! A plugin shipped as a service on the bus (issue 16 item 3): the bridge reads the service's
+//! control `info` and serves each of its replyers as a route, tagged with the service's
+//! metadata in the OpenAPI document, for as long as it answers (mounted at start, unmounted
+//! when it stops, mounted again when it is back, on new ports); `--load-plugins NAME`
 //! resolves to it; a compiled-in plugin calls it with `call_plugin_api`.
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
 use serde_json::json;
 use service_framework::prelude::*;
-use service_framework::testing::TestService;
+use service_framework::{AddressesFile, Service, ServiceHandle};
 use sf_bridge::{Api, ApiError, Bridge, NoParams, Plugin, PluginCtx, PluginMetadata};
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
@@ -54,25 +57,65 @@ fn adder() -> Plugin {
     )
 }
 
-#[tokio::test]
-async fn a_bus_service_is_mounted_as_a_plugin() {
-    let svc = TestService::start(calc())
+/// Runs `calc` in the background with its control endpoint at `control` and its replyer on
+/// an ephemeral port (a new one at each start, as a restarted process would get).
+async fn run_calc(control: &str) -> ServiceHandle {
+    let addresses = AddressesFile::parse(
+        &json!({"connections": {"in": {"add": {"replyer": "127.0.0.1:0"}}, "out": {}},
+            "control": control})
+        .to_string(),
+        "test",
+    )
+    .expect("addresses");
+    let h = Service::new(calc())
+        .addresses(addresses)
+        .run_in_background();
+    h.wait_ready_async(Duration::from_secs(10))
         .await
-        .expect("the service starts");
-    let control = svc.control().expect("a control endpoint").to_owned();
+        .expect("calc serves");
+    h
+}
+
+/// Waits (at most 10 s) until `probe` holds.
+async fn until<F, Fut>(what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !probe().await {
+        assert!(Instant::now() < deadline, "{what} within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn bridge_settings(control: &str) -> sf_bridge::Settings {
     let mut s = settings(&[], &["calc", "adder"]);
     s.bus.services.insert(
         "calc".into(),
-        serde_json::from_value(json!({"control": control, "timeout_s": 1})).unwrap(),
+        serde_json::from_value(json!({"control": control, "timeout_s": 1, "refresh_s": 0.1}))
+            .unwrap(),
     );
-    let b = start(s, vec![adder()]).await;
+    s
+}
+
+#[tokio::test]
+async fn a_bus_service_is_mounted_while_it_runs() {
+    let control = format!("127.0.0.1:{}", sf_tests::free_port());
+    let svc = run_calc(&control).await;
+    let b = start(bridge_settings(&control), vec![adder()]).await;
     let u = b.url();
-    let (st, v) = post(&format!("{u}/api/v1/calc/add"), &json!({"a": 1, "b": 2})).await;
+    let add = format!("{u}/api/v1/calc/add");
+    // Mounted at start: served from the first request.
+    let (st, v) = post(&add, &json!({"a": 1, "b": 2})).await;
     assert_eq!((st, data_of(200, &v)), (200, json!({"total": 3})));
     // The service's own error keeps its meaning.
-    let (st, v) = post(&format!("{u}/api/v1/calc/add"), &json!({"a": -1, "b": 2})).await;
+    let (st, v) = post(&add, &json!({"a": -1, "b": 2})).await;
     assert_eq!(st, 500, "{v}");
     assert!(v["message"].as_str().unwrap().contains("negative a"), "{v}");
+    // Only POST.
+    let (st, _) = get(&add).await;
+    assert_eq!(st, 405);
     // A compiled-in plugin calls it through call_plugin_api.
     let (st, v) = get(&format!("{u}/api/v1/twice")).await;
     assert_eq!(
@@ -93,26 +136,65 @@ async fn a_bus_service_is_mounted_as_a_plugin() {
         .expect("the service's tag");
     assert_eq!(tag["x-bus-service"]["version"], "2.0.0", "{tag}");
     assert_eq!(tag["x-bus-service"]["metadata"]["team"], "numbers", "{tag}");
-    // Once the service is gone its route answers a gateway error within timeout_s.
-    svc.stop().await.expect("the service stops");
-    let (st, v) = post(&format!("{u}/api/v1/calc/add"), &json!({"a": 1, "b": 2})).await;
-    assert!((502..=504).contains(&st), "{st} {v}");
+    assert_eq!(get(&format!("{u}/health")).await, (200, json!("ok")));
+
+    // The service stops: its route answers 503 naming it, its entries leave the document,
+    // /health lists it.
+    svc.stop_async().await.expect("calc stops");
+    until("the route answers 503", || async {
+        post(&add, &json!({"a": 1, "b": 2})).await.0 == 503
+    })
+    .await;
+    let (_, v) = post(&add, &json!({"a": 1, "b": 2})).await;
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"calc\" is not answering"),
+        "{v}"
+    );
+    let (_, doc) = get(&format!("{u}/api/v1/openapi.json")).await;
+    assert!(doc["paths"].get("/api/v1/calc/add").is_none());
+    let (_, h) = get(&format!("{u}/health")).await;
+    assert_eq!(h["missing_bus_services"][0]["name"], "calc", "{h}");
+    let (st, _) = get(&format!("{u}/api/v1/twice")).await;
+    assert_eq!(st, 503);
+
+    // Back, on a new replyer port: mounted again.
+    let svc = run_calc(&control).await;
+    until("the route answers again", || async {
+        post(&add, &json!({"a": 1, "b": 2})).await.0 == 200
+    })
+    .await;
+    let (_, v) = get(&format!("{u}/api/v1/twice")).await;
+    assert_eq!(data_of(200, &v), json!([{"total": 5}, {"total": 5}]));
+    assert_eq!(get(&format!("{u}/health")).await, (200, json!("ok")));
     b.stop().await;
+    svc.stop_async().await.expect("calc stops");
 }
 
 #[tokio::test]
-async fn a_bus_service_that_does_not_answer_stops_the_start() {
-    // A port nothing listens on: info times out (bounded by timeout_s).
-    let port = sf_tests::free_port();
-    let mut s = settings(&[], &["calc"]);
-    s.bus.services.insert(
-        "calc".into(),
-        serde_json::from_value(json!({"control": format!("127.0.0.1:{port}"), "timeout_s": 0.5}))
-            .unwrap(),
-    );
-    let e = Bridge::new(s).build().await.unwrap_err().to_string();
-    assert!(e.contains("bus.services.calc") && e.contains("info"), "{e}");
-    // Not a compiled-in plugin nor a bus service: the error says both were looked at.
+async fn a_bus_service_started_after_the_bridge_is_mounted_when_it_answers() {
+    let control = format!("127.0.0.1:{}", sf_tests::free_port());
+    // Not running: the bridge starts anyway (the service is a plugin another team deploys).
+    let b = start(bridge_settings(&control), vec![adder()]).await;
+    let u = b.url();
+    let add = format!("{u}/api/v1/calc/add");
+    let (st, v) = post(&add, &json!({"a": 1, "b": 2})).await;
+    assert_eq!(st, 503, "{v}");
+    let (_, h) = get(&format!("{u}/health")).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    let svc = run_calc(&control).await;
+    until("the route answers", || async {
+        post(&add, &json!({"a": 1, "b": 2})).await.0 == 200
+    })
+    .await;
+    let (_, doc) = get(&format!("{u}/api/v1/openapi.json")).await;
+    assert!(doc["paths"]["/api/v1/calc/add"]["post"].is_object());
+    b.stop().await;
+    svc.stop_async().await.expect("calc stops");
+
+    // Not a linked plugin nor a bus service: the error says both were looked at.
     let e = Bridge::new(settings(&[], &["nothing"]))
         .build()
         .await
