@@ -334,6 +334,46 @@ fn a_stopped_replica_is_out_within_the_heartbeat_timeout_and_back_after_sigcont(
     let _ = stopped;
 }
 
+/// A service whose addresses.json gives its requester a list: `echo_requester` in main mode
+/// spreads its 60 requests over two `echo_replyer` processes.
+#[test]
+fn a_service_given_a_list_of_replicas_in_addresses_json_spreads_its_requests() {
+    let dir = Scratch::new("replicas-file");
+    let addresses = dir.write("replyer.json", REPLYER_ADDRESSES);
+    let reps: Vec<Replica> = (0..2).map(|_| start_replica(&[], &addresses)).collect();
+    let file = dir.write(
+        "requester.json",
+        &format!(
+            r#"{{"connections": {{"out": {{"request": {{"requester": ["{}", "{}"]}}}}}}}}"#,
+            reps[0].endpoint, reps[1].endpoint
+        ),
+    );
+    let mut cmd = Command::new(ECHO_REQUESTER);
+    cmd.arg("-a")
+        .arg(&file)
+        .args(["-m", "--num_req_to_send", "60"]);
+    let (status, p) = run(cmd, Duration::from_secs(20));
+    assert!(status.success(), "{status}: {}", p.stderr_text());
+    assert_eq!(
+        p.stdout
+            .iter()
+            .filter(|l| l.contains("Got Response"))
+            .count(),
+        60
+    );
+    let rt = runtime();
+    let counts: Vec<u64> = rt.block_on(async {
+        let mut v = Vec::new();
+        for r in &reps {
+            v.push(served(&r.control).await);
+        }
+        v
+    });
+    assert_eq!(counts.iter().sum::<u64>(), 60, "{counts:?}");
+    assert!(counts.iter().all(|c| *c >= 20), "{counts:?}");
+    println!("echo_requester with a list of 2 replicas: {counts:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Across hosts: network namespaces.
 
