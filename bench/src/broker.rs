@@ -6,8 +6,10 @@
 //! handler served through [`mdp::worker::serve`] behind an in-process
 //! [`mdp::Broker`], called by MDP clients (one DEALER each, lock-step as MDP clients are,
 //! sending the framework's request envelope). With 16 callers the broker side has 16 clients
-//! and 16 workers; the direct side one requester shared by 16 tasks. Rows: fw = through the
-//! broker, raw = direct; plus the p50 the broker adds.
+//! and 16 workers; the direct side one requester shared by 16 tasks. Each on a multi-thread
+//! and on a current-thread runtime (everything in the process on one thread, as a broker
+//! process runs its own loop). Rows: fw = through the broker, raw = direct; the p50 the
+//! broker adds; and a diagnostic with hand-written MDP workers instead of the framework's.
 
 use std::time::{Duration, Instant};
 
@@ -83,11 +85,52 @@ async fn client(ep: &str) -> anyhow::Result<DealerSocket> {
     Ok(sock)
 }
 
-/// `total` brokered round trips from `callers` clients, after every worker registered.
-async fn brokered(callers: usize, total: usize, warmup: usize) -> anyhow::Result<RoundTrips> {
+/// Hand-written MDP workers with no framework: READY, then every REQUEST's body straight
+/// back as the FINAL (a diagnostic: what the broker costs without the framework's worker).
+fn raw_workers(ep: &str, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|_| {
+            let ep = ep.to_owned();
+            tokio::spawn(async move {
+                let mut sock = DealerSocket::new();
+                if sock.connect(&ep).is_err()
+                    || sock.send(proto::worker_ready(SERVICE)).await.is_err()
+                {
+                    return;
+                }
+                while let Ok(m) = sock.recv().await {
+                    if let Ok(proto::ToWorker::Request { client, body }) =
+                        proto::parse_to_worker(m.frames())
+                    {
+                        if sock
+                            .send(proto::worker_reply(true, client, body))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// `total` brokered round trips from `callers` clients, after every worker registered; with
+/// `raw`, the workers are [`raw_workers`] (the reply is the request, not checked).
+async fn brokered(
+    callers: usize,
+    total: usize,
+    warmup: usize,
+    raw: bool,
+) -> anyhow::Result<RoundTrips> {
     let broker = mdp::Broker::bind(&Address::from("127.0.0.1:0"), BrokerOptions::default()).await?;
     let ep = broker.endpoint().to_owned();
-    let replyer = brokered_replyer(&ep, callers).await?;
+    let (replyer, raw_tasks) = if raw {
+        (None, raw_workers(&ep, callers))
+    } else {
+        (Some(brokered_replyer(&ep, callers).await?), Vec::new())
+    };
     // Every worker registered: ask `mmi.service` until it answers, then warm each client up.
     let mut probe = client(&ep).await?;
     let deadline = Instant::now() + REPLY_TIMEOUT;
@@ -122,11 +165,13 @@ async fn brokered(callers: usize, total: usize, warmup: usize) -> anyhow::Result
             for _ in 0..per {
                 let t = Instant::now();
                 let body = mdp_call(&mut sock, SERVICE, frame.clone()).await?;
-                let reply: Reply<Echoed> = wire::decode(&body[0])?;
-                anyhow::ensure!(
-                    reply.return_args.is_some_and(|r| !r.echoed.is_empty()),
-                    "wrong echo"
-                );
+                if !raw {
+                    let reply: Reply<Echoed> = wire::decode(&body[0])?;
+                    anyhow::ensure!(
+                        reply.return_args.is_some_and(|r| !r.echoed.is_empty()),
+                        "wrong echo"
+                    );
+                }
                 lat.push(t.elapsed());
             }
             anyhow::Ok((t0, lat))
@@ -139,7 +184,12 @@ async fn brokered(callers: usize, total: usize, warmup: usize) -> anyhow::Result
         lat.extend(l);
     }
     let elapsed = started.map_or(Duration::ZERO, |s| s.elapsed());
-    replyer.shutdown().await;
+    if let Some(r) = replyer {
+        r.shutdown().await;
+    }
+    for t in raw_tasks {
+        t.abort();
+    }
     broker.shutdown().await;
     Ok(RoundTrips {
         per_s: rate(lat.len() as u64, elapsed),
@@ -165,24 +215,31 @@ pub fn run(config: &Config) -> PatternReport {
         "request/reply through the Majordomo broker (MDP 0.2) vs direct Requester->Replyer, same run",
     );
     let runs = if config.short { 1 } else { 3 };
-    for callers in [1, CALLERS] {
+    for (flavor, callers) in [
+        (Flavor::Multi, 1),
+        (Flavor::Multi, CALLERS),
+        (Flavor::Current, 1),
+        (Flavor::Current, CALLERS),
+    ] {
+        // A quarter of reqrep's count with 16 callers: the brokered side runs at a few
+        // thousand round trips per second.
         let (n, warm) = if callers == 1 {
             (c.rr_one, c.rr_warmup)
         } else {
-            (c.rr_many, c.rr_warmup)
+            ((c.rr_many / 4).max(CALLERS * 10), c.rr_warmup)
         };
         // Alternating runs, the median of each side (by throughput).
         let (mut ds, mut bs) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            ds.push(block_on(Flavor::Multi, lim, direct(callers, n, warm)));
-            bs.push(block_on(Flavor::Multi, lim, brokered(callers, n, warm)));
+            ds.push(block_on(flavor, lim, direct(callers, n, warm)));
+            bs.push(block_on(flavor, lim, brokered(callers, n, warm, false)));
         }
         let d = crate::util::median_run(ds, |r| r.per_s);
         let b = crate::util::median_run(bs, |r| r.per_s);
         let case = if callers == 1 {
-            "1 caller, multi-thread".to_owned()
+            format!("1 caller, {}", flavor.label())
         } else {
-            format!("{callers} callers, multi-thread")
+            format!("{callers} callers, {}", flavor.label())
         };
         let (bo, dok) = (b.as_ref().ok(), d.as_ref().ok());
         let mut rt = Row::new(&case, "round trips/s", "rt/s")
@@ -214,6 +271,21 @@ pub fn run(config: &Config) -> PatternReport {
                     .raw(dok.map(|x| get(&x.latency))),
             );
         }
+        // Where the time goes: the same broker with hand-written workers (no framework).
+        let rw = block_on(flavor, lim, brokered(callers, n, warm, true));
+        let mut row = Row::new(format!("{case}, raw MDP workers"), "round trips/s", "rt/s")
+            .fw(rw.as_ref().ok().map(|x| x.per_s))
+            .raw(dok.map(|x| x.per_s))
+            .note("diagnostic: the broker with hand-written echo workers; raw = direct");
+        if let Err(e) = &rw {
+            row = row.note(format!("failed: {e:#}"));
+        }
+        p.push(row);
+        p.push(
+            Row::new(format!("{case}, raw MDP workers"), "p50 latency", "us")
+                .fw(rw.as_ref().ok().map(|x| x.latency.p50_us))
+                .raw(dok.map(|x| x.latency.p50_us)),
+        );
         if let (Some(b), Some(d)) = (bo, dok) {
             p.push(
                 Row::new(&case, "p50 added by the broker", "us")
