@@ -525,6 +525,16 @@ fn described(file: &Path, connection: &str, what: &str) -> Result<(Option<Value>
     Ok((get("args"), get("return_args")))
 }
 
+/// The security towards a `[bus.services]` publisher (the file's entry for `conn`, else
+/// `path`'s).
+pub(crate) fn client_security_for(
+    sec: Option<&SecuritySettings>,
+    conn: &str,
+    path: &str,
+) -> Result<Security> {
+    client_security(sec, Side::In, &Some(conn.to_owned()), path)
+}
+
 /// A requester towards a bus service's socket at `address` (for `[bus.services]`), with the
 /// security file's entry for `conn` (else `path`'s).
 pub(crate) fn connect(

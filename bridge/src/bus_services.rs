@@ -1,9 +1,16 @@
 //! Plugins shipped as services on the bus (`[bus.services.<name>] control = "host:port"`):
-//! each service's control `info` is read at start and then every `refresh_s`, and its
-//! replyers are served as `POST /api/v1/<name>/<connection>` while it answers. A service
-//! that stops answering loses its routes and OpenAPI entries (its paths answer 503 naming
-//! it, and `/health` lists it); when it answers again, on the same endpoints or new ones,
-//! they come back.
+//! each service's control `info` is read at start and then every `refresh_s`, and while it
+//! answers its replyers are routes (`POST /api/v1/<name>/<connection>`, or the path and
+//! methods the service declares in its metadata under `http.<connection>`) and its
+//! declared publishers event streams. A service that stops answering loses its routes and
+//! OpenAPI entries (its paths answer 503 naming it, and `/health` lists it); when it
+//! answers again, on the same endpoints or new ones, they come back.
+//!
+//! A declaration is the metadata value `http.<connection>` = a JSON object:
+//! `{"path": "/calc/sum", "methods": ["GET", "POST"], "summary": "..", "tags": [".."],
+//! "raw_response": false}` for a replyer (GET takes the args from the query string), or
+//! `{"path": "/calc/sums", "stream": true}` for a publisher (each message an event);
+//! `{"hidden": true}` keeps a replyer off HTTP.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -14,17 +21,24 @@ use serde_json::{json, Map, Value};
 use service_framework::security::SecuritySettings;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{self, BusRoute};
+use crate::bus::{self, BusRoute, BusStream};
 use crate::config::{BusServiceConfig, BusSettings};
 use crate::error::{ApiError, Error, Result};
 use crate::plugin::prefixed;
 
+/// One mounted route.
+#[derive(Clone)]
+pub(crate) enum Live {
+    Route(Arc<BusRoute>),
+    Stream(Arc<BusStream>),
+}
+
 /// What a service answered last.
 struct Mounted {
     info: Value,
-    /// The replyers' endpoints the routes were made for (a change remakes them).
-    endpoints: Vec<(String, String)>,
-    routes: BTreeMap<String, Arc<BusRoute>>,
+    /// What the routes were made from (a change remakes them).
+    basis: Value,
+    routes: BTreeMap<String, Vec<(Method, Live)>>,
 }
 
 /// One configured service.
@@ -33,6 +47,8 @@ struct Watched {
     cfg: BusServiceConfig,
     prefix: String,
     state: RwLock<std::result::Result<Mounted, String>>,
+    /// The paths it served last, answered 503 while it is away.
+    known: RwLock<Vec<String>>,
 }
 
 /// Every `[bus.services]` entry, kept current by a watcher task each.
@@ -91,6 +107,7 @@ impl LiveServices {
                 cfg: cfg.clone(),
                 prefix,
                 state: RwLock::new(Err("not read yet".into())),
+                known: RwLock::new(Vec::new()),
             });
             w.refresh(sec).await;
             if let Err(e) = &*read(&w.state) {
@@ -123,22 +140,29 @@ impl LiveServices {
         self.services.is_empty()
     }
 
-    /// The route serving `path`: `Ok(None)` when no service's prefix covers it, `Err` (503)
-    /// when the service that would serve it is not answering or has no such replyer.
-    pub fn route(&self, path: &str) -> std::result::Result<Option<Arc<BusRoute>>, ApiError> {
+    /// The routes serving `path` (by method): `Ok(None)` when no service serves or served
+    /// it and no service's prefix covers it, `Err` (503) when the service that would serve it
+    /// is not answering.
+    pub fn route(&self, path: &str) -> std::result::Result<Option<Vec<(Method, Live)>>, ApiError> {
         for w in &self.services {
-            if !(path.starts_with(&format!("{}/", w.prefix))) {
+            if let Ok(m) = &*read(&w.state) {
+                if let Some(r) = m.routes.get(path) {
+                    return Ok(Some(r.clone()));
+                }
+            }
+        }
+        for w in &self.services {
+            let ours = path.starts_with(&format!("{}/", w.prefix))
+                || read(&w.known).iter().any(|k| k == path);
+            if !ours {
                 continue;
             }
             return match &*read(&w.state) {
-                Ok(m) => match m.routes.get(path) {
-                    Some(r) => Ok(Some(r.clone())),
-                    None => Err(ApiError::not_found(format!(
-                        "bus service {:?} has no replyer at {path}; it serves {}",
-                        w.name,
-                        m.routes.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ))),
-                },
+                Ok(m) => Err(ApiError::not_found(format!(
+                    "bus service {:?} serves no {path}; it serves {}",
+                    w.name,
+                    m.routes.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))),
                 Err(e) => Err(ApiError::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
                     format!("bus service {:?} is not answering: {e}", w.name),
@@ -148,11 +172,40 @@ impl LiveServices {
         Ok(None)
     }
 
-    /// True when `path` is under a service's prefix (for `required_remote_apis`).
+    /// The route of `method` on `path`, for `call_plugin_api` (`None` method: the only one).
+    pub fn route_for(
+        &self,
+        method: Option<&Method>,
+        path: &str,
+    ) -> std::result::Result<Live, ApiError> {
+        let routes = self
+            .route(path)?
+            .ok_or_else(|| ApiError::not_found(format!("no bus service serves {path}")))?;
+        let found = match method {
+            Some(m) => routes.iter().find(|(rm, _)| rm == m),
+            None if routes.len() == 1 => routes.first(),
+            None => None,
+        };
+        found.map(|(_, l)| l.clone()).ok_or_else(|| {
+            ApiError::not_found(format!(
+                "{path} is served with {}; name the method",
+                routes
+                    .iter()
+                    .map(|(m, _)| m.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// True when `path` is under a service's prefix or served by a mounted service (for
+    /// `required_remote_apis`).
     pub fn covers(&self, path: &str) -> bool {
-        self.services
-            .iter()
-            .any(|w| path.starts_with(&format!("{}/", w.prefix)))
+        matches!(self.route(path), Ok(Some(_)))
+            || self
+                .services
+                .iter()
+                .any(|w| path.starts_with(&format!("{}/", w.prefix)))
     }
 
     /// Services not answering: (name, why).
@@ -173,10 +226,21 @@ impl LiveServices {
         for w in &self.services {
             let state = read(&w.state);
             let Ok(m) = &*state else { continue };
-            for (path, r) in &m.routes {
+            for (path, routes) in &m.routes {
                 let protected = reg.auth.keys_for(path, Some(path)).is_some();
-                let op = crate::openapi::bus_operation(r, &Method::POST, protected, &mut extra);
-                doc["paths"][path] = json!({"post": op});
+                let mut item = Map::new();
+                for (method, live) in routes {
+                    let op = match live {
+                        Live::Route(r) => {
+                            crate::openapi::bus_operation(r, method, protected, &mut extra)
+                        }
+                        Live::Stream(s) => {
+                            crate::openapi::bus_stream_operation(s, method, protected, &mut extra)
+                        }
+                    };
+                    item.insert(method.as_str().to_ascii_lowercase(), op);
+                }
+                doc["paths"][path] = Value::Object(item);
             }
             let info = &m.info;
             let version = info["version"].as_str().unwrap_or_default();
@@ -210,17 +274,21 @@ impl Watched {
         let next = match r {
             Err(e) => Err(e),
             Ok(info) => {
-                let endpoints = replyers(&info);
-                let same = matches!(&*read(&self.state), Ok(m) if m.endpoints == endpoints);
+                let basis = json!([info["connections"], info["metadata"]]);
+                let same = matches!(&*read(&self.state), Ok(m) if m.basis == basis);
                 if same {
                     if let Ok(m) = &mut *self.state.write().unwrap_or_else(|p| p.into_inner()) {
                         m.info = info;
                     }
                     return;
                 }
-                self.mount(info, endpoints, sec)
+                self.mount(info, basis, sec)
             }
         };
+        if let Ok(m) = &next {
+            *self.known.write().unwrap_or_else(|p| p.into_inner()) =
+                m.routes.keys().cloned().collect();
+        }
         match (&next, &*read(&self.state)) {
             (Ok(_), Err(_)) => tracing::info!("bus service {:?} mounted", self.name),
             (Err(e), Ok(_)) => {
@@ -262,57 +330,114 @@ impl Watched {
     fn mount(
         &self,
         info: Value,
-        endpoints: Vec<(String, String)>,
+        basis: Value,
         sec: Option<&SecuritySettings>,
     ) -> std::result::Result<Mounted, String> {
         let timeout = self.cfg.timeout_s.unwrap_or(10.0);
-        let mut routes = BTreeMap::new();
+        let mut routes: BTreeMap<String, Vec<(Method, Live)>> = BTreeMap::new();
         for c in info["connections"].as_array().into_iter().flatten() {
             let (Some(conn), Some(endpoint)) = (c["name"].as_str(), c["endpoint"].as_str()) else {
                 continue;
             };
-            if c["side"] != "in" || c["kind"] != "replyer" {
+            let declared = match info["metadata"][format!("http.{conn}")].as_str() {
+                Some(text) => Some(serde_json::from_str::<Declared>(text).map_err(|e| {
+                    format!("its metadata http.{conn} is not a route declaration: {e}")
+                })?),
+                None => None,
+            };
+            let d = declared.clone().unwrap_or_default();
+            if d.hidden {
                 continue;
             }
-            let path = format!("{}/{conn}", self.prefix);
-            let requester = bus::connect(endpoint, timeout, sec, conn, &path)
-                .map_err(|e| format!("{conn}: {e}"))?;
+            let path = match &d.path {
+                Some(p) => prefixed(p),
+                None => format!("{}/{conn}", self.prefix),
+            };
+            let tags = d.tags.clone().unwrap_or_else(|| vec![self.name.clone()]);
+            let summary = d.summary.clone();
             let schema = |v: &Value| v.is_object().then(|| v.clone());
-            routes.insert(
-                path.clone(),
-                Arc::new(BusRoute {
-                    target: endpoint.to_owned(),
-                    path,
-                    method: Method::POST,
-                    requester,
-                    raw_response: false,
-                    description: Some(format!("Replyer {conn:?} of bus service {:?}", self.name)),
-                    tags: vec![self.name.clone()],
-                    args_schema: schema(&c["args"]),
-                    return_schema: schema(&c["returns"]),
-                }),
-            );
+            let mut add = |method: Method, live: Live| -> std::result::Result<(), String> {
+                let slot = routes.entry(path.clone()).or_default();
+                if slot.iter().any(|(m, _)| *m == method) {
+                    return Err(format!("{method} {path} is declared twice"));
+                }
+                slot.push((method, live));
+                Ok(())
+            };
+            match (c["side"].as_str(), c["kind"].as_str()) {
+                (Some("in"), Some("replyer")) => {
+                    if d.stream {
+                        return Err(format!("http.{conn}: a replyer is not a stream"));
+                    }
+                    let methods = d.methods.clone().unwrap_or_else(|| vec!["POST".into()]);
+                    let requester = bus::connect(endpoint, timeout, sec, conn, &path)
+                        .map_err(|e| format!("{conn}: {e}"))?;
+                    for m in methods {
+                        let method = Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+                            .ok()
+                            .filter(|m| *m == Method::GET || *m == Method::POST || *m == Method::PUT || *m == Method::DELETE || *m == Method::PATCH)
+                            .ok_or_else(|| format!("http.{conn}: {m:?} is not a method a replyer can serve (GET, POST, PUT, PATCH, DELETE)"))?;
+                        add(
+                            method.clone(),
+                            Live::Route(Arc::new(BusRoute {
+                                target: endpoint.to_owned(),
+                                path: path.clone(),
+                                method,
+                                requester: requester.clone(),
+                                raw_response: d.raw_response,
+                                description: summary.clone().or_else(|| {
+                                    Some(format!("Replyer {conn:?} of bus service {:?}", self.name))
+                                }),
+                                tags: tags.clone(),
+                                args_schema: schema(&c["args"]),
+                                return_schema: schema(&c["returns"]),
+                            })),
+                        )?;
+                    }
+                }
+                (Some("out"), Some("publisher")) if d.stream => {
+                    let address = sf_connections::Address::from(endpoint);
+                    add(
+                        Method::GET,
+                        Live::Stream(Arc::new(BusStream {
+                            path: path.clone(),
+                            address,
+                            topic: c["options"]["topic"].as_str().unwrap_or_default().to_owned(),
+                            description: summary.clone().or_else(|| {
+                                Some(format!("Publisher {conn:?} of bus service {:?}", self.name))
+                            }),
+                            tags: tags.clone(),
+                            args_schema: schema(&c["args"]),
+                            security: bus::client_security_for(sec, conn, &path)
+                                .map_err(|e| format!("{conn}: {e}"))?,
+                        })),
+                    )?;
+                }
+                _ if declared.is_some() => {
+                    return Err(format!(
+                        "http.{conn}: only a replyer, or a publisher with \"stream\": true, becomes a route"
+                    ))
+                }
+                _ => {}
+            }
         }
         Ok(Mounted {
             info,
-            endpoints,
+            basis,
             routes,
         })
     }
 }
 
-/// The (name, endpoint) of each replyer in an `info`.
-fn replyers(info: &Value) -> Vec<(String, String)> {
-    info["connections"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| c["side"] == "in" && c["kind"] == "replyer")
-        .filter_map(|c| {
-            Some((
-                c["name"].as_str()?.to_owned(),
-                c["endpoint"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
+/// A connection's `http.<connection>` metadata.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Declared {
+    path: Option<String>,
+    methods: Option<Vec<String>>,
+    stream: bool,
+    raw_response: bool,
+    summary: Option<String>,
+    tags: Option<Vec<String>>,
+    hidden: bool,
 }

@@ -32,8 +32,8 @@
 
 pub mod auth;
 pub mod bus;
-mod bus_services;
 pub mod bus_metrics;
+mod bus_services;
 pub mod cli;
 pub mod config;
 pub mod declare;

@@ -99,20 +99,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                 }
                 Target::BusStream(s) => {
                     used_tags.extend(s.tags.iter().cloned());
-                    let mut op = json!({
-                        "tags": s.tags,
-                        "summary": s.description.clone().unwrap_or_else(|| format!("Messages published on topic {:?} at {}", s.topic, s.address)),
-                        "operationId": operation_id(&s.path, method),
-                        "parameters": [],
-                        "responses": stream_responses(),
-                    });
-                    if let Some(a) = &s.args_schema {
-                        op["x-message-schema"] = hoist_root(a.clone(), &mut extra_schemas);
-                    }
-                    add_errors(&mut op, false, protected, true);
-                    op["responses"]["502"] = json!({"description": "The publisher cannot be subscribed to",
-                        "content": {"text/event-stream": {"schema": event_schema()}}});
-                    op
+                    bus_stream_operation(s, method, protected, &mut extra_schemas)
                 }
                 Target::BusState(s) => {
                     used_tags.extend(s.tags.iter().cloned());
@@ -131,7 +118,7 @@ pub(crate) fn document(reg: &Registry) -> Value {
                 }
                 // Upstream and bus-service routes are added to the served document while
                 // they are there.
-                Target::Proxy(..) | Target::BusService(_) => continue,
+                Target::Proxy(..) | Target::BusService(..) => continue,
             };
             item.insert(method.as_str().to_ascii_lowercase(), op);
         }
@@ -243,6 +230,29 @@ pub(crate) fn document(reg: &Registry) -> Value {
                 "description": "The key, bare or as `Bearer <key>`"}},
         },
     })
+}
+
+/// The operation of a publisher's topic served as events.
+pub(crate) fn bus_stream_operation(
+    s: &crate::bus::BusStream,
+    method: &Method,
+    protected: bool,
+    extra_schemas: &mut Map<String, Value>,
+) -> Value {
+    let mut op = json!({
+        "tags": s.tags,
+        "summary": s.description.clone().unwrap_or_else(|| format!("Messages published on topic {:?} at {}", s.topic, s.address)),
+        "operationId": operation_id(&s.path, method),
+        "parameters": [],
+        "responses": stream_responses(),
+    });
+    if let Some(a) = &s.args_schema {
+        op["x-message-schema"] = hoist_root(a.clone(), extra_schemas);
+    }
+    add_errors(&mut op, false, protected, true);
+    op["responses"]["502"] = json!({"description": "The publisher cannot be subscribed to",
+                        "content": {"text/event-stream": {"schema": event_schema()}}});
+    op
 }
 
 /// The operation of a replyer served as a route.

@@ -61,7 +61,7 @@ pub(crate) enum Target {
     BusState(Arc<BusState>),
     /// A path under a `[bus.services]` prefix, looked up among the service's replyers when
     /// it is called (the service may come and go).
-    BusService(String),
+    BusService(Option<Method>, String),
     /// An HTTP path no local route serves, looked up among the upstreams' routes when it
     /// is called (FrameX's fallback to the proxy; upstreams are read in the background).
     Proxy(Option<Method>, String),
@@ -81,7 +81,7 @@ impl Target {
         match self {
             Target::Local(e) => format!("plugin API {}", e.func_name),
             Target::Bus(r) => format!("bus route {}", r.path),
-            Target::BusService(p) => format!("bus service route {p}"),
+            Target::BusService(_, p) => format!("bus service route {p}"),
             Target::BusStream(s) => format!("bus stream {}", s.path),
             Target::BusState(s) => format!("bus state {}", s.path),
             Target::Proxy(m, p) => match m {
@@ -323,16 +323,18 @@ impl Registry {
         Ok(())
     }
 
-    /// `POST /path` or `/path` under a `[bus.services]` prefix.
+    /// `METHOD /path` or `/path` served by, or under the prefix of, a `[bus.services]` entry.
     fn bus_service(&self, name: &str) -> Option<Target> {
         let live = self.live.as_ref()?;
-        let path = match name.split_once(' ') {
-            Some((m, p)) if m.eq_ignore_ascii_case("POST") => p.trim(),
-            Some(_) => return None,
-            None => name,
+        let (method, path) = match name.split_once(' ') {
+            Some((m, p)) if p.trim().starts_with('/') => (
+                Some(Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).ok()?),
+                p.trim(),
+            ),
+            _ => (None, name),
         };
         live.covers(path)
-            .then(|| Target::BusService(path.to_owned()))
+            .then(|| Target::BusService(method, path.to_owned()))
     }
 
     /// With the proxy enabled, an HTTP path no local route serves is left to the upstreams.
@@ -486,16 +488,18 @@ impl PluginCtx {
         match target {
             Target::Local(entry) => call_local(&self.registry, &entry, kwargs).await,
             Target::Bus(route) => route.call(Value::Object(kwargs)).await,
-            Target::BusService(path) => {
-                let route = self
-                    .registry
-                    .live
-                    .as_ref()
-                    .map(|l| l.route(&path))
-                    .transpose()?
-                    .flatten()
-                    .ok_or_else(|| ApiError::not_found(format!("no bus service serves {path}")))?;
-                route.call(Value::Object(kwargs)).await
+            Target::BusService(method, path) => {
+                let live =
+                    self.registry.live.as_ref().ok_or_else(|| {
+                        ApiError::not_found(format!("no bus service serves {path}"))
+                    })?;
+                match live.route_for(method.as_ref(), &path)? {
+                    crate::bus_services::Live::Route(r) => r.call(Value::Object(kwargs)).await,
+                    crate::bus_services::Live::Stream(s) => Err(ApiError::bad_request(format!(
+                        "{} is an endless stream of bus messages and cannot be collected",
+                        s.path
+                    ))),
+                }
             }
             Target::BusStream(s) => Err(ApiError::bad_request(format!(
                 "{} is an endless stream of bus messages and cannot be collected",

@@ -495,8 +495,9 @@ fn router(reg: Arc<Registry>, openapi: Arc<Value>, oauth: Option<Arc<OAuth>>) ->
                         serve_bus_service(&reg, live, req.method(), req.uri().path(), req.headers())
                     {
                         return match r {
-                            Ok(route) => dispatch(reg.clone(), Target::Bus(route), req).await,
-                            Err(e) => envelope::failure(&e),
+                            Ok(target) => dispatch(reg.clone(), target, req).await,
+                            Err((e, true)) => envelope::sse_error(&e),
+                            Err((e, false)) => envelope::failure(&e),
                         };
                     }
                 }
@@ -596,32 +597,43 @@ fn health(reg: &Registry) -> Response {
     axum::Json(body).into_response()
 }
 
-/// A request under a `[bus.services]` prefix: its route (POST), or the error to answer
-/// (405, 401, 404 or 503 while the service is not answering); `None` when no service's
-/// prefix covers the path.
+/// A request for a `[bus.services]` route: its target, or the error to answer (405, 401,
+/// 404 or 503 while the service is not answering; `true` for a stream route, answered as an
+/// event); `None` when no service serves or covers the path.
 fn serve_bus_service(
     reg: &Registry,
     live: &LiveServices,
     method: &Method,
     path: &str,
     headers: &axum::http::HeaderMap,
-) -> Option<Result<Arc<bus::BusRoute>, ApiError>> {
-    let route = match live.route(path) {
+) -> Option<Result<Target, (ApiError, bool)>> {
+    let routes = match live.route(path) {
         Ok(None) => return None,
         Ok(Some(r)) => r,
-        Err(e) => return Some(Err(e)),
+        Err(e) => return Some(Err((e, false))),
     };
-    if *method != Method::POST {
-        return Some(Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed on {path}; allowed: POST"),
+    let Some((_, found)) = routes.iter().find(|(m, _)| m == method) else {
+        let allow: Vec<String> = routes.iter().map(|(m, _)| m.to_string()).collect();
+        return Some(Err((
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "{method} is not allowed on {path}; allowed: {}",
+                    allow.join(", ")
+                ),
+            ),
+            false,
         )));
-    }
+    };
+    let target = match found {
+        crate::bus_services::Live::Route(r) => Target::Bus(r.clone()),
+        crate::bus_services::Live::Stream(s) => Target::BusStream(s.clone()),
+    };
     if let Err(e) = reg.auth.check(path, Some(path), headers) {
         tracing::warn!(%path, "rejected: {}", e.message);
-        return Some(Err(e));
+        return Some(Err((e, target.is_stream())));
     }
-    Some(Ok(route))
+    Some(Ok(target))
 }
 
 async fn swagger_file(file: String, config: Arc<utoipa_swagger_ui::Config<'static>>) -> Response {
@@ -764,7 +776,7 @@ async fn dispatch(reg: Arc<Registry>, target: Target, req: Request) -> Response 
         },
         Target::BusState(s) => Ok(s.current()),
         // Proxied paths are answered by the fallback, never routed here.
-        Target::Proxy(..) | Target::BusService(_) => {
+        Target::Proxy(..) | Target::BusService(..) => {
             Err(ApiError::not_found(format!("no route for {path}")))
         }
     };

@@ -1,6 +1,7 @@
 //! A plugin shipped as a service on the bus (issue 16 item 3): the bridge reads the service's
-//! control `info` and serves each of its replyers as a route, tagged with the service's
-//! metadata in the OpenAPI document, for as long as it answers (mounted at start, unmounted
+//! control `info` and serves each of its replyers as a route (or the routes it declares in
+//! its metadata, a publisher as an event stream), tagged with the service's metadata in the
+//! OpenAPI document, for as long as it answers (mounted at start, unmounted
 //! when it stops, mounted again when it is back, on new ports); `--load-plugins NAME`
 //! resolves to it; a compiled-in plugin calls it with `call_plugin_api`.
 
@@ -26,19 +27,36 @@ struct Sum {
 }
 
 const ADD: Replyer<Add, Sum> = Replyer::new("add");
+const MUL: Replyer<Add, Sum> = Replyer::new("mul");
+const SUMS: Publisher<Sum> = Publisher::new("sums").topic("sums");
 
-/// The team's service: its own process in production, started here on loopback.
+/// The team's service: its own process in production, started here on loopback. `add` is
+/// served at the default `POST /api/v1/calc/add`; `mul` and the `sums` publisher declare
+/// their routes in the service's metadata (`http.<connection>`).
 fn calc() -> ServiceDef {
     ServiceDef::new("calc")
         .description("adds numbers")
         .version("2.0.0")
         .metadata("team", "numbers")
-        .replyer(ADD, |args, _ctx| async move {
+        .metadata(
+            "http.mul",
+            r#"{"path": "/math/mul", "methods": ["GET", "POST"], "summary": "Multiplies"}"#,
+        )
+        .metadata("http.sums", r#"{"path": "/calc/sums", "stream": true}"#)
+        .publisher(SUMS)
+        .replyer(ADD, |args, ctx| async move {
             if args.a < 0 {
                 return Err(ServiceError::new(format!("negative a: {}", args.a)));
             }
-            Ok(Sum {
+            let sum = Sum {
                 total: args.a + args.b,
+            };
+            ctx.publish(&SUMS, &sum).await?;
+            Ok(sum)
+        })
+        .replyer(MUL, |args, _ctx| async move {
+            Ok(Sum {
+                total: args.a * args.b,
             })
         })
 }
@@ -61,7 +79,9 @@ fn adder() -> Plugin {
 /// an ephemeral port (a new one at each start, as a restarted process would get).
 async fn run_calc(control: &str) -> ServiceHandle {
     let addresses = AddressesFile::parse(
-        &json!({"connections": {"in": {"add": {"replyer": "127.0.0.1:0"}}, "out": {}},
+        &json!({"connections": {
+            "in": {"add": {"replyer": "127.0.0.1:0"}, "mul": {"replyer": "127.0.0.1:0"}},
+            "out": {"sums": {"publisher": "127.0.0.1:0"}}},
             "control": control})
         .to_string(),
         "test",
@@ -138,6 +158,52 @@ async fn a_bus_service_is_mounted_while_it_runs() {
     assert_eq!(tag["x-bus-service"]["metadata"]["team"], "numbers", "{tag}");
     assert_eq!(get(&format!("{u}/health")).await, (200, json!("ok")));
 
+    // Declared by the service: a path of its own with two methods (GET reads the query)...
+    let (st, v) = get(&format!("{u}/api/v1/math/mul?a=6&b=7")).await;
+    assert_eq!((st, data_of(200, &v)), (200, json!({"total": 42})));
+    let (st, v) = post(&format!("{u}/api/v1/math/mul"), &json!({"a": 2, "b": 5})).await;
+    assert_eq!((st, data_of(200, &v)), (200, json!({"total": 10})));
+    let mul = &doc["paths"]["/api/v1/math/mul"];
+    assert_eq!(mul["get"]["summary"], "Multiplies", "{mul}");
+    let names: Vec<&str> = mul["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"], "{mul}");
+    assert!(mul["post"]["requestBody"].is_object(), "{mul}");
+    // ...and a publisher as an event stream: what `add` publishes arrives as events.
+    assert!(doc["paths"]["/api/v1/calc/sums"]["get"].is_object());
+    let mut events = client()
+        .get(format!("{u}/api/v1/calc/sums"))
+        .send()
+        .await
+        .expect("the stream opens");
+    assert_eq!(events.status(), 200);
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut text = String::new();
+        loop {
+            // The subscription takes a moment to reach the publisher: publish until an event
+            // arrives (each add publishes one).
+            let _ = post(&add, &json!({"a": 20, "b": 1})).await;
+            match tokio::time::timeout(Duration::from_millis(200), events.chunk()).await {
+                Ok(Ok(Some(c))) => {
+                    text.push_str(&String::from_utf8_lossy(&c));
+                    if let Some(e) = sf_bridge::envelope::parse_events(&text).first() {
+                        return e.clone();
+                    }
+                }
+                Ok(other) => panic!("the stream ended: {other:?}"),
+                Err(_) => {} // nothing yet
+            }
+        }
+    })
+    .await
+    .expect("an event within 10 s");
+    assert_eq!(got, ("message_chunk".to_owned(), json!({"total": 21})));
+    drop(events);
+
     // The service stops: its route answers 503 naming it, its entries leave the document,
     // /health lists it.
     svc.stop_async().await.expect("calc stops");
@@ -155,6 +221,9 @@ async fn a_bus_service_is_mounted_while_it_runs() {
     );
     let (_, doc) = get(&format!("{u}/api/v1/openapi.json")).await;
     assert!(doc["paths"].get("/api/v1/calc/add").is_none());
+    assert!(doc["paths"].get("/api/v1/math/mul").is_none());
+    // A declared path outside the prefix is known too: 503 while the service is away.
+    assert_eq!(get(&format!("{u}/api/v1/math/mul?a=1&b=1")).await.0, 503);
     let (_, h) = get(&format!("{u}/health")).await;
     assert_eq!(h["missing_bus_services"][0]["name"], "calc", "{h}");
     let (st, _) = get(&format!("{u}/api/v1/twice")).await;
