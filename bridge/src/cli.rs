@@ -214,7 +214,11 @@ pub fn main(plugins: Vec<Plugin>) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&Error::Server(format!("cannot start the runtime: {e}"))),
     };
-    match rt.block_on(run(args, plugins)) {
+    let spans = service_framework::cli::export_spans_from_env();
+    let result = rt.block_on(run(args, plugins));
+    drop(rt);
+    spans.finish();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -290,3 +290,135 @@ async fn a_malformed_traceparent_from_a_bus_peer_starts_a_fresh_trace_and_is_ser
         line_with("echoing \"peer traced\"").contains(&format!("trace_id={}", trace_id_of(&given)))
     );
 }
+
+/// A collector of our own: every OTLP/HTTP JSON body POSTed to `/v1/traces`.
+async fn collector() -> (String, Arc<Mutex<Vec<Value>>>, Arc<tokio::sync::Notify>) {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (b, n) = (bodies.clone(), arrived.clone());
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (b, n) = (b.clone(), n.clone());
+            async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or_else(
+                    |e| json!({"unparsed": e.to_string(), "body": String::from_utf8_lossy(&body)}),
+                );
+                b.lock().unwrap().push(v);
+                n.notify_waiters();
+                axum::Json(json!({}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, bodies, arrived)
+}
+
+/// One exported span: its service, name, ids (hex) and parent id.
+#[derive(Debug, Clone)]
+struct Exported {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+}
+
+fn exported(bodies: &[Value]) -> Vec<Exported> {
+    let mut out = Vec::new();
+    for body in bodies {
+        assert!(body.get("unparsed").is_none(), "not OTLP JSON: {body}");
+        for rs in body["resourceSpans"].as_array().into_iter().flatten() {
+            let service = rs["resource"]["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["key"] == "service.name")
+                .and_then(|a| a["value"]["stringValue"].as_str())
+                .unwrap_or_default()
+                .to_owned();
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for s in ss["spans"].as_array().into_iter().flatten() {
+                    let text = |k: &str| s[k].as_str().unwrap_or_default().to_ascii_lowercase();
+                    out.push(Exported {
+                        service: service.clone(),
+                        name: text("name"),
+                        trace_id: text("traceId"),
+                        span_id: text("spanId"),
+                        parent: text("parentSpanId"),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_exported_over_otlp_show_http_then_two_bus_hops() {
+    let (endpoint, bodies, arrived) = collector().await;
+    let guard = sf_otel::install(&endpoint).expect("the exporter installs");
+    let (_services, relay_ep) = services();
+    let mut s = settings(&[], &[]);
+    s.bus.routes = BTreeMap::from([(
+        "/api/v1/relay".to_owned(),
+        BusRouteConfig {
+            requester: Some(relay_ep),
+            timeout_s: Some(5.0),
+            ..Default::default()
+        },
+    )]);
+    let b = start(s, vec![]).await;
+    let given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let (tp, _) = through_bridge(&b.url(), "exported hop", Some(given)).await;
+    assert_eq!(trace_id_of(&tp), trace);
+
+    // Flush, then wait (bounded) until the three spans of this trace have arrived.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let ours = loop {
+        let flushing = guard.clone();
+        tokio::task::spawn_blocking(move || flushing.flush())
+            .await
+            .unwrap()
+            .expect("the collector takes the spans");
+        let all = exported(&bodies.lock().unwrap());
+        let ours: Vec<Exported> = all.into_iter().filter(|s| s.trace_id == trace).collect();
+        if ours.len() >= 3 {
+            break ours;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "spans of the trace never all arrived: {ours:?}"
+        );
+        // The next delivery, or a fresh flush soon (a delivery may land between the check
+        // above and this wait).
+        let _ = tokio::time::timeout(Duration::from_millis(200), arrived.notified()).await;
+    };
+    let find = |name: &str| {
+        ours.iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no span {name:?} in {ours:?}"))
+            .clone()
+    };
+    let http = find("post /api/v1/relay");
+    let relay = find("relay.reply");
+    let echo = find("echo_replyer.reply");
+    assert_eq!(http.service, "bridge");
+    assert_eq!(relay.service, "relay");
+    assert_eq!(echo.service, "echo_replyer");
+    // HTTP -> bridge -> bus -> relay -> bus -> echo, each the child of the one before, and
+    // the bridge's span is the one its response header named.
+    assert_eq!(http.parent, "b7ad6b7169203331", "the caller's span");
+    assert_eq!(
+        http.span_id,
+        tp.to_string().split('-').nth(2).unwrap(),
+        "the response's traceparent"
+    );
+    assert_eq!(relay.parent, http.span_id, "{ours:?}");
+    assert_eq!(echo.parent, relay.span_id, "{ours:?}");
+    assert_eq!(ours.len(), 3, "one span per hop: {ours:?}");
+    b.stop().await;
+}

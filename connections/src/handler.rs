@@ -64,6 +64,8 @@ pub struct RequestMeta {
     /// a new span id), or the root of a new trace when the request carried none or a bad one.
     /// The reply carries it.
     pub trace: TraceParent,
+    /// The caller's span, from the request's `traceparent` (none from a Python 0.0.18 peer).
+    pub parent: Option<TraceParent>,
 }
 
 /// Encodes an error reply for `workflow_id`.
@@ -145,6 +147,7 @@ where
             let meta = RequestMeta {
                 workflow_id: request.workflow_id,
                 trace,
+                parent: request.traceparent,
             };
             match f(request.args, meta).await {
                 Ok(ret) => {

@@ -34,6 +34,7 @@ pub mod proxy;
 pub mod publisher;
 pub mod replyer;
 pub mod requester;
+pub mod spans;
 pub mod stats;
 pub mod subscriber;
 mod util;

@@ -426,6 +426,7 @@ pub fn main(def: ServiceDef) -> ExitCode {
         Ok(g) => g,
         Err(e) => return fail(&e),
     };
+    let spans = export_spans_from_env();
     if args.min_wait_s.is_some() {
         tracing::debug!(
             "-wt accepted for compatibility: the service loop waits on sockets, it never polls"
@@ -472,9 +473,52 @@ pub fn main(def: ServiceDef) -> ExitCode {
         }
     }));
     drop(ready_file);
+    spans.finish();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// The span export of a service binary: with the `otlp` feature and
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` set, every span goes to that collector (see `sf-otel`);
+/// otherwise nothing.
+#[derive(Debug)]
+pub struct SpanExport {
+    #[cfg(feature = "otlp")]
+    guard: Option<sf_otel::OtelGuard>,
+}
+
+/// Starts [`SpanExport`] (call it after logging is set up: it logs where spans go).
+pub fn export_spans_from_env() -> SpanExport {
+    #[cfg(feature = "otlp")]
+    {
+        let guard = match sf_otel::install_from_env() {
+            None => None,
+            Some(Ok(g)) => {
+                tracing::info!("spans exported over OTLP to {}", g.endpoint());
+                Some(g)
+            }
+            Some(Err(e)) => {
+                tracing::warn!("spans not exported: {e}");
+                None
+            }
+        };
+        SpanExport { guard }
+    }
+    #[cfg(not(feature = "otlp"))]
+    SpanExport {}
+}
+
+impl SpanExport {
+    /// Sends what is queued and stops (blocking; call it outside the runtime).
+    pub fn finish(self) {
+        #[cfg(feature = "otlp")]
+        if let Some(g) = self.guard {
+            if let Err(e) = g.shutdown() {
+                tracing::warn!("the last spans were not exported: {e}");
+            }
+        }
     }
 }
 

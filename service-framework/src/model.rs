@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use schemars::{JsonSchema, Schema};
@@ -14,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sf_connections::handler::BoxFuture;
+use sf_connections::spans::{self, FinishedSpan, SpanKind};
 use sf_connections::wire::{self, Request, TraceParent};
 use sf_connections::{RawHandler, RequestMeta, WireError};
 
@@ -502,7 +504,7 @@ impl ServiceDef {
         Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
     {
         let conn = conn.into();
-        let make = request_handler(f);
+        let make = request_handler(conn.name(), f);
         self.push(
             conn.name(),
             conn.creation(),
@@ -528,7 +530,7 @@ impl ServiceDef {
             ConnectionKind::Subscriber,
             schemars::schema_for!(A),
             None,
-            Some(Handler::Message(message_handler(f))),
+            Some(Handler::Message(message_handler(conn.name(), f))),
         )
     }
 
@@ -546,7 +548,7 @@ impl ServiceDef {
             ConnectionKind::Puller,
             schemars::schema_for!(A),
             None,
-            Some(Handler::Message(message_handler(f))),
+            Some(Handler::Message(message_handler(conn.name(), f))),
         )
     }
 
@@ -605,7 +607,7 @@ impl ServiceDef {
         Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
     {
         let conn = conn.into();
-        let make = request_handler(f);
+        let make = request_handler(conn.name(), f);
         self.push(
             conn.name(),
             conn.creation(),
@@ -925,7 +927,7 @@ fn names_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
-fn request_handler<A, R, F, Fut>(f: F) -> MakeRequestHandler
+fn request_handler<A, R, F, Fut>(name: &str, f: F) -> MakeRequestHandler
 where
     A: DeserializeOwned + Send + 'static,
     R: Serialize + Send + 'static,
@@ -933,27 +935,69 @@ where
     Fut: Future<Output = Result<R, ServiceError>> + Send + 'static,
 {
     let f = Arc::new(f);
+    let name: Arc<str> = name.into();
     Arc::new(move |base: Ctx| {
-        let f = f.clone();
+        let (f, name) = (f.clone(), name.clone());
         sf_connections::typed(move |args: A, meta: RequestMeta| {
             let ctx = base.for_message(meta.workflow_id, meta.trace);
             let id = ctx.workflow_id().clone();
+            let span = spans::enabled().then(|| {
+                let service = ctx.service_name().to_owned();
+                (service, name.clone(), SystemTime::now())
+            });
             let fut =
                 crate::logging::in_workflow(id, crate::logging::in_trace(meta.trace, f(args, ctx)));
-            async move { fut.await.map_err(WireError::from) }
+            async move {
+                let result = fut.await;
+                if let Some((service, name, start)) = span {
+                    let error = result.as_ref().err().map(|e| e.to_string());
+                    spans::record(finished(
+                        service,
+                        &name,
+                        SpanKind::Server,
+                        (meta.trace, meta.parent),
+                        start,
+                        error,
+                    ));
+                }
+                result.map_err(WireError::from)
+            }
         })
     })
 }
 
-fn message_handler<A, F, Fut>(f: F) -> MessageHandler
+/// A handler's span, ended now.
+fn finished(
+    service: String,
+    connection: &str,
+    kind: SpanKind,
+    (trace, parent): (TraceParent, Option<TraceParent>),
+    start: SystemTime,
+    error: Option<String>,
+) -> FinishedSpan {
+    FinishedSpan {
+        name: format!("{service}.{connection}"),
+        kind,
+        trace,
+        parent,
+        service,
+        start,
+        end: SystemTime::now(),
+        error,
+        attributes: vec![("messaging.destination.name", connection.to_owned())],
+    }
+}
+
+fn message_handler<A, F, Fut>(name: &str, f: F) -> MessageHandler
 where
     A: DeserializeOwned + Send + 'static,
     F: Fn(A, Ctx) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), ServiceError>> + Send + 'static,
 {
     let f = Arc::new(f);
+    let name: Arc<str> = name.into();
     Arc::new(move |body: Bytes, base: Ctx| {
-        let f = f.clone();
+        let (f, name) = (f.clone(), name.clone());
         Box::pin(async move {
             let msg: Request<A> = wire::decode_with_path(&body).map_err(|e| {
                 let (_, err) = sf_connections::handler::decode_failure(&body, e.to_string());
@@ -965,7 +1009,22 @@ where
                 .map_or_else(TraceParent::new_root, |parent| parent.child());
             let ctx = base.for_message(msg.workflow_id, trace);
             let id = ctx.workflow_id().clone();
-            crate::logging::in_workflow(id, crate::logging::in_trace(trace, f(msg.args, ctx))).await
+            let span = spans::enabled().then(|| (ctx.service_name().to_owned(), SystemTime::now()));
+            let result =
+                crate::logging::in_workflow(id, crate::logging::in_trace(trace, f(msg.args, ctx)))
+                    .await;
+            if let Some((service, start)) = span {
+                let error = result.as_ref().err().map(|e| e.to_string());
+                spans::record(finished(
+                    service,
+                    &name,
+                    SpanKind::Consumer,
+                    (trace, msg.traceparent),
+                    start,
+                    error,
+                ));
+            }
+            result
         })
     })
 }
