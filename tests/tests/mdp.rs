@@ -17,7 +17,7 @@
 //! 7. the queue is bounded: past `max_queued_per_service` a request is refused with `503`,
 //!    the queued ones are served once a worker comes.
 //!
-//! The broker runs with a 200 ms heartbeat and a liveness of 3 (600 ms expiry). Every wait is
+//! The broker runs with a 200 ms heartbeat and a liveness of 4 (800 ms expiry). Every wait is
 //! for a line from a process, bounded. Run with
 //! `SF_PYTHON=$(scripts/python-env) cargo test -p sf-tests --test mdp`.
 
@@ -145,7 +145,7 @@ async fn heartbeats_flow_both_ways_and_keep_a_live_worker_registered() {
     let mut w = worker(&ep, "hb", "w1", &[]);
     w.ready().await;
     // The broker heartbeats an idle worker every interval: eight of them span 1.6 s, well
-    // past the 600 ms the broker allows a silent worker.
+    // past the 800 ms the broker allows a silent worker.
     for _ in 0..8 {
         event(&mut w, "heartbeat").await;
     }
@@ -185,7 +185,7 @@ async fn a_worker_that_stops_heartbeating_is_dropped_and_its_request_goes_to_the
     broker
         .log_line(|l| l.contains("missed its heartbeats"), WAIT)
         .await;
-    // Detected within the expiry (600 ms) plus a tick and the transport's margins.
+    // Detected within the expiry (800 ms) plus a tick and the transport's margins.
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
