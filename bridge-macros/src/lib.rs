@@ -26,7 +26,7 @@ use syn::{
 };
 
 const PLUGIN_OPTIONS: &str =
-    "name, version, description, author, url, config, required_remote_apis, type_name, typed";
+    "name, version, description, author, url, config, required_remote_apis, type_name, typed, api_vis";
 const ON_REQUEST_OPTIONS: &str = "path, methods, call_type, stream, raw_response, tags, summary";
 const METHODS: [&str; 8] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE",
@@ -113,6 +113,9 @@ struct PluginArgs {
     required: Vec<Expr>,
     type_name: Option<LitStr>,
     typed: bool,
+    /// The visibility of the typed-call structs and their module: `pub` (the default),
+    /// `pub(crate)`, or private (`""`: for models that are private to the module).
+    api_vis: Option<LitStr>,
 }
 
 fn parse_plugin_args(attr: TokenStream2) -> syn::Result<PluginArgs> {
@@ -135,6 +138,16 @@ fn parse_plugin_args(attr: TokenStream2) -> syn::Result<PluginArgs> {
             "config" => a.config = Some(meta.value()?.parse()?),
             "type_name" => a.type_name = Some(meta.value()?.parse()?),
             "typed" => a.typed = meta.value()?.parse::<syn::LitBool>()?.value,
+            "api_vis" => {
+                let v: LitStr = meta.value()?.parse()?;
+                if !["pub", "pub(crate)", ""].contains(&v.value().replace(' ', "").as_str()) {
+                    return Err(syn::Error::new(
+                        v.span(),
+                        "api_vis is \"pub\", \"pub(crate)\" or \"\" (private to the module)",
+                    ));
+                }
+                a.api_vis = Some(v);
+            }
             "required_remote_apis" => {
                 let arr: ExprArray = meta.value()?.parse()?;
                 a.required = arr.elems.into_iter().collect();
@@ -711,6 +724,16 @@ fn expand_plugin(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStr
     let mut api_calls = Vec::new();
     let mut typed = Vec::new();
     let mut reexports = Vec::new();
+    let vis_text = args
+        .api_vis
+        .as_ref()
+        .map(|v| v.value().replace(' ', ""))
+        .unwrap_or_else(|| "pub".into());
+    let (vis, mod_vis, use_vis) = match vis_text.as_str() {
+        "pub(crate)" => (quote!(pub(crate)), quote!(pub(crate)), quote!(pub(crate))),
+        "" => (quote!(), quote!(), quote!(pub(super))),
+        _ => (quote!(pub), quote!(pub), quote!(pub)),
+    };
     for api in &apis {
         let (call, items, t, re) = expand_api(
             api,
@@ -719,6 +742,7 @@ fn expand_plugin(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStr
             &plugin_name,
             &type_name,
             args.typed,
+            (&vis, &use_vis),
         )?;
         api_calls.push(call);
         hidden.push(items);
@@ -731,7 +755,7 @@ fn expand_plugin(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStr
         quote! {
             #[doc = #doc]
             #[allow(unused_imports)]
-            pub mod #mod_ident {
+            #mod_vis mod #mod_ident {
                 #(#reexports)*
             }
         }
@@ -776,6 +800,7 @@ fn expand_api(
     plugin_name: &str,
     type_name: &str,
     typed_calls: bool,
+    (vis, use_vis): (&TokenStream2, &TokenStream2),
 ) -> syn::Result<(TokenStream2, TokenStream2, TokenStream2, TokenStream2)> {
     let method = &api.ident;
     let method_str = method.to_string();
@@ -1025,16 +1050,16 @@ fn expand_api(
                 let doc = format!("`{n}` (the handler's default when not set).");
                 tfields.push(quote!(
                     #[serde(skip_serializing_if = "::core::option::Option::is_none")]
-                    pub #n: ::core::option::Option<#ty>
+                    #vis #n: ::core::option::Option<#ty>
                 ));
                 inits.push(quote!(#n: ::core::option::Option::None));
                 setters.push(quote!(
                     #[doc = #doc]
-                    pub fn #n(mut self, value: #ty) -> Self { self.#n = ::core::option::Option::Some(value); self }
+                    #vis fn #n(mut self, value: #ty) -> Self { self.#n = ::core::option::Option::Some(value); self }
                 ));
             }
             _ => {
-                tfields.push(quote!(pub #n: #ty));
+                tfields.push(quote!(#vis #n: #ty));
                 required.push(quote!(#n: #ty));
                 inits.push(quote!(#n));
             }
@@ -1046,12 +1071,12 @@ fn expand_api(
         #[derive(::sf_bridge::serde::Serialize)]
         #[serde(crate = "::sf_bridge::serde")]
         #[allow(non_camel_case_types)]
-        pub struct #args_ident { #(#tfields,)* }
+        #vis struct #args_ident { #(#tfields,)* }
 
         impl #args_ident {
             /// The required arguments; the defaulted ones have setters.
             #[allow(clippy::new_without_default)]
-            pub fn new(#(#required),*) -> Self { Self { #(#inits),* } }
+            #vis fn new(#(#required),*) -> Self { Self { #(#inits),* } }
             #(#setters)*
         }
 
@@ -1060,6 +1085,6 @@ fn expand_api(
             type Output = #output;
         }
     };
-    let re = quote!(pub use super::#args_ident as #camel_ident;);
+    let re = quote!(#use_vis use super::#args_ident as #camel_ident;);
     Ok((api_call, hidden, typed, re))
 }

@@ -81,6 +81,38 @@ impl Forms {
     }
 }
 
+/// A model private to this module: the typed-call module is private too (`api_vis = ""`).
+#[model]
+struct Secret {
+    n: u32,
+}
+
+#[derive(Debug, Default)]
+struct Vault;
+
+#[plugin(name = "vault", api_vis = "", required_remote_apis = [vault_api::Open])]
+impl Vault {
+    #[on_request("/vault", methods = ["POST"])]
+    async fn open(&self, s: Secret) -> Secret {
+        Secret { n: s.n + 1 }
+    }
+
+    /// Calls its own POST route, typed.
+    #[on_request("/vault/again")]
+    async fn again(&self, #[default(1)] n: u32, ctx: &PluginCtx) -> Result<u32, ApiError> {
+        let s = ctx.call_api(vault_api::Open::new(Secret { n })).await?;
+        Ok(s.n)
+    }
+}
+
+#[tokio::test]
+async fn private_models_with_a_private_typed_module() {
+    let b = start(settings(&[], &["vault"]), vec![]).await;
+    let (s, v) = get(&format!("{}/api/v1/vault/again?n=4", b.url())).await;
+    assert_eq!((s, data_of(200, &v)), (200, json!(5)));
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn the_less_common_forms() {
     let mut s = settings(&[], &["forms"]);
