@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sf_zmtp::{DealerSender, DealerSocket, Event, Message, PeerId, Receiver, SocketOptions};
@@ -488,11 +489,24 @@ impl Requester {
             };
             let socket = &inner.sockets[index];
             // Waits for a connected replyer with room, bounded by the timeout.
-            let sent = tokio::time::timeout_at(
+            let send = tokio::time::timeout_at(
                 born + inner.options.timeout,
                 socket.send_tracked(request_frame(id, body.clone())),
-            )
-            .await;
+            );
+            let sent = if many {
+                // A replica lost while the send waits for room on it: the request was not
+                // sent, and fails (or is retried elsewhere) now, not at its timeout.
+                tokio::pin!(send);
+                match (&mut send).now_or_never() {
+                    Some(sent) => sent,
+                    None => tokio::select! {
+                        sent = &mut send => sent,
+                        _ = self.lost(index) => Ok(Err(sf_zmtp::Error::Closed)),
+                    },
+                }
+            } else {
+                send.await
+            };
             let peer_used = match sent {
                 Ok(Ok(peer)) => {
                     inner.stats.bump(Counter::Sent);
@@ -508,7 +522,16 @@ impl Requester {
                 }
                 Ok(Err(e)) => {
                     inner.pending.lock().expect("pending lock").remove(&id);
-                    let e = Error::from(e);
+                    let e = match e {
+                        // The replica was lost (the requester itself is open: it is ours).
+                        sf_zmtp::Error::Closed if many && !inner.stop.is_cancelled() => {
+                            Error::Socket(format!(
+                                "the replyer at {} went away before the request was sent",
+                                inner.replicas.list[index].endpoint
+                            ))
+                        }
+                        e => Error::from(e),
+                    };
                     if matches!(e, Error::Closed) {
                         return Err(e);
                     }
@@ -569,6 +592,17 @@ impl Requester {
             .is_some()
         {
             inner.stats.bump(Counter::Timeouts);
+        }
+    }
+
+    /// Resolves once replica `index` is out.
+    async fn lost(&self, index: usize) {
+        let replicas = &self.inner.replicas;
+        let mut changes = replicas.up_count.subscribe();
+        while replicas.list[index].up.load(Ordering::SeqCst) {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
         }
     }
 

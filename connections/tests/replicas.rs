@@ -375,3 +375,63 @@ async fn retries_happen_at_the_edge_only_and_do_not_multiply_across_hops() {
     );
     println!("A (2 retries) -> B (3 retries, inside a handler) -> C: C saw 3 requests, not 12");
 }
+
+/// Requests waiting for room on a replica that stopped reading (its queue and the TCP buffers
+/// full) fail as soon as it is lost, not at their timeout: they were never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_room_on_a_lost_replica_fail_at_once() {
+    // A replica that takes one message and then reads nothing more.
+    let stalled = RouterSocket::with_options(sf_zmtp::SocketOptions::default().recv_hwm(1));
+    let ep = stalled.bind("tcp://127.0.0.1:0").await.unwrap();
+    let absent = format!("tcp://127.0.0.1:{}", support::unused_port());
+    let req = Requester::connect(
+        &list(&[&ep, &absent]),
+        RequesterOptions {
+            timeout: Duration::from_secs(10),
+            queue: 2,
+            heartbeat: fast_heartbeat(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    up(&req, 1).await;
+    let started = Instant::now();
+    let big = "x".repeat(64 << 10);
+    let calls: Vec<_> = (0..200u64)
+        .map(|n| {
+            let (req, big) = (req.clone(), big.clone());
+            tokio::spawn(async move {
+                let body = sf_connections::wire::encode(&sf_connections::wire::Request {
+                    args: serde_json::json!({ "n": n, "pad": big }),
+                    workflow_id: WorkflowId::None,
+                    traceparent: None,
+                })
+                .unwrap();
+                let r = req.request_raw(body).await;
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    // Fills up: some requests sent (in the buffers), the rest waiting for room.
+    wait_until("requests waiting for room", Duration::from_secs(10), || {
+        let sent = req.stats().get(Counter::Sent);
+        sent > 0 && sent < 200 && req.replicas()[0].in_flight == 200
+    })
+    .await;
+    let sent = req.stats().get(Counter::Sent);
+    tokio::task::yield_now().await;
+    drop(stalled);
+    let mut unsent = 0;
+    for c in calls {
+        let (r, took) = c.await.unwrap();
+        let e = r.expect_err("nobody answers");
+        assert!(took < Duration::from_secs(5), "{e} after {took:?}");
+        if e.to_string().contains("before the request was sent") {
+            unsent += 1;
+        } else {
+            assert!(e.to_string().contains("went away"), "{e}");
+        }
+    }
+    assert!(unsent > 0, "no request was waiting for room ({sent} sent)");
+    println!("{sent} requests sent to the stalled replica, {unsent} waiting for room: all failed at its loss");
+}
