@@ -8,6 +8,17 @@
 //! {"connections": {"in": {"broker": {"router": "127.0.0.1:5555"}}}}
 //! ```
 //!
+//! Front-ends: every other `connections.in` entry is an endpoint where plain requesters (a
+//! Python `service_framework` requester's REQ, a framework requester's DEALER) call one
+//! brokered service without speaking MDP, as they would call a replyer. The entry's name is
+//! the service (`<service>.<connection>`, as a replyer registers it), or its `service` key:
+//!
+//! ```json
+//! {"connections": {"in": {"broker": {"router": "127.0.0.1:5555"},
+//!                         "echo_replyer.reply": {"replyer": "127.0.0.1:5601"},
+//!                         "echo": {"replyer": "127.0.0.1:5602", "service": "echo_replyer.reply"}}}}
+//! ```
+//!
 //! Tuning, from `-c config.json` (a flat object) or `--key value` on the command line (the
 //! command line wins): `heartbeat_interval_s` (2.5), `heartbeat_liveness` (3),
 //! `max_queued_per_service` (1000), `max_queued_total` (100000), `max_services` (10000),
@@ -20,14 +31,18 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use service_framework::cli::{self, CliArgs};
 use service_framework::{AddressesFile, Error};
-use sf_connections::mdp::{Broker, BrokerOptions};
+use sf_connections::mdp::{Broker, BrokerOptions, Frontend};
+use sf_connections::Address;
 
 /// What `describe -s broker` prints.
 pub fn describe() -> Value {
     serde_json::json!({
         "name": "broker",
         "description": "Majordomo (MDP 0.2, rfc.zeromq.org spec 18) broker: MDP clients and workers (framework replyers whose address names a broker) connect to connections.in.broker.router",
-        "addresses": {"connections": {"in": {"broker": {"router": "host:port"}}}},
+        "addresses": {"connections": {"in": {
+            "broker": {"router": "host:port"},
+            "<service name>": {"replyer": "host:port", "service": "optional: the MDP service, else the entry's name"}
+        }}},
         "config": {
             "heartbeat_interval_s": "number, 2.5",
             "heartbeat_liveness": "integer, 3",
@@ -79,6 +94,50 @@ pub fn options(config: &Map<String, Value>) -> Result<BrokerOptions, Error> {
     Ok(o)
 }
 
+/// The front-ends: every `connections.in` entry but `broker`, `{"replyer": "host:port"}` with
+/// an optional `"service"` (else the entry's name is the service).
+pub fn frontends(
+    inbound: &service_framework::addresses::SideAddresses,
+    origin: &str,
+) -> Result<Vec<Frontend>, Error> {
+    let mut out = Vec::new();
+    for (name, entry) in inbound {
+        if name == "broker" {
+            continue;
+        }
+        let at = format!("{origin}: connections.in.{name}");
+        if let Some(other) = entry.keys().find(|k| *k != "replyer" && *k != "service") {
+            return Err(Error::Addresses(format!(
+                "{at}: a broker front-end takes \"replyer\" (where requesters connect) and \"service\" only, found {other:?}"
+            )));
+        }
+        let Some(address) = entry.get("replyer") else {
+            return Err(Error::Addresses(format!(
+                "{at}: a broker front-end needs {{\"replyer\": \"host:port\"}} (where requesters connect)"
+            )));
+        };
+        let service = match entry.get("service") {
+            None => name.clone(),
+            Some(Address::Plain(s)) if !s.is_empty() => s.clone(),
+            Some(other) => {
+                return Err(Error::Addresses(format!(
+                    "{at}.service must be a service name (a string), found {other}"
+                )))
+            }
+        };
+        if service.starts_with("mmi.") {
+            return Err(Error::Addresses(format!(
+                "{at}: {service:?} is the broker's own (mmi.*), not a service a front-end can serve"
+            )));
+        }
+        out.push(Frontend {
+            address: address.clone(),
+            service,
+        });
+    }
+    Ok(out)
+}
+
 /// Runs the broker until SIGINT or SIGTERM.
 pub fn run(args: &CliArgs) -> ExitCode {
     let _guard = match service_framework::logging::init(&args.log) {
@@ -104,6 +163,10 @@ pub fn run(args: &CliArgs) -> ExitCode {
             "{}: connections.in.broker needs {{\"router\": \"host:port\"}}",
             path.display()
         )));
+    };
+    let fronts = match frontends(&file.connections.inbound, &path.display().to_string()) {
+        Ok(f) => f,
+        Err(e) => return cli::fail(&e),
     };
     let (security_path, extras) = match cli::security_flag(&args.extras) {
         Ok(x) => x,
@@ -146,7 +209,7 @@ pub fn run(args: &CliArgs) -> ExitCode {
         Err(e) => return cli::fail(&Error::Other(e.to_string())),
     };
     rt.block_on(async {
-        let broker = match Broker::bind(router, options).await {
+        let broker = match Broker::bind_with_frontends(router, &fronts, options).await {
             Ok(b) => b,
             Err(e) => return cli::fail(&Error::Other(format!("broker: {e}"))),
         };
@@ -158,10 +221,16 @@ pub fn run(args: &CliArgs) -> ExitCode {
         );
         let ready_file = cli::ReadyFile::from_env();
         if let Some(f) = &ready_file {
+            let mut endpoints = Map::new();
+            endpoints.insert("in.broker.router".into(), broker.endpoint().into());
+            let names = file.connections.inbound.keys().filter(|n| *n != "broker");
+            for (name, (endpoint, _)) in names.zip(broker.frontend_endpoints()) {
+                endpoints.insert(format!("in.{name}.replyer"), endpoint.as_str().into());
+            }
             f.write(&serde_json::json!({
                 "service": "broker",
                 "pid": std::process::id(),
-                "endpoints": {"in.broker.router": broker.endpoint()},
+                "endpoints": endpoints,
             }));
         }
         let reason = service_framework::service::os_signals().await;

@@ -30,6 +30,16 @@
 //! `timeout`, its workflow id echoed), recognised by its body being one frame holding a
 //! request envelope; any other client gets a FINAL with body `[code, reason]` (see
 //! [`BrokerStatus`]).
+//!
+//! Front-end clients: a plain REQ or DEALER peer (a Python `service_framework` requester)
+//! that knows nothing of MDP reaches one service through a front-end endpoint bound for it.
+//! The socket loop hands its requests to [`on_frontend_request`](BrokerCore::on_frontend_request)
+//! with the frames to echo; the core gives the request a client address of its own (which
+//! the worker sees and echoes, as any MDP client address) and queues it exactly as an MDP
+//! client's request: the same caps, timeout and refusals. The worker's FINAL body goes back
+//! through [`pop_frontend_out`](BrokerCore::pop_frontend_out) behind the echoed frames;
+//! PARTIAL replies are dropped (a REQ takes one reply); every refusal is a framework error
+//! reply, whatever the body was.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -90,6 +100,13 @@ impl BrokerOptions {
     }
 }
 
+/// A front-end client's pending request: which front-end, and the frames to echo.
+#[derive(Debug)]
+struct Front {
+    frontend: usize,
+    routing: Vec<Bytes>,
+}
+
 #[derive(Debug)]
 struct Job {
     client: Bytes,
@@ -126,6 +143,10 @@ pub struct BrokerCore {
     out: VecDeque<Message>,
     stats: Arc<Stats>,
     workers_expired: u64,
+    /// Front-end requests waiting or in hand, by the client address the core gave them.
+    fronts: HashMap<Bytes, Front>,
+    next_front: u64,
+    front_out: VecDeque<(usize, Message)>,
 }
 
 fn routed(to: &Bytes, m: Message) -> Message {
@@ -149,6 +170,9 @@ impl BrokerCore {
             out: VecDeque::new(),
             stats: Arc::new(Stats::default()),
             workers_expired: 0,
+            fronts: HashMap::new(),
+            next_front: 0,
+            front_out: VecDeque::new(),
         }
     }
 
@@ -168,6 +192,42 @@ impl BrokerCore {
     /// The next message to send, routing id first.
     pub fn pop_out(&mut self) -> Option<Message> {
         self.out.pop_front()
+    }
+
+    /// The next reply for a front-end client: the front-end's index (as given to
+    /// [`on_frontend_request`](Self::on_frontend_request)) and the message, the peer's
+    /// routing frames first.
+    pub fn pop_frontend_out(&mut self) -> Option<(usize, Message)> {
+        self.front_out.pop_front()
+    }
+
+    /// Front-end requests waiting or being served.
+    pub fn frontend_pending(&self) -> usize {
+        self.fronts.len()
+    }
+
+    /// A request from a front-end client: `routing` is every frame before the body (the
+    /// peer's routing id first, then any envelope such as a REQ's empty delimiter), echoed
+    /// on the reply; `body` the request. Queued for `service` as an MDP client's request.
+    pub fn on_frontend_request(
+        &mut self,
+        now: Instant,
+        frontend: usize,
+        service: &str,
+        routing: Vec<Bytes>,
+        body: Bytes,
+    ) {
+        // An address no ROUTER gives a peer: a zero byte (reserved by ZMTP for generated
+        // ids, which are 5 bytes long), a tag, the front-end and a counter.
+        let mut id = Vec::with_capacity(14);
+        id.push(0u8);
+        id.push(b'F');
+        id.extend_from_slice(&(frontend as u32).to_be_bytes());
+        id.extend_from_slice(&self.next_front.to_be_bytes());
+        self.next_front = self.next_front.wrapping_add(1);
+        let id = Bytes::from(id);
+        self.fronts.insert(id.clone(), Front { frontend, routing });
+        self.on_request(now, id, service.to_owned(), vec![body]);
     }
 
     /// Registered workers, all services.
@@ -435,17 +495,16 @@ impl BrokerCore {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
-        let Some(job) = w.job.as_mut() else {
-            return;
-        };
-        self.out
-            .push_back(routed(&client, proto::client_reply(last, &w.service, body)));
-        if !last {
+        let service = w.service.clone();
+        if last {
+            w.job = None;
+        } else if let Some(job) = w.job.as_mut() {
             job.partials = true;
+        }
+        self.reply_to_client(&client, last, &service, body);
+        if !last {
             return;
         }
-        w.job = None;
-        let service = w.service.clone();
         self.stats.bump(Counter::Replied);
         if let Some(svc) = self.services.get_mut(&service) {
             svc.idle.push_back(id);
@@ -534,12 +593,13 @@ impl BrokerCore {
 
     /// Answers a request the broker will not serve.
     fn refuse(&mut self, service: &str, job: Job, status: BrokerStatus, why: &str) {
+        let front = self.fronts.contains_key(&job.client);
         let framework = match job.body.as_slice() {
             [one] => {
                 let (wf, is_request) = crate::wire::salvage_workflow_id(one);
-                is_request.then_some(wf)
+                (is_request || front).then_some(wf)
             }
-            _ => None,
+            _ => front.then_some(crate::wire::WorkflowId::None),
         };
         let body = match framework {
             Some(workflow_id) => {
@@ -557,10 +617,26 @@ impl BrokerCore {
                 Bytes::from(why.to_owned()),
             ],
         };
-        self.out.push_back(routed(
-            &job.client,
-            proto::client_reply(true, service, body),
-        ));
+        self.reply_to_client(&job.client, true, service, body);
+    }
+
+    /// A reply to a client: an MDP client gets the PARTIAL or FINAL command; a front-end
+    /// client gets the FINAL's body behind its routing frames, and nothing for a PARTIAL.
+    fn reply_to_client(&mut self, client: &Bytes, last: bool, service: &str, body: Vec<Bytes>) {
+        if !self.fronts.contains_key(client) {
+            self.out
+                .push_back(routed(client, proto::client_reply(last, service, body)));
+            return;
+        }
+        if !last {
+            return;
+        }
+        if let Some(front) = self.fronts.remove(client) {
+            let mut frames = front.routing;
+            frames.extend(body);
+            self.front_out
+                .push_back((front.frontend, Message::from(frames)));
+        }
     }
 }
 
@@ -905,5 +981,126 @@ mod tests {
         assert!(last.last);
         assert_eq!(last.body[0].as_ref(), b"503");
         assert_eq!(core.queued(), 0);
+    }
+
+    fn framework_request(wf: &str, args: serde_json::Value) -> Bytes {
+        Bytes::from(
+            crate::wire::encode(&crate::wire::Request {
+                args,
+                workflow_id: crate::wire::WorkflowId::Str(wf.into()),
+                traceparent: None,
+            })
+            .unwrap(),
+        )
+    }
+
+    fn front_replies(core: &mut BrokerCore) -> Vec<(usize, Vec<Bytes>)> {
+        let mut v = Vec::new();
+        while let Some((i, m)) = core.pop_frontend_out() {
+            v.push((i, m.into_frames()));
+        }
+        v
+    }
+
+    /// The client address and body of a REQUEST sent to a worker.
+    fn request_to(frames: &[Bytes]) -> (Bytes, Vec<Bytes>) {
+        match parse_to_worker(frames).unwrap() {
+            ToWorker::Request { client, body } => (client, body),
+            other => panic!("expected a REQUEST, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_frontend_request_is_served_by_a_worker_and_its_final_goes_back_behind_the_envelope() {
+        let t = Instant::now();
+        let mut core = BrokerCore::new(opts());
+        ready(&mut core, t, "w1", "echo");
+        let req = framework_request("wf-1", serde_json::json!({"x": 1}));
+        core.on_frontend_request(t, 3, "echo", vec![b("peer"), Bytes::new()], req.clone());
+        let out = drain(&mut core);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, "w1");
+        let (addr, body) = request_to(&out[0].1);
+        assert_eq!(body, vec![req]);
+        assert_eq!(addr.first(), Some(&0u8), "an address no ROUTER peer has");
+        assert_eq!(core.frontend_pending(), 1);
+        // A PARTIAL is not for a REQ: dropped; the FINAL goes back, envelope first.
+        core.on_message(
+            t,
+            from("w1", proto::worker_reply(false, addr.clone(), [b("p")])),
+        );
+        assert!(front_replies(&mut core).is_empty());
+        core.on_message(t, from("w1", proto::worker_reply(true, addr, [b("reply")])));
+        assert!(drain(&mut core).is_empty(), "nothing on the MDP socket");
+        assert_eq!(
+            front_replies(&mut core),
+            vec![(3, vec![b("peer"), Bytes::new(), b("reply")])]
+        );
+        assert_eq!(core.frontend_pending(), 0);
+        assert_eq!(core.stats().get(Counter::Replied), 1);
+        // The worker is idle again: the next request (an MDP client's) goes to it.
+        request(&mut core, t, "c1", "echo", "x");
+        assert_eq!(drain(&mut core)[0].0, "w1");
+    }
+
+    #[test]
+    fn frontend_requests_share_the_queues_and_are_refused_with_framework_errors() {
+        let t = Instant::now();
+        let mut core = BrokerCore::new(opts());
+        // Cap 2 per service: an MDP client's request and a front-end's fill it.
+        request(&mut core, t, "c1", "s", "a");
+        core.on_frontend_request(
+            t,
+            0,
+            "s",
+            vec![b("p1")],
+            framework_request("wf-a", serde_json::json!({})),
+        );
+        core.on_frontend_request(
+            t,
+            0,
+            "s",
+            vec![b("p2"), Bytes::new()],
+            framework_request("wf-b", serde_json::json!({})),
+        );
+        let refused = front_replies(&mut core);
+        assert_eq!(refused.len(), 1);
+        let (i, frames) = &refused[0];
+        assert_eq!((*i, &frames[..2]), (0, &[b("p2"), Bytes::new()][..]));
+        let reply: crate::wire::Reply<serde_json::Value> = crate::wire::decode(&frames[2]).unwrap();
+        assert_eq!(
+            reply.workflow_id,
+            crate::wire::WorkflowId::Str("wf-b".into())
+        );
+        assert_eq!(reply.error.unwrap().code, ErrorCode::Unavailable);
+        assert_eq!(core.stats().get(Counter::Refused), 1);
+        // No worker within the request timeout: a framework `timeout` error, even for a body
+        // that is not a request envelope.
+        core.on_frontend_request(t, 1, "ghost", vec![b("p3"), Bytes::new()], b("not msgpack"));
+        core.on_tick(t + Duration::from_secs(5));
+        let mut late = front_replies(&mut core);
+        late.sort_by_key(|(i, _)| *i);
+        assert_eq!(late.len(), 2, "{late:?}");
+        let (_, p1) = &late[0];
+        assert_eq!(p1[0], b("p1"));
+        let reply: crate::wire::Reply<serde_json::Value> = crate::wire::decode(&p1[1]).unwrap();
+        assert_eq!(
+            reply.workflow_id,
+            crate::wire::WorkflowId::Str("wf-a".into())
+        );
+        assert_eq!(reply.error.unwrap().code, ErrorCode::Timeout);
+        let (_, p3) = &late[1];
+        let reply: crate::wire::Reply<serde_json::Value> = crate::wire::decode(&p3[2]).unwrap();
+        let err = reply.error.unwrap();
+        assert_eq!(err.code, ErrorCode::Timeout);
+        assert!(err.message.contains("ghost"), "{err:?}");
+        assert_eq!(core.frontend_pending(), 0);
+        // The MDP client's request timed out the MDP way.
+        let out = drain(&mut core);
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            parse_client_reply(&out[0].1).unwrap().body[0].as_ref(),
+            b"504"
+        );
     }
 }

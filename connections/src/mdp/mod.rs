@@ -6,7 +6,9 @@
 //!   [`proto::client_request`] on a DEALER and reads [`proto::parse_client_reply`]).
 //! - [`broker`]: the broker's state machine ([`BrokerCore`]), pure and unit-tested.
 //! - [`server`]: [`Broker`], that state machine on one ROUTER socket (`service-framework -s
-//!   broker` runs it).
+//!   broker` runs it), and its front-ends ([`Frontend`]): endpoints bound for one service
+//!   where plain REQ/DEALER requesters (a Python `service_framework` requester) call it
+//!   without speaking MDP.
 //! - [`worker`]: a framework replyer served through a broker, as MDP workers (an addresses
 //!   entry `{"broker": "host:port", "service": "name"}` instead of `{"replyer": ...}`).
 //!
@@ -20,5 +22,5 @@ pub mod worker;
 
 pub use broker::{BrokerCore, BrokerOptions};
 pub use proto::{BrokerStatus, ClientReply, ProtoError, ToBroker, ToWorker};
-pub use server::Broker;
+pub use server::{Broker, Frontend};
 pub use worker::WorkerOptions;

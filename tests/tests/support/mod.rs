@@ -302,16 +302,27 @@ pub struct BrokerProc {
     pub port: u16,
     _dir: TempDir,
     extra: Vec<String>,
+    /// Front-ends: (entry name = service, port).
+    pub frontends: Vec<(String, u16)>,
 }
 
 impl BrokerProc {
     /// Starts a broker with the tests' heartbeat and `extra` `--key value` pairs.
     pub async fn start(extra: &[&str]) -> BrokerProc {
+        BrokerProc::start_with_frontends(&[], extra).await
+    }
+
+    /// Starts a broker with a front-end for each service named (each on a free port).
+    pub async fn start_with_frontends(services: &[&str], extra: &[&str]) -> BrokerProc {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut failures = Vec::new();
         for _ in 0..3 {
             let port = sf_tests::free_port();
-            match BrokerProc::start_on(port, &extra).await {
+            let fronts: Vec<(String, u16)> = services
+                .iter()
+                .map(|s| (s.to_string(), sf_tests::free_port()))
+                .collect();
+            match BrokerProc::start_on_with(port, &fronts, &extra).await {
                 Ok(b) => return b,
                 Err(e) => failures.push(e),
             }
@@ -322,13 +333,31 @@ impl BrokerProc {
     /// Starts a broker on `port` (a restart on the same address); Err with its output when
     /// it does not get ready.
     pub async fn start_on(port: u16, extra: &[String]) -> Result<BrokerProc, String> {
+        BrokerProc::start_on_with(port, &[], extra).await
+    }
+
+    /// As [`start_on`](Self::start_on), with front-ends.
+    pub async fn start_on_with(
+        port: u16,
+        frontends: &[(String, u16)],
+        extra: &[String],
+    ) -> Result<BrokerProc, String> {
         let dir = TempDir::new("broker");
         let addresses = dir.0.join("addresses.json");
+        let mut inbound = serde_json::Map::new();
+        inbound.insert(
+            "broker".into(),
+            serde_json::json!({"router": format!("127.0.0.1:{port}")}),
+        );
+        for (service, p) in frontends {
+            inbound.insert(
+                service.clone(),
+                serde_json::json!({"replyer": format!("127.0.0.1:{p}")}),
+            );
+        }
         std::fs::write(
             &addresses,
-            format!(
-                r#"{{"connections": {{"in": {{"broker": {{"router": "127.0.0.1:{port}"}}}}}}}}"#
-            ),
+            serde_json::json!({"connections": {"in": inbound}}).to_string(),
         )
         .unwrap();
         let mut cmd = Command::new(bin("service-framework"));
@@ -359,6 +388,7 @@ impl BrokerProc {
             port,
             _dir: dir,
             extra: extra.to_vec(),
+            frontends: frontends.to_vec(),
         })
     }
 
@@ -384,7 +414,7 @@ impl BrokerProc {
         self.proc.kill().await;
         let mut last = String::new();
         for _ in 0..20 {
-            match BrokerProc::start_on(self.port, &self.extra).await {
+            match BrokerProc::start_on_with(self.port, &self.frontends, &self.extra).await {
                 Ok(b) => return b,
                 Err(e) => last = e,
             }
