@@ -375,6 +375,64 @@ fn a_service_given_a_list_of_replicas_in_addresses_json_spreads_its_requests() {
     println!("echo_requester with a list of 2 replicas: {counts:?}");
 }
 
+/// The control endpoint's `stats` shows a requester's replicas: which are up, and how many
+/// requests each was sent.
+#[test]
+fn control_stats_show_each_replica_of_a_requester() {
+    let dir = Scratch::new("replicas-control");
+    let addresses = dir.write("replyer.json", REPLYER_ADDRESSES);
+    let rep = start_replica(&[], &addresses);
+    let absent = format!("127.0.0.1:{}", {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    });
+    let file = service_framework::AddressesFile::parse(
+        &format!(
+            r#"{{"connections": {{"out": {{"request": {{"requester": ["{}", "{absent}"]}}}}}}}}"#,
+            rep.endpoint
+        ),
+        "test",
+    )
+    .unwrap();
+    let def = service_framework::ServiceDef::new("caller").requester(sf_examples::echo::REQUEST);
+    let handle = service_framework::Service::new(def)
+        .addresses(file)
+        .run_in_background();
+    let control = handle
+        .wait_ready(Duration::from_secs(10))
+        .unwrap()
+        .control()
+        .expect("a control endpoint")
+        .to_owned();
+    let rt = runtime();
+    let stats: Value = rt.block_on(async {
+        let r = Requester::connect(
+            &Address::from(control.as_str()),
+            RequesterOptions::default(),
+        )
+        .unwrap();
+        // Waits (bounded) for the live replica to be seen up.
+        let t = Instant::now();
+        loop {
+            let v: Value = r
+                .request(&json!({"verb": "stats"}), WorkflowId::None)
+                .await
+                .unwrap();
+            if v["connections"][0]["replicas"][0]["up"] == true {
+                return v;
+            }
+            assert!(t.elapsed() < Duration::from_secs(5), "{v}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let replicas = &stats["connections"][0]["replicas"];
+    assert_eq!(replicas.as_array().map(Vec::len), Some(2), "{stats}");
+    assert_eq!(replicas[0]["endpoint"], rep.endpoint.as_str());
+    assert_eq!(replicas[1]["up"], false, "{stats}");
+    assert_eq!(replicas[0]["in_flight"], 0);
+    handle.stop().unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Across hosts: network namespaces.
 

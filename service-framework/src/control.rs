@@ -307,6 +307,22 @@ fn conn_stats(c: &Conn) -> Value {
             put(&mut m, "timeouts", s.get(Counter::Timeouts));
             put(&mut m, "retries", s.get(Counter::Retries));
             put(&mut m, "late_replies", s.get(Counter::LateReplies));
+            // A list of replicas: each one's state (which are up, how the load is spread).
+            let replicas = r.replicas();
+            if replicas.len() > 1 {
+                let list: Vec<Value> = replicas
+                    .iter()
+                    .map(|x| {
+                        json!({
+                            "endpoint": x.endpoint,
+                            "up": x.up,
+                            "in_flight": x.in_flight,
+                            "sent": x.sent,
+                        })
+                    })
+                    .collect();
+                m.insert("replicas".into(), list.into());
+            }
         }
         Probe::Publisher(p) => {
             let s = p.stats();
