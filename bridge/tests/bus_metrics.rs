@@ -8,8 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::openmetrics::{parse, value};
-use common::{client, settings, start};
+use common::openmetrics::{parse, scrape, value};
+use common::{settings, start};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -122,16 +122,8 @@ async fn the_bridge_serves_the_stats_of_configured_bus_services() {
     s.metrics.timeout_s = 0.5;
     let bridge = start(s, vec![]).await;
     let url = bridge.url();
-    let c = client();
     let asked = Instant::now();
-    let text = c
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&format!("{url}/metrics")).await;
     assert!(
         asked.elapsed() < Duration::from_secs(5),
         "a dead service costs a scrape at most its timeout"
@@ -189,13 +181,7 @@ async fn the_standalone_exporter_serves_the_same_series_and_stops_on_sigterm() {
         .strip_prefix("metrics: serving ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
-    let r = client().get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/openmetrics-text"));
-    check_adder_series(&r.text().await.unwrap(), &control, &dead);
+    check_adder_series(&scrape(&url).await, &control, &dead);
 
     let pid = child.0.id().to_string();
     assert!(Command::new("kill")

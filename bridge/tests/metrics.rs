@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::openmetrics::{parse, value};
+use common::openmetrics::{parse, scrape, value};
 use common::{client, settings, start};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,13 +27,7 @@ async fn metrics_count_requests_by_route_and_status_with_latency_and_in_flight()
         assert_eq!(r.status(), 404);
     }
 
-    let r = c.get(format!("{url}/metrics")).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/openmetrics-text"));
-    let text = r.text().await.unwrap();
+    let text = scrape(&format!("{url}/metrics")).await;
     assert!(text.ends_with("# EOF\n"), "{text}");
     let samples = parse(&text);
 
@@ -98,14 +92,7 @@ async fn metrics_count_requests_by_route_and_status_with_latency_and_in_flight()
     );
 
     // A second scrape counts the first.
-    let text = c
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&format!("{url}/metrics")).await;
     let samples = parse(&text);
     let scrape = [("method", "GET"), ("route", "/metrics"), ("status", "200")];
     assert_eq!(

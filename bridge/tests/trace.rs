@@ -151,9 +151,10 @@ async fn through_bridge(url: &str, text: &str, header: Option<&str>) -> (TracePa
     (tp, body["data"].clone())
 }
 
-#[tokio::test]
-async fn one_trace_id_from_http_through_two_bus_hops_in_logs_and_response_header() {
-    let (_services, relay_ep) = services();
+/// The echo service, the relay in front of it, and a bridge routing `POST /api/v1/relay` to
+/// the relay.
+async fn bridge_to_relay() -> (Vec<ServiceHandle>, sf_bridge::RunningBridge) {
+    let (services, relay_ep) = services();
     let mut s = settings(&[], &[]);
     s.bus.routes = BTreeMap::from([(
         "/api/v1/relay".to_owned(),
@@ -163,7 +164,12 @@ async fn one_trace_id_from_http_through_two_bus_hops_in_logs_and_response_header
             ..Default::default()
         },
     )]);
-    let b = start(s, vec![]).await;
+    (services, start(s, vec![]).await)
+}
+
+#[tokio::test]
+async fn one_trace_id_from_http_through_two_bus_hops_in_logs_and_response_header() {
+    let (_services, b) = bridge_to_relay().await;
     let url = b.url();
 
     // The caller's trace: kept by the bridge and both services.
@@ -360,17 +366,7 @@ fn exported(bodies: &[Value]) -> Vec<Exported> {
 async fn spans_exported_over_otlp_show_http_then_two_bus_hops() {
     let (endpoint, bodies, arrived) = collector().await;
     let guard = sf_otel::install(&endpoint).expect("the exporter installs");
-    let (_services, relay_ep) = services();
-    let mut s = settings(&[], &[]);
-    s.bus.routes = BTreeMap::from([(
-        "/api/v1/relay".to_owned(),
-        BusRouteConfig {
-            requester: Some(relay_ep),
-            timeout_s: Some(5.0),
-            ..Default::default()
-        },
-    )]);
-    let b = start(s, vec![]).await;
+    let (_services, b) = bridge_to_relay().await;
     let given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let (tp, _) = through_bridge(&b.url(), "exported hop", Some(given)).await;

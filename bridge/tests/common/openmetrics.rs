@@ -52,3 +52,14 @@ pub fn value(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f
         })
         .and_then(|s| s["value"].as_f64())
 }
+
+/// GET `url` (a `/metrics` page): checks the OpenMetrics content type and returns the text.
+pub async fn scrape(url: &str) -> String {
+    let r = super::client().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    r.text().await.unwrap()
+}
