@@ -39,6 +39,9 @@ pub enum Kind {
     BusPublishers,
     /// The bus's subscribers side (out: subscribers connect to it).
     BusSubscribers,
+    /// The broker's MDP endpoint (in: workers, the replyers of services with `broker = ..`,
+    /// connect to it; no edge reaches it).
+    BrokerRouter,
 }
 
 impl Kind {
@@ -76,6 +79,9 @@ impl Kind {
             Kind::DeltaOut => "delta_update_out state",
             Kind::BusPublishers => "bus publishers side",
             Kind::BusSubscribers => "bus subscribers side",
+            Kind::BrokerRouter => {
+                "broker's MDP endpoint (its workers are services with `broker = ..`)"
+            }
         }
     }
 
@@ -378,6 +384,19 @@ pub async fn declared(topology: &Topology, name: &str) -> Result<(Runner, Declar
             ))
         }
         "bridge" => Ok((runner, Declared::Bridge)),
+        "broker" => Ok((
+            runner,
+            Declared::Fixed {
+                inbound: BTreeMap::from([(
+                    "router".into(),
+                    Decl {
+                        kind: Kind::BrokerRouter,
+                        creation: Map::new(),
+                    },
+                )]),
+                outbound: BTreeMap::new(),
+            },
+        )),
         _ => {
             // A path is relative to the topology's directory; a bare name is looked up
             // beside service-framework and on PATH.
@@ -390,7 +409,7 @@ pub async fn declared(topology: &Topology, name: &str) -> Result<(Runner, Declar
             };
             let Some(binary) = binary else {
                 return Err(format!(
-                    "{who}: unknown service {service:?}: not a built-in (bus, bridge) and no executable named {service:?} beside {} or on PATH",
+                    "{who}: unknown service {service:?}: not a built-in (bus, bridge, broker) and no executable named {service:?} beside {} or on PATH",
                     exe.parent().map_or("service-framework".into(), |d| d.display().to_string())
                 ));
             };

@@ -7,6 +7,12 @@
 //! in), unless the puller's service has replicas: then the pusher binds and every replica
 //! connects to it (fan-out). A replicated service never binds.
 //!
+//! Brokered replyers: a service with `broker = "<broker service>"` binds none of its replyers;
+//! each registers with that broker as MDP service `<service>.<connection>` (its addresses.json
+//! entry is `{"broker": .., "service": ..}`), the broker binds a front-end for it
+//! (`in.<service>.<connection>.replyer`), and a requester edge to it connects to that
+//! front-end. The broker starts before the services it serves.
+//!
 //! Start order: consumers before producers (for every edge, its `to` service starts before its
 //! `from` service), so nothing is published or pushed before its reader is there, and a
 //! leading-edge source starts last. Stop order is the reverse. Request/reply edges may form
@@ -70,6 +76,9 @@ pub struct Planned {
     pub connects: Vec<(Slot, BindRef)>,
     /// The `options` section of its addresses.json.
     pub options: Map<String, Value>,
+    /// Its replyers served through a broker: (connection, the broker's MDP endpoint, the
+    /// MDP service name).
+    pub brokered: Vec<(String, BindRef, String)>,
 }
 
 /// The whole plan.
@@ -144,6 +153,7 @@ fn keys(kind: Kind) -> &'static [&'static str] {
         Kind::DeltaIn => &["subscriber", "requester"],
         Kind::BusPublishers => &["publishers"],
         Kind::BusSubscribers => &["subscribers"],
+        Kind::BrokerRouter => &["router"],
         Kind::ExternalTarget => &[],
     }
 }
@@ -169,6 +179,12 @@ impl Builder<'_> {
                 inbound: true,
                 state: false,
                 conn: "bus".into(),
+                key,
+            },
+            Kind::BrokerRouter => Slot {
+                inbound: true,
+                state: false,
+                conn: "broker".into(),
                 key,
             },
             _ => Slot {
@@ -315,12 +331,86 @@ pub fn plan(
                 binds: Vec::new(),
                 connects: Vec::new(),
                 options,
+                brokered: Vec::new(),
             },
         );
     }
     if b.services.len() != topology.services.len() {
         // What could not be read was reported by the caller; edges to it would only repeat.
         return Err(b.errors);
+    }
+
+    // Replyers served through a broker: (service, connection) -> the broker's front-end.
+    let mut fronts: BTreeMap<(String, String), BindRef> = BTreeMap::new();
+    let mut broker_arcs: Vec<(String, String)> = Vec::new();
+    let served: Vec<(String, String)> = topology
+        .services
+        .iter()
+        .filter_map(|(n, s)| s.broker.clone().map(|b| (n.clone(), b)))
+        .collect();
+    for (name, broker) in served {
+        let who = format!("service {name:?}: broker = {broker:?}");
+        let Some(bp) = b.services.get(&broker) else {
+            b.errors.push(format!(
+                "{who}: there is no service {broker:?} (give it `service = \"broker\"`)"
+            ));
+            continue;
+        };
+        let is_broker = matches!(&bp.declared, Declared::Fixed { inbound, .. }
+            if inbound.values().any(|d| d.kind == Kind::BrokerRouter));
+        if !is_broker {
+            b.errors.push(format!(
+                "{who}: {broker:?} is not a broker (`service = \"broker\"`)"
+            ));
+            continue;
+        }
+        let p = &b.services[&name];
+        if p.runner.is_python() {
+            b.errors.push(format!(
+                "{who}: a Python service_framework 0.0.18 replyer cannot register with a broker (it speaks no MDP); call it directly"
+            ));
+            continue;
+        }
+        let replyers: Vec<String> = match &p.declared {
+            Declared::Fixed { inbound, .. } => inbound
+                .iter()
+                .filter(|(_, d)| d.kind == Kind::Replyer)
+                .map(|(c, _)| c.clone())
+                .collect(),
+            Declared::Bridge => Vec::new(),
+        };
+        if replyers.is_empty() {
+            b.errors.push(format!(
+                "{who}: {name:?} has no replyer to serve through a broker"
+            ));
+            continue;
+        }
+        let router = b.bind(
+            &broker,
+            Slot {
+                inbound: true,
+                state: false,
+                conn: "broker".into(),
+                key: "router",
+            },
+        );
+        for conn in replyers {
+            let mdp = format!("{name}.{conn}");
+            let front = b.bind(
+                &broker,
+                Slot {
+                    inbound: true,
+                    state: false,
+                    conn: mdp.clone(),
+                    key: "replyer",
+                },
+            );
+            if let Some(p) = b.services.get_mut(&name) {
+                p.brokered.push((conn.clone(), router.clone(), mdp));
+            }
+            fronts.insert((name.clone(), conn), front);
+        }
+        broker_arcs.push((name.clone(), broker.clone()));
     }
 
     // Each edge: both ends resolved and their kinds matched.
@@ -427,6 +517,12 @@ pub fn plan(
                         "edge \"{text}\": {} is one requester; it calls one replyer (it has {n_out} edges)",
                         e.from
                     ));
+                    continue;
+                }
+                if let Some(front) = fronts.get(&(e.to.service.clone(), e.to.name.clone())) {
+                    // Through the broker's front-end for that replyer.
+                    let slot = b.slot(&e.from.service, false, &e.from.name, from_kind, "requester");
+                    b.connect(&e.from.service, slot, front.clone());
                     continue;
                 }
                 b.link(
@@ -588,6 +684,19 @@ pub fn plan(
                 if reached || d.kind == Kind::ExternalTarget {
                     continue;
                 }
+                if let Some(front) = fronts.get(&(name.clone(), conn.clone())) {
+                    // Served through the broker: its front-end is what is left unreached.
+                    unconnected.push(front.clone());
+                    continue;
+                }
+                if d.kind == Kind::BrokerRouter {
+                    let slot = b.slot(name, is_in, &conn, d.kind, "router");
+                    let r = b.bind(name, slot);
+                    if !broker_arcs.iter().any(|(_, br)| br == name) {
+                        unconnected.push(r);
+                    }
+                    continue;
+                }
                 let binder = match d.kind {
                     Kind::Replyer
                     | Kind::FullOut
@@ -639,7 +748,7 @@ pub fn plan(
         }
     }
 
-    let order = match start_order(topology, &typed) {
+    let order = match start_order(topology, &typed, &broker_arcs) {
         Ok(o) => o,
         Err(e) => {
             b.errors.push(e);
@@ -662,17 +771,23 @@ pub fn plan(
 fn start_order(
     topology: &Topology,
     typed: &[(usize, Kind, Kind)],
+    broker_arcs: &[(String, String)],
 ) -> Result<Vec<Vec<String>>, String> {
     let all: BTreeSet<String> = topology.services.keys().cloned().collect();
     let arcs = |with_requests: bool| -> Vec<(String, String)> {
-        typed
+        let mut arcs: Vec<(String, String)> = typed
             .iter()
             .filter(|(_, f, _)| with_requests || !f.is_request())
             .map(|&(i, _, _)| {
                 let e = &topology.edges[i];
                 (e.from.service.clone(), e.to.service.clone())
             })
-            .collect()
+            .collect();
+        if with_requests {
+            // A brokered service starts after its broker, as a requester after its replyer.
+            arcs.extend(broker_arcs.iter().cloned());
+        }
+        arcs
     };
     let levels = |arcs: &[(String, String)]| -> Result<Vec<Vec<String>>, BTreeSet<String>> {
         // A producer waits for every consumer it feeds.
@@ -749,6 +864,15 @@ impl Plan {
         }
         for (slot, to) in &p.connects {
             put(slot, addressing.connect(to));
+        }
+        for (conn, router, mdp) in &p.brokered {
+            if let Some(Value::Object(m)) = doc.get_mut("connections").and_then(|s| s.get_mut("in"))
+            {
+                m.insert(
+                    conn.clone(),
+                    json!({"broker": addressing.connect(router), "service": mdp}),
+                );
+            }
         }
         if !p.options.is_empty() && !p.runner.is_python() {
             doc["options"] = Value::Object(p.options.clone());

@@ -8,7 +8,7 @@
 //! ]
 //!
 //! [services.source]
-//! service = "pipeline_source"            # a built-in (bus, bridge), a Rust service binary
+//! service = "pipeline_source"            # a built-in (bus, bridge, broker), a Rust binary
 //! main = true                            #   (beside service-framework or on PATH) or a path
 //! config = { count = 1000 }              # written to its config.json (or config_file = "..")
 //!
@@ -18,6 +18,15 @@
 //!
 //! [services.legacy]
 //! python = "legacy.py"                   # a Python service_framework 0.0.18 module
+//!
+//! [services.mdp]
+//! service = "broker"                     # the Majordomo broker built-in
+//!
+//! [services.echo]
+//! service = "echo_replyer"
+//! replicas = 3
+//! broker = "mdp"                         # its replyers register with mdp as MDP workers;
+//!                                        #   requester edges to them go through mdp
 //! ```
 //!
 //! Paths in the file are relative to the file's directory, and services run there.
@@ -51,7 +60,7 @@ pub struct TopologyFile {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
-    /// A built-in (`bus`, `bridge`), the name of a Rust service binary, or a path to one.
+    /// A built-in (`bus`, `bridge`, `broker`), the name of a Rust service binary, or a path to one.
     #[serde(default)]
     pub service: Option<String>,
     /// A Python `service_framework` 0.0.18 service module, run with `interpreter`.
@@ -75,6 +84,11 @@ pub struct ServiceSpec {
     /// Environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The topology's `broker` service its replyers are served through: each registers with
+    /// it as MDP service `<this service>.<connection>`, the broker binds a front-end for it,
+    /// and requester edges to it connect there (so a replicated service may serve requests).
+    #[serde(default)]
+    pub broker: Option<String>,
     /// Instances (1). Each replica connects; a replicated service cannot be the binding end
     /// of an edge.
     #[serde(default = "one")]
