@@ -295,10 +295,12 @@ impl Requester {
                     .security(options.security.clone())
                     .heartbeat(options.heartbeat),
             );
-            socket.connect(endpoint)?;
+            // Watched before connecting: a handshake that finishes at once must not be missed
+            // (its `Connected` is what puts the replica up).
             let monitor = socket.monitor();
             let auth_events =
                 (!matches!(options.security, sf_zmtp::Security::Null)).then(|| socket.monitor());
+            socket.connect(endpoint)?;
             let (tx, rx) = socket.split();
             if let Some(events) = auth_events {
                 crate::util::count_auth_failures(
