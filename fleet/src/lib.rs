@@ -80,6 +80,13 @@ pub fn summary(plan: &Plan) -> String {
                 plan.slot_of(to).label()
             ));
         }
+        for (conn, router, mdp) in &p.brokered {
+            s.push_str(&format!(
+                "    serves in.{conn} through {} {} as MDP service {mdp}\n",
+                router.service,
+                plan.slot_of(router).label()
+            ));
+        }
     }
     s.push_str("start order: ");
     s.push_str(
