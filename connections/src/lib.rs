@@ -54,10 +54,10 @@ pub use stats::{Counter, Stats};
 pub use subscriber::{Delivery, Subscriber, SubscriberOptions};
 pub use wire::{ErrorCode, TraceParent, WireError, WorkflowId};
 
-/// The transport's security: keys, certificates, the authorizer of client keys, and the
-/// [`Security`] every connection's options take.
 /// A socket's live count of connected peers (see each connection's `peer_gauge`).
 pub use sf_zmtp::PeerGauge;
 
+/// The transport's security: keys, certificates, the authorizer of client keys, and the
+/// [`Security`] every connection's options take.
 pub use sf_zmtp::security;
 pub use sf_zmtp::security::Security;
