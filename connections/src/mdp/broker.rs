@@ -393,14 +393,12 @@ impl BrokerCore {
                 _ => BrokerStatus::NotImplemented,
             };
             self.stats.bump(Counter::Replied);
-            self.out.push_back(routed(
+            self.reply_to_client(
                 &client,
-                proto::client_reply(
-                    true,
-                    &service,
-                    [Bytes::from_static(status.code().as_bytes())],
-                ),
-            ));
+                true,
+                &service,
+                vec![Bytes::from_static(status.code().as_bytes())],
+            );
             return;
         }
         let job = Job {
@@ -1041,6 +1039,10 @@ mod tests {
         // The worker is idle again: the next request (an MDP client's) goes to it.
         request(&mut core, t, "c1", "echo", "x");
         assert_eq!(drain(&mut core)[0].0, "w1");
+        // Whatever the core answers itself goes back too, and nothing is kept.
+        core.on_frontend_request(t, 0, "mmi.service", vec![b("p")], b("echo"));
+        assert_eq!(front_replies(&mut core), vec![(0, vec![b("p"), b("200")])]);
+        assert_eq!(core.frontend_pending(), 0);
     }
 
     #[test]
