@@ -273,4 +273,29 @@ mod tests {
             assert!(e.contains("broker:"), "{bad}: {e}");
         }
     }
+
+    #[test]
+    fn frontends_are_the_other_in_entries_named_by_their_service() {
+        let inbound: service_framework::addresses::SideAddresses = serde_json::from_str(
+            r#"{"broker": {"router": "127.0.0.1:1"},
+                "echo_replyer.reply": {"replyer": "127.0.0.1:2"},
+                "short": {"replyer": "127.0.0.1:3", "service": "quotes.reply"}}"#,
+        )
+        .unwrap();
+        let f = frontends(&inbound, "a.json").unwrap();
+        let got: Vec<(String, String)> = f
+            .iter()
+            .map(|f| (f.address.to_string(), f.service.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("127.0.0.1:2".to_owned(), "echo_replyer.reply".to_owned()),
+                ("127.0.0.1:3".to_owned(), "quotes.reply".to_owned())
+            ]
+        );
+        let only_broker: service_framework::addresses::SideAddresses =
+            serde_json::from_str(r#"{"broker": {"router": "127.0.0.1:1"}}"#).unwrap();
+        assert!(frontends(&only_broker, "a.json").unwrap().is_empty());
+    }
 }
