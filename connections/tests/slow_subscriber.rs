@@ -5,6 +5,8 @@
 //!
 //! Its own test binary: it measures the process's memory.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -101,6 +103,8 @@ async fn run(via_bus: bool) -> (u64, u64, u64, u64, Duration) {
     let lost_before = reader.stats().get(Counter::Lost);
 
     let before = rss_bytes();
+    let progress = Arc::new(AtomicU64::new(0));
+    let seen = progress.clone();
     let consumer = tokio::spawn(async move {
         let mut got = 0u64;
         let t = Instant::now();
@@ -110,15 +114,27 @@ async fn run(via_bus: bool) -> (u64, u64, u64, u64, Duration) {
                     let b: Blob = d.args().unwrap();
                     assert_eq!(b.pad.len(), PAD);
                     got += 1;
+                    seen.store(got, Ordering::Relaxed);
                 }
                 Err(_) => break,
             }
         }
         (got, reader.stats().get(Counter::Lost), t.elapsed(), reader)
     });
-    // Bursts of 500 with a pause: a pace the reading subscriber keeps up with, so any loss
-    // it saw would be the stalled one's fault.
+    // Bursts of 500, each once the reading subscriber has taken all but the last burst: a
+    // pace it keeps up with however loaded the machine is (its queue never holds more than
+    // two bursts), so any loss it saw would be the stalled one's fault. The stalled one reads
+    // nothing, so its queue fills all the same.
     for burst in 0..COUNT / 500 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while progress.load(Ordering::Relaxed) + 500 < burst * 500 {
+            assert!(
+                Instant::now() < deadline,
+                "the reading subscriber stopped at {}",
+                progress.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         for i in 0..500 {
             publisher
                 .publish(
@@ -131,7 +147,6 @@ async fn run(via_bus: bool) -> (u64, u64, u64, u64, Duration) {
                 .await
                 .unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (got, lost, took, _reader) = tokio::time::timeout(Duration::from_secs(60), consumer)
         .await
