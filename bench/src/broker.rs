@@ -9,7 +9,9 @@
 //! and 16 workers; the direct side one requester shared by 16 tasks. Each on a multi-thread
 //! and on a current-thread runtime (everything in the process on one thread, as a broker
 //! process runs its own loop). Rows: fw = through the broker, raw = direct; the p50 the
-//! broker adds; and a diagnostic with hand-written MDP workers instead of the framework's.
+//! broker adds; a diagnostic with hand-written MDP workers instead of the framework's; and
+//! the same `Requester` calling through a broker front-end (no MDP on the caller's side:
+//! one DEALER, its requests in flight together, spread over the workers).
 
 use std::time::{Duration, Instant};
 
@@ -197,6 +199,44 @@ async fn brokered(
     })
 }
 
+/// `total` round trips from a framework `Requester` (shared by `callers` tasks) at a broker
+/// front-end, `callers` framework workers behind it.
+async fn through_frontend(
+    callers: usize,
+    total: usize,
+    warmup: usize,
+) -> anyhow::Result<RoundTrips> {
+    let broker = mdp::Broker::bind_with_frontends(
+        &Address::from("127.0.0.1:0"),
+        &[mdp::Frontend {
+            address: Address::from("127.0.0.1:0"),
+            service: SERVICE.into(),
+        }],
+        BrokerOptions::default(),
+    )
+    .await?;
+    let ep = broker.endpoint().to_owned();
+    let front = broker.frontend_endpoints()[0].0.clone();
+    let replyer = brokered_replyer(&ep, callers).await?;
+    let mut probe = client(&ep).await?;
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while mdp_call(
+        &mut probe,
+        "mmi.service",
+        Bytes::from_static(SERVICE.as_bytes()),
+    )
+    .await?[0]
+        .as_ref()
+        != b"200"
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the workers never registered");
+    }
+    let r = fw_calls(front, callers, total, warmup).await;
+    replyer.shutdown().await;
+    broker.shutdown().await;
+    r
+}
+
 async fn direct(callers: usize, total: usize, warmup: usize) -> anyhow::Result<RoundTrips> {
     let rep = fw_replyer().await?;
     fw_calls(rep.endpoint().to_owned(), callers, total, warmup).await
@@ -285,6 +325,29 @@ pub fn run(config: &Config) -> PatternReport {
             Row::new(format!("{case}, raw MDP workers"), "p50 latency", "us")
                 .fw(rw.as_ref().ok().map(|x| x.latency.p50_us))
                 .raw(dok.map(|x| x.latency.p50_us)),
+        );
+        // A plain Requester at a front-end: what a caller that speaks no MDP gets.
+        let fe = block_on(flavor, lim, through_frontend(callers, n, warm));
+        let mut row = Row::new(
+            format!("{case}, Requester at a front-end"),
+            "round trips/s",
+            "rt/s",
+        )
+        .fw(fe.as_ref().ok().map(|x| x.per_s))
+        .raw(dok.map(|x| x.per_s))
+        .note("fw = Requester -> broker front-end -> broker -> worker; raw = direct");
+        if let Err(e) = &fe {
+            row = row.note(format!("failed: {e:#}"));
+        }
+        p.push(row);
+        p.push(
+            Row::new(
+                format!("{case}, Requester at a front-end"),
+                "p50 latency",
+                "us",
+            )
+            .fw(fe.as_ref().ok().map(|x| x.latency.p50_us))
+            .raw(dok.map(|x| x.latency.p50_us)),
         );
         if let (Some(b), Some(d)) = (bo, dok) {
             p.push(
