@@ -25,8 +25,16 @@ fn provider_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oauth_provider")
 }
 
-/// Installs the provider's package (once, from package-lock.json) and starts it.
+/// Installs the provider's package (once, from package-lock.json) and starts it. Tests run
+/// at once: one installs while the others wait, so none starts `node` on a half-written
+/// `node_modules` (or has it deleted under it by a second `npm ci`).
 async fn provider() -> Provider {
+    static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    INSTALLED.get_or_init(install).await;
+    start_provider().await
+}
+
+async fn install() {
     let dir = provider_dir();
     if !dir
         .join("node_modules/oauth2-mock-server/package.json")
@@ -48,6 +56,10 @@ async fn provider() -> Provider {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+async fn start_provider() -> Provider {
+    let dir = provider_dir();
     let mut child = tokio::process::Command::new("node")
         .arg("server.mjs")
         .current_dir(&dir)
