@@ -134,19 +134,7 @@ async fn brokered(
         (Some(brokered_replyer(&ep, callers).await?), Vec::new())
     };
     // Every worker registered: ask `mmi.service` until it answers, then warm each client up.
-    let mut probe = client(&ep).await?;
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    while mdp_call(
-        &mut probe,
-        "mmi.service",
-        Bytes::from_static(SERVICE.as_bytes()),
-    )
-    .await?[0]
-        .as_ref()
-        != b"200"
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the workers never registered");
-    }
+    registered(&ep).await?;
     let frame = request_frame();
     let per = total / callers;
     let warm = (warmup / callers).max(1);
@@ -199,6 +187,25 @@ async fn brokered(
     })
 }
 
+/// A client of the broker at `ep`, once the workers of `SERVICE` have registered (it asks
+/// `mmi.service` until the answer is 200).
+async fn registered(ep: &str) -> anyhow::Result<DealerSocket> {
+    let mut probe = client(ep).await?;
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while mdp_call(
+        &mut probe,
+        "mmi.service",
+        Bytes::from_static(SERVICE.as_bytes()),
+    )
+    .await?[0]
+        .as_ref()
+        != b"200"
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the workers never registered");
+    }
+    Ok(probe)
+}
+
 /// `total` round trips from a framework `Requester` (shared by `callers` tasks) at a broker
 /// front-end, `callers` framework workers behind it.
 async fn through_frontend(
@@ -218,19 +225,7 @@ async fn through_frontend(
     let ep = broker.endpoint().to_owned();
     let front = broker.frontend_endpoints()[0].0.clone();
     let replyer = brokered_replyer(&ep, callers).await?;
-    let mut probe = client(&ep).await?;
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    while mdp_call(
-        &mut probe,
-        "mmi.service",
-        Bytes::from_static(SERVICE.as_bytes()),
-    )
-    .await?[0]
-        .as_ref()
-        != b"200"
-    {
-        anyhow::ensure!(Instant::now() < deadline, "the workers never registered");
-    }
+    registered(&ep).await?;
     let r = fw_calls(front, callers, total, warmup).await;
     replyer.shutdown().await;
     broker.shutdown().await;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sf_tests::PyProcess;
-use support::{bin, BrokerProc, Proc, TempDir, INTERVAL_MS, LIVENESS};
+use support::{bin, brokered_echo_replyer, BrokerProc, Proc, TempDir};
 use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -29,23 +29,6 @@ const NOBODY: &str = "nobody.reply";
 const FIXED_UUID: &str = "0b7c3a2e-5d4f-4e8a-9c1b-2f3e4d5a6b7c";
 /// The broker's request timeout in this test: a request no worker takes is answered then.
 const REQUEST_TIMEOUT_S: f64 = 0.5;
-
-/// `echo_replyer` with its replyer served through the broker on `port`.
-fn echo_replyer(dir: &TempDir, port: u16) -> Proc {
-    let path = dir.0.join("echo_addresses.json");
-    let addresses = json!({
-        "connections": {"in": {"reply": {"broker": format!("127.0.0.1:{port}")}}},
-        "options": {"connections": {"in": {"reply": {
-            "heartbeat_interval_s": INTERVAL_MS as f64 / 1000.0,
-            "heartbeat_liveness": LIVENESS,
-        }}}},
-        "control": false,
-    });
-    std::fs::write(&path, addresses.to_string()).unwrap();
-    let mut cmd = Command::new(bin("service-framework"));
-    cmd.args(["-s", "echo_replyer", "-a"]).arg(&path);
-    Proc::spawn("echo_replyer", cmd)
-}
 
 /// Runs py_requester's seven requests against `addr`; its replies by scenario name.
 async fn python_scenario(addr: &str, tag: &str) -> BTreeMap<String, Value> {
@@ -87,7 +70,7 @@ async fn a_python_requester_calls_a_brokered_replyer_through_a_frontend() {
         format!("127.0.0.1:{port}")
     };
     let dir = TempDir::new("frontend");
-    let _replyer = echo_replyer(&dir, broker.port);
+    let _replyer = brokered_echo_replyer(&dir, broker.port);
     broker
         .log_line(
             |l| l.contains("worker registered") && l.contains(SERVICE),

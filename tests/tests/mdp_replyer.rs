@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sf_connections::wire::{self, Reply, Request, TraceParent, WorkflowId};
 use sf_tests::PyProcess;
-use support::{bin, BrokerProc, Proc, TempDir, INTERVAL_MS, LIVENESS};
+use support::{bin, brokered_echo_replyer, BrokerProc, Proc, TempDir};
 use tokio::process::Command;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -34,23 +34,6 @@ fn unhex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
         .collect()
-}
-
-/// Starts `echo_replyer` with its replyer served through the broker on `port`.
-fn echo_replyer(dir: &TempDir, port: u16) -> Proc {
-    let path = dir.0.join("echo_addresses.json");
-    let addresses = json!({
-        "connections": {"in": {"reply": {"broker": format!("127.0.0.1:{port}")}}},
-        "options": {"connections": {"in": {"reply": {
-            "heartbeat_interval_s": INTERVAL_MS as f64 / 1000.0,
-            "heartbeat_liveness": LIVENESS,
-        }}}},
-        "control": false,
-    });
-    std::fs::write(&path, addresses.to_string()).unwrap();
-    let mut cmd = Command::new(bin("service-framework"));
-    cmd.args(["-s", "echo_replyer", "-a"]).arg(&path);
-    Proc::spawn("echo_replyer", cmd)
 }
 
 async fn client(broker: &str) -> PyProcess {
@@ -102,7 +85,7 @@ async fn until_registered(c: &mut PyProcess) {
 async fn a_framework_replyer_serves_through_the_broker_and_survives_its_restart() {
     let broker = BrokerProc::start(&[]).await;
     let dir = TempDir::new("replyer");
-    let replyer = echo_replyer(&dir, broker.port);
+    let replyer = brokered_echo_replyer(&dir, broker.port);
     replyer
         .log_line(|l| l.contains("registered with the broker"), WAIT)
         .await;

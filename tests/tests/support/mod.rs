@@ -422,3 +422,20 @@ impl BrokerProc {
         panic!("the broker did not restart on port {}:\n{last}", self.port);
     }
 }
+
+/// Starts `echo_replyer` with its replyer served through the broker on `port`.
+pub fn brokered_echo_replyer(dir: &TempDir, port: u16) -> Proc {
+    let path = dir.0.join("echo_addresses.json");
+    let addresses = serde_json::json!({
+        "connections": {"in": {"reply": {"broker": format!("127.0.0.1:{port}")}}},
+        "options": {"connections": {"in": {"reply": {
+            "heartbeat_interval_s": INTERVAL_MS as f64 / 1000.0,
+            "heartbeat_liveness": LIVENESS,
+        }}}},
+        "control": false,
+    });
+    std::fs::write(&path, addresses.to_string()).unwrap();
+    let mut cmd = Command::new(bin("service-framework"));
+    cmd.args(["-s", "echo_replyer", "-a"]).arg(&path);
+    Proc::spawn("echo_replyer", cmd)
+}
