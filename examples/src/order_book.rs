@@ -620,12 +620,14 @@ pub fn exchange() -> ServiceDef {
         })
 }
 
-/// An in-state as its typed value; `None` before anything arrived.
+/// An in-state as its typed value; `None` before anything arrived. The out side answers a
+/// snapshot request made before its first `snapshot_state` with its empty state (number 0, as
+/// a Python 0.0.18 out side answers every time), so an empty state is "nothing yet" too.
 fn typed<T: serde::de::DeserializeOwned>(
     name: &str,
     view: &service_framework::StateView,
 ) -> Result<Option<T>, ServiceError> {
-    if view.current_num < 0 {
+    if view.current_num < 0 || view.state.is_empty() {
         return Ok(None);
     }
     service_framework::states::from_state_map(&view.state)

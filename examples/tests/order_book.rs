@@ -236,3 +236,70 @@ fn the_mirror_converges_cancel_goes_to_the_exchange_and_sigterm_stops_each() {
     stop(&mut run.feed, "order_book_feed");
     stop(&mut run.exchange, "exchange_sim");
 }
+
+/// The mirror may ask for a snapshot after the feed's out side is up but before its first
+/// `snapshot_state`: the out side answers with its empty state at number 0. The mirror must
+/// answer `book` with "nothing yet" (null), not an error about a missing field. (A cold CI
+/// run hit this under `up`, where the services start in no fixed order.)
+#[test]
+fn the_mirror_answers_nothing_yet_while_the_feed_has_not_taken_its_first_snapshot() {
+    use service_framework::connections::Address;
+    use service_framework::states::{DeltaUpdateOut, StateOptions};
+
+    let dir = Scratch::new("order-book-empty");
+    let [mp_pub, mp_rep, ob_pub, ob_rep, book] = free_ports();
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    // Both out sides bound, neither ever snapshotted.
+    let _outs = rt.block_on(async {
+        let opts = StateOptions::default();
+        let a = DeltaUpdateOut::start(
+            &Address::Plain(at(mp_pub)),
+            &Address::Plain(at(mp_rep)),
+            &opts,
+        )
+        .await
+        .expect("market_price out");
+        let b = DeltaUpdateOut::start(
+            &Address::Plain(at(ob_pub)),
+            &Address::Plain(at(ob_rep)),
+            &opts,
+        )
+        .await
+        .expect("order_book out");
+        (a, b)
+    });
+    let mirror_file = dir.write(
+        "mirror.json",
+        &json!({
+            "connections": {"in": {"book": {"replyer": at(book)}}},
+            "states": {"in": {"market_price": {"subscriber": at(mp_pub), "requester": at(mp_rep)},
+                              "order_book": {"subscriber": at(ob_pub), "requester": at(ob_rep)}}}
+        })
+        .to_string(),
+    );
+    let mut mirror = sf(&[
+        "-s",
+        "order_book_mirror",
+        "-a",
+        mirror_file.to_str().unwrap(),
+    ]);
+    mirror.wait_serving(START);
+    // Until both followers have adopted the empty snapshot (number 0), then once more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reply = loop {
+        let raw = call(&at(book), &json!({})).expect("book answers before any snapshot");
+        if raw["current_num"]["order_book"] == json!(0)
+            && raw["current_num"]["market_price"] == json!(0)
+        {
+            break raw;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the followers never adopted: {raw}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(reply["order_book"], Value::Null, "{reply}");
+    assert_eq!(reply["market_price"], Value::Null, "{reply}");
+    stop(&mut mirror, "order_book_mirror");
+}
