@@ -215,6 +215,42 @@ impl Proc {
         }
     }
 
+    /// Reads stdout (or stderr) until `done` holds for all the lines seen so far, and returns
+    /// what it returned; panics after `timeout` (saying `what`, with the output seen). For
+    /// waits `wait_for` cannot say: a count of lines, the latest of a kind.
+    pub fn wait_until<T>(
+        &mut self,
+        stderr: bool,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&[String]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = if stderr { &self.stderr } else { &self.stdout };
+            if let Some(v) = done(lines) {
+                return v;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.take(line),
+                Err(e) => panic!(
+                    "{}: {what}: not within {timeout:?} ({e:?}); stdout:\n{}\nstderr:\n{}",
+                    self.what,
+                    self.stdout.join("\n"),
+                    self.stderr.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Takes in the output that has arrived, waiting for none.
+    pub fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.take(line);
+        }
+    }
+
     /// Waits for the "replyer serving" log line and returns the endpoint it bound.
     pub fn wait_serving(&mut self, timeout: Duration) -> String {
         let line = self.wait_for_stderr("replyer serving", timeout);
