@@ -6,11 +6,13 @@
 //!   `fn new(config: Config) -> Self` (or `-> Result<Self, E>`, or `fn new() -> Self`, or
 //!   `Default`); an `async fn on_start(&self, ctx: &PluginCtx)` is the start hook.
 //! - `#[on_request("/path", methods = ["GET"], call_type = "http", stream, raw_response,
-//!   tags = [".."], summary = "..")]` on a method: an API. Its arguments are query
-//!   parameters (scalars, `Option`s and `Vec`s of them; `#[default(expr)]` gives a default),
-//!   at most one body (any other type; `#[body]`/`#[query]` say which explicitly) and
-//!   optionally the `PluginCtx`. A stream returns `impl Stream<Item = T>` (or a `Result` of
-//!   one), each item a `message_chunk` event (`T` may be a `StreamEvent`, or a `Result`).
+//!   tags = [".."], summary = "..", idempotent)]` on a method: an API (`idempotent`: a call
+//!   whose worker died may run again on another, where its plugin runs on workers). Its
+//!   arguments are query parameters (scalars, `Option`s and `Vec`s of them;
+//!   `#[default(expr)]` gives a default), at most one body (any other type; `#[body]` /
+//!   `#[query]` say which explicitly) and optionally the `PluginCtx`. A stream returns
+//!   `impl Stream<Item = T>` (or a `Result` of one), each item a `message_chunk` event (`T`
+//!   may be a `StreamEvent`, or a `Result`).
 //! - `#[model]` on a struct or enum: serde's and schemars' derives through sf-bridge's
 //!   re-exports, with no direct dependency on either crate.
 
@@ -27,7 +29,8 @@ use syn::{
 
 const PLUGIN_OPTIONS: &str =
     "name, version, description, author, url, config, required_remote_apis, type_name, typed, api_vis";
-const ON_REQUEST_OPTIONS: &str = "path, methods, call_type, stream, raw_response, tags, summary";
+const ON_REQUEST_OPTIONS: &str =
+    "path, methods, call_type, stream, raw_response, tags, summary, idempotent";
 const METHODS: [&str; 8] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE",
 ];
@@ -175,6 +178,7 @@ struct OnRequest {
     raw_response: bool,
     tags: Vec<LitStr>,
     summary: Option<LitStr>,
+    idempotent: bool,
 }
 
 fn flag(input: ParseStream) -> syn::Result<bool> {
@@ -254,6 +258,7 @@ impl Parse for OnRequest {
                 }
                 "stream" => r.stream = flag(input)?,
                 "raw_response" => r.raw_response = flag(input)?,
+                "idempotent" => r.idempotent = flag(input)?,
                 "tags" => r.tags = str_list(input)?,
                 "summary" => {
                     input.parse::<Token![=]>()?;
@@ -913,6 +918,9 @@ fn expand_api(
     }
     if o.raw_response {
         builder = quote!(#builder.raw_response());
+    }
+    if o.idempotent {
+        builder = quote!(#builder.idempotent());
     }
     if !o.tags.is_empty() {
         let t = &o.tags;

@@ -7,6 +7,8 @@
 //! --dashboard-port PORT  --no-use-ray                    FrameX's `framex run` flags
 //! -s bridge  -a addresses.json  -c config.json  -cl LEVEL  -f LEVEL  -l LOG  -bc N
 //!                                                        service-framework's flags
+//! --serve-plugins NAME (repeatable)                      no HTTP: serve these plugins as
+//!                                                        workers behind their broker
 //! ```
 //!
 //! A program with its own plugins has the same command line:
@@ -32,6 +34,7 @@ usage: service-framework -s bridge [--host HOST] [--port PORT] [--load-plugins N
                          [--num-cpus N] [--dashboard-host HOST] [--dashboard-port PORT]
                          [--no-use-ray] [-a addresses.json] [-c config.json] [-cl LEVEL]
                          [-f LEVEL] [-l LOG]
+       service-framework -s bridge --serve-plugins NAME... [-c config.json] [-cl LEVEL]
 
 The HTTP bridge: plugins, bus services and upstream OpenAPI services under /api/v1, with
 /docs, /redoc and /api/v1/openapi.json. Settings come from [tool.framex] in pyproject.toml
@@ -48,6 +51,9 @@ and config.toml in the working directory, .env, .env.prod, the environment
   --dashboard-host HOST        accepted for FrameX start scripts; there is no Ray dashboard
   --dashboard-port PORT          here, so both are ignored (a log line says so)
   --no-use-ray                 accepted (the only mode); --use-ray is refused
+  --serve-plugins NAME         serve no HTTP: run plugin NAME (linked into this binary) as
+                               workers registered with the broker of [plugins.NAME.remote]
+                               (repeatable); bridges configured the same way call them
   -a, --addresses_path FILE    addresses.json: bus routes by connection name
   --security FILE              bus security: CURVE keys towards bus services (else SF_SECURITY)
   -c, --config_path FILE       config.json with the keys of config.toml (above it)
@@ -80,6 +86,8 @@ pub struct Args {
     pub num_cpus: Option<usize>,
     /// `--dashboard-host` / `--dashboard-port`: FrameX's Ray dashboard; accepted, unused.
     pub dashboard: Vec<String>,
+    /// `--serve-plugins`: run these plugins as workers behind their broker, no HTTP.
+    pub serve_plugins: Vec<String>,
 }
 
 /// Parses arguments (without the program name). Unknown flags are an error naming them.
@@ -107,6 +115,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
             }
             "--load-plugins" => out.overrides.load_plugins.push(value(&flag)?),
             "--load-builtin-plugins" => out.overrides.load_builtin_plugins.push(value(&flag)?),
+            "--serve-plugins" => out.serve_plugins.push(value(&flag)?),
             "--enable-proxy" => out.overrides.enable_proxy = Some(true),
             "--num-cpus" => {
                 let v = value(&flag)?;
@@ -190,7 +199,7 @@ pub fn main(plugins: Vec<Plugin>) -> ExitCode {
                 "builtin_plugins": ["echo", "proxy"],
                 "plugins": names,
                 "config": ["server.host", "server.port", "server.enable_proxy", "load_plugins",
-                    "load_builtin_plugins", "plugins.<name>", "auth.rules", "auth.oauth", "bus.routes", "bus.streams", "bus.states", "bus.services", "bus.auto_routes",
+                    "load_builtin_plugins", "plugins.<name>", "plugins.<name>.remote", "auth.rules", "auth.oauth", "bus.routes", "bus.streams", "bus.states", "bus.services", "bus.auto_routes",
                     "server.timestamp_offset", "server.strict_validation", "metrics.control", "metrics.up", "metrics.timeout_s"],
             })
         );
@@ -240,6 +249,9 @@ async fn run(args: Args, plugins: Vec<Plugin>) -> Result<()> {
     {
         bridge = bridge.security(s);
     }
+    if !args.serve_plugins.is_empty() {
+        return serve_plugins(bridge, &args.serve_plugins).await;
+    }
     let running = bridge.start().await?;
     // Handlers go in before the announcement, so a signal sent as soon as it is read is
     // already a graceful stop.
@@ -257,6 +269,34 @@ async fn run(args: Args, plugins: Vec<Plugin>) -> Result<()> {
     let reason = stop.await;
     tracing::info!("bridge stopping on {reason}");
     running.stop().await;
+    drop(ready_file);
+    Ok(())
+}
+
+/// `--serve-plugins`: workers until SIGINT or SIGTERM.
+async fn serve_plugins(bridge: Bridge, names: &[String]) -> Result<()> {
+    let workers = bridge.serve_plugins(names).await?;
+    let stop = signals()?;
+    tokio::pin!(stop);
+    println!("plugin workers starting: {}", workers.summary());
+    let ready_file = service_framework::cli::ReadyFile::from_env();
+    let reason = tokio::select! {
+        r = &mut stop => r,
+        () = workers.all_registered() => {
+            // The line scripts and tests wait for: the broker knows every worker.
+            println!("plugin workers registered: {}", workers.summary());
+            if let Some(f) = &ready_file {
+                f.write(&serde_json::json!({
+                    "service": "plugin-workers",
+                    "pid": std::process::id(),
+                    "plugins": names,
+                }));
+            }
+            stop.await
+        }
+    };
+    tracing::info!("plugin workers stopping on {reason}");
+    workers.stop().await;
     drop(ready_file);
     Ok(())
 }

@@ -18,6 +18,8 @@
 //!   `on_request` options, typed query / body / result models).
 //! - [`registry`] - the loaded routes and function APIs, `required_remote_apis` resolution and
 //!   [`PluginCtx::call_plugin_api`].
+//! - [`remote`] - plugins run on workers behind a Majordomo broker (`plugins.<name>.remote`,
+//!   `--serve-plugins`): FrameX's `@remote()`, the bus way.
 //! - [`envelope`] - the JSON envelope and server-sent events.
 //! - [`auth`] - `auth.rules`.
 //! - [`oauth`] - `auth.oauth`, the login in front of the docs pages.
@@ -47,6 +49,7 @@ pub mod openapi;
 pub mod plugin;
 pub mod proxy;
 pub mod registry;
+pub mod remote;
 pub mod server;
 pub mod trace;
 

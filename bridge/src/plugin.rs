@@ -181,6 +181,8 @@ pub struct Api {
     pub(crate) handler: Option<HandlerSpec>,
     /// A stream's `message_chunk` payload model, for the OpenAPI document.
     pub(crate) event: Option<SchemaFn>,
+    /// Calling it twice does no more than calling it once (see [`Api::idempotent`]).
+    pub(crate) idempotent: bool,
 }
 
 impl std::fmt::Debug for Api {
@@ -224,6 +226,7 @@ impl Api {
             summary: None,
             handler: None,
             event: None,
+            idempotent: false,
         }
     }
 
@@ -301,6 +304,20 @@ impl Api {
     pub fn event_type<T: JsonSchema>(mut self) -> Self {
         self.event = Some(SchemaGenerator::subschema_for::<T>);
         self
+    }
+
+    /// Marks the API idempotent: calling it twice with the same arguments does no more than
+    /// calling it once. Where its plugin runs on workers behind a broker
+    /// ([`remote`](crate::remote)), a call whose worker died is given to another worker; a
+    /// call of an API not marked so is never repeated: it fails (503) instead.
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    /// Whether [`idempotent`](Self::idempotent) was given.
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotent
     }
 
     /// A one-line summary for the OpenAPI document.

@@ -24,6 +24,9 @@ pub(crate) struct PluginInfo {
     pub config: Value,
     /// What [`Plugin::state`] made at start.
     pub state: Option<plugin::State>,
+    /// It runs on workers behind a broker (`plugins.<name>.remote`): its handlers call them,
+    /// and its state and start hook are theirs.
+    pub remote: bool,
 }
 
 impl std::fmt::Debug for PluginInfo {
@@ -33,6 +36,7 @@ impl std::fmt::Debug for PluginInfo {
             .field("type_name", &self.type_name)
             .field("config", &self.config)
             .field("state", &self.state.is_some())
+            .field("remote", &self.remote)
             .finish()
     }
 }
@@ -144,7 +148,13 @@ impl Registry {
             return Err(Error::Plugin(format!("plugin {name:?} is loaded twice")));
         }
         let config = self.plugin_config(p)?;
+        let remote = match crate::remote::RemoteConfig::of(&self.settings, name)? {
+            Some(c) => Some(crate::remote::RemoteClient::connect(name, &c)?),
+            None => None,
+        };
         let state = match &p.state {
+            // A remote plugin's state is made by its workers.
+            _ if remote.is_some() => None,
             Some(make) => Some(make(config.clone()).map_err(|e| {
                 Error::Plugin(format!(
                     "plugin {name:?}: its state cannot be made: {}",
@@ -158,10 +168,11 @@ impl Registry {
             type_name: p.type_name.clone(),
             config,
             state,
+            remote: remote.is_some(),
         });
         self.plugins.push(info.clone());
         for api in &p.apis {
-            let Some(handler) = api.handler.clone() else {
+            let Some(mut handler) = api.handler.clone() else {
                 return Err(Error::Plugin(format!(
                     "{}.{}: the API has no handler (call .handle(...))",
                     p.deployment(),
@@ -178,11 +189,15 @@ impl Registry {
                     api.name
                 )));
             }
+            let func_name = format!("{}.{}", p.deployment(), api.name);
+            if let Some(client) = &remote {
+                handler.erased = client.handler(&api.name, api.idempotent, &func_name);
+            }
             let entry = Arc::new(ApiEntry {
                 plugin: info.clone(),
                 api: api.clone(),
                 handler,
-                func_name: format!("{}.{}", p.deployment(), api.name),
+                func_name,
             });
             if matches!(call_type, CallType::Func | CallType::All)
                 && self
@@ -235,6 +250,9 @@ impl Registry {
             .get(name)
             .cloned()
             .unwrap_or_else(|| Value::Object(Map::new()));
+        // `remote` is the bridge's (where the plugin runs), not the plugin's.
+        let has_remote = given.get(crate::remote::REMOTE_KEY).is_some();
+        let given = crate::remote::plugin_part(&given);
         let Value::Object(map) = &given else {
             return Err(Error::Config(format!(
                 "plugins.{name} must be a table of keys, got {given}"
@@ -250,6 +268,12 @@ impl Registry {
             )));
         };
         let allowed = plugin::declared_properties(&spec.schema);
+        if has_remote && allowed.iter().any(|k| k == crate::remote::REMOTE_KEY) {
+            return Err(Error::Config(format!(
+                "plugins.{name}.{}: the key says where the plugin runs, but plugin {name:?}'s config model declares a key of that name too; rename the plugin's key",
+                crate::remote::REMOTE_KEY
+            )));
+        }
         let unknown: Vec<&String> = map.keys().filter(|k| !allowed.contains(k)).collect();
         if !unknown.is_empty() {
             return Err(Error::Config(format!(

@@ -176,6 +176,9 @@ impl Bridge {
                     .find(|i| i.meta.name == p.meta.name)
                     .cloned()
                     .expect("a loaded plugin");
+                if info.remote {
+                    continue; // its workers run it
+                }
                 let ctx = PluginCtx {
                     plugin: info,
                     registry: registry.clone(),
@@ -221,6 +224,15 @@ impl Bridge {
     pub async fn start(self) -> Result<RunningBridge> {
         let app = self.build().await?;
         app.start().await
+    }
+
+    /// Serves the plugins `names` as Majordomo workers instead of HTTP (`--serve-plugins`):
+    /// each is built here as a bridge builds it, from `plugins.<name>` without its `remote`
+    /// key, and registers with the broker that key names (see [`crate::remote`]).
+    pub async fn serve_plugins(mut self, names: &[String]) -> Result<crate::remote::PluginWorkers> {
+        let configs = crate::remote::worker_settings(&mut self.settings, names)?;
+        let app = self.build().await?;
+        crate::remote::PluginWorkers::start(app.registry, configs)
     }
 }
 
