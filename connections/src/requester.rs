@@ -25,6 +25,17 @@
 //! timeout. With one address nothing of this costs anything: the request path is the one
 //! described above.
 //!
+//! # Through a Majordomo broker
+//! [`Requester::through_broker`] calls an MDP service instead of a replyer: the socket
+//! connects to the broker (or to each of a list of brokers, which are then replicas as
+//! above) and each request goes out as an MDP 0.2 client REQUEST for the service, its body
+//! `[id, "", envelope]`. The framework's MDP workers echo the frames before the envelope, and
+//! so does the broker when it refuses a request, so replies are matched by id exactly as on a
+//! direct connection and many requests can be in flight on one socket. PARTIAL replies are
+//! counted and dropped (a request has one reply). A worker that dies with the request is the
+//! broker's to handle: it gives the request to the next worker (MDP workers are idempotent);
+//! a broker that is lost fails the requests on it as a lost replyer does.
+//!
 //! # Where retries happen
 //! Only at the edge: a requester used while serving a request (inside a replyer's handler, see
 //! [`serving`]) makes one attempt whatever its `retries`; its failure becomes the handler's
@@ -137,12 +148,19 @@ fn sweep_period(timeout: Duration) -> Duration {
     (timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(1))
 }
 
-fn request_frame(id: u64, body: Bytes) -> Message {
-    Message::from(vec![
-        Bytes::copy_from_slice(&id.to_be_bytes()),
-        Bytes::new(),
-        body,
-    ])
+fn request_frame(id: u64, body: Bytes, mdp: Option<&Bytes>) -> Message {
+    let id = Bytes::copy_from_slice(&id.to_be_bytes());
+    match mdp {
+        None => Message::from(vec![id, Bytes::new(), body]),
+        Some(service) => Message::from(vec![
+            Bytes::from_static(crate::mdp::proto::CLIENT),
+            Bytes::from_static(&[crate::mdp::proto::client_cmd::REQUEST]),
+            service.clone(),
+            id,
+            Bytes::new(),
+            body,
+        ]),
+    }
 }
 
 /// What the requester knows of one replica, now.
@@ -248,6 +266,8 @@ struct Inner {
     next_id: std::sync::atomic::AtomicU64,
     stats: Arc<Stats>,
     stop: CancellationToken,
+    /// The MDP service called through a broker; `None` for a direct requester.
+    mdp: Option<Bytes>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -269,6 +289,30 @@ impl Requester {
     /// Starts connecting to `address` in the background and returns at once. A list of
     /// addresses connects to each replica (see the module docs).
     pub fn connect(address: &Address, options: RequesterOptions) -> Result<Requester> {
+        Self::start(address, options, None)
+    }
+
+    /// Starts connecting to the Majordomo broker at `broker` (or to each broker of a list)
+    /// and returns at once; requests call MDP service `service` through it (see the module
+    /// docs). The endpoint reads `mdp://<broker>/<service>`.
+    pub fn through_broker(
+        broker: &Address,
+        service: &str,
+        options: RequesterOptions,
+    ) -> Result<Requester> {
+        let name =
+            crate::mdp::proto::service_name(service.as_bytes()).map_err(|e| Error::Address {
+                address: broker.to_string(),
+                reason: format!("service name {service:?}: {e}"),
+            })?;
+        Self::start(broker, options, Some(name))
+    }
+
+    fn start(
+        address: &Address,
+        options: RequesterOptions,
+        mdp: Option<String>,
+    ) -> Result<Requester> {
         let endpoints = address.connect_endpoints()?;
         let pending: Pending = Arc::default();
         let stats = Arc::new(Stats::default());
@@ -312,6 +356,7 @@ impl Requester {
             }
             tokio::spawn(read_replies(
                 Reader {
+                    mdp: mdp.is_some(),
                     index,
                     endpoint: endpoint.clone(),
                     replicas: replicas.clone(),
@@ -331,9 +376,17 @@ impl Requester {
             stats.clone(),
             stop.clone(),
         ));
+        let endpoint = match &mdp {
+            None => endpoints.join(", "),
+            Some(service) => endpoints
+                .iter()
+                .map(|e| format!("mdp://{}/{service}", e.strip_prefix("tcp://").unwrap_or(e)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
         Ok(Requester {
             inner: Arc::new(Inner {
-                endpoint: endpoints.join(", "),
+                endpoint,
                 options,
                 sockets: sockets.into(),
                 replicas,
@@ -343,6 +396,7 @@ impl Requester {
                 next_id: std::sync::atomic::AtomicU64::new(1),
                 stats,
                 stop,
+                mdp: mdp.map(Bytes::from),
             }),
         })
     }
@@ -493,7 +547,7 @@ impl Requester {
             // Waits for a connected replyer with room, bounded by the timeout.
             let send = tokio::time::timeout_at(
                 born + inner.options.timeout,
-                socket.send_tracked(request_frame(id, body.clone())),
+                socket.send_tracked(request_frame(id, body.clone(), inner.mdp.as_ref())),
             );
             let sent = if many {
                 // A replica lost while the send waits for room on it: the request was not
@@ -716,6 +770,8 @@ async fn sweep(
 
 /// What a replica's reader task works with.
 struct Reader {
+    /// Replies come as MDP client commands (through a broker).
+    mdp: bool,
     index: usize,
     endpoint: String,
     replicas: Arc<Replicas>,
@@ -733,6 +789,7 @@ async fn read_replies(r: Reader, mut rx: Receiver, mut events: tokio::sync::mpsc
             biased;
             _ = r.stop.cancelled() => break,
             m = rx.recv() => match m {
+                Ok(msg) if r.mdp => route_mdp_reply(msg, &r),
                 Ok(msg) => route_reply(msg, &r.pending, &r.stats),
                 Err(_) => break,
             },
@@ -779,8 +836,28 @@ fn fail_lost(r: &Reader, peer: PeerId, reason: &str) {
     }
 }
 
+/// A broker's `[MDPC02, PARTIAL | FINAL, service, body...]`: a FINAL's body is routed as a
+/// direct reply is; a PARTIAL is counted and dropped.
+fn route_mdp_reply(msg: Message, r: &Reader) {
+    match crate::mdp::proto::parse_client_reply(msg.frames()) {
+        Ok(reply) if reply.last => route_frames(&reply.body, &r.pending, &r.stats),
+        Ok(_) => r.stats.bump(Counter::Partials),
+        Err(e) => {
+            r.stats.bump(Counter::Malformed);
+            if let Some(suppressed) =
+                crate::logline::WARNINGS.allow("mdp_client_malformed", &r.endpoint)
+            {
+                tracing::warn!(broker = %r.endpoint, suppressed, "requester ignored a malformed message from the broker: {e}");
+            }
+        }
+    }
+}
+
 fn route_reply(msg: Message, pending: &Pending, stats: &Stats) {
-    let frames = msg.frames();
+    route_frames(msg.frames(), pending, stats)
+}
+
+fn route_frames(frames: &[Bytes], pending: &Pending, stats: &Stats) {
     // Expected: [id, "", body]. Anything else did not come from a request of ours.
     let (Some(id), Some(body)) = (frames.first(), frames.last()) else {
         return;

@@ -48,6 +48,7 @@ counters! {
     Redelivered => "redelivered": "Acked pipeline messages sent again (their puller went away, or no ack came within the ack timeout).",
     Acked => "acked": "Acked pipeline messages acknowledged (a pusher: acks received; a puller: acks sent).",
     Resyncs => "resyncs": "Snapshots a state follower asked for (at start, after a gap, a reconnect or a restart of its out side).",
+    Partials => "partials": "MDP PARTIAL replies a requester calling through a broker received and dropped (a request has one reply).",
 }
 
 /// The counters of one connection.

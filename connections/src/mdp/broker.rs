@@ -592,23 +592,31 @@ impl BrokerCore {
     /// Answers a request the broker will not serve.
     fn refuse(&mut self, service: &str, job: Job, status: BrokerStatus, why: &str) {
         let front = self.fronts.contains_key(&job.client);
-        let framework = match job.body.as_slice() {
-            [one] => {
-                let (wf, is_request) = crate::wire::salvage_workflow_id(one);
-                (is_request || front).then_some(wf)
+        // A framework request: its last frame is a request envelope, and the frames before
+        // it (a framework requester's request id) are a tag echoed ahead of the reply, as a
+        // framework worker echoes it.
+        let framework = match job.body.split_last() {
+            Some((last, tag)) if tag.len() <= super::worker::MAX_TAG_FRAMES => {
+                let (wf, is_request) = crate::wire::salvage_workflow_id(last);
+                if is_request {
+                    Some((wf, tag.to_vec()))
+                } else {
+                    front.then_some((wf, Vec::new()))
+                }
             }
-            _ => front.then_some(crate::wire::WorkflowId::None),
+            _ => front.then_some((crate::wire::WorkflowId::None, Vec::new())),
         };
         let body = match framework {
-            Some(workflow_id) => {
+            Some((workflow_id, mut tag)) => {
                 let code = match status {
                     BrokerStatus::Timeout => ErrorCode::Timeout,
                     _ => ErrorCode::Unavailable,
                 };
-                vec![Bytes::from(crate::handler::error_reply(
+                tag.push(Bytes::from(crate::handler::error_reply(
                     workflow_id,
                     WireError::new(code, format!("broker: {why}")),
-                ))]
+                )));
+                tag
             }
             None => vec![
                 Bytes::from_static(status.code().as_bytes()),

@@ -4,7 +4,10 @@
 //!
 //! Request and reply bodies are the framework's own envelopes (one frame each), so
 //! validation, error replies, workflow ids and trace ids work exactly as over a direct
-//! connection. Each worker serves one request at a time (MDP's rule); `workers` of them
+//! connection. Frames before the envelope (at most [`MAX_TAG_FRAMES`]: a framework requester
+//! calling through the broker sends its request id there, as `[id, "", envelope]`) are a tag
+//! the worker echoes ahead of its reply, as a replyer echoes a routing envelope; that is how
+//! one MDP client matches several replies in flight. Each worker serves one request at a time (MDP's rule); `workers` of them
 //! serve that many at once.
 //!
 //! Each worker registers (READY), heartbeats every interval (sending nothing else in it), and
@@ -57,6 +60,33 @@ impl Default for WorkerOptions {
 
 /// Most workers one replyer registers.
 pub const MAX_WORKERS: usize = 256;
+
+/// Most frames echoed ahead of a reply (the tag before the request envelope).
+pub const MAX_TAG_FRAMES: usize = 4;
+
+/// Most bytes in those frames together.
+pub const MAX_TAG_BYTES: usize = 256;
+
+/// A request body as `(tag, envelope)`: the last frame is the envelope, the frames before it
+/// are echoed ahead of the reply. An error names what is wrong, and the tag is then empty.
+fn split_body(body: &[Bytes]) -> std::result::Result<(&[Bytes], &Bytes), String> {
+    let Some((envelope, tag)) = body.split_last() else {
+        return Err("malformed request: no body frame (a framework request envelope)".into());
+    };
+    if tag.len() > MAX_TAG_FRAMES || tag.iter().map(Bytes::len).sum::<usize>() > MAX_TAG_BYTES {
+        return Err(format!(
+            "malformed request: {} frames before the request envelope; at most {MAX_TAG_FRAMES} \
+             frames of {MAX_TAG_BYTES} bytes in all are echoed",
+            tag.len()
+        ));
+    }
+    Ok((tag, envelope))
+}
+
+/// A worker's FINAL: the tag, then the reply frame.
+fn final_reply(client: Bytes, tag: &[Bytes], reply: Bytes) -> Message {
+    proto::worker_reply(true, client, tag.iter().cloned().chain([reply]))
+}
 
 /// Connects `workers` MDP workers for `service` to the broker at `broker` and serves their
 /// requests with `handler`. The returned [`Replyer`] stops, drains and counts as a bound
@@ -120,6 +150,7 @@ type Running = Pin<Box<dyn Future<Output = std::thread::Result<Outcome>> + Send>
 
 struct Job {
     client: Bytes,
+    tag: Vec<Bytes>,
     started: Instant,
     run: Running,
 }
@@ -225,13 +256,13 @@ impl Slot {
                         WorkflowId::None,
                         WireError::new(ErrorCode::Unavailable, "the service stopped before this request finished"),
                     );
-                    self.send(socket, proto::worker_reply(true, j.client, [Bytes::from(outcome.frame)])).await;
+                    self.send(socket, final_reply(j.client, &j.tag, Bytes::from(outcome.frame))).await;
                     return End::Stop;
                 }
                 outcome = poll_job(&mut job), if job.is_some() => {
                     let j = job.take().expect("a job");
                     let reply = self.finish(outcome, &j);
-                    if !self.send(socket, proto::worker_reply(true, j.client, [reply])).await {
+                    if !self.send(socket, final_reply(j.client.clone(), &j.tag, reply)).await {
                         return End::Again;
                     }
                     heartbeat_at = Instant::now() + interval;
@@ -252,15 +283,16 @@ impl Slot {
                                     WorkflowId::None,
                                     WireError::new(ErrorCode::Unavailable, "this worker is busy or stopping"),
                                 );
-                                if !self.send(socket, proto::worker_reply(true, client, [Bytes::from(outcome.frame)])).await {
+                                let tag = split_body(&body).map(|(t, _)| t).unwrap_or_default();
+                                if !self.send(socket, final_reply(client, tag, Bytes::from(outcome.frame))).await {
                                     return End::Again;
                                 }
                                 continue;
                             }
                             match self.start(client, body) {
                                 Ok(j) => job = Some(j),
-                                Err((client, reply)) => {
-                                    if !self.send(socket, proto::worker_reply(true, client, [reply])).await {
+                                Err((client, tag, reply)) => {
+                                    if !self.send(socket, final_reply(client, &tag, reply)).await {
                                         return End::Again;
                                     }
                                 }
@@ -301,25 +333,25 @@ impl Slot {
     }
 
     /// Starts the handler on a request, or says what to answer at once.
-    fn start(&self, client: Bytes, body: Vec<Bytes>) -> std::result::Result<Job, (Bytes, Bytes)> {
+    #[allow(clippy::type_complexity)]
+    fn start(
+        &self,
+        client: Bytes,
+        body: Vec<Bytes>,
+    ) -> std::result::Result<Job, (Bytes, Vec<Bytes>, Bytes)> {
         self.stats.bump(Counter::Received);
-        let refuse = |code, counter, message: String| {
+        let refuse = |tag: &[Bytes], code, counter, message: String| {
             self.stats.bump(counter);
             let outcome = Outcome::err(WorkflowId::None, WireError::new(code, message));
-            (client.clone(), Bytes::from(outcome.frame))
+            (client.clone(), tag.to_vec(), Bytes::from(outcome.frame))
         };
-        let [frame] = body.as_slice() else {
-            return Err(refuse(
-                ErrorCode::Malformed,
-                Counter::Malformed,
-                format!(
-                    "malformed request: expected one body frame (a framework request envelope), got {}",
-                    body.len()
-                ),
-            ));
+        let (tag, frame) = match split_body(&body) {
+            Ok(parts) => parts,
+            Err(why) => return Err(refuse(&[], ErrorCode::Malformed, Counter::Malformed, why)),
         };
         if frame.len() > self.options.max_message_bytes {
             return Err(refuse(
+                tag,
                 ErrorCode::TooLarge,
                 Counter::TooLarge,
                 format!(
@@ -332,6 +364,7 @@ impl Slot {
         self.stats.begin_in_flight();
         Ok(Job {
             client,
+            tag: tag.to_vec(),
             started: Instant::now(),
             run: Box::pin(
                 // Run as serving a request: a requester the handler calls does not retry
