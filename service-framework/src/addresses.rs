@@ -186,32 +186,59 @@ impl AddressesFile {
         })
     }
 
-    /// A replyer served through a Majordomo broker: its entry names the broker instead of an
-    /// address to bind, `{"broker": "host:port"}`, with the MDP service name it registers
-    /// under in `"service"` (absent: `<service>.<connection>`, chosen by the runtime).
+    /// A connection through a Majordomo broker: its entry names the broker instead of an
+    /// address, with the MDP service name in `"service"`.
+    /// - A replyer, `{"broker": "host:port", "service": "name"}`, registers as MDP workers
+    ///   under that name (absent: `<service>.<connection>`, chosen by the runtime).
+    /// - A requester, `{"broker": "host:port", "service": "name"}` (the name is required),
+    ///   calls that service through the broker. `"broker"` may be a list of brokers.
+    ///
     /// `None` for any other entry.
     pub fn broker_for(
         &self,
         model: &ConnectionModel,
         origin: &str,
     ) -> Result<Option<(Address, Option<String>)>> {
-        if model.kind != crate::model::ConnectionKind::Replyer {
-            return Ok(None);
-        }
-        let Some(entry) = self.connections.inbound.get(&model.name) else {
+        use crate::model::ConnectionKind;
+        let (side, entries, direct) = match model.kind {
+            ConnectionKind::Replyer => ("in", &self.connections.inbound, "replyer"),
+            ConnectionKind::Requester => ("out", &self.connections.outbound, "requester"),
+            _ => return Ok(None),
+        };
+        let Some(entry) = entries.get(&model.name) else {
             return Ok(None);
         };
         let Some(broker) = entry.get("broker") else {
             return Ok(None);
         };
-        let at = format!("{origin}: connections.in.{}", model.name);
+        let at = format!("{origin}: connections.{side}.{}", model.name);
         if let Some(other) = entry.keys().find(|k| *k != "broker" && *k != "service") {
+            let what = if direct == "replyer" {
+                "a replyer served through a broker"
+            } else {
+                "a requester calling through a broker"
+            };
+            let hint = if other == direct {
+                if direct == "replyer" {
+                    " (serve either directly or through the broker)"
+                } else {
+                    " (call either directly or through the broker)"
+                }
+            } else {
+                ""
+            };
             return Err(Error::Addresses(format!(
-                "{at}: a replyer served through a broker takes \"broker\" and \"service\" only, found {other:?}{}",
-                if other == "replyer" { " (serve either directly or through the broker)" } else { "" }
+                "{at}: {what} takes \"broker\" and \"service\" only, found {other:?}{hint}"
             )));
         }
         let service = match entry.get("service") {
+            None if model.kind == ConnectionKind::Requester => {
+                return Err(Error::Addresses(format!(
+                    "{at}: a requester calling through a broker needs \"service\": the MDP \
+                     service name to call (a brokered replyer registers as \
+                     <service>.<connection> unless its entry names one)"
+                )))
+            }
             None => None,
             Some(Address::Plain(s)) => Some(s.clone()),
             Some(other) => {
@@ -277,7 +304,12 @@ impl AddressesFile {
         for m in models.all().filter(|m| m.kind.address_key().is_some()) {
             match self.broker_for(m, origin) {
                 Ok(Some((broker, _))) => {
-                    if let Err(e) = broker.connect_endpoint() {
+                    let checked = if m.kind == crate::model::ConnectionKind::Requester {
+                        broker.connect_endpoints().map(drop)
+                    } else {
+                        broker.connect_endpoint().map(drop)
+                    };
+                    if let Err(e) = checked {
                         problems.push(format!("{origin}: connection {:?}: broker: {e}", m.name));
                     }
                     continue;

@@ -981,7 +981,11 @@ async fn build_outbound(
         Some(s) => s.connection(Side::Out, &m.name, binds),
         None => Ok(sf_connections::Security::Null),
     };
-    let address: Address = addresses.address_for(m, origin)?;
+    let brokered = addresses.broker_for(m, origin)?;
+    let address: Address = match &brokered {
+        Some((broker, _)) => broker.clone(),
+        None => addresses.address_for(m, origin)?,
+    };
     let conn_err = |source| Error::Connection {
         name: m.name.clone(),
         source,
@@ -1001,7 +1005,15 @@ async fn build_outbound(
             if let Some(v) = m.creation_u64("max_message_bytes") {
                 opts.max_message_bytes = v as usize;
             }
-            Outbound::Requester(Requester::connect(&address, opts).map_err(conn_err)?)
+            Outbound::Requester(
+                match &brokered {
+                    Some((broker, Some(service))) => {
+                        Requester::through_broker(broker, service, opts)
+                    }
+                    _ => Requester::connect(&address, opts),
+                }
+                .map_err(conn_err)?,
+            )
         }
         ConnectionKind::Publisher => {
             let credit = m.creation_u64("credit_window").map(|window| CreditOptions {

@@ -151,6 +151,51 @@ async fn a_framework_replyer_serves_through_the_broker_and_survives_its_restart(
     );
 }
 
+/// A framework requester calls the brokered replyer through the broker itself: the real
+/// `echo_requester` (main mode) whose out entry is `{"broker": .., "service": ..}` sends its
+/// requests as an MDP client and prints every reply; a wrong service name is answered by the
+/// broker (no worker within its request timeout) as a framework `timeout` error, and the
+/// requester exits non-zero within its own bound instead of hanging.
+#[tokio::test]
+async fn a_framework_requester_calls_a_brokered_replyer_through_the_broker() {
+    let broker = BrokerProc::start(&["--request_timeout_s", "0.5"]).await;
+    let dir = TempDir::new("requester");
+    let replyer = brokered_echo_replyer(&dir, broker.port);
+    replyer
+        .log_line(|l| l.contains("registered with the broker"), WAIT)
+        .await;
+    let requester = |service: &str| {
+        let path = dir.0.join(format!("requester_{service}.json"));
+        let addresses = json!({
+            "connections": {"out": {"request": {
+                "broker": format!("127.0.0.1:{}", broker.port),
+                "service": service,
+            }}},
+            "control": false,
+        });
+        std::fs::write(&path, addresses.to_string()).unwrap();
+        let mut cmd = Command::new(bin("service-framework"));
+        cmd.args(["-s", "echo_requester", "-m", "--num_req_to_send", "5", "-a"])
+            .arg(&path);
+        Proc::spawn("echo_requester", cmd)
+    };
+    let mut good = requester(SERVICE);
+    let status = good.exit(WAIT).await;
+    assert!(status.success(), "{status}\n{}", good.dump());
+    for i in 0..5 {
+        let line = format!("Got Response: {{\"echoed\":\"Hello World {i}\"}}");
+        assert!(good.has_line(|l| l == line), "no {line:?}\n{}", good.dump());
+    }
+    let mut wrong = requester("nobody.serves.this");
+    let status = wrong.exit(WAIT).await;
+    assert!(!status.success(), "{}", wrong.dump());
+    assert!(
+        wrong.has_line(|l| l.contains("timeout") && l.contains("broker")),
+        "the broker's timeout is named\n{}",
+        wrong.dump()
+    );
+}
+
 /// Mistakes in the addresses or the broker's tuning stop the start with exit 2, named.
 #[tokio::test]
 async fn mistakes_are_named_at_start() {
@@ -167,6 +212,10 @@ async fn mistakes_are_named_at_start() {
     let typo = write(
         "typo.json",
         json!({"connections": {"in": {"reply": {"broker": "127.0.0.1:1", "servce": "x"}}}, "control": false}),
+    );
+    let no_service = write(
+        "no_service.json",
+        json!({"connections": {"out": {"request": {"broker": "127.0.0.1:1"}}}, "control": false}),
     );
     let no_router = write(
         "no_router.json",
@@ -194,6 +243,18 @@ async fn mistakes_are_named_at_start() {
                 typo.display().to_string(),
             ],
             "\"servce\"",
+        ),
+        (
+            vec![
+                "-s".into(),
+                "echo_requester".into(),
+                "-m".into(),
+                "--num_req_to_send".into(),
+                "1".into(),
+                "-a".into(),
+                no_service.display().to_string(),
+            ],
+            "a requester calling through a broker needs \"service\"",
         ),
         (
             vec!["-s".into(), "broker".into()],
