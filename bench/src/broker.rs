@@ -28,7 +28,7 @@ use crate::reqrep::{fw_calls, fw_replyer, request_frame, RoundTrips, CALLERS};
 use crate::util::{block_on, rate, Flavor, Latency};
 use crate::Config;
 
-const SERVICE: &str = "echo";
+pub(crate) const SERVICE: &str = "echo";
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,7 +41,7 @@ struct Echoed {
     echoed: String,
 }
 
-async fn brokered_replyer(broker: &str, workers: usize) -> anyhow::Result<Replyer> {
+pub(crate) async fn brokered_replyer(broker: &str, workers: usize) -> anyhow::Result<Replyer> {
     let handler = typed(|a: Echo, _m: RequestMeta| async move {
         Ok::<_, WireError>(Echoed { echoed: a.to_echo })
     });

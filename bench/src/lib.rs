@@ -16,7 +16,8 @@
 //! - [`reqrep`]: round trips/s and p50/p99, 1 and 16 callers, multi- and current-thread
 //!   runtimes, and a service on its own thread as embedded services run.
 //! - [`broker`]: request/reply through the Majordomo broker against direct, same run.
-//! - [`replicas`]: one requester over 1, 2 and 3 brokerless replicas, against 1, same run.
+//! - [`replicas`]: one requester over 1, 2 and 3 brokerless replicas, against 1, same run;
+//!   `broker_replicas`: 1, 2 and 3 replicas behind the broker, against 1, same run.
 //! - [`pubsub`]: 100-byte messages at full speed, with and without the credit window.
 //! - [`pipeline`]: three-stage PUSH -> PULL/PUSH -> PULL.
 //! - [`delta`]: delta-state updates/s, and the time to resync (late joiner, gap).
@@ -54,6 +55,7 @@ pub const PATTERNS: &[&str] = &[
     "reqrep",
     "broker",
     "replicas",
+    "broker_replicas",
     "pubsub",
     "pipeline",
     "delta",
@@ -247,6 +249,7 @@ pub fn run(config: &Config) -> anyhow::Result<Report> {
             "reqrep" => reqrep::run(config),
             "broker" => broker::run(config),
             "replicas" => replicas::run(config),
+            "broker_replicas" => replicas::run_brokered(config),
             "pubsub" => pubsub::run(config),
             "pipeline" => pipeline::run(config),
             "delta" => delta::run(config),

@@ -17,7 +17,8 @@ const USAGE: &str = "usage: sf-bench [--short] [--json PATH] [--only PATTERN]
   --short         small counts (proves the harness works; < 60 s)
   --json PATH     where to write every figure as JSON (default bench-results.json)
   --only PATTERN  run one pattern: reqrep, broker, replicas (one requester over 1, 2 and
-                  3 brokerless replicas), pubsub, pipeline, delta, resources, bridge,
+                  3 brokerless replicas), broker_replicas (1, 2 and 3 replicas behind the
+                  broker), pubsub, pipeline, delta, resources, bridge,
                   transport (sf-zmtp vs zeromq; vs libzmq too when built with
                   --features libzmq), fleet (the pipeline example under
                   `service-framework up`: start to ready, items/s end to end)

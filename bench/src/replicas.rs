@@ -5,46 +5,76 @@
 //! fw = n replicas, raw = 1 replica in the same run (so the ratio is what spreading gains, or
 //! costs). On a machine with fewer cores than replicas + caller, the replicas share the cores
 //! and the gain is bounded by them.
+//!
+//! The `broker_replicas` pattern ([`run_brokered`]) is the same over the Majordomo broker:
+//! 1, 2 and 3 replicas of the echo handler, each registered as MDP workers on a thread and
+//! current-thread runtime of its own, behind one in-process broker on a thread of its own (as
+//! a broker process runs its loop); one `Requester` at the broker's front-end, shared by 1 or
+//! 16 callers. Same columns: n replicas against 1 replica in the same run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sf_connections::{Address, Requester, RequesterOptions};
+use sf_connections::mdp::{self, BrokerOptions};
+use sf_connections::{Address, Counter, Requester, RequesterOptions, Stats};
 
 use crate::report::{PatternReport, Row};
-use crate::reqrep::{fw_replyer, RoundTrips, CALLERS};
+use crate::reqrep::{fw_calls, fw_replyer, RoundTrips, CALLERS};
 use crate::util::{block_on, median_run, rate, Flavor, Latency};
 use crate::Config;
 
-/// A replica: the echo replyer on its own thread; stops when the sender is dropped.
-fn replica_thread() -> anyhow::Result<(String, std::sync::mpsc::Sender<()>)> {
-    let (ep_tx, ep_rx) = std::sync::mpsc::channel();
+/// How a server started on a thread is shut down there.
+type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Starts a server on a thread of its own with a current-thread runtime, as a process of its
+/// own would run; gives what `start` returned; shuts it down when the sender is dropped.
+fn on_thread<T, F, Fut>(name: &str, start: F) -> anyhow::Result<(T, std::sync::mpsc::Sender<()>)>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<(T, Shutdown)>>,
+{
+    let (out_tx, out_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
-        .name("replica".into())
+        .name(name.into())
         .spawn(move || {
             let rt = crate::util::runtime(Flavor::Current);
             rt.block_on(async move {
-                let rep = match fw_replyer().await {
-                    Ok(r) => r,
+                let shutdown = match start().await {
+                    Ok((t, shutdown)) => {
+                        let _ = out_tx.send(Ok(t));
+                        shutdown
+                    }
                     Err(e) => {
-                        let _ = ep_tx.send(Err(e.to_string()));
+                        let _ = out_tx.send(Err(format!("{e:#}")));
                         return;
                     }
                 };
-                let _ = ep_tx.send(Ok(rep.endpoint().to_owned()));
                 while let Err(std::sync::mpsc::TryRecvError::Empty) = stop_rx.try_recv() {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                rep.shutdown().await;
+                shutdown.await;
             });
         })?;
-    let ep = ep_rx
+    let out = out_rx
         .recv_timeout(Duration::from_secs(5))
-        .context("a replica thread did not start")?
+        .with_context(|| format!("a {name} thread did not start"))?
         .map_err(anyhow::Error::msg)?;
-    Ok((ep, stop_tx))
+    Ok((out, stop_tx))
+}
+
+/// A replica: the echo replyer on its own thread; stops when the sender is dropped.
+fn replica_thread() -> anyhow::Result<(String, std::sync::mpsc::Sender<()>)> {
+    on_thread("replica", || async {
+        let rep = fw_replyer().await?;
+        let ep = rep.endpoint().to_owned();
+        let shutdown: Shutdown = Box::pin(async move {
+            rep.shutdown().await;
+        });
+        Ok((ep, shutdown))
+    })
 }
 
 /// `total` round trips from `callers` tasks sharing one requester to `endpoints`.
@@ -167,6 +197,146 @@ pub fn run(config: &Config) -> PatternReport {
     }
     p.note(format!(
         "each replica on its own thread and current-thread runtime; callers on a multi-thread runtime; {} core(s)",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    ));
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Behind the broker.
+
+/// The broker on its own thread, with a front-end for the echo service: (its endpoint, the
+/// front-end's endpoint).
+fn broker_thread() -> anyhow::Result<((String, String), std::sync::mpsc::Sender<()>)> {
+    on_thread("broker", || async {
+        let broker = mdp::Broker::bind_with_frontends(
+            &Address::from("127.0.0.1:0"),
+            &[mdp::Frontend {
+                address: Address::from("127.0.0.1:0"),
+                service: crate::broker::SERVICE.into(),
+            }],
+            BrokerOptions::default(),
+        )
+        .await?;
+        let eps = (
+            broker.endpoint().to_owned(),
+            broker.frontend_endpoints()[0].0.clone(),
+        );
+        let shutdown: Shutdown = Box::pin(broker.shutdown());
+        Ok((eps, shutdown))
+    })
+}
+
+/// A replica behind the broker: the echo handler as `workers` MDP workers on its own thread;
+/// its counters (to see that it serves).
+fn brokered_replica_thread(
+    broker: String,
+    workers: usize,
+) -> anyhow::Result<(Arc<Stats>, std::sync::mpsc::Sender<()>)> {
+    on_thread("brokered replica", move || async move {
+        let rep = crate::broker::brokered_replyer(&broker, workers).await?;
+        let stats = rep.stats().clone();
+        let shutdown: Shutdown = Box::pin(async move {
+            rep.shutdown().await;
+        });
+        Ok((stats, shutdown))
+    })
+}
+
+/// Calls at the front-end until every replica has served one (each has registered), bounded.
+async fn all_serving(front: String, replicas: Vec<Arc<Stats>>) -> anyhow::Result<()> {
+    let req = Requester::connect(
+        &Address::from(front.as_str()),
+        RequesterOptions {
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+    )?;
+    let frame = crate::reqrep::request_frame();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replicas.iter().any(|s| s.get(Counter::Received) == 0) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not every replica registered with the broker within 10 s"
+        );
+        req.request_raw(frame.to_vec()).await?;
+    }
+    Ok(())
+}
+
+fn brokered_case(
+    replicas: usize,
+    callers: usize,
+    total: usize,
+    warmup: usize,
+) -> anyhow::Result<RoundTrips> {
+    let ((router, front), broker) = broker_thread()?;
+    // As many workers per replica as callers: one replica can take every caller's request.
+    let threads: Vec<(Arc<Stats>, std::sync::mpsc::Sender<()>)> = (0..replicas)
+        .map(|_| brokered_replica_thread(router.clone(), callers))
+        .collect::<anyhow::Result<_>>()?;
+    let stats = threads.iter().map(|(s, _)| s.clone()).collect();
+    let limit = Duration::from_secs(120);
+    block_on(Flavor::Multi, limit, all_serving(front.clone(), stats))?;
+    let out = block_on(
+        Flavor::Multi,
+        limit,
+        fw_calls(front, callers, total, warmup),
+    );
+    drop(threads);
+    drop(broker);
+    out
+}
+
+/// The `broker_replicas` pattern: 1, 2 and 3 replicas behind the broker in turn, median of 3
+/// runs each (1 in short mode); every row against the 1-replica median of the same run.
+pub fn run_brokered(config: &Config) -> PatternReport {
+    let c = config.counts();
+    let mut p = PatternReport::new(
+        "broker_replicas",
+        "replicas behind the Majordomo broker: one Requester at a broker front-end, 1, 2 and 3 replicas as MDP workers",
+    )
+    .columns("n replicas", "1 replica", "ratio");
+    let runs = if config.short { 1 } else { 3 };
+    for callers in [1, CALLERS] {
+        // A quarter of reqrep's counts with 16 callers, as the broker pattern.
+        let (n, warm) = if callers == 1 {
+            (c.rr_one, c.rr_warmup)
+        } else {
+            ((c.rr_many / 4).max(CALLERS * 10), c.rr_warmup)
+        };
+        let mut by_count: [Vec<anyhow::Result<RoundTrips>>; 3] = Default::default();
+        for _ in 0..runs {
+            for (i, results) in by_count.iter_mut().enumerate() {
+                results.push(brokered_case(i + 1, callers, n, warm));
+            }
+        }
+        let medians: Vec<anyhow::Result<RoundTrips>> = by_count
+            .into_iter()
+            .map(|r| median_run(r, |x| x.per_s))
+            .collect();
+        let base = medians[0].as_ref().ok().copied();
+        for (i, m) in medians.iter().enumerate() {
+            let what = format!(
+                "{} replica(s) behind the broker, {callers} caller(s)",
+                i + 1
+            );
+            let mut row = Row::new(&what, "round trips/s", "rt/s")
+                .fw(m.as_ref().ok().map(|x| x.per_s))
+                .raw(base.map(|x| x.per_s));
+            if let Err(e) = m {
+                row = row.note(format!("failed: {e:#}"));
+            }
+            p.push(row);
+            p.push(
+                Row::new(&what, "p50 latency", "us")
+                    .fw(m.as_ref().ok().map(|x| x.latency.p50_us))
+                    .raw(base.map(|x| x.latency.p50_us)),
+            );
+        }
+    }
+    p.note(format!(
+        "Requester -> broker front-end -> broker -> worker; the broker and each replica on a thread and current-thread runtime of its own, as many MDP workers per replica as callers; callers on a multi-thread runtime; {} core(s)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     ));
     p

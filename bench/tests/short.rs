@@ -99,6 +99,8 @@ fn short_mode_measures_every_pattern_through_framework_and_raw() {
     both_positive(&report, &printed, "broker", "p50 latency");
     both_positive(&report, &printed, "replicas", "round trips/s");
     both_positive(&report, &printed, "replicas", "p50 latency");
+    both_positive(&report, &printed, "broker_replicas", "round trips/s");
+    both_positive(&report, &printed, "broker_replicas", "p50 latency");
     both_positive(&report, &printed, "pubsub", "delivered");
     both_positive(&report, &printed, "pipeline", "through the pipeline");
     both_positive(&report, &printed, "delta", "updates to converged");
