@@ -173,13 +173,13 @@ pub fn run(args: &CliArgs) -> ExitCode {
         Err(e) => return cli::fail(&e),
     };
     let mut config = match &args.config {
-        Some(p) => match service_framework::config::read_config_file(p) {
+        Some(p) => match service_framework::cli::read_config_file(p) {
             Ok(c) => c,
             Err(e) => return cli::fail(&e),
         },
         None => Map::new(),
     };
-    match service_framework::config::pairs_from_extras(&extras) {
+    match service_framework::cli::pairs_from_extras(&extras) {
         Ok(pairs) => {
             for (k, v) in pairs {
                 config.insert(k, Value::String(v));
@@ -233,7 +233,7 @@ pub fn run(args: &CliArgs) -> ExitCode {
                 "endpoints": endpoints,
             }));
         }
-        let reason = service_framework::service::os_signals().await;
+        let reason = service_framework::cli::os_signals().await;
         let stats = broker.stats().clone();
         tracing::info!(
             ?reason,

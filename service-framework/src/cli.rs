@@ -114,6 +114,9 @@ usage: service-framework -s SERVICE [-a addresses.json] [-c config.json] [-m] [o
        service-framework up [--check] [FILE]           every service of a topology file, by one command
        service-framework metrics [--listen HOST:PORT] [ADDRESS...] [--up]
                                                  their stats as a Prometheus scrape target (/metrics)
+       service-framework new plugin NAME [--dir DIR] [--path CHECKOUT]
+                                                 a bridge plugin in a crate of its own, with a bridge
+                                                 binary linking it (new --help says more)
 
   -s,  --service_path      built-in service (bus, broker, bridge) or a service binary: a path, or a name found
                            beside this executable or on PATH

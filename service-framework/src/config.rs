@@ -169,6 +169,7 @@ impl ConfigModel {
 
     /// Checks a complete config: undeclared keys, missing required keys and wrong types are
     /// errors naming the key, what was expected and `origin` (the file).
+    #[cfg(test)]
     pub fn validate(&self, config: &Map<String, Value>, origin: &str) -> Result<()> {
         self.validate_sourced(config, origin, &BTreeMap::new())
     }

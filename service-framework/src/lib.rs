@@ -26,30 +26,36 @@
 //! }
 //! ```
 //!
-//! # Layout
-//! - [`model`]: what a service declares ([`ServiceDef`], connection kinds, hooks).
-//! - [`config`] and [`addresses`]: the two files, checked with errors naming file and key.
-//! - [`context`]: [`Ctx`], the original's `to_send` / `config` as typed methods.
-//! - [`runtime`]: the lifecycle, main mode, the service loop, signals, graceful stop.
-//! - [`service`]: embedding ([`Service`], background handles).
-//! - [`cli`] and [`logging`]: the command line and the logger.
-//! - [`control`] and [`inspect`]: the control endpoint every service answers on (`ping`,
-//!   `info`, `stats`, `health`) and the CLI verbs that ask it (`ls`, `info`, `stats`).
+//! # The public surface
+//! - At the root: [`ServiceDef`] (what a service declares), [`Ctx`] (what handlers and `main`
+//!   use), [`Service`] (running one: `run_in_background`, `run_blocking` or `run(..).await`,
+//!   each in main mode or not), [`AddressesFile`], [`Error`] and [`ServiceError`].
+//! - [`prelude`]: the usual imports, typed handles included.
+//! - [`handle`]: typed connection and state handles (`Replyer<A, R>`, `Publisher<T>`, ...).
+//! - [`testing`]: the testkit, for users' own `#[tokio::test]`s.
+//! - [`cli`]: a service binary's `main` ([`cli::main`]) and the command line's pieces.
+//! - [`addresses`]: the addresses.json model; [`security`]: CURVE settings;
+//!   [`logging`]: the logger; [`inspect`]: asking running services' control endpoints.
+//!
+//! Inside (private): the declaration model, config checking, the context, the runtime's
+//! steps (prepare, wire, serve, drive, drain), embedding, and the control endpoint every
+//! service answers on (`ping`, `info`, `stats`, `health`).
 
 pub mod addresses;
 pub mod cli;
-pub mod config;
-pub mod context;
-pub mod control;
-pub mod error;
 pub mod handle;
 pub mod inspect;
 pub mod logging;
-pub mod model;
-pub mod runtime;
 pub mod security;
-pub mod service;
 pub mod testing;
+
+mod config;
+mod context;
+mod control;
+mod error;
+mod model;
+mod runtime;
+mod service;
 
 pub use addresses::AddressesFile;
 pub use context::Ctx;

@@ -8,6 +8,7 @@
 //! service-framework call 127.0.0.1:18899 '{"to_echo": "hi"}'
 //! service-framework subscribe 127.0.0.1:18900 --topic ticks --count 10
 //! service-framework up examples/pipeline/pipeline.toml
+//! service-framework new plugin notes --dir ../notes
 //! ```
 
 use std::ffi::OsString;
@@ -18,6 +19,7 @@ use service_framework::cli::{self, CliArgs};
 use service_framework::{AddressesFile, Error};
 
 mod builtin_broker;
+mod new_plugin;
 
 const BUILT_INS: &str = "bus, broker, bridge";
 
@@ -34,6 +36,9 @@ fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
     if argv.first().is_some_and(|a| a == "keygen") {
         return cli::keygen_main(&argv[1..]);
+    }
+    if argv.first().is_some_and(|a| a == "new") {
+        return new_plugin::main(&argv[1..]);
     }
     if argv.first().is_some_and(|a| a == "up") {
         return exec_service(UP_BINARY, argv);

@@ -63,52 +63,45 @@ impl Service {
         self
     }
 
-    /// Runs in the current async context until `stop` resolves (or `main` returns in main
-    /// mode); `on_ready` sees the bound endpoints.
+    /// Main mode (the CLI's `-m`): run the definition's `main`, a leading-edge service, and
+    /// stop when it returns, instead of the service loop. Starting fails if there is no
+    /// `main`.
+    pub fn main_mode(mut self) -> Self {
+        self.options.main_mode = true;
+        self
+    }
+
+    /// Runs in the current async context until `stop` resolves (or, in main mode, `main`
+    /// returns), then drains; `on_ready` sees the bound endpoints once the sockets are up.
     pub async fn run(
         self,
-        main_mode: bool,
         stop: impl Future<Output = StopReason> + Send,
         on_ready: impl FnOnce(&Ready) + Send,
     ) -> Result<()> {
         if let Some(e) = self.config_error {
             return Err(Error::Config(e));
         }
-        let mut options = self.options;
-        options.main_mode = main_mode;
-        run(self.def, options, stop, on_ready).await
+        run(self.def, self.options, stop, on_ready).await
     }
 
-    /// Runs the service loop on a background thread.
+    /// Runs on a background thread of its own, with its own single-threaded runtime; the
+    /// handle waits for ready, stops, and joins (in main mode it finishes when `main`
+    /// returns).
     pub fn run_in_background(self) -> ServiceHandle {
-        self.spawn(false)
+        self.spawn()
     }
 
-    /// Runs in main mode on a background thread; the handle finishes when `main` returns.
-    pub fn run_as_main_in_background(self) -> ServiceHandle {
-        self.spawn(true)
-    }
-
-    /// Runs the service loop on this thread until SIGINT or SIGTERM.
+    /// Runs on this thread until SIGINT or SIGTERM (in main mode, or until `main` returns).
     pub fn run_blocking(self) -> Result<()> {
-        self.block(false)
-    }
-
-    /// Runs in main mode on this thread until `main` returns (or a signal).
-    pub fn run_as_main_blocking(self) -> Result<()> {
-        self.block(true)
-    }
-
-    fn block(self, main_mode: bool) -> Result<()> {
         let rt = runtime()?;
         let signals = {
             let _in_runtime = rt.enter();
             os_signals()
         };
-        rt.block_on(self.run(main_mode, signals, |_| {}))
+        rt.block_on(self.run(signals, |_| {}))
     }
 
-    fn spawn(self, main_mode: bool) -> ServiceHandle {
+    fn spawn(self) -> ServiceHandle {
         let stop = CancellationToken::new();
         let (ready_tx, ready_rx) = std_mpsc::channel();
         let (ready_async_tx, ready_async) = watch::channel(None);
@@ -133,7 +126,7 @@ impl Service {
                     token.cancelled().await;
                     StopReason::Requested
                 };
-                let result = rt.block_on(self.run(main_mode, stop_fut, on_ready));
+                let result = rt.block_on(self.run(stop_fut, on_ready));
                 if let Err(e) = &result {
                     let _ = ready_tx.send(Err(e.to_string()));
                     ready_async_tx.send_if_modified(|r| {

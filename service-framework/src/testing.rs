@@ -643,16 +643,17 @@ impl TestBuilder {
         let name = self.def.name.clone();
         let stop = CancellationToken::new();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let service = Service::new(self.def)
+        let mut service = Service::new(self.def)
             .config(self.config)
             .addresses(addresses)
             .drain_timeout(self.drain_timeout);
-        let main_mode = self.main_mode;
+        if self.main_mode {
+            service = service.main_mode();
+        }
         let stopping = stop.clone();
         let mut done = tokio::spawn(async move {
             let r = service
                 .run(
-                    main_mode,
                     async move {
                         stopping.cancelled().await;
                         StopReason::Requested

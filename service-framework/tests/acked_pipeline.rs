@@ -117,7 +117,6 @@ fn start_killable(
             .unwrap();
         rt.block_on(async move {
             let run = Service::new(def).addresses(addrs).run(
-                false,
                 std::future::pending::<StopReason>(),
                 move |r: &Ready| {
                     let _ = ready_tx.send(r.clone());

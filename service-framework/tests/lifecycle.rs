@@ -113,7 +113,7 @@ fn hooks_run_in_the_original_order_and_their_results_take_effect() {
     let handle = Service::new(def)
         .config(json!({"n": "5"}))
         .addresses(replyer_at("192.0.2.1:5999"))
-        .run_as_main_in_background();
+        .main_mode().run_in_background();
     let ready = handle.wait_ready(READY).expect("ready");
     let endpoint = ready.endpoint("reply").expect("reply endpoint").to_owned();
     assert!(endpoint.starts_with("tcp://127.0.0.1:"), "{endpoint}");
@@ -194,7 +194,7 @@ fn main_mode_serves_inbound_requests_while_main_runs_and_stops_when_it_returns()
         "in": {"reply": {"replyer": "127.0.0.1:0"}},
         "out": {"request": {"requester": b_endpoint}}
     }}));
-    let handle = Service::new(a).addresses(addrs).run_as_main_in_background();
+    let handle = Service::new(a).addresses(addrs).main_mode().run_in_background();
     let ready = handle.wait_ready(READY).unwrap();
     let a_endpoint = ready.endpoint("reply").unwrap().to_owned();
     assert_eq!(ready.endpoint("request"), Some(b_endpoint.as_str()));
@@ -228,7 +228,7 @@ fn main_mode_serves_inbound_requests_while_main_runs_and_stops_when_it_returns()
 fn main_that_fails_ends_the_service_with_its_error() {
     let def = ServiceDef::new("failing_main")
         .main(|_ctx: Ctx| async move { Err(ServiceError::new("main gave up")) });
-    let handle = Service::new(def).run_as_main_in_background();
+    let handle = Service::new(def).main_mode().run_in_background();
     let err = handle.join().unwrap_err().to_string();
     assert_eq!(err, "main failed: main gave up");
 }
@@ -237,7 +237,7 @@ fn main_that_fails_ends_the_service_with_its_error() {
 fn main_mode_without_main_is_refused() {
     let handle = Service::new(echo_service("no_main", ""))
         .addresses(replyer_at("127.0.0.1:0"))
-        .run_as_main_in_background();
+        .main_mode().run_in_background();
     let err = handle.join().unwrap_err().to_string();
     assert!(
         err.contains("\"no_main\" has no main, so it cannot run in main mode"),
@@ -246,7 +246,7 @@ fn main_mode_without_main_is_refused() {
 }
 
 #[test]
-fn run_as_main_in_background_then_join() {
+fn main_mode_in_background_then_join() {
     let (b, b_ready) = start(echo_service("b", "B:"), replyer_at("127.0.0.1:0"));
     let replies: Arc<Mutex<Vec<String>>> = Arc::default();
     let def = ServiceDef::new("leader").requester(REQUEST).main({
@@ -274,7 +274,7 @@ fn run_as_main_in_background_then_join() {
     );
     let handle = Service::new(def)
         .addresses(addrs)
-        .run_as_main_in_background();
+        .main_mode().run_in_background();
     handle.wait_ready(READY).unwrap();
     handle.join().unwrap();
     assert_eq!(*replies.lock().unwrap(), ["B:0", "B:1", "B:2"]);
@@ -512,7 +512,7 @@ async fn async_waits_and_drop_leave_the_callers_runtime_running() {
 
     // join_async: a main-mode service that ends by itself.
     let main = ServiceDef::new("brief").main(|_ctx: Ctx| async move { Ok(()) });
-    let handle = Service::new(main).run_as_main_in_background();
+    let handle = Service::new(main).main_mode().run_in_background();
     tokio::time::timeout(Duration::from_secs(10), handle.join_async())
         .await
         .expect("main returned")
