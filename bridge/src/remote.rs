@@ -693,6 +693,7 @@ impl Slot {
                 ),
             ));
         };
+        tracing::debug!(api = %entry.what(), "plugin worker: call started");
         let query = args
             .remove("query")
             .filter(|q| !q.is_null())

@@ -4,6 +4,10 @@
 //! declared in `required_remote_apis`). Linking this crate registers both; `framex-pair-bridge`
 //! is the stock bridge with them linked in. `calc-service` is the other way to ship a
 //! plugin: a service on the bus, mounted by a bridge from `[bus.services.calc]` while it runs.
+//! `pricing` and `checkout` show a plugin moved to workers behind a Majordomo broker by config
+//! alone (`[plugins.pricing.remote]`, `framex-pair-bridge --serve-plugins pricing`).
 
+pub mod checkout;
 pub mod inventory;
 pub mod orders;
+pub mod pricing;

@@ -2,7 +2,7 @@
 //! plugins linked in) run through `service-framework -s`, by path and by name (found beside
 //! `service-framework`), with FrameX's flags.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -10,40 +10,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-fn bridge_binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_framex-pair-bridge"))
-}
-
-/// `service-framework` beside the bridge binary; it belongs to another package, so it is
-/// built here (a no-op when up to date).
-fn service_framework() -> PathBuf {
-    let sf = bridge_binary().with_file_name("service-framework");
-    let bin_dir = sf.parent().expect("binary folder");
-    let mut build = std::process::Command::new(env!("CARGO"));
-    build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "service-framework",
-            "--bin",
-            "service-framework",
-        ])
-        .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"))
-        .arg("--target-dir")
-        .arg(bin_dir.parent().expect("target folder"));
-    if bin_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-        build.arg("--release");
-    }
-    let built = build.stdin(Stdio::null()).status().expect("cargo runs");
-    assert!(
-        built.success() && sf.is_file(),
-        "building {} failed",
-        sf.display()
-    );
-    sf
-}
+mod common;
+use common::{bridge_binary, service_framework};
 
 async fn get(url: &str) -> (u16, Value) {
     let r = reqwest::Client::builder()

@@ -45,7 +45,7 @@ async fn every_route_of_the_macro_plugins() {
         .iter()
         .map(|p| p.name().to_owned())
         .collect();
-    assert_eq!(names, ["inventory", "orders"]);
+    assert_eq!(names, ["checkout", "inventory", "orders", "pricing"]);
     let b = Bridge::new(settings())
         .start()
         .await

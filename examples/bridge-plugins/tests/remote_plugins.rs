@@ -1,0 +1,358 @@
+//! FrameX's `@remote()`, the bus way (issue 17 item 5), with real processes: a Majordomo
+//! broker (`service-framework -s broker`), `pricing` served by worker processes
+//! (`framex-pair-bridge --serve-plugins pricing`) and a bridge process whose `checkout`
+//! calls `pricing` through `call_plugin_api`, the two moved apart by `[plugins.pricing.remote]`
+//! alone; a real HTTP client. The answers match those of a bridge running both in-process;
+//! calls spread over the workers; a worker killed with SIGKILL mid-call costs nothing to
+//! callers of the idempotent API and a 503 (never a hang, never a second run) to callers of
+//! the other.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sf_bridge::{Bridge, Settings};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+// Links the plugins, so the in-process bridge finds them.
+use sf_example_bridge_plugins as _;
+
+mod common;
+use common::{bridge_binary, service_framework};
+
+/// The broker's heartbeat, which the workers share: a dead worker is dropped within 3 of
+/// them.
+const HEARTBEAT_S: f64 = 0.2;
+/// The bridge's wait for one call of `pricing`.
+const CALL_TIMEOUT_S: f64 = 8.0;
+
+/// A child process and its output lines (stdout and stderr together).
+struct Proc {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the process starts");
+        let (tx, lines) = mpsc::unbounded_channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        let tx2 = tx.clone();
+        tokio::spawn(async move {
+            let mut l = BufReader::new(out).lines();
+            while let Ok(Some(line)) = l.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        tokio::spawn(async move {
+            let mut l = BufReader::new(err).lines();
+            while let Ok(Some(line)) = l.next_line().await {
+                let _ = tx2.send(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// The first line (from now) that contains `needle`.
+    async fn line_with(&mut self, needle: &str, within: Duration) -> String {
+        tokio::time::timeout(within, async {
+            while let Some(l) = self.lines.recv().await {
+                if l.contains(needle) {
+                    return l;
+                }
+            }
+            panic!("the process ended before printing {needle:?}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no line with {needle:?} within {within:?}"))
+    }
+
+    /// Forgets the lines printed so far.
+    fn skip_printed(&mut self) {
+        while self.lines.try_recv().is_ok() {}
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+}
+
+/// The broker, with a front-end for service `plugin.pricing`; its router and front-end.
+async fn broker(dir: &Path) -> (Proc, String, String) {
+    std::fs::write(
+        dir.join("broker-addresses.json"),
+        json!({"connections": {"in": {
+            "broker": {"router": "127.0.0.1:0"},
+            "plugin.pricing": {"replyer": "127.0.0.1:0"},
+        }}})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("broker.json"),
+        json!({"heartbeat_interval_s": HEARTBEAT_S, "heartbeat_liveness": 3}).to_string(),
+    )
+    .unwrap();
+    let ready = dir.join("broker.ready");
+    let p = Proc::spawn(
+        Command::new(service_framework())
+            .args([
+                "-s",
+                "broker",
+                "-a",
+                "broker-addresses.json",
+                "-c",
+                "broker.json",
+            ])
+            .args(["-cl", "WARNING"])
+            .env("SF_READY_FILE", &ready)
+            .current_dir(dir),
+    );
+    let started = Instant::now();
+    let doc: Value = loop {
+        if let Some(v) = std::fs::read_to_string(&ready)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+        {
+            break v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the broker did not write its ready file within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ep = |k: &str| doc["endpoints"][k].as_str().expect(k).to_owned();
+    (p, ep("in.broker.router"), ep("in.plugin.pricing.replyer"))
+}
+
+/// A `--serve-plugins pricing` worker process, registered with the broker.
+async fn worker(dir: &Path) -> Proc {
+    let mut p = Proc::spawn(
+        Command::new(bridge_binary())
+            .args(["--serve-plugins", "pricing", "-cl", "DEBUG"])
+            .current_dir(dir),
+    );
+    p.line_with("plugin workers registered", Duration::from_secs(20))
+        .await;
+    p
+}
+
+/// The bridge process; its URL.
+async fn bridge(dir: &Path) -> (Proc, String) {
+    let mut p = Proc::spawn(
+        Command::new(bridge_binary())
+            .args(["--port", "0", "-cl", "WARNING"])
+            .current_dir(dir),
+    );
+    let l = p
+        .line_with("bridge serving on ", Duration::from_secs(20))
+        .await;
+    let url = l
+        .split("bridge serving on ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    (p, url)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// (HTTP status, envelope without its timestamp).
+async fn answer(r: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = r.send().await.expect("the bridge answers");
+    let status = r.status().as_u16();
+    let mut v: Value = r.json().await.unwrap_or(Value::Null);
+    if let Some(m) = v.as_object_mut() {
+        m.remove("timestamp");
+    }
+    (status, v)
+}
+
+async fn quote(c: &reqwest::Client, url: &str, sku: &str, work_ms: u64) -> (u16, Value) {
+    answer(c.get(format!(
+        "{url}/api/v1/checkout/quote?sku={sku}&quantity=3&work_ms={work_ms}"
+    )))
+    .await
+}
+
+async fn pay(c: &reqwest::Client, url: &str, work_ms: u64) -> (u16, Value) {
+    answer(
+        c.post(format!("{url}/api/v1/checkout/pay"))
+            .json(&json!({"sku": "pear", "quantity": 2, "work_ms": work_ms})),
+    )
+    .await
+}
+
+/// `served_by` of a success, taken out so two answers can be compared.
+fn served_by(v: &mut Value) -> Option<u32> {
+    let pid = v["data"]["served_by"].as_u64()? as u32;
+    v["data"].as_object_mut()?.remove("served_by");
+    Some(pid)
+}
+
+async fn sse(c: &reqwest::Client, url: &str) -> String {
+    c.get(format!("{url}/api/v1/pricing/list"))
+        .send()
+        .await
+        .expect("the bridge answers")
+        .text()
+        .await
+        .expect("the stream ends")
+}
+
+/// Calls `n` at once; each answer with how long it took.
+async fn at_once<F, Fut>(n: usize, call: F) -> Vec<((u16, Value), Duration)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = (u16, Value)>,
+{
+    futures::future::join_all((0..n).map(|_| {
+        let f = call();
+        async move {
+            let t = Instant::now();
+            let a = f.await;
+            (a, t.elapsed())
+        }
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plugin_moved_to_workers_by_config() {
+    let dir = std::env::temp_dir().join(format!("sf-remote-plugins-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_broker, router, frontend) = broker(&dir).await;
+    // One config for the bridge and the workers: pricing runs on workers.
+    std::fs::write(
+        dir.join("config.toml"),
+        format!(
+            "load_plugins = [\"pricing\", \"checkout\"]\n\n\
+             [plugins.pricing.remote]\n\
+             broker = \"{router}\"\nrequester = \"{frontend}\"\nworkers = 3\n\
+             heartbeat_interval_s = {HEARTBEAT_S}\ntimeout_s = {CALL_TIMEOUT_S}\n"
+        ),
+    )
+    .unwrap();
+    let (mut w1, w2) = tokio::join!(worker(&dir), worker(&dir));
+    let (_bridge, url) = bridge(&dir).await;
+
+    // The reference: both plugins in this process, no remote key.
+    let mut local = Settings::default();
+    local.server.port = 0;
+    local.load_plugins = vec!["pricing".into(), "checkout".into()];
+    let reference = Bridge::new(local).start().await.expect("in-process bridge");
+    let here = reference.url();
+    let c = client();
+
+    // Same answers: a typed call_api of an idempotent API, the JSON call_plugin_api of the
+    // other, an error from the plugin with its status, and the plugin's own stream route.
+    let workers = [w1.pid(), w2.pid()];
+    let (s1, mut remote) = quote(&c, &url, "apple", 0).await;
+    let (s2, mut inproc) = quote(&c, &here, "apple", 0).await;
+    let by = served_by(&mut remote).expect("a quote");
+    assert!(workers.contains(&by), "served by {by}, workers {workers:?}");
+    assert_eq!(served_by(&mut inproc), Some(std::process::id()));
+    assert_eq!((s1, &remote), (s2, &inproc));
+    assert_eq!(remote["data"]["total_cents"], 90, "{remote}");
+    let (s1, mut remote) = pay(&c, &url, 0).await;
+    let (s2, mut inproc) = pay(&c, &here, 0).await;
+    assert!(workers.contains(&served_by(&mut remote).expect("a charge")));
+    served_by(&mut inproc);
+    assert_eq!((s1, &remote), (s2, &inproc));
+    let (s1, remote) = quote(&c, &url, "kiwi", 0).await;
+    let (s2, inproc) = quote(&c, &here, "kiwi", 0).await;
+    assert_eq!((s1, &remote), (s2, &inproc));
+    assert_eq!(remote["status"], 404, "{remote}");
+    assert_eq!(sse(&c, &url).await, sse(&c, &here).await);
+    assert!(sse(&c, &url).await.contains("\"sku\":\"pear\""));
+
+    // Load spreads over both worker processes.
+    let answers = at_once(30, || quote(&c, &url, "pear", 100)).await;
+    let mut per: BTreeMap<u32, usize> = BTreeMap::new();
+    for ((s, mut v), _) in answers {
+        assert_eq!((s, &v["status"]), (200, &json!(200)), "{v}");
+        *per.entry(served_by(&mut v).unwrap()).or_default() += 1;
+    }
+    eprintln!("30 quotes per worker process: {per:?}");
+    for pid in workers {
+        assert!(per.get(&pid).copied().unwrap_or(0) >= 5, "{per:?}");
+    }
+
+    // SIGKILL a worker in the middle of idempotent calls: every call is answered, by the
+    // survivor, within the bridge's timeout.
+    w1.skip_printed();
+    let calls = at_once(12, || quote(&c, &url, "apple", 800));
+    let kill = async {
+        w1.line_with("plugin worker: call started", Duration::from_secs(10))
+            .await;
+        w1.child.start_kill().expect("SIGKILL");
+        Instant::now()
+    };
+    let (answers, _) = tokio::join!(calls, kill);
+    let survivor = w2.pid();
+    for ((s, mut v), took) in answers {
+        assert_eq!((s, &v["status"]), (200, &json!(200)), "{v}");
+        assert_eq!(served_by(&mut v), Some(survivor));
+        assert!(took < Duration::from_secs_f64(CALL_TIMEOUT_S), "{took:?}");
+    }
+    let _ = w1.child.wait().await;
+
+    // Again with a call that is not idempotent: the calls the dead worker held fail with
+    // 503 soon after it died, none hangs, none runs twice (the others succeed once).
+    let mut w3 = worker(&dir).await;
+    w3.skip_printed();
+    let started = Instant::now();
+    let calls = at_once(12, || pay(&c, &url, 800));
+    let kill = async {
+        w3.line_with("plugin worker: call started", Duration::from_secs(10))
+            .await;
+        w3.child.start_kill().expect("SIGKILL");
+        started.elapsed()
+    };
+    let (answers, killed_at) = tokio::join!(calls, kill);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for ((_, mut v), took) in answers {
+        assert!(
+            took < Duration::from_secs_f64(CALL_TIMEOUT_S),
+            "{took:?}: {v}"
+        );
+        if v["status"] == 200 {
+            assert_eq!(served_by(&mut v), Some(survivor), "{v}");
+            ok += 1;
+        } else {
+            assert_eq!(v["status"], 503, "{v}");
+            let m = v["message"].as_str().unwrap_or_default();
+            assert!(m.contains("not idempotent"), "{m}");
+            failed.push(took.saturating_sub(killed_at));
+        }
+    }
+    eprintln!(
+        "non-idempotent calls: {ok} answered by the survivor, {} failed, after the kill: {failed:?}",
+        failed.len()
+    );
+    assert!(!failed.is_empty(), "the killed worker held a call");
+    assert!(failed.len() <= 3, "it held at most its 3 workers' calls");
+    assert_eq!(ok + failed.len(), 12);
+
+    reference.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
