@@ -25,12 +25,17 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::addresses::AddressesFile;
-use crate::config::{env_overrides, pairs_from_extras, read_config_file};
+use crate::config::env_overrides;
+/// The config file's reader and the `--key value` parser, for binaries with built-ins of
+/// their own (the `broker` built-in uses them).
+pub use crate::config::{pairs_from_extras, read_config_file};
 use crate::error::{Error, Result};
 use crate::logging::{self, LogOptions};
 use crate::model::ServiceDef;
 use crate::runtime::RunOptions;
-use crate::service::{os_signals, Service};
+/// Resolves on SIGINT or SIGTERM with which one: the stop a binary's own loop waits on.
+pub use crate::service::os_signals;
+use crate::service::Service;
 
 /// Parsed command line.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -294,7 +299,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<CliArgs> {
 }
 
 /// Loads config (file < environment < CLI extras, typed per the model) and addresses.
-pub fn load_run_options(def: &ServiceDef, args: &CliArgs) -> Result<RunOptions> {
+pub(crate) fn load_run_options(def: &ServiceDef, args: &CliArgs) -> Result<RunOptions> {
     let mut config = match &args.config {
         Some(path) => read_config_file(path)?,
         None => Map::new(),
@@ -439,7 +444,6 @@ pub fn main(def: ServiceDef) -> ExitCode {
         Ok(o) => o,
         Err(e) => return fail(&e),
     };
-    let main_mode = options.main_mode;
     let def_name = def.name().to_owned();
     let service = Service::new(def).options(options);
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -456,7 +460,7 @@ pub fn main(def: ServiceDef) -> ExitCode {
     };
     let ready_file = ReadyFile::from_env();
     let name = def_name;
-    let result = rt.block_on(service.run(main_mode, signals, |ready| {
+    let result = rt.block_on(service.run(signals, |ready| {
         for (name, ep) in &ready.endpoints {
             tracing::info!("{name}: {ep}");
         }

@@ -185,7 +185,7 @@ fn subscribe(args: &CliArgs) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let r = rt.block_on(async {
         let stop = async {
-            service_framework::service::os_signals().await;
+            service_framework::cli::os_signals().await;
         };
         cli::subscribe(address, &options, stop, |line| {
             // A closed pipe (`| head -1`) ends the subscription, with no panic.
@@ -282,7 +282,7 @@ fn run_bus(args: &CliArgs) -> ExitCode {
                 Ok(p) => p,
                 Err(e) => return cli::fail(&Error::Other(format!("bus: {e}"))),
             };
-        let reason = service_framework::service::os_signals().await;
+        let reason = service_framework::cli::os_signals().await;
         tracing::info!(
             ?reason,
             forwarded = proxy.stats().get(sf_connections::Counter::Received),
