@@ -65,7 +65,7 @@ pub use model::{
     ConnectionKind, ConnectionModel, ConnectionModels, Model, Models, ServiceDef, StateKind,
     StateModel, StateModels,
 };
-pub use runtime::{Ready, RunOptions, StopReason};
+pub use runtime::{Ready, StopReason};
 pub use service::{Service, ServiceHandle};
 pub use sf_states::StateView;
 

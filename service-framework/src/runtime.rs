@@ -44,9 +44,10 @@ pub enum StopReason {
     Requested,
 }
 
-/// Everything [`run`] needs besides the definition.
+/// Everything [`run`] needs besides the definition: what the command line or the
+/// [`Service`](crate::Service) builder gathered.
 #[derive(Debug, Clone)]
-pub struct RunOptions {
+pub(crate) struct RunOptions {
     /// The merged config (file, environment, CLI extras), not yet validated.
     pub config: Map<String, Value>,
     /// Names the config's origin in error messages (e.g. the file path).

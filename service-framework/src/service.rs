@@ -51,9 +51,23 @@ impl Service {
         self
     }
 
-    /// All run options at once (origins for error messages, drain deadline, linger).
-    pub fn options(mut self, options: RunOptions) -> Self {
+    /// All run options at once (the command line's, with the files' origins for errors).
+    pub(crate) fn options(mut self, options: RunOptions) -> Self {
         self.options = options;
+        self
+    }
+
+    /// Bus security: each connection's and state's NULL or CURVE role and keys (default:
+    /// every connection NULL, as Python 0.0.18 speaks).
+    pub fn security(mut self, settings: crate::security::SecuritySettings) -> Self {
+        self.options.security = Some(settings);
+        self
+    }
+
+    /// The most publishers, pushers and replies get to leave the sockets at the end
+    /// (default 1 s; each close returns as soon as its queue is out).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.options.linger = linger;
         self
     }
 
