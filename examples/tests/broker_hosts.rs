@@ -1,18 +1,20 @@
 //! Three `echo_replyer` processes on three network-namespace hosts, each registered as MDP
-//! workers with one Majordomo broker (`service-framework -s broker`) on a fourth host; two
-//! requesters on a fifth host call the service through the broker's front-end (a plain
-//! requester address). Shown under load: the requests are spread over the three replicas
-//! (each one's own control `stats`), one host's link cut and one replica killed with
-//! SIGKILL lose no request even with no client retries (the broker gives a lost worker's
-//! request to another), each loss seen by the broker within its heartbeat timeout; the
-//! broker killed with SIGKILL and started again on the same address: the workers register
-//! again, the requesters recover, within a bound measured here.
+//! workers with one Majordomo broker (`service-framework -s broker`) on a fourth host; three
+//! requesters on a fifth host call the service through the broker: two at its front-end (a
+//! plain requester address), one speaking MDP to the broker itself. Shown under load: the
+//! requests are spread over the three replicas (each one's own control `stats`), one host's
+//! link cut and one replica killed with SIGKILL lose no request even with no client retries
+//! (the broker gives a lost worker's request to another), each loss seen by the broker
+//! within its heartbeat timeout; the broker killed with SIGKILL and started again on the
+//! same address: the workers register again, the requesters recover, within a bound
+//! measured here.
 //!
 //! The requesters run in child processes (this test binary again, in the client host's
-//! namespace, chosen by `SF_BROKER_HOSTS_ROLE`), one with 2 retries and one with none. They
-//! report on stdout in lines starting with `@@ `: a progress line every 50 ms (answers,
-//! errors, and what each replica's control endpoint says it served), each error at once, and
-//! `@@ done` at the end; they stop when the test creates the stop file.
+//! namespace, chosen by `SF_BROKER_HOSTS_ROLE`): at the front-end one with 2 retries and one
+//! with none, through MDP one with none. They report on stdout in lines starting with `@@ `:
+//! a progress line every 50 ms (answers, errors, and what each replica's control endpoint
+//! says it served), each error at once, and `@@ done` at the end; they stop when the test
+//! creates the stop file.
 
 mod support;
 
@@ -48,7 +50,7 @@ const HEARTBEAT: Heartbeat = Heartbeat {
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Callers per requester process.
 const CALLERS: usize = 16;
-/// The broker back and both requesters answered again within this of its SIGKILL.
+/// The broker back and every requester answered again within this of its SIGKILL.
 const RECOVERY_BOUND: Duration = Duration::from_secs(5);
 /// A loss is seen by the broker within its worker timeout, at its next tick, plus this.
 const MARGIN: Duration = Duration::from_millis(400);
@@ -56,6 +58,8 @@ const MARGIN: Duration = Duration::from_millis(400);
 const STEP: Duration = Duration::from_secs(20);
 
 const ROLE: &str = "SF_BROKER_HOSTS_ROLE";
+/// The MDP service the replicas register as (`<service>.<connection>`).
+const SERVICE: &str = "echo_replyer.reply";
 const TEST: &str =
     "three_hosts_behind_the_broker_share_the_load_and_survive_a_cut_a_sigkill_and_a_broker_restart";
 
@@ -95,21 +99,23 @@ async fn served(control: &Requester) -> Option<u64> {
 // The requester's part, in the client host's namespace.
 
 fn client_part() {
-    let front = env("SF_BROKER_HOSTS_FRONT");
+    // Where it calls: a front-end (a plain requester address), or MDP to the broker itself.
+    let target = env("SF_BROKER_HOSTS_TARGET");
     let controls = env("SF_BROKER_HOSTS_CONTROLS");
     let retries: u32 = env("SF_BROKER_HOSTS_RETRIES").parse().expect("retries");
     let stop_file = PathBuf::from(env("SF_BROKER_HOSTS_STOP"));
     let rt = runtime();
     let _guard = rt.enter();
-    let req = Requester::connect(
-        &Address::from(front.as_str()),
-        RequesterOptions {
-            timeout: TIMEOUT,
-            retries,
-            heartbeat: Some(HEARTBEAT),
-            ..Default::default()
-        },
-    )
+    let options = RequesterOptions {
+        timeout: TIMEOUT,
+        retries,
+        heartbeat: Some(HEARTBEAT),
+        ..Default::default()
+    };
+    let req = match target.strip_prefix("mdp:") {
+        Some(router) => Requester::through_broker(&Address::from(router), SERVICE, options),
+        None => Requester::connect(&Address::from(target.as_str()), options),
+    }
     .expect("the requester");
     // The workers registered before this process started: the first call is answered.
     let first = rt.block_on(echo(&req, "hello"));
@@ -362,7 +368,7 @@ fn three_hosts_behind_the_broker_share_the_load_and_survive_a_cut_a_sigkill_and_
         "broker.json",
         &json!({"connections": {"in": {
             "broker": {"router": router},
-            "echo_replyer.reply": {"replyer": front},
+            SERVICE: {"replyer": front},
         }}})
         .to_string(),
     );
@@ -396,20 +402,23 @@ fn three_hosts_behind_the_broker_share_the_load_and_survive_a_cut_a_sigkill_and_
     }
     wait_count(&mut broker, "worker registered", 3 * WORKERS);
 
-    // Two requesters on host 4 at the front-end: one with 2 retries, one with none.
+    // Three requesters on host 4: at the front-end one with 2 retries and one with none, and
+    // one with none speaking MDP to the broker itself (an addresses entry
+    // `{"broker": .., "service": ..}`).
     let stop_file = dir.path().join("stop");
     let exe = std::env::current_exe().expect("the test binary");
-    let client = |retries: &str| {
+    let client = |target: &str, retries: &str| {
         let mut cmd = in_host(&hosts, 4, &exe);
         cmd.args(["--exact", TEST, "--nocapture", "--test-threads", "1"])
             .env(ROLE, "client")
-            .env("SF_BROKER_HOSTS_FRONT", &front)
+            .env("SF_BROKER_HOSTS_TARGET", target)
             .env("SF_BROKER_HOSTS_CONTROLS", controls.join(","))
             .env("SF_BROKER_HOSTS_RETRIES", retries)
             .env("SF_BROKER_HOSTS_STOP", &stop_file);
         Proc::spawn(cmd)
     };
-    let mut clients = [client("2"), client("0")];
+    let mdp = format!("mdp:{router}");
+    let mut clients = [client(&front, "2"), client(&front, "0"), client(&mdp, "0")];
     for c in &mut clients {
         c.wait_for_stdout("@@ ready", STEP);
     }
@@ -476,8 +485,8 @@ fn three_hosts_behind_the_broker_share_the_load_and_survive_a_cut_a_sigkill_and_
             p.ok >= before + 300
         });
     }
-    // Nothing lost so far, retries or not: the broker gave the lost workers' requests to
-    // others.
+    // Nothing lost so far, retries or not, by either path: the broker gave the lost
+    // workers' requests to others.
     let cut_and_kill: Vec<u64> = clients.iter_mut().map(|c| latest(c).ok).collect();
     for c in &mut clients {
         c.drain();
@@ -534,24 +543,28 @@ fn three_hosts_behind_the_broker_share_the_load_and_survive_a_cut_a_sigkill_and_
         "2 retries: the broker restart costs no request: {}",
         done[0]
     );
-    let retried_errors: Vec<&String> = clients[1]
-        .stdout
-        .iter()
-        .filter(|l| l.starts_with("@@ error"))
-        .collect();
+    let first_error = |c: &Proc| {
+        c.stdout
+            .iter()
+            .find(|l| l.starts_with("@@ error"))
+            .cloned()
+            .unwrap_or_default()
+    };
     println!(
         "broker hosts: spread {counts:?} (replica control stats, {total} served); host 1 cut: \
-         its workers dropped {cut_seen:?} after (bound {bound:?}: {cut_reason}), back {registered_again:?} \
-         after the heal, serving again {back_after:?} after (served {:?}); replica 2 SIGKILL: \
-         dropped {kill_seen:?} after ({kill_reason}); answered through both {cut_and_kill:?}, 0 errors; broker \
-         SIGKILL: restarted {broker_up:?}, 2×{WORKERS} workers back {workers_back:?}, both \
-         requesters answered again {recovered:?} after; retries 2: {}; retries 0: {} ({} \
-         errors, first: {:?}); total {:?}",
+         its workers dropped {cut_seen:?} after (bound {bound:?}: {cut_reason}), registered \
+         again {registered_again:?} after the heal, serving again {back_after:?} after \
+         (served {:?}); replica 2 SIGKILL: dropped {kill_seen:?} after ({kill_reason}); \
+         answered through the cut and the kill {cut_and_kill:?}, 0 errors; broker SIGKILL: \
+         restarted {broker_up:?}, 2x{WORKERS} workers back {workers_back:?}, every requester \
+         answered again {recovered:?} after; front-end, 2 retries: {}; front-end, none: {} \
+         ({}); MDP, none: {} ({}); total {:?}",
         back.served,
         done[0],
         done[1],
-        retried_errors.len(),
-        retried_errors.first(),
+        first_error(&clients[1]),
+        done[2],
+        first_error(&clients[2]),
         started.elapsed()
     );
     drop(clients);
