@@ -11,6 +11,18 @@
 //! "raw_response": false}` for a replyer (GET takes the args from the query string), or
 //! `{"path": "/calc/sums", "stream": true}` for a publisher (each message an event);
 //! `{"hidden": true}` keeps a replyer off HTTP.
+//!
+//! A service without a control endpoint (a Python 0.0.18 service) cannot be asked for
+//! `info`: `[bus.services.<name>] routes = ["/path", ..]` names its `[bus.routes]` entries
+//! instead. Its liveness is the bridge's connection to each of those replyers: the bridge
+//! holds one connection per route (a requester), which is up from the handshake until the
+//! peer's socket closes, as it does when the service's process stops, and comes back when a
+//! process binds the address again. No request is sent to find out (a 0.0.18 replyer would
+//! run its handler on a probe, and dies on args it does not expect). While every one of
+//! its replyers is connected its routes are served and in the OpenAPI document; when one is
+//! not, all answer 503 naming the service, leave the document, and `/health` lists it. A
+//! service that is running but stuck keeps its connections, so it stays mounted (its
+//! requests then time out, 504).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -45,7 +57,11 @@ struct Mounted {
 struct Watched {
     name: String,
     cfg: BusServiceConfig,
-    prefix: String,
+    /// Every path under it is the service's (a service read through its control endpoint).
+    prefix: Option<String>,
+    /// The `[bus.routes]` of a service without a control endpoint, mounted while their
+    /// requesters are connected.
+    configured: Vec<Arc<BusRoute>>,
     state: RwLock<std::result::Result<Mounted, String>>,
     /// The paths it served last, answered 503 while it is away.
     known: RwLock<Vec<String>>,
@@ -81,14 +97,37 @@ impl Drop for LiveServices {
 
 impl LiveServices {
     /// Reads every service once (so those already running are served from the first
-    /// request), then watches them in the background.
+    /// request), then watches them in the background. `routes` are the configured
+    /// `[bus.routes]`: those a service names are its own; the others are returned.
     pub async fn start(
         settings: &BusSettings,
         sec: Option<&SecuritySettings>,
-    ) -> Result<Arc<LiveServices>> {
+        routes: Vec<BusRoute>,
+    ) -> Result<(Arc<LiveServices>, Vec<BusRoute>)> {
+        let (mut owned, others) = owned_routes(settings, routes)?;
         let mut services = Vec::new();
         for (name, cfg) in &settings.services {
             let what = format!("bus.services.{name}");
+            if cfg.control.is_none() {
+                let configured = owned.remove(name).unwrap_or_default();
+                let w = Arc::new(Watched {
+                    name: name.clone(),
+                    cfg: cfg.clone(),
+                    prefix: None,
+                    known: RwLock::new(configured.iter().map(|r| r.path.clone()).collect()),
+                    configured,
+                    state: RwLock::new(Err("not connected yet".into())),
+                });
+                // A service already running is served from the first request: its
+                // connections are given a moment (bounded) to come up.
+                let _ = tokio::time::timeout(CONNECT_AT_START, w.connected()).await;
+                w.update_connected();
+                if let Err(e) = &*read(&w.state) {
+                    tracing::warn!("{what}: not mounted yet: {e}");
+                }
+                services.push(w);
+                continue;
+            }
             for (key, v) in [("timeout_s", cfg.timeout_s), ("refresh_s", cfg.refresh_s)] {
                 if v.is_some_and(|t| !(t > 0.0 && t.is_finite())) {
                     return Err(Error::Config(format!(
@@ -105,7 +144,8 @@ impl LiveServices {
             let w = Arc::new(Watched {
                 name: name.clone(),
                 cfg: cfg.clone(),
-                prefix,
+                prefix: Some(prefix),
+                configured: Vec::new(),
                 state: RwLock::new(Err("not read yet".into())),
                 known: RwLock::new(Vec::new()),
             });
@@ -121,6 +161,29 @@ impl LiveServices {
         });
         for w in &live.services {
             let (w, stop, sec) = (w.clone(), live.stop.clone(), sec.cloned());
+            if w.cfg.control.is_none() {
+                tokio::spawn(async move {
+                    // Watched from before the first look, so no change falls between them.
+                    let mut watches: Vec<_> = w
+                        .configured
+                        .iter()
+                        .map(|r| r.requester.replicas_up())
+                        .collect();
+                    w.update_connected();
+                    loop {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            gone = any_change(&mut watches) => {
+                                if gone {
+                                    return; // the requesters are closed: the bridge is stopping
+                                }
+                                w.update_connected();
+                            }
+                        }
+                    }
+                });
+                continue;
+            }
             let every = Duration::from_secs_f64(w.cfg.refresh_s.unwrap_or(1.0));
             tokio::spawn(async move {
                 loop {
@@ -132,7 +195,7 @@ impl LiveServices {
                 }
             });
         }
-        Ok(live)
+        Ok((live, others))
     }
 
     /// True when some service is configured.
@@ -152,8 +215,7 @@ impl LiveServices {
             }
         }
         for w in &self.services {
-            let ours = path.starts_with(&format!("{}/", w.prefix))
-                || read(&w.known).iter().any(|k| k == path);
+            let ours = w.covers(path) || read(&w.known).iter().any(|k| k == path);
             if !ours {
                 continue;
             }
@@ -198,14 +260,14 @@ impl LiveServices {
         })
     }
 
-    /// True when `path` is under a service's prefix or served by a mounted service (for
-    /// `required_remote_apis`).
+    /// True when `path` is under a service's prefix, served by a mounted service, or one of
+    /// the routes a service is given by config (for `required_remote_apis`).
     pub fn covers(&self, path: &str) -> bool {
         matches!(self.route(path), Ok(Some(_)))
             || self
                 .services
                 .iter()
-                .any(|w| path.starts_with(&format!("{}/", w.prefix)))
+                .any(|w| w.covers(path) || w.configured.iter().any(|r| r.path == path))
     }
 
     /// Services not answering: (name, why).
@@ -247,6 +309,10 @@ impl LiveServices {
             let mut description = info["description"].as_str().unwrap_or_default().to_owned();
             if !version.is_empty() {
                 description = format!("{description}\n\nversion {version}, a service on the bus");
+            } else if w.cfg.control.is_none() {
+                description = "A service on the bus without a control endpoint (routes from the \
+                               bridge's config, served while it is connected)"
+                    .to_owned();
             }
             if let Some(tags) = doc["tags"].as_array_mut() {
                 tags.push(json!({
@@ -267,7 +333,142 @@ impl LiveServices {
     }
 }
 
+/// Resolves when one of `watches` changes (`false`), or with `true` when one's requester is
+/// gone; never when there are none.
+async fn any_change(watches: &mut [tokio::sync::watch::Receiver<usize>]) -> bool {
+    if watches.is_empty() {
+        return std::future::pending().await;
+    }
+    let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
+    let (r, _, _) = futures::future::select_all(changes).await;
+    r.is_err()
+}
+
+/// How long the start waits for the connections of a service without a control endpoint.
+const CONNECT_AT_START: Duration = Duration::from_secs(1);
+
+/// Routes by the name of the service they belong to.
+type ByService = BTreeMap<String, Vec<Arc<BusRoute>>>;
+
+/// The configured routes named by services without a control endpoint, by service, and the
+/// others; a name that is not a `[bus.routes]` entry, or one named twice, is an error.
+fn owned_routes(
+    settings: &BusSettings,
+    routes: Vec<BusRoute>,
+) -> Result<(ByService, Vec<BusRoute>)> {
+    let mut owner: BTreeMap<String, &String> = BTreeMap::new();
+    for (name, cfg) in &settings.services {
+        let what = format!("bus.services.{name}");
+        match (&cfg.control, cfg.routes.is_empty()) {
+            (Some(_), true) => continue,
+            (Some(_), false) => {
+                return Err(Error::Config(format!(
+                    "{what}: give control (a service that answers info) or routes (for a \
+                     service without a control endpoint), not both"
+                )))
+            }
+            (None, true) => {
+                return Err(Error::Config(format!(
+                    "{what}: needs control = \"host:port\" (its control endpoint), or routes = \
+                     [\"/path\", ..] naming its [bus.routes] entries (a service without one, \
+                     such as a Python 0.0.18 service)"
+                )))
+            }
+            (None, false) => {}
+        }
+        let set = [
+            ("prefix", cfg.prefix.is_some()),
+            ("timeout_s", cfg.timeout_s.is_some()),
+            ("refresh_s", cfg.refresh_s.is_some()),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, s)| *s) {
+            return Err(Error::Config(format!(
+                "{what}.{key} applies to a service read through its control endpoint; a \
+                 service given by routes takes its paths and timeouts from [bus.routes]"
+            )));
+        }
+        for p in &cfg.routes {
+            let path = prefixed(p);
+            if !settings.routes.keys().any(|k| prefixed(k) == path) {
+                return Err(Error::Config(format!(
+                    "{what}.routes: {p:?} is not a [bus.routes] entry"
+                )));
+            }
+            if let Some(other) = owner.insert(path, name) {
+                return Err(Error::Config(format!(
+                    "{what}.routes: {p:?} is named by bus.services.{other} too"
+                )));
+            }
+        }
+    }
+    let mut owned = ByService::new();
+    let mut others = Vec::new();
+    for mut r in routes {
+        let Some(name) = owner.get(&r.path) else {
+            others.push(r);
+            continue;
+        };
+        // Tagged as the service's unless its entry says otherwise.
+        let tagged = settings
+            .routes
+            .iter()
+            .any(|(k, c)| prefixed(k) == r.path && c.tags.is_some());
+        if !tagged {
+            r.tags = vec![(*name).clone()];
+        }
+        owned.entry((*name).clone()).or_default().push(Arc::new(r));
+    }
+    Ok((owned, others))
+}
+
 impl Watched {
+    /// True when `path` is under the service's prefix.
+    fn covers(&self, path: &str) -> bool {
+        self.prefix
+            .as_ref()
+            .is_some_and(|p| path.starts_with(&format!("{p}/")))
+    }
+
+    /// Resolves when every configured route's requester is connected.
+    async fn connected(&self) {
+        for r in &self.configured {
+            let mut up = r.requester.replicas_up();
+            let _ = up.wait_for(|n| *n > 0).await;
+        }
+    }
+
+    /// Mounts or unmounts a service without a control endpoint by its connections.
+    fn update_connected(&self) {
+        let away: Vec<String> = self
+            .configured
+            .iter()
+            .filter(|r| *r.requester.replicas_up().borrow() == 0)
+            .map(|r| format!("{} (its replyer at {})", r.path, r.target))
+            .collect();
+        let next = if away.is_empty() {
+            let mut routes: BTreeMap<String, Vec<(Method, Live)>> = BTreeMap::new();
+            for r in &self.configured {
+                routes
+                    .entry(r.path.clone())
+                    .or_default()
+                    .push((r.method.clone(), Live::Route(r.clone())));
+            }
+            Ok(Mounted {
+                info: json!({"name": self.name, "routes": self.cfg.routes}),
+                basis: Value::Null,
+                routes,
+            })
+        } else {
+            Err(format!("not connected: {}", away.join(", ")))
+        };
+        match (&next, &*read(&self.state)) {
+            (Ok(_), Err(_)) => tracing::info!("bus service {:?} connected, mounted", self.name),
+            (Err(e), Ok(_)) => tracing::warn!("bus service {:?} unmounted: {e}", self.name),
+            _ => {}
+        }
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+
     /// Reads `info` and remakes the routes when the replyers' endpoints changed.
     async fn refresh(&self, sec: Option<&SecuritySettings>) {
         let r = self.read_info(sec).await;
@@ -304,8 +505,11 @@ impl Watched {
         sec: Option<&SecuritySettings>,
     ) -> std::result::Result<Value, String> {
         let timeout = self.cfg.timeout_s.unwrap_or(10.0).min(5.0);
+        let Some(address) = &self.cfg.control else {
+            return Err("no control endpoint".into());
+        };
         let control = bus::connect(
-            &self.cfg.control,
+            address,
             timeout,
             sec,
             &format!("{}.control", self.name),
@@ -319,12 +523,7 @@ impl Watched {
             )
             .await
             .map(bus::msgpack_to_json)
-            .map_err(|e| {
-                format!(
-                    "its control endpoint {} did not answer info: {e}",
-                    self.cfg.control
-                )
-            })
+            .map_err(|e| format!("its control endpoint {address} did not answer info: {e}"))
     }
 
     fn mount(
@@ -351,7 +550,7 @@ impl Watched {
             }
             let path = match &d.path {
                 Some(p) => prefixed(p),
-                None => format!("{}/{conn}", self.prefix),
+                None => format!("{}/{conn}", self.prefix.as_deref().unwrap_or_default()),
             };
             let tags = d.tags.clone().unwrap_or_else(|| vec![self.name.clone()]);
             let summary = d.summary.clone();

@@ -116,12 +116,20 @@ pub struct BusSettings {
 
 /// A service on the bus mounted as a plugin: each of its replyers is
 /// `POST /api/v1/<prefix>/<connection>`, with the schemas and metadata its `info` gives,
-/// for as long as it answers.
+/// for as long as it answers. A service without a control endpoint (a Python 0.0.18 one)
+/// names its routes instead: `routes = ["/path", ..]`, entries of `[bus.routes]`, served
+/// while the bridge is connected to their replyers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BusServiceConfig {
     /// The service's control endpoint (`host:port`).
-    pub control: String,
+    #[serde(default)]
+    pub control: Option<String>,
+    /// Or, for a service without one: the paths of its `[bus.routes]` entries. They are
+    /// served, and in the OpenAPI document, only while the bridge's connection to their
+    /// replyer is up (the service's process holds it open while it runs).
+    #[serde(default)]
+    pub routes: Vec<String>,
     /// The path before each connection's name (default: `/<name>`).
     pub prefix: Option<String>,
     /// Seconds a request to one of its replyers may take (10), and `info` (at most 5).

@@ -143,6 +143,9 @@ impl Bridge {
             self.addresses.as_ref(),
             self.security.as_ref(),
         )?;
+        // The [bus.routes] a service names are its own: mounted while it is connected.
+        let (live, routes) =
+            LiveServices::start(&reg.settings.bus, self.security.as_ref(), routes).await?;
         for r in routes {
             let (path, method) = (r.path.clone(), r.method.clone());
             reg.add_route(&path, method, Target::Bus(Arc::new(r)))?;
@@ -151,7 +154,6 @@ impl Bridge {
             let path = s.path.clone();
             reg.add_route(&path, Method::GET, Target::BusStream(Arc::new(s)))?;
         }
-        let live = LiveServices::start(&reg.settings.bus, self.security.as_ref()).await?;
         if !live.is_empty() {
             reg.live = Some(live);
         }
