@@ -27,12 +27,17 @@
 //!   answer in-process (a stream is replayed once the worker has finished it).
 //! - **Dead workers and retries**: the broker gives a request whose worker died to another
 //!   worker (MDP workers are idempotent). That is right only for APIs marked
-//!   [`idempotent`](crate::Api::idempotent). For every other API the worker sends a PARTIAL
-//!   reply before running the handler, and the broker does not hand a request that had
-//!   partial replies to another worker: the call fails with 503 as soon as the broker has
-//!   dropped the dead worker (within its heartbeat interval, at most its liveness), never
-//!   run twice. The bridge itself retries an idempotent call `retries` times after a timeout
-//!   or a lost connection to the broker, and a call of any other API never.
+//!   [`idempotent`](crate::Api::idempotent). For every other API the worker first sends a
+//!   PARTIAL reply, which the broker takes as "this request may have had effects": it never
+//!   gives such a request to another worker, and answers it 503 if its worker dies. The
+//!   handler runs only once the broker has read the PARTIAL: the worker asks the broker's
+//!   `mmi.service` on the same connection right after it, and the answer, which the broker
+//!   sends after reading what came before, is the go-ahead (one round trip to the broker per
+//!   call of such an API). So a call of it runs at most once, and when its worker dies it
+//!   fails with 503 as soon as the broker has dropped the worker (within a heartbeat
+//!   interval or so, at most the broker's liveness). The bridge itself retries an idempotent
+//!   call `retries` times after a timeout or a lost connection to the broker, and a call of
+//!   any other API never.
 //!
 //! Until requesters speak MDP to a broker directly, the bridge calls through a broker
 //! front-end: the broker's addresses.json binds one for the plugin's service,
@@ -508,6 +513,12 @@ struct Job {
     run: tokio::task::JoinHandle<Vec<u8>>,
 }
 
+/// The MDP client header: what the broker's answers to a client begin with.
+const CLIENT_HEADER: &[u8] = b"MDPC02";
+
+/// The broker's own service a worker asks after sending a PARTIAL.
+const PROBE_SERVICE: &str = "mmi.service";
+
 /// Bound on the frames echoed before the request envelope (an MDP client's request id).
 const MAX_TAG_FRAMES: usize = 8;
 
@@ -556,6 +567,8 @@ impl Slot {
         let mut heartbeat_at = Instant::now() + self.heartbeat;
         let mut job: Option<Job> = None;
         let mut stopping = false;
+        // A call whose handler waits until the broker has taken in its PARTIAL.
+        let mut unconfirmed: Option<(tokio::sync::oneshot::Sender<()>, String)> = None;
         let end = loop {
             tokio::select! {
                 biased;
@@ -587,6 +600,19 @@ impl Slot {
                         self.registered.send_modify(|n| *n += 1);
                         tracing::info!(broker = %self.endpoint, service = %self.service, "plugin worker registered with the broker");
                     }
+                    if m.first().is_some_and(|h| h.as_ref() == CLIENT_HEADER) {
+                        // The answer to our `mmi.service` query, sent after a PARTIAL on the
+                        // same connection: the broker has read the PARTIAL.
+                        if let Ok(r) = proto::parse_client_reply(m.frames()) {
+                            if r.service == PROBE_SERVICE {
+                                if let Some((go, what)) = unconfirmed.take() {
+                                    let _ = go.send(());
+                                    tracing::debug!(api = %what, "plugin worker: call started");
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     match proto::parse_to_worker(m.frames()) {
                         Ok(ToWorker::Request { client, body }) => {
                             let Some((envelope, tag)) = body.split_last() else { continue };
@@ -606,15 +632,23 @@ impl Slot {
                                         break End::Again;
                                     }
                                 }
-                                Started::Running { run, idempotent } => {
-                                    if !idempotent {
-                                        // Before the handler runs: from now on the broker
-                                        // never gives this request to another worker.
+                                Started::Running { run, go, idempotent, what } => {
+                                    if idempotent {
+                                        let _ = go.send(());
+                                        tracing::debug!(api = %what, "plugin worker: call started");
+                                    } else {
+                                        // A PARTIAL first: once the broker has it, it never
+                                        // gives this request to another worker. Then an
+                                        // `mmi.service` query on the same connection: its
+                                        // answer comes after the broker read the PARTIAL,
+                                        // and only then does the handler run.
                                         let partial = proto::worker_reply(false, client.clone(), tag.iter().cloned().chain([Bytes::new()]));
-                                        if !self.send(&socket, partial).await {
+                                        let probe = proto::client_request(PROBE_SERVICE, [Bytes::from(self.service.clone())]);
+                                        if !self.send(&socket, partial).await || !self.send(&socket, probe).await {
                                             run.abort();
                                             break End::Again;
                                         }
+                                        unconfirmed = Some((go, what));
                                     }
                                     job = Some(Job { client, tag, run });
                                 }
@@ -693,7 +727,6 @@ impl Slot {
                 ),
             ));
         };
-        tracing::debug!(api = %entry.what(), "plugin worker: call started");
         let query = args
             .remove("query")
             .filter(|q| !q.is_null())
@@ -708,9 +741,16 @@ impl Slot {
             .map(|t| t.child())
             .unwrap_or_else(sf_connections::TraceParent::new_root);
         let idempotent = entry.api.idempotent;
+        let what = entry.what().to_owned();
+        // The handler waits for the word: a PARTIAL, where one is due, goes out first.
+        let (go, ready) = tokio::sync::oneshot::channel::<()>();
         let run = tokio::spawn(service_framework::in_trace(
             trace,
             sf_connections::requester::serving(async move {
+                if ready.await.is_err() {
+                    // Given up before it could start (its PARTIAL was not sent).
+                    return Vec::new();
+                }
                 let out =
                     plugin::invoke(&entry.handler.erased, query, body, ctx, entry.what()).await;
                 let answer = encode_output(out).await;
@@ -729,7 +769,12 @@ impl Slot {
                 })
             }),
         ));
-        Started::Running { run, idempotent }
+        Started::Running {
+            run,
+            go,
+            idempotent,
+            what,
+        }
     }
 }
 
@@ -737,7 +782,9 @@ enum Started {
     Answer(Vec<u8>),
     Running {
         run: tokio::task::JoinHandle<Vec<u8>>,
+        go: tokio::sync::oneshot::Sender<()>,
         idempotent: bool,
+        what: String,
     },
 }
 
