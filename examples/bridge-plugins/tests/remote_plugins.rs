@@ -300,6 +300,22 @@ async fn a_plugin_moved_to_workers_by_config() {
     assert_eq!(sse(&c, &url).await, sse(&c, &here).await);
     assert!(sse(&c, &url).await.contains("\"sku\":\"pear\""));
 
+    // What the hop costs, one caller (a figure, not a bound).
+    for (name, u) in [("in-process", &here), ("on workers", &url)] {
+        let mut took: Vec<Duration> = Vec::new();
+        for _ in 0..50 {
+            let t = Instant::now();
+            let (s, _) = quote(&c, u, "apple", 0).await;
+            took.push(t.elapsed());
+            assert_eq!(s, 200);
+        }
+        took.sort();
+        eprintln!(
+            "GET /api/v1/checkout/quote, pricing {name}: p50 {:?}, p90 {:?} (50 calls)",
+            took[25], took[45]
+        );
+    }
+
     // Load spreads over both worker processes.
     let answers = at_once(30, || quote(&c, &url, "pear", 100)).await;
     let mut per: BTreeMap<u32, usize> = BTreeMap::new();
