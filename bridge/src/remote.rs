@@ -478,12 +478,13 @@ impl PluginWorkers {
         let _ = rx.wait_for(|n| *n >= total).await;
     }
 
-    /// Stops: each worker finishes the call in hand (bounded by 10 s), says DISCONNECT and
+    /// Stops: each worker finishes the call in hand (all within 12 s), says DISCONNECT and
     /// closes.
     pub async fn stop(self) {
         self.stop.cancel();
+        let deadline = Instant::now() + Duration::from_secs(12);
         for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(12), t).await;
+            let _ = tokio::time::timeout_at(deadline, t).await;
         }
     }
 }
