@@ -9,8 +9,9 @@
 //! The `broker_replicas` pattern ([`run_brokered`]) is the same over the Majordomo broker:
 //! 1, 2 and 3 replicas of the echo handler, each registered as MDP workers on a thread and
 //! current-thread runtime of its own, behind one in-process broker on a thread of its own (as
-//! a broker process runs its loop); one `Requester` at the broker's front-end, shared by 1 or
-//! 16 callers. Same columns: n replicas against 1 replica in the same run.
+//! a broker process runs its loop); one `Requester`, shared by 1 or 16 callers, at the
+//! broker's front-end, then speaking MDP to the broker itself (`Requester::through_broker`).
+//! Same columns: n replicas against 1 replica of the same path in the same run.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use sf_connections::mdp::{self, BrokerOptions};
 use sf_connections::{Address, Counter, Requester, RequesterOptions, Stats};
 
 use crate::report::{PatternReport, Row};
-use crate::reqrep::{fw_calls, fw_replyer, RoundTrips, CALLERS};
+use crate::reqrep::{fw_calls_on, fw_replyer, RoundTrips, CALLERS};
 use crate::util::{block_on, median_run, rate, Flavor, Latency};
 use crate::Config;
 
@@ -264,7 +265,26 @@ async fn all_serving(front: String, replicas: Vec<Arc<Stats>>) -> anyhow::Result
     Ok(())
 }
 
+/// How the callers reach the service behind the broker.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    /// A plain `Requester` at the broker's front-end for the service.
+    FrontEnd,
+    /// `Requester::through_broker`: MDP to the broker itself.
+    Mdp,
+}
+
+impl Path {
+    fn label(self) -> &'static str {
+        match self {
+            Path::FrontEnd => "Requester at the front-end",
+            Path::Mdp => "Requester through_broker (MDP)",
+        }
+    }
+}
+
 fn brokered_case(
+    path: Path,
     replicas: usize,
     callers: usize,
     total: usize,
@@ -278,65 +298,79 @@ fn brokered_case(
     let stats = threads.iter().map(|(s, _)| s.clone()).collect();
     let limit = Duration::from_secs(120);
     block_on(Flavor::Multi, limit, all_serving(front.clone(), stats))?;
-    let out = block_on(
-        Flavor::Multi,
-        limit,
-        fw_calls(front, callers, total, warmup),
-    );
+    let out = block_on(Flavor::Multi, limit, async move {
+        let options = RequesterOptions {
+            timeout: Duration::from_secs(5),
+            ..Default::default()
+        };
+        let req = match path {
+            Path::FrontEnd => Requester::connect(&Address::from(front.as_str()), options)?,
+            Path::Mdp => Requester::through_broker(
+                &Address::from(router.as_str()),
+                crate::broker::SERVICE,
+                options,
+            )?,
+        };
+        fw_calls_on(req, callers, total, warmup, true).await
+    });
     drop(threads);
     drop(broker);
     out
 }
 
-/// The `broker_replicas` pattern: 1, 2 and 3 replicas behind the broker in turn, median of 3
-/// runs each (1 in short mode); every row against the 1-replica median of the same run.
+/// The `broker_replicas` pattern: 1, 2 and 3 replicas behind the broker in turn, by each path,
+/// median of 3 runs each (1 in short mode); every row against the 1-replica median of the same
+/// path and run.
 pub fn run_brokered(config: &Config) -> PatternReport {
     let c = config.counts();
     let mut p = PatternReport::new(
         "broker_replicas",
-        "replicas behind the Majordomo broker: one Requester at a broker front-end, 1, 2 and 3 replicas as MDP workers",
+        "replicas behind the Majordomo broker: one Requester (at a front-end, or through_broker), 1, 2 and 3 replicas as MDP workers",
     )
     .columns("n replicas", "1 replica", "ratio");
     let runs = if config.short { 1 } else { 3 };
-    for callers in [1, CALLERS] {
-        // A quarter of reqrep's counts with 16 callers, as the broker pattern.
-        let (n, warm) = if callers == 1 {
-            (c.rr_one, c.rr_warmup)
-        } else {
-            ((c.rr_many / 4).max(CALLERS * 10), c.rr_warmup)
-        };
-        let mut by_count: [Vec<anyhow::Result<RoundTrips>>; 3] = Default::default();
-        for _ in 0..runs {
-            for (i, results) in by_count.iter_mut().enumerate() {
-                results.push(brokered_case(i + 1, callers, n, warm));
+    for path in [Path::FrontEnd, Path::Mdp] {
+        for callers in [1, CALLERS] {
+            // A quarter of reqrep's counts with 16 callers, as the broker pattern.
+            let (n, warm) = if callers == 1 {
+                (c.rr_one, c.rr_warmup)
+            } else {
+                ((c.rr_many / 4).max(CALLERS * 10), c.rr_warmup)
+            };
+            let mut by_count: [Vec<anyhow::Result<RoundTrips>>; 3] = Default::default();
+            for _ in 0..runs {
+                for (i, results) in by_count.iter_mut().enumerate() {
+                    results.push(brokered_case(path, i + 1, callers, n, warm));
+                }
             }
-        }
-        let medians: Vec<anyhow::Result<RoundTrips>> = by_count
-            .into_iter()
-            .map(|r| median_run(r, |x| x.per_s))
-            .collect();
-        let base = medians[0].as_ref().ok().copied();
-        for (i, m) in medians.iter().enumerate() {
-            let what = format!(
-                "{} replica(s) behind the broker, {callers} caller(s)",
-                i + 1
-            );
-            let mut row = Row::new(&what, "round trips/s", "rt/s")
-                .fw(m.as_ref().ok().map(|x| x.per_s))
-                .raw(base.map(|x| x.per_s));
-            if let Err(e) = m {
-                row = row.note(format!("failed: {e:#}"));
+            let medians: Vec<anyhow::Result<RoundTrips>> = by_count
+                .into_iter()
+                .map(|r| median_run(r, |x| x.per_s))
+                .collect();
+            let base = medians[0].as_ref().ok().copied();
+            for (i, m) in medians.iter().enumerate() {
+                let what = format!(
+                    "{} replica(s), {}, {callers} caller(s)",
+                    i + 1,
+                    path.label()
+                );
+                let mut row = Row::new(&what, "round trips/s", "rt/s")
+                    .fw(m.as_ref().ok().map(|x| x.per_s))
+                    .raw(base.map(|x| x.per_s));
+                if let Err(e) = m {
+                    row = row.note(format!("failed: {e:#}"));
+                }
+                p.push(row);
+                p.push(
+                    Row::new(&what, "p50 latency", "us")
+                        .fw(m.as_ref().ok().map(|x| x.latency.p50_us))
+                        .raw(base.map(|x| x.latency.p50_us)),
+                );
             }
-            p.push(row);
-            p.push(
-                Row::new(&what, "p50 latency", "us")
-                    .fw(m.as_ref().ok().map(|x| x.latency.p50_us))
-                    .raw(base.map(|x| x.latency.p50_us)),
-            );
         }
     }
     p.note(format!(
-        "Requester -> broker front-end -> broker -> worker; the broker and each replica on a thread and current-thread runtime of its own, as many MDP workers per replica as callers; callers on a multi-thread runtime; {} core(s)",
+        "Requester -> broker front-end -> broker -> worker, or Requester (MDP client) -> broker -> worker; the broker and each replica on a thread and current-thread runtime of its own, as many MDP workers per replica as callers; callers on a multi-thread runtime; {} core(s)",
         std::thread::available_parallelism().map_or(1, |n| n.get())
     ));
     p

@@ -124,7 +124,17 @@ pub async fn fw_calls_as(
     warmup: usize,
     typed: bool,
 ) -> anyhow::Result<RoundTrips> {
-    let req = fw_requester(&endpoint)?;
+    fw_calls_on(fw_requester(&endpoint)?, callers, total, warmup, typed).await
+}
+
+/// As [`fw_calls_as`], on a requester made by the caller (one calling through a broker).
+pub async fn fw_calls_on(
+    req: Requester,
+    callers: usize,
+    total: usize,
+    warmup: usize,
+    typed: bool,
+) -> anyhow::Result<RoundTrips> {
     let args = Arc::new(echo_args());
     let frame = request_frame();
     let call = move |req: Requester, args: Arc<Echo>| {
