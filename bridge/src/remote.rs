@@ -568,6 +568,7 @@ impl Slot {
         let mut heartbeat_at = Instant::now() + self.heartbeat;
         let mut job: Option<Job> = None;
         let mut stopping = false;
+        let mut heard = false;
         // A call whose handler waits until the broker has taken in its PARTIAL.
         let mut unconfirmed: Option<(tokio::sync::oneshot::Sender<()>, String)> = None;
         let end = loop {
@@ -596,10 +597,14 @@ impl Slot {
                 m = socket.recv() => {
                     let Ok(m) = m else { break End::Again };
                     broker_deadline = Instant::now() + self.silence;
-                    if !*counted {
-                        *counted = true;
-                        self.registered.send_modify(|n| *n += 1);
+                    if !heard {
+                        // The broker talks only to workers it knows.
+                        heard = true;
                         tracing::info!(broker = %self.endpoint, service = %self.service, "plugin worker registered with the broker");
+                        if !*counted {
+                            *counted = true;
+                            self.registered.send_modify(|n| *n += 1);
+                        }
                     }
                     if m.first().is_some_and(|h| h.as_ref() == CLIENT_HEADER) {
                         // The answer to our `mmi.service` query, sent after a PARTIAL on the

@@ -103,13 +103,14 @@ impl Proc {
     }
 }
 
-/// The broker, with a front-end for service `plugin.pricing`; its router and front-end.
-async fn broker(dir: &Path) -> (Proc, String, String) {
+/// The broker, with a front-end for service `plugin.pricing`, bound where given (port 0:
+/// any); the router and the front-end bound.
+async fn broker(dir: &Path, router: &str, frontend: &str) -> (Proc, String, String) {
     std::fs::write(
         dir.join("broker-addresses.json"),
         json!({"connections": {"in": {
-            "broker": {"router": "127.0.0.1:0"},
-            "plugin.pricing": {"replyer": "127.0.0.1:0"},
+            "broker": {"router": router},
+            "plugin.pricing": {"replyer": frontend},
         }}})
         .to_string(),
     )
@@ -120,6 +121,7 @@ async fn broker(dir: &Path) -> (Proc, String, String) {
     )
     .unwrap();
     let ready = dir.join("broker.ready");
+    let _ = std::fs::remove_file(&ready);
     let p = Proc::spawn(
         Command::new(service_framework())
             .args([
@@ -250,13 +252,16 @@ where
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_plugin_moved_to_workers_by_config() {
-    let dir = std::env::temp_dir().join(format!("sf-remote-plugins-{}", std::process::id()));
+/// A fresh folder for one test.
+fn folder(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sf-remote-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (_broker, router, frontend) = broker(&dir).await;
-    // One config for the bridge and the workers: pricing runs on workers.
+    dir
+}
+
+/// One config for the bridge and the workers: pricing runs on workers.
+fn config(dir: &Path, router: &str, frontend: &str) {
     std::fs::write(
         dir.join("config.toml"),
         format!(
@@ -267,6 +272,13 @@ async fn a_plugin_moved_to_workers_by_config() {
         ),
     )
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plugin_moved_to_workers_by_config() {
+    let dir = folder("plugins");
+    let (_broker, router, frontend) = broker(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    config(&dir, &router, &frontend);
     let (mut w1, w2) = tokio::join!(worker(&dir), worker(&dir));
     let (_bridge, url) = bridge(&dir).await;
 
@@ -403,5 +415,35 @@ async fn a_plugin_moved_to_workers_by_config() {
     assert!(status.success(), "{status}");
 
     reference.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_and_bridge_come_back_after_a_broker_restart() {
+    let dir = folder("restart");
+    let (mut b, router, frontend) = broker(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
+    config(&dir, &router, &frontend);
+    let mut w = worker(&dir).await;
+    let (_bridge, url) = bridge(&dir).await;
+    let c = client();
+    assert_eq!(quote(&c, &url, "apple", 0).await.0, 200);
+
+    // The broker dies and comes back on the same endpoints: the workers register again (a
+    // silent broker) and the bridge's requester reconnects to the front-end.
+    b.child.start_kill().expect("SIGKILL");
+    let _ = b.child.wait().await;
+    w.skip_printed();
+    let (_b2, _, _) = broker(&dir, &router, &frontend).await;
+    for _ in 0..3 {
+        w.line_with(
+            "plugin worker registered with the broker",
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    let (s, v) = quote(&c, &url, "apple", 0).await;
+    assert_eq!((s, &v["status"]), (200, &json!(200)), "{v}");
+    let (s, v) = pay(&c, &url, 0).await;
+    assert_eq!((s, &v["status"]), (200, &json!(200)), "{v}");
     let _ = std::fs::remove_dir_all(&dir);
 }
