@@ -103,14 +103,34 @@ impl Proc {
     }
 }
 
-/// The broker, with a front-end for service `plugin.pricing`, bound where given (port 0:
-/// any); the router and the front-end bound.
-async fn broker(dir: &Path, router: &str, frontend: &str) -> (Proc, String, String) {
+/// The broker's router and its front-ends for services `plugin.pricing` and
+/// `plugin.checkout`.
+#[derive(Clone)]
+struct Endpoints {
+    router: String,
+    pricing: String,
+    checkout: String,
+}
+
+impl Endpoints {
+    fn any() -> Endpoints {
+        let any = "127.0.0.1:0".to_owned();
+        Endpoints {
+            router: any.clone(),
+            pricing: any.clone(),
+            checkout: any,
+        }
+    }
+}
+
+/// The broker, bound where given (port 0: any); where it is bound.
+async fn broker(dir: &Path, at: &Endpoints) -> (Proc, Endpoints) {
     std::fs::write(
         dir.join("broker-addresses.json"),
         json!({"connections": {"in": {
-            "broker": {"router": router},
-            "plugin.pricing": {"replyer": frontend},
+            "broker": {"router": at.router},
+            "plugin.pricing": {"replyer": at.pricing},
+            "plugin.checkout": {"replyer": at.checkout},
         }}})
         .to_string(),
     )
@@ -151,14 +171,26 @@ async fn broker(dir: &Path, router: &str, frontend: &str) -> (Proc, String, Stri
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let ep = |k: &str| doc["endpoints"][k].as_str().expect(k).to_owned();
-    (p, ep("in.broker.router"), ep("in.plugin.pricing.replyer"))
+    (
+        p,
+        Endpoints {
+            router: ep("in.broker.router"),
+            pricing: ep("in.plugin.pricing.replyer"),
+            checkout: ep("in.plugin.checkout.replyer"),
+        },
+    )
 }
 
 /// A `--serve-plugins pricing` worker process, registered with the broker.
 async fn worker(dir: &Path) -> Proc {
+    worker_of(dir, "pricing").await
+}
+
+/// A `--serve-plugins <plugin>` worker process, registered with the broker.
+async fn worker_of(dir: &Path, plugin: &str) -> Proc {
     let mut p = Proc::spawn(
         Command::new(bridge_binary())
-            .args(["--serve-plugins", "pricing", "-cl", "DEBUG"])
+            .args(["--serve-plugins", plugin, "-cl", "DEBUG"])
             .current_dir(dir),
     );
     p.line_with("plugin workers registered", Duration::from_secs(20))
@@ -260,25 +292,27 @@ fn folder(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// One config for the bridge and the workers: pricing runs on workers.
-fn config(dir: &Path, router: &str, frontend: &str) {
-    std::fs::write(
-        dir.join("config.toml"),
-        format!(
-            "load_plugins = [\"pricing\", \"checkout\"]\n\n\
-             [plugins.pricing.remote]\n\
-             broker = \"{router}\"\nrequester = \"{frontend}\"\nworkers = 3\n\
-             heartbeat_interval_s = {HEARTBEAT_S}\ntimeout_s = {CALL_TIMEOUT_S}\n"
-        ),
-    )
-    .unwrap();
+/// One config for the bridge and the workers: pricing (and, if said, checkout) runs on
+/// workers.
+fn config(dir: &Path, at: &Endpoints, checkout_too: bool) {
+    let mut text = "load_plugins = [\"pricing\", \"checkout\"]\n".to_owned();
+    let remote = [("pricing", &at.pricing), ("checkout", &at.checkout)];
+    for (plugin, frontend) in &remote[..if checkout_too { 2 } else { 1 }] {
+        text += &format!(
+            "\n[plugins.{plugin}.remote]\n\
+             broker = \"{}\"\nrequester = \"{frontend}\"\nworkers = 3\n\
+             heartbeat_interval_s = {HEARTBEAT_S}\ntimeout_s = {CALL_TIMEOUT_S}\n",
+            at.router
+        );
+    }
+    std::fs::write(dir.join("config.toml"), text).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_plugin_moved_to_workers_by_config() {
     let dir = folder("plugins");
-    let (_broker, router, frontend) = broker(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
-    config(&dir, &router, &frontend);
+    let (_broker, at) = broker(&dir, &Endpoints::any()).await;
+    config(&dir, &at, false);
     let (mut w1, w2) = tokio::join!(worker(&dir), worker(&dir));
     let (_bridge, url) = bridge(&dir).await;
 
@@ -421,8 +455,8 @@ async fn a_plugin_moved_to_workers_by_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_and_bridge_come_back_after_a_broker_restart() {
     let dir = folder("restart");
-    let (mut b, router, frontend) = broker(&dir, "127.0.0.1:0", "127.0.0.1:0").await;
-    config(&dir, &router, &frontend);
+    let (mut b, at) = broker(&dir, &Endpoints::any()).await;
+    config(&dir, &at, false);
     let mut w = worker(&dir).await;
     let (_bridge, url) = bridge(&dir).await;
     let c = client();
@@ -433,7 +467,7 @@ async fn workers_and_bridge_come_back_after_a_broker_restart() {
     b.child.start_kill().expect("SIGKILL");
     let _ = b.child.wait().await;
     w.skip_printed();
-    let (_b2, _, _) = broker(&dir, &router, &frontend).await;
+    let (_b2, _) = broker(&dir, &at).await;
     for _ in 0..3 {
         w.line_with(
             "plugin worker registered with the broker",
@@ -445,5 +479,33 @@ async fn workers_and_bridge_come_back_after_a_broker_restart() {
     assert_eq!((s, &v["status"]), (200, &json!(200)), "{v}");
     let (s, v) = pay(&c, &url, 0).await;
     assert_eq!((s, &v["status"]), (200, &json!(200)), "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plugin_on_workers_calls_another_on_workers() {
+    // checkout and pricing both on workers: the bridge calls checkout's worker, whose
+    // call_api reaches pricing's worker through the broker, unchanged.
+    let dir = folder("chain");
+    let (_broker, at) = broker(&dir, &Endpoints::any()).await;
+    config(&dir, &at, true);
+    let (pricing, mut checkout) =
+        tokio::join!(worker_of(&dir, "pricing"), worker_of(&dir, "checkout"));
+    let (_bridge, url) = bridge(&dir).await;
+    let c = client();
+    let (s, mut v) = quote(&c, &url, "pear", 0).await;
+    assert_eq!((s, &v["status"]), (200, &json!(200)), "{v}");
+    assert_eq!(served_by(&mut v), Some(pricing.pid()));
+    assert_eq!(v["data"]["total_cents"], 135, "{v}");
+    // Served by checkout's worker, not in the bridge.
+    checkout
+        .line_with("checkout.Checkout.quote", Duration::from_secs(5))
+        .await;
+    let (s, v) = quote(&c, &url, "kiwi", 0).await;
+    assert_eq!((s, &v["status"]), (404, &json!(404)), "{v}");
+    let (s, mut v) = pay(&c, &url, 0).await;
+    assert_eq!((s, &v["status"]), (200, &json!(200)), "{v}");
+    assert_eq!(served_by(&mut v), Some(pricing.pid()));
+    drop(checkout);
     let _ = std::fs::remove_dir_all(&dir);
 }
