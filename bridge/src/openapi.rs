@@ -306,7 +306,8 @@ pub(crate) fn bus_operation(
 
 /// `x-function-apis`: every function API (`call_type` func or all) by its name, with the
 /// keyword arguments `call_plugin_api` takes (query parameters, and the body under its
-/// name) and what it answers (a stream: the list of its `message_chunk` payloads).
+/// name), what it answers (a stream: the list of its `message_chunk` payloads), whether it
+/// is idempotent and whether its plugin runs on workers (`remote`).
 fn function_apis(
     reg: &Registry,
     gen: &mut schemars::SchemaGenerator,
@@ -351,6 +352,10 @@ fn function_apis(
                 "returns": returns,
                 "stream": e.handler.stream,
                 "routes": route,
+                // May run again on another worker if its worker dies (remote plugins).
+                "idempotent": e.api.idempotent,
+                // Its plugin runs on workers behind a broker (`plugins.<name>.remote`).
+                "remote": e.plugin.remote,
             }),
         );
     }

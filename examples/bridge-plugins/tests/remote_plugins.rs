@@ -362,6 +362,16 @@ async fn a_plugin_moved_to_workers_by_config() {
         );
     }
 
+    // The document says which function APIs run on workers and which may run again.
+    let (_, doc) = answer(c.get(format!("{url}/api/v1/openapi.json"))).await;
+    let apis = &doc["x-function-apis"];
+    assert_eq!(apis["pricing.Pricing.quote"]["idempotent"], true, "{apis}");
+    assert_eq!(
+        apis["pricing.Pricing.charge"]["idempotent"], false,
+        "{apis}"
+    );
+    assert_eq!(apis["pricing.Pricing.charge"]["remote"], true, "{apis}");
+
     // Load spreads over both worker processes.
     let answers = at_once(30, || quote(&c, &url, "pear", 100)).await;
     let mut per: BTreeMap<u32, usize> = BTreeMap::new();
