@@ -7,9 +7,8 @@
 //! load_plugins = ["pricing", "checkout"]
 //!
 //! [plugins.pricing.remote]
-//! broker = "10.0.0.5:5555"        # where its workers register (the broker's router)
-//! requester = "10.0.0.5:5611"     # where the bridge calls it: the broker's front-end for
-//!                                 # service "plugin.pricing"
+//! broker = "10.0.0.5:5555"        # the broker's router: its workers register there, and
+//!                                 # the bridge calls service "plugin.pricing" through it
 //! workers = 4                     # calls one worker process serves at once
 //! ```
 //!
@@ -39,9 +38,10 @@
 //!   call `retries` times after a timeout or a lost connection to the broker, and a call of
 //!   any other API never.
 //!
-//! Until requesters speak MDP to a broker directly, the bridge calls through a broker
-//! front-end: the broker's addresses.json binds one for the plugin's service,
-//! `connections.in."plugin.pricing" = {"replyer": "host:port"}`.
+//! The bridge calls the broker as an MDP client ([`Requester::through_broker`]). Given
+//! `requester = "host:port"`, it calls a broker front-end bound for the plugin's service
+//! instead (the broker's addresses.json: `connections.in."plugin.pricing" = {"replyer":
+//! "host:port"}`), as a plain requester would.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,10 +76,12 @@ pub const MAX_WORKERS: usize = 256;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteConfig {
-    /// The broker's router (`host:port`), where workers register (`--serve-plugins`).
-    pub broker: Option<String>,
-    /// Where the bridge sends its calls: the broker's front-end for `service` (`host:port`,
-    /// or a list of them).
+    /// The broker's router (`host:port`): workers register there (`--serve-plugins`), and
+    /// the bridge calls the plugin's service through it. The bridge may be given a list of
+    /// brokers.
+    pub broker: Option<Address>,
+    /// Instead of calling through `broker`, the bridge calls here: a broker front-end bound
+    /// for `service` (`host:port`, or a list of them).
     pub requester: Option<Address>,
     /// The MDP service name (`plugin.<name>`).
     pub service: Option<String>,
@@ -138,7 +140,7 @@ impl RemoteConfig {
         }
         if c.broker.is_none() && c.requester.is_none() {
             return Err(Error::Config(format!(
-                "{at}: give `requester` (where the bridge calls the plugin: the broker's front-end for service {service:?}) and `broker` (where its workers register)"
+                "{at}: give `broker`, the broker's router (host:port): the plugin's workers register there and the bridge calls service {service:?} through it"
             )));
         }
         Ok(Some(c))
@@ -189,30 +191,35 @@ impl RemoteClient {
     /// Connects (in the background) to where the plugin's calls go.
     pub fn connect(plugin: &str, c: &RemoteConfig) -> Result<Arc<RemoteClient>> {
         let service = c.service(plugin);
-        let Some(address) = &c.requester else {
-            return Err(Error::Config(format!(
-                "plugins.{plugin}.{REMOTE_KEY}.requester: where the bridge calls the plugin's workers: the broker's front-end for service {service:?} (in the broker's addresses.json: connections.in.\"{service}\" = {{\"replyer\": \"host:port\"}})"
-            )));
-        };
         let options = RequesterOptions {
             timeout: Duration::from_secs_f64(c.timeout_s.unwrap_or(10.0)),
             ..Default::default()
         };
         let connect = |retries: u32| {
-            Requester::connect(
-                address,
-                RequesterOptions {
-                    retries,
-                    ..options.clone()
-                },
-            )
-            .map_err(|e| Error::Config(format!("plugins.{plugin}.{REMOTE_KEY}.requester: {e}")))
+            let options = RequesterOptions {
+                retries,
+                ..options.clone()
+            };
+            let (r, key) = match (&c.requester, &c.broker) {
+                (Some(front), _) => (Requester::connect(front, options), "requester"),
+                (None, Some(broker)) => (
+                    Requester::through_broker(broker, &service, options),
+                    "broker",
+                ),
+                (None, None) => {
+                    return Err(Error::Config(format!(
+                        "plugins.{plugin}.{REMOTE_KEY}: give `broker` (host:port)"
+                    )))
+                }
+            };
+            r.map_err(|e| Error::Config(format!("plugins.{plugin}.{REMOTE_KEY}.{key}: {e}")))
         };
+        let (retrying, once) = (connect(c.retries.unwrap_or(1))?, connect(0)?);
         Ok(Arc::new(RemoteClient {
             plugin: plugin.to_owned(),
             service,
-            retrying: connect(c.retries.unwrap_or(1))?,
-            once: connect(0)?,
+            retrying,
+            once,
         }))
     }
 
@@ -434,8 +441,8 @@ impl PluginWorkers {
                     "--serve-plugins {name}: the plugin has no APIs to serve"
                 )));
             }
-            let broker = c.broker.clone().unwrap_or_default();
-            let endpoint = Address::from(broker.as_str())
+            let broker = c.broker.clone().unwrap_or_else(|| Address::from(""));
+            let endpoint = broker
                 .connect_endpoint()
                 .map_err(|e| Error::Config(format!("plugins.{name}.{REMOTE_KEY}.broker: {e}")))?;
             let n = c.workers.unwrap_or(4);
@@ -821,7 +828,7 @@ mod tests {
             (json!({"requester": "h:2", "timeout_s": 0}), "timeout_s"),
             (json!({"requester": "h:2", "workers": 0}), "workers"),
             (json!({"requester": "h:2", "service": "mmi.x"}), "service"),
-            (json!({}), "requester"),
+            (json!({}), "broker"),
         ] {
             let s = settings(json!({"plugins": {"p": {"remote": bad}}}));
             let e = RemoteConfig::of(&s, "p").unwrap_err().to_string();

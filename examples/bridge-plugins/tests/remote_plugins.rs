@@ -292,18 +292,30 @@ fn folder(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// How the bridge calls the workers.
+#[derive(Clone, Copy, PartialEq)]
+enum Via {
+    /// Through the broker, as an MDP client.
+    Broker,
+    /// Through the broker's front-end for the plugin's service.
+    Frontend,
+}
+
 /// One config for the bridge and the workers: pricing (and, if said, checkout) runs on
 /// workers.
-fn config(dir: &Path, at: &Endpoints, checkout_too: bool) {
+fn config(dir: &Path, at: &Endpoints, checkout_too: bool, via: Via) {
     let mut text = "load_plugins = [\"pricing\", \"checkout\"]\n".to_owned();
     let remote = [("pricing", &at.pricing), ("checkout", &at.checkout)];
     for (plugin, frontend) in &remote[..if checkout_too { 2 } else { 1 }] {
         text += &format!(
             "\n[plugins.{plugin}.remote]\n\
-             broker = \"{}\"\nrequester = \"{frontend}\"\nworkers = 3\n\
+             broker = \"{}\"\nworkers = 3\n\
              heartbeat_interval_s = {HEARTBEAT_S}\ntimeout_s = {CALL_TIMEOUT_S}\n",
             at.router
         );
+        if via == Via::Frontend {
+            text += &format!("requester = \"{frontend}\"\n");
+        }
     }
     std::fs::write(dir.join("config.toml"), text).unwrap();
 }
@@ -312,7 +324,7 @@ fn config(dir: &Path, at: &Endpoints, checkout_too: bool) {
 async fn a_plugin_moved_to_workers_by_config() {
     let dir = folder("plugins");
     let (_broker, at) = broker(&dir, &Endpoints::any()).await;
-    config(&dir, &at, false);
+    config(&dir, &at, false, Via::Broker);
     let (mut w1, w2) = tokio::join!(worker(&dir), worker(&dir));
     let (_bridge, url) = bridge(&dir).await;
 
@@ -466,7 +478,7 @@ async fn a_plugin_moved_to_workers_by_config() {
 async fn workers_and_bridge_come_back_after_a_broker_restart() {
     let dir = folder("restart");
     let (mut b, at) = broker(&dir, &Endpoints::any()).await;
-    config(&dir, &at, false);
+    config(&dir, &at, false, Via::Broker);
     let mut w = worker(&dir).await;
     let (_bridge, url) = bridge(&dir).await;
     let c = client();
@@ -498,7 +510,7 @@ async fn a_plugin_on_workers_calls_another_on_workers() {
     // call_api reaches pricing's worker through the broker, unchanged.
     let dir = folder("chain");
     let (_broker, at) = broker(&dir, &Endpoints::any()).await;
-    config(&dir, &at, true);
+    config(&dir, &at, true, Via::Frontend);
     let (pricing, mut checkout) =
         tokio::join!(worker_of(&dir, "pricing"), worker_of(&dir, "checkout"));
     let (_bridge, url) = bridge(&dir).await;
