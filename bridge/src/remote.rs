@@ -13,7 +13,7 @@
 //! ```
 //!
 //! - **Workers**: the bridge binary that links the plugin, run as
-//!   `service-framework-bridge --serve-plugins pricing` (any number of processes, on any
+//!   `<bridge binary> --serve-plugins pricing` (any number of processes, on any
 //!   host), builds the plugin exactly as a bridge does (its config from `plugins.pricing`,
 //!   its state, its `on_start`, its own `call_plugin_api` targets) and registers `workers`
 //!   MDP 0.2 workers for the service `plugin.<name>` (or `service`) with the broker. Each
