@@ -113,7 +113,8 @@ fn hooks_run_in_the_original_order_and_their_results_take_effect() {
     let handle = Service::new(def)
         .config(json!({"n": "5"}))
         .addresses(replyer_at("192.0.2.1:5999"))
-        .main_mode().run_in_background();
+        .main_mode()
+        .run_in_background();
     let ready = handle.wait_ready(READY).expect("ready");
     let endpoint = ready.endpoint("reply").expect("reply endpoint").to_owned();
     assert!(endpoint.starts_with("tcp://127.0.0.1:"), "{endpoint}");
@@ -194,7 +195,10 @@ fn main_mode_serves_inbound_requests_while_main_runs_and_stops_when_it_returns()
         "in": {"reply": {"replyer": "127.0.0.1:0"}},
         "out": {"request": {"requester": b_endpoint}}
     }}));
-    let handle = Service::new(a).addresses(addrs).main_mode().run_in_background();
+    let handle = Service::new(a)
+        .addresses(addrs)
+        .main_mode()
+        .run_in_background();
     let ready = handle.wait_ready(READY).unwrap();
     let a_endpoint = ready.endpoint("reply").unwrap().to_owned();
     assert_eq!(ready.endpoint("request"), Some(b_endpoint.as_str()));
@@ -237,7 +241,8 @@ fn main_that_fails_ends_the_service_with_its_error() {
 fn main_mode_without_main_is_refused() {
     let handle = Service::new(echo_service("no_main", ""))
         .addresses(replyer_at("127.0.0.1:0"))
-        .main_mode().run_in_background();
+        .main_mode()
+        .run_in_background();
     let err = handle.join().unwrap_err().to_string();
     assert!(
         err.contains("\"no_main\" has no main, so it cannot run in main mode"),
@@ -274,7 +279,8 @@ fn main_mode_in_background_then_join() {
     );
     let handle = Service::new(def)
         .addresses(addrs)
-        .main_mode().run_in_background();
+        .main_mode()
+        .run_in_background();
     handle.wait_ready(READY).unwrap();
     handle.join().unwrap();
     assert_eq!(*replies.lock().unwrap(), ["B:0", "B:1", "B:2"]);

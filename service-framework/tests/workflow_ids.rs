@@ -148,7 +148,8 @@ fn every_send_of_main_and_init_gets_a_fresh_uuid() {
     }}));
     Service::new(def)
         .addresses(addrs)
-        .main_mode().run_in_background()
+        .main_mode()
+        .run_in_background()
         .join()
         .unwrap();
     let ids = seen.lock().unwrap().clone();
@@ -266,7 +267,8 @@ fn every_send_of_main_starts_a_trace_and_a_handler_s_sends_continue_its_own() {
     let addrs = addresses(json!({"connections": {"out": {"down": {"requester": down_ep}}}}));
     Service::new(def)
         .addresses(addrs)
-        .main_mode().run_in_background()
+        .main_mode()
+        .run_in_background()
         .join()
         .unwrap();
     let from_main = std::mem::take(&mut *seen.lock().unwrap());
