@@ -36,7 +36,9 @@
 //!   fails with 503 as soon as the broker has dropped the worker (within a heartbeat
 //!   interval or so, at most the broker's liveness). The bridge itself retries an idempotent
 //!   call `retries` times after a timeout or a lost connection to the broker, and a call of
-//!   any other API never.
+//!   any other API never. The workers are the framework's own MDP workers
+//!   (`sf_connections::mdp::worker`), the PARTIAL-first rule their
+//!   [`at_most_once`](sf_connections::mdp::WorkerOptions::at_most_once) option.
 //!
 //! The bridge calls the broker as an MDP client ([`Requester::through_broker`]). Given
 //! `requester = "host:port"`, it calls a broker front-end bound for the plugin's service
@@ -52,10 +54,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use sf_connections::mdp::proto::{self, ToWorker};
-use sf_connections::wire::{self, ErrorCode, Reply, Request, WireError, WorkflowId};
+use sf_connections::mdp::proto;
+use sf_connections::wire::{self, ErrorCode, Request, WireError, WorkflowId};
 use sf_connections::{Address, Requester, RequesterOptions};
-use sf_zmtp::{DealerSocket, SocketOptions};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -155,10 +156,6 @@ impl RemoteConfig {
 
     fn heartbeat(&self) -> Duration {
         Duration::from_secs_f64(self.heartbeat_interval_s.unwrap_or(2.5))
-    }
-
-    fn silence_limit(&self) -> Duration {
-        self.heartbeat() * self.heartbeat_liveness.unwrap_or(3)
     }
 }
 
@@ -413,61 +410,110 @@ pub(crate) fn worker_settings(
 #[derive(Debug)]
 pub struct PluginWorkers {
     stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    replyers: Vec<sf_connections::Replyer>,
     registered: watch::Receiver<usize>,
     total: usize,
     summary: String,
 }
 
 impl PluginWorkers {
-    pub(crate) fn start(
+    /// Registers each plugin's workers with its broker: `mdp::worker`, the framework's MDP
+    /// worker, serving a handler that runs the named API; the APIs not marked idempotent run
+    /// at most once (`WorkerOptions::at_most_once`).
+    pub(crate) async fn start(
         registry: Arc<Registry>,
         configs: Vec<(String, RemoteConfig)>,
     ) -> Result<PluginWorkers> {
         let stop = CancellationToken::new();
         let (reg_tx, registered) = watch::channel(0usize);
         let reg_tx = Arc::new(reg_tx);
-        let mut tasks = Vec::new();
+        let mut replyers = Vec::new();
         let mut summary = Vec::new();
+        let mut total = 0;
         for (name, c) in configs {
-            let apis: HashMap<String, Arc<ApiEntry>> = registry
-                .entries
-                .iter()
-                .filter(|e| e.plugin.meta.name == name)
-                .map(|e| (e.api.name.clone(), e.clone()))
-                .collect();
+            let apis: Arc<HashMap<String, Arc<ApiEntry>>> = Arc::new(
+                registry
+                    .entries
+                    .iter()
+                    .filter(|e| e.plugin.meta.name == name)
+                    .map(|e| (e.api.name.clone(), e.clone()))
+                    .collect(),
+            );
             if apis.is_empty() {
                 return Err(Error::Plugin(format!(
                     "--serve-plugins {name}: the plugin has no APIs to serve"
                 )));
             }
             let broker = c.broker.clone().unwrap_or_else(|| Address::from(""));
-            let endpoint = broker
+            let at = format!("plugins.{name}.{REMOTE_KEY}.broker");
+            broker
                 .connect_endpoint()
-                .map_err(|e| Error::Config(format!("plugins.{name}.{REMOTE_KEY}.broker: {e}")))?;
+                .map_err(|e| Error::Config(format!("{at}: {e}")))?;
             let n = c.workers.unwrap_or(4);
             let service = c.service(&name);
             summary.push(format!("{name} as {service:?} ({n} workers) at {broker}"));
-            let slot = Arc::new(Slot {
-                plugin: name,
-                service,
-                endpoint,
-                apis,
-                registry: registry.clone(),
-                heartbeat: c.heartbeat(),
-                silence: c.silence_limit(),
-                stop: stop.clone(),
-                registered: reg_tx.clone(),
-            });
-            for _ in 0..n {
-                tasks.push(tokio::spawn(slot.clone().run()));
-            }
+            // Which requests must run at most once: those of APIs not marked idempotent.
+            let not_idempotent = {
+                let apis = apis.clone();
+                move |envelope: &Bytes| {
+                    wire::decode::<Request<Value>>(envelope).is_ok_and(|r| {
+                        r.args
+                            .get("api")
+                            .and_then(Value::as_str)
+                            .and_then(|api| apis.get(api))
+                            .is_some_and(|e| !e.api.idempotent)
+                    })
+                }
+            };
+            // Each worker counted once, the first time it hears from the broker.
+            let seen = Arc::new(std::sync::Mutex::new(vec![false; n]));
+            let on_registered = {
+                let reg_tx = reg_tx.clone();
+                let (service, endpoint) = (service.clone(), broker.to_string());
+                move |i: usize| {
+                    tracing::info!(broker = %endpoint, service = %service, worker = i, "plugin worker registered with the broker");
+                    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+                    if let Some(s) = seen.get_mut(i).filter(|s| !**s) {
+                        *s = true;
+                        reg_tx.send_modify(|n| *n += 1);
+                    }
+                }
+            };
+            let handler = api_handler(name.clone(), apis, registry.clone());
+            let replyer = sf_connections::mdp::worker::serve(
+                &broker,
+                &service,
+                handler,
+                sf_connections::ReplyerOptions {
+                    max_message_bytes: 64 << 20,
+                    // Each call in hand finishes within this on stop (the caller is answered
+                    // `unavailable` past it).
+                    drain_timeout: Duration::from_secs(10),
+                    stop: Some(stop.clone()),
+                    ..Default::default()
+                },
+                sf_connections::mdp::WorkerOptions {
+                    heartbeat_interval: c.heartbeat(),
+                    liveness: c.heartbeat_liveness.unwrap_or(3),
+                    workers: n,
+                    at_most_once: Some(sf_connections::mdp::RequestFilter(Arc::new(
+                        not_idempotent,
+                    ))),
+                    on_registered: Some(sf_connections::mdp::RegisteredHook(Arc::new(
+                        on_registered,
+                    ))),
+                },
+            )
+            .await
+            .map_err(|e| Error::Config(format!("{at}: {e}")))?;
+            total += n;
+            replyers.push(replyer);
         }
         Ok(PluginWorkers {
             stop,
-            total: tasks.len(),
-            tasks,
+            replyers,
             registered,
+            total,
             summary: summary.join(", "),
         })
     }
@@ -490,319 +536,58 @@ impl PluginWorkers {
     pub async fn stop(self) {
         self.stop.cancel();
         let deadline = Instant::now() + Duration::from_secs(12);
-        for t in self.tasks {
-            let _ = tokio::time::timeout_at(deadline, t).await;
+        for r in self.replyers {
+            let _ = tokio::time::timeout_at(deadline, r.shutdown()).await;
         }
     }
 }
 
-/// What the workers of one plugin share.
-struct Slot {
-    plugin: String,
-    service: String,
-    endpoint: String,
-    apis: HashMap<String, Arc<ApiEntry>>,
+/// The workers' handler: `{"api", "query", "body"}` in, the API's answer (`{"value"}`,
+/// `{"events"}` or `{"error"}`) out, run in the caller's trace.
+fn api_handler(
+    plugin_name: String,
+    apis: Arc<HashMap<String, Arc<ApiEntry>>>,
     registry: Arc<Registry>,
-    heartbeat: Duration,
-    silence: Duration,
-    stop: CancellationToken,
-    registered: Arc<watch::Sender<usize>>,
-}
-
-enum End {
-    Again,
-    Stop,
-}
-
-/// A call being served: who asked, the frames to echo, and the handler's run.
-struct Job {
-    client: Bytes,
-    tag: Vec<Bytes>,
-    run: tokio::task::JoinHandle<Vec<u8>>,
-}
-
-/// The MDP client header: what the broker's answers to a client begin with.
-const CLIENT_HEADER: &[u8] = b"MDPC02";
-
-/// The broker's own service a worker asks after sending a PARTIAL.
-const PROBE_SERVICE: &str = "mmi.service";
-
-/// Bound on the frames echoed before the request envelope (an MDP client's request id).
-const MAX_TAG_FRAMES: usize = 8;
-
-impl Slot {
-    async fn run(self: Arc<Self>) {
-        let mut counted = false;
-        loop {
-            match self.session(&mut counted).await {
-                End::Stop => return,
-                End::Again => {
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    }
-                }
-            }
-        }
-    }
-
-    async fn send(&self, socket: &DealerSocket, msg: sf_zmtp::Message) -> bool {
-        matches!(
-            tokio::time::timeout(self.silence, socket.send(msg)).await,
-            Ok(Ok(()))
-        )
-    }
-
-    /// One registration: READY, then calls and heartbeats until DISCONNECT, a silent
-    /// broker, or the stop.
-    async fn session(&self, counted: &mut bool) -> End {
-        let mut socket =
-            DealerSocket::with_options(SocketOptions::default().max_message_bytes(64 << 20));
-        if let Err(e) = socket.connect(&self.endpoint) {
-            tracing::warn!(broker = %self.endpoint, "cannot connect to the broker: {e}");
-            return End::Again;
-        }
-        tokio::select! {
-            _ = self.stop.cancelled() => {
-                socket.close().await;
-                return End::Stop;
-            }
-            r = socket.send(proto::worker_ready(&self.service)) => if r.is_err() {
-                return End::Again;
-            }
-        }
-        let mut broker_deadline = Instant::now() + self.silence;
-        let mut heartbeat_at = Instant::now() + self.heartbeat;
-        let mut job: Option<Job> = None;
-        let mut stopping = false;
-        let mut heard = false;
-        // A call whose handler waits until the broker has taken in its PARTIAL.
-        let mut unconfirmed: Option<(tokio::sync::oneshot::Sender<()>, String)> = None;
-        let end = loop {
-            tokio::select! {
-                biased;
-                _ = self.stop.cancelled(), if !stopping => {
-                    if job.is_none() {
-                        break End::Stop;
-                    }
-                    stopping = true;
-                }
-                done = async { (&mut job.as_mut().expect("a job").run).await }, if job.is_some() => {
-                    let j = job.take().expect("a job");
-                    let frame = done.unwrap_or_else(|_| {
-                        crate::remote::error_frame(WorkflowId::None, ErrorCode::Internal, "the worker's handler task failed")
-                    });
-                    let reply = proto::worker_reply(true, j.client, j.tag.into_iter().chain([Bytes::from(frame)]));
-                    if !self.send(&socket, reply).await {
-                        break End::Again;
-                    }
-                    heartbeat_at = Instant::now() + self.heartbeat;
-                    if stopping {
-                        break End::Stop;
-                    }
-                }
-                m = socket.recv() => {
-                    let Ok(m) = m else { break End::Again };
-                    broker_deadline = Instant::now() + self.silence;
-                    if !heard {
-                        // The broker talks only to workers it knows.
-                        heard = true;
-                        tracing::info!(broker = %self.endpoint, service = %self.service, "plugin worker registered with the broker");
-                        if !*counted {
-                            *counted = true;
-                            self.registered.send_modify(|n| *n += 1);
-                        }
-                    }
-                    if m.first().is_some_and(|h| h.as_ref() == CLIENT_HEADER) {
-                        // The answer to our `mmi.service` query, sent after a PARTIAL on the
-                        // same connection: the broker has read the PARTIAL.
-                        if let Ok(r) = proto::parse_client_reply(m.frames()) {
-                            if r.service == PROBE_SERVICE {
-                                if let Some((go, what)) = unconfirmed.take() {
-                                    let _ = go.send(());
-                                    tracing::debug!(api = %what, "plugin worker: call started");
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    match proto::parse_to_worker(m.frames()) {
-                        Ok(ToWorker::Request { client, body }) => {
-                            let Some((envelope, tag)) = body.split_last() else { continue };
-                            let tag: Vec<Bytes> = tag.iter().take(MAX_TAG_FRAMES).cloned().collect();
-                            if job.is_some() || stopping {
-                                let frame = error_frame(WorkflowId::None, ErrorCode::Unavailable, "this worker is busy or stopping");
-                                let reply = proto::worker_reply(true, client, tag.into_iter().chain([Bytes::from(frame)]));
-                                if !self.send(&socket, reply).await {
-                                    break End::Again;
-                                }
-                                continue;
-                            }
-                            match self.start(envelope) {
-                                Started::Answer(frame) => {
-                                    let reply = proto::worker_reply(true, client, tag.into_iter().chain([Bytes::from(frame)]));
-                                    if !self.send(&socket, reply).await {
-                                        break End::Again;
-                                    }
-                                }
-                                Started::Running { run, go, idempotent, what } => {
-                                    if idempotent {
-                                        let _ = go.send(());
-                                        tracing::debug!(api = %what, "plugin worker: call started");
-                                    } else {
-                                        // A PARTIAL first: once the broker has it, it never
-                                        // gives this request to another worker. Then an
-                                        // `mmi.service` query on the same connection: its
-                                        // answer comes after the broker read the PARTIAL,
-                                        // and only then does the handler run.
-                                        let partial = proto::worker_reply(false, client.clone(), tag.iter().cloned().chain([Bytes::new()]));
-                                        let probe = proto::client_request(PROBE_SERVICE, [Bytes::from(self.service.clone())]);
-                                        if !self.send(&socket, partial).await || !self.send(&socket, probe).await {
-                                            run.abort();
-                                            break End::Again;
-                                        }
-                                        unconfirmed = Some((go, what));
-                                    }
-                                    job = Some(Job { client, tag, run });
-                                }
-                            }
-                        }
-                        Ok(ToWorker::Heartbeat) => {}
-                        Ok(ToWorker::Disconnect) => {
-                            tracing::info!(broker = %self.endpoint, service = %self.service, "the broker sent DISCONNECT: registering again");
-                            break End::Again;
-                        }
-                        Err(e) => {
-                            tracing::warn!(broker = %self.endpoint, "dropped a malformed message from the broker: {e}");
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(heartbeat_at.min(broker_deadline)) => {
-                    let now = Instant::now();
-                    if now >= broker_deadline {
-                        tracing::warn!(broker = %self.endpoint, service = %self.service, "the broker is silent: registering again");
-                        break End::Again;
-                    }
-                    heartbeat_at = now + self.heartbeat;
-                    if socket.peer_count() > 0 {
-                        let _ = tokio::time::timeout(self.heartbeat, socket.send(proto::heartbeat())).await;
-                    }
-                }
-            }
-        };
-        if let Some(j) = job {
-            // Registering again: the broker has dropped this worker and dealt with the call.
-            j.run.abort();
-        }
-        if matches!(end, End::Stop) {
-            let _ =
-                tokio::time::timeout(Duration::from_millis(200), socket.send(proto::disconnect()))
-                    .await;
-        }
-        socket.close().await;
-        end
-    }
-
-    /// Decodes a request and starts its handler, or says what to answer at once.
-    fn start(&self, envelope: &Bytes) -> Started {
-        let req: Request<Value> = match wire::decode(envelope) {
-            Ok(r) => r,
-            Err(e) => {
-                return Started::Answer(error_frame(
-                    WorkflowId::None,
-                    ErrorCode::Malformed,
-                    &format!("not a request envelope: {e}"),
-                ))
-            }
-        };
-        let wf = req.workflow_id.clone();
-        let mut args = match req.args {
-            Value::Object(m) => m,
-            _ => {
-                return Started::Answer(error_frame(
-                    wf,
+) -> sf_connections::RawHandler {
+    sf_connections::typed(move |args: Value, meta: sf_connections::RequestMeta| {
+        let (plugin_name, apis, registry) = (plugin_name.clone(), apis.clone(), registry.clone());
+        async move {
+            let Value::Object(mut args) = args else {
+                return Err(WireError::new(
                     ErrorCode::InvalidArgs,
                     "args must be {\"api\", \"query\", \"body\"}",
-                ))
-            }
-        };
-        let api = args.get("api").and_then(Value::as_str).unwrap_or_default();
-        let Some(entry) = self.apis.get(api).cloned() else {
-            let mut known: Vec<&str> = self.apis.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            return Started::Answer(error_frame(
-                wf,
-                ErrorCode::NotFound,
-                &format!(
-                    "plugin {:?} has no API {api:?} here; its APIs: {}",
-                    self.plugin,
-                    known.join(", ")
-                ),
-            ));
-        };
-        let query = args
-            .remove("query")
-            .filter(|q| !q.is_null())
-            .unwrap_or_else(|| Value::Object(Map::new()));
-        let body = args.remove("body").filter(|b| !b.is_null());
-        let ctx = PluginCtx {
-            plugin: entry.plugin.clone(),
-            registry: self.registry.clone(),
-        };
-        let trace = req
-            .traceparent
-            .map(|t| t.child())
-            .unwrap_or_else(sf_connections::TraceParent::new_root);
-        let idempotent = entry.api.idempotent;
-        let what = entry.what().to_owned();
-        // The handler waits for the word: a PARTIAL, where one is due, goes out first.
-        let (go, ready) = tokio::sync::oneshot::channel::<()>();
-        let run = tokio::spawn(service_framework::in_trace(
-            trace,
-            sf_connections::requester::serving(async move {
-                if ready.await.is_err() {
-                    // Given up before it could start (its PARTIAL was not sent).
-                    return Vec::new();
-                }
-                let out =
-                    plugin::invoke(&entry.handler.erased, query, body, ctx, entry.what()).await;
-                let answer = encode_output(out).await;
-                wire::encode(&Reply {
-                    return_args: Some(answer),
-                    workflow_id: wf.clone(),
-                    error: None,
-                    traceparent: Some(trace),
-                })
-                .unwrap_or_else(|e| {
-                    error_frame(
-                        wf,
-                        ErrorCode::InvalidReturn,
-                        &format!("the answer cannot be encoded: {e}"),
-                    )
-                })
-            }),
-        ));
-        Started::Running {
-            run,
-            go,
-            idempotent,
-            what,
+                ));
+            };
+            let api = args.get("api").and_then(Value::as_str).unwrap_or_default();
+            let Some(entry) = apis.get(api).cloned() else {
+                let mut known: Vec<&str> = apis.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                return Err(WireError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "plugin {plugin_name:?} has no API {api:?} here; its APIs: {}",
+                        known.join(", ")
+                    ),
+                ));
+            };
+            let query = args
+                .remove("query")
+                .filter(|q| !q.is_null())
+                .unwrap_or_else(|| Value::Object(Map::new()));
+            let body = args.remove("body").filter(|b| !b.is_null());
+            let ctx = PluginCtx {
+                plugin: entry.plugin.clone(),
+                registry,
+            };
+            tracing::debug!(api = %entry.what(), "plugin worker: call started");
+            let out = service_framework::in_trace(
+                meta.trace,
+                plugin::invoke(&entry.handler.erased, query, body, ctx, entry.what()),
+            )
+            .await;
+            Ok::<_, WireError>(encode_output(out).await)
         }
-    }
-}
-
-enum Started {
-    Answer(Vec<u8>),
-    Running {
-        run: tokio::task::JoinHandle<Vec<u8>>,
-        go: tokio::sync::oneshot::Sender<()>,
-        idempotent: bool,
-        what: String,
-    },
-}
-
-fn error_frame(wf: WorkflowId, code: ErrorCode, message: &str) -> Vec<u8> {
-    sf_connections::handler::error_reply(wf, WireError::new(code, message))
+    })
 }
 
 #[cfg(test)]

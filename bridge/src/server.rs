@@ -234,7 +234,7 @@ impl Bridge {
     pub async fn serve_plugins(mut self, names: &[String]) -> Result<crate::remote::PluginWorkers> {
         let configs = crate::remote::worker_settings(&mut self.settings, names)?;
         let app = self.build().await?;
-        crate::remote::PluginWorkers::start(app.registry, configs)
+        crate::remote::PluginWorkers::start(app.registry, configs).await
     }
 }
 

@@ -452,3 +452,69 @@ async fn a_lost_broker_fails_requests_at_once_and_a_restarted_one_serves_again()
         }
     }
 }
+
+/// `at_most_once`: such a request's handler starts only after the worker's PARTIAL and its
+/// `mmi.service` probe went through the broker (the caller, a framework requester, counts
+/// the PARTIAL and drops it); other requests start at once. `on_registered` hears each
+/// worker once it is known to the broker.
+#[tokio::test]
+async fn at_most_once_requests_start_after_the_broker_has_their_partial() {
+    let b = broker().await;
+    let registered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = registered.clone();
+    let options = WorkerOptions {
+        at_most_once: Some(mdp::RequestFilter(std::sync::Arc::new(
+            |envelope: &Bytes| {
+                wire::decode::<Request<serde_json::Value>>(envelope)
+                    .is_ok_and(|r| r.args["once"] == serde_json::json!(true))
+            },
+        ))),
+        on_registered: Some(mdp::RegisteredHook(std::sync::Arc::new(move |i| {
+            seen.lock().unwrap().push(i)
+        }))),
+        ..worker_options(2)
+    };
+    let _w = mdp::worker::serve(
+        &Address::from(b.endpoint()),
+        "once",
+        delayed_echo(),
+        ReplyerOptions::default(),
+        options,
+    )
+    .await
+    .unwrap();
+    let req = through(&b, "once", RequesterOptions::default());
+    let v: serde_json::Value = req
+        .request(&serde_json::json!({"n": 1, "once": true}), WorkflowId::None)
+        .await
+        .unwrap();
+    assert_eq!(v["n"], 1);
+    assert_eq!(
+        req.stats().get(Counter::Partials),
+        1,
+        "the PARTIAL came first"
+    );
+    let v: serde_json::Value = req
+        .request(&serde_json::json!({"n": 2}), WorkflowId::None)
+        .await
+        .unwrap();
+    assert_eq!(v["n"], 2);
+    assert_eq!(
+        req.stats().get(Counter::Partials),
+        1,
+        "no PARTIAL for the others"
+    );
+    let deadline = Instant::now() + WAIT;
+    while registered.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            registered.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut got = registered.lock().unwrap().clone();
+    got.sort_unstable();
+    got.dedup();
+    assert_eq!(got, [0, 1]);
+}

@@ -23,4 +23,4 @@ pub mod worker;
 pub use broker::{BrokerCore, BrokerOptions};
 pub use proto::{BrokerStatus, ClientReply, ProtoError, ToBroker, ToWorker};
 pub use server::{Broker, Frontend};
-pub use worker::WorkerOptions;
+pub use worker::{RegisteredHook, RequestFilter, WorkerOptions};

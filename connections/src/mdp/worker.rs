@@ -16,6 +16,14 @@
 //! spec says: a restarted broker gets its workers back within a heartbeat or two. On stop it
 //! finishes the request in hand (within the drain timeout; past it the caller is answered
 //! `unavailable`), then sends DISCONNECT.
+//!
+//! At most once: MDP workers are meant to be idempotent (the broker gives a dead worker's
+//! request to the next one). For requests that must not run twice,
+//! [`WorkerOptions::at_most_once`] names them: before such a request's handler starts, the
+//! worker sends the broker a PARTIAL (an empty body behind the request's tag) and then asks
+//! `mmi.service` on the same connection; the handler starts when that answer arrives, that
+//! is once the broker has read the PARTIAL, after which it never gives the request to
+//! another worker (a caller whose worker dies is answered `503`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -46,6 +54,12 @@ pub struct WorkerOptions {
     pub liveness: u32,
     /// Workers (connections to the broker), each serving one request at a time (default 1).
     pub workers: usize,
+    /// Requests (given their envelope) that must run at most once (see the module docs);
+    /// `None`: every request may be given to another worker if this one dies.
+    pub at_most_once: Option<RequestFilter>,
+    /// Called with a worker's index each time it hears from the broker first after its READY
+    /// (the broker talks only to workers it knows: the worker is registered).
+    pub on_registered: Option<RegisteredHook>,
 }
 
 impl Default for WorkerOptions {
@@ -54,9 +68,34 @@ impl Default for WorkerOptions {
             heartbeat_interval: Duration::from_millis(2500),
             liveness: 3,
             workers: 1,
+            at_most_once: None,
+            on_registered: None,
         }
     }
 }
+
+/// Picks requests by their envelope ([`WorkerOptions::at_most_once`]).
+#[derive(Clone)]
+pub struct RequestFilter(pub Arc<dyn Fn(&Bytes) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for RequestFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestFilter")
+    }
+}
+
+/// [`WorkerOptions::on_registered`].
+#[derive(Clone)]
+pub struct RegisteredHook(pub Arc<dyn Fn(usize) + Send + Sync>);
+
+impl std::fmt::Debug for RegisteredHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RegisteredHook")
+    }
+}
+
+/// The broker's own service a worker asks after an at-most-once PARTIAL.
+const PROBE_SERVICE: &str = "mmi.service";
 
 /// Most workers one replyer registers.
 pub const MAX_WORKERS: usize = 256;
@@ -221,7 +260,7 @@ impl Slot {
             }
         }
         tracing::info!(broker = %self.endpoint, service = %self.service, worker = index, "registered with the broker");
-        let end = self.serve(&mut socket).await;
+        let end = self.serve(&mut socket, index).await;
         if matches!(end, End::Stop) {
             let _ =
                 tokio::time::timeout(Duration::from_millis(200), socket.send(proto::disconnect()))
@@ -231,11 +270,14 @@ impl Slot {
         end
     }
 
-    async fn serve(&self, socket: &mut DealerSocket) -> End {
+    async fn serve(&self, socket: &mut DealerSocket, index: usize) -> End {
         let interval = self.worker.heartbeat_interval;
         let mut broker_deadline = Instant::now() + self.silence_limit();
         let mut heartbeat_at = Instant::now() + interval;
         let mut job: Option<Job> = None;
+        let mut heard = false;
+        // An at-most-once request's go-ahead, given when the broker answers the probe.
+        let mut unconfirmed: Option<tokio::sync::oneshot::Sender<()>> = None;
         let mut drain_deadline: Option<Instant> = None;
         let stopped = self.stop.clone().cancelled_owned();
         tokio::pin!(stopped);
@@ -273,6 +315,22 @@ impl Slot {
                 m = socket.recv() => {
                     let Ok(m) = m else { return End::Again };
                     broker_deadline = Instant::now() + self.silence_limit();
+                    if !heard {
+                        heard = true;
+                        if let Some(hook) = &self.worker.on_registered {
+                            (hook.0)(index);
+                        }
+                    }
+                    if m.first().is_some_and(|h| h.as_ref() == proto::CLIENT) {
+                        // The answer to the probe sent after a PARTIAL, on this connection:
+                        // the broker has read the PARTIAL, so the handler may start.
+                        if proto::parse_client_reply(m.frames()).is_ok_and(|r| r.service == PROBE_SERVICE) {
+                            if let Some(go) = unconfirmed.take() {
+                                let _ = go.send(());
+                            }
+                        }
+                        continue;
+                    }
                     match proto::parse_to_worker(m.frames()) {
                         Ok(ToWorker::Request { client, body }) => {
                             if job.is_some() || drain_deadline.is_some() {
@@ -290,7 +348,19 @@ impl Slot {
                                 continue;
                             }
                             match self.start(client, body) {
-                                Ok(j) => job = Some(j),
+                                Ok((j, None)) => job = Some(j),
+                                Ok((j, Some(go))) => {
+                                    // At most once: the PARTIAL, then the probe; the handler
+                                    // waits for the probe's answer.
+                                    let partial = proto::worker_reply(false, j.client.clone(), j.tag.iter().cloned().chain([Bytes::new()]));
+                                    let probe = proto::client_request(PROBE_SERVICE, [Bytes::from(self.service.clone())]);
+                                    if !self.send(socket, partial).await || !self.send(socket, probe).await {
+                                        self.stats.end_in_flight();
+                                        return End::Again;
+                                    }
+                                    unconfirmed = Some(go);
+                                    job = Some(j);
+                                }
                                 Err((client, tag, reply)) => {
                                     if !self.send(socket, final_reply(client, &tag, reply)).await {
                                         return End::Again;
@@ -333,12 +403,16 @@ impl Slot {
     }
 
     /// Starts the handler on a request, or says what to answer at once.
+    /// With an at-most-once request, also the sender that lets its handler start.
     #[allow(clippy::type_complexity)]
     fn start(
         &self,
         client: Bytes,
         body: Vec<Bytes>,
-    ) -> std::result::Result<Job, (Bytes, Vec<Bytes>, Bytes)> {
+    ) -> std::result::Result<
+        (Job, Option<tokio::sync::oneshot::Sender<()>>),
+        (Bytes, Vec<Bytes>, Bytes),
+    > {
         self.stats.bump(Counter::Received);
         let refuse = |tag: &[Bytes], code, counter, message: String| {
             self.stats.bump(counter);
@@ -362,19 +436,32 @@ impl Slot {
             ));
         }
         self.stats.begin_in_flight();
-        Ok(Job {
+        let (go, gate) = match &self.worker.at_most_once {
+            Some(f) if (f.0)(frame) => {
+                let (go, gate) = tokio::sync::oneshot::channel::<()>();
+                (Some(go), Some(gate))
+            }
+            _ => (None, None),
+        };
+        let handler = (self.handler)(frame.clone());
+        let run = async move {
+            if let Some(gate) = gate {
+                // Dropped unanswered only with the session, which drops this job too.
+                let _ = gate.await;
+            }
+            handler.await
+        };
+        let job = Job {
             client,
             tag: tag.to_vec(),
             started: Instant::now(),
             run: Box::pin(
                 // Run as serving a request: a requester the handler calls does not retry
                 // (retries happen at the edge only, as in a bound replyer).
-                std::panic::AssertUnwindSafe(crate::requester::serving((self.handler)(
-                    frame.clone(),
-                )))
-                .catch_unwind(),
+                std::panic::AssertUnwindSafe(crate::requester::serving(run)).catch_unwind(),
             ),
-        })
+        };
+        Ok((job, go))
     }
 
     /// Counts the outcome and gives the reply frame (a panic becomes `internal`).
