@@ -169,32 +169,12 @@ pub fn run(config: &Config) -> PatternReport {
         } else {
             (c.rr_many, c.rr_warmup)
         };
-        let mut by_count: [Vec<anyhow::Result<RoundTrips>>; 3] = Default::default();
-        for _ in 0..runs {
-            for (i, results) in by_count.iter_mut().enumerate() {
-                results.push(case(i + 1, callers, n, warm));
-            }
-        }
-        let medians: Vec<anyhow::Result<RoundTrips>> = by_count
-            .into_iter()
-            .map(|r| median_run(r, |x| x.per_s))
-            .collect();
-        let base = medians[0].as_ref().ok().copied();
-        for (i, m) in medians.iter().enumerate() {
-            let what = format!("{} replica(s), {callers} caller(s)", i + 1);
-            let mut row = Row::new(&what, "round trips/s", "rt/s")
-                .fw(m.as_ref().ok().map(|x| x.per_s))
-                .raw(base.map(|x| x.per_s));
-            if let Err(e) = m {
-                row = row.note(format!("failed: {e:#}"));
-            }
-            p.push(row);
-            p.push(
-                Row::new(&what, "p50 latency", "us")
-                    .fw(m.as_ref().ok().map(|x| x.latency.p50_us))
-                    .raw(base.map(|x| x.latency.p50_us)),
-            );
-        }
+        push_rows(
+            &mut p,
+            runs,
+            |k| case(k, callers, n, warm),
+            |k| format!("{k} replica(s), {callers} caller(s)"),
+        );
     }
     p.note(format!(
         "each replica on its own thread and current-thread runtime; callers on a multi-thread runtime; {} core(s)",
@@ -337,36 +317,12 @@ pub fn run_brokered(config: &Config) -> PatternReport {
             } else {
                 ((c.rr_many / 4).max(CALLERS * 10), c.rr_warmup)
             };
-            let mut by_count: [Vec<anyhow::Result<RoundTrips>>; 3] = Default::default();
-            for _ in 0..runs {
-                for (i, results) in by_count.iter_mut().enumerate() {
-                    results.push(brokered_case(path, i + 1, callers, n, warm));
-                }
-            }
-            let medians: Vec<anyhow::Result<RoundTrips>> = by_count
-                .into_iter()
-                .map(|r| median_run(r, |x| x.per_s))
-                .collect();
-            let base = medians[0].as_ref().ok().copied();
-            for (i, m) in medians.iter().enumerate() {
-                let what = format!(
-                    "{} replica(s), {}, {callers} caller(s)",
-                    i + 1,
-                    path.label()
-                );
-                let mut row = Row::new(&what, "round trips/s", "rt/s")
-                    .fw(m.as_ref().ok().map(|x| x.per_s))
-                    .raw(base.map(|x| x.per_s));
-                if let Err(e) = m {
-                    row = row.note(format!("failed: {e:#}"));
-                }
-                p.push(row);
-                p.push(
-                    Row::new(&what, "p50 latency", "us")
-                        .fw(m.as_ref().ok().map(|x| x.latency.p50_us))
-                        .raw(base.map(|x| x.latency.p50_us)),
-                );
-            }
+            push_rows(
+                &mut p,
+                runs,
+                |k| brokered_case(path, k, callers, n, warm),
+                |k| format!("{k} replica(s), {}, {callers} caller(s)", path.label()),
+            );
         }
     }
     p.note(format!(
@@ -374,4 +330,40 @@ pub fn run_brokered(config: &Config) -> PatternReport {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     ));
     p
+}
+
+/// Runs `case` with 1, 2 and 3 replicas, `runs` times each in turn, and pushes each count's
+/// median rate and p50 against 1 replica's, rows named by `what`.
+fn push_rows(
+    p: &mut PatternReport,
+    runs: usize,
+    mut case: impl FnMut(usize) -> anyhow::Result<RoundTrips>,
+    what: impl Fn(usize) -> String,
+) {
+    let mut by_count: [Vec<anyhow::Result<RoundTrips>>; 3] = Default::default();
+    for _ in 0..runs {
+        for (i, results) in by_count.iter_mut().enumerate() {
+            results.push(case(i + 1));
+        }
+    }
+    let medians: Vec<anyhow::Result<RoundTrips>> = by_count
+        .into_iter()
+        .map(|r| median_run(r, |x| x.per_s))
+        .collect();
+    let base = medians[0].as_ref().ok().copied();
+    for (i, m) in medians.iter().enumerate() {
+        let what = what(i + 1);
+        let mut row = Row::new(&what, "round trips/s", "rt/s")
+            .fw(m.as_ref().ok().map(|x| x.per_s))
+            .raw(base.map(|x| x.per_s));
+        if let Err(e) = m {
+            row = row.note(format!("failed: {e:#}"));
+        }
+        p.push(row);
+        p.push(
+            Row::new(&what, "p50 latency", "us")
+                .fw(m.as_ref().ok().map(|x| x.latency.p50_us))
+                .raw(base.map(|x| x.latency.p50_us)),
+        );
+    }
 }
