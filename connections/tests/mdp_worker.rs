@@ -518,3 +518,81 @@ async fn at_most_once_requests_start_after_the_broker_has_their_partial() {
     got.dedup();
     assert_eq!(got, [0, 1]);
 }
+
+/// The broker as a CURVE server: a worker and a requester that are CURVE clients with
+/// authorized keys work through it; a requester with an unknown key and a NULL one are
+/// refused at the handshake (counted by the broker), and their requests time out instead of
+/// reaching the worker.
+#[tokio::test]
+async fn a_curve_broker_serves_authorized_workers_and_clients_only() {
+    use sf_connections::security::{Authorizer, KeyPair, Security};
+    let broker_pair = KeyPair::generate();
+    let (worker_pair, client_pair, stranger) = (
+        KeyPair::generate(),
+        KeyPair::generate(),
+        KeyPair::generate(),
+    );
+    let b = mdp::Broker::bind(
+        &Address::from("127.0.0.1:0"),
+        BrokerOptions {
+            heartbeat_interval: HEARTBEAT,
+            security: Security::curve_server(
+                broker_pair.secret.clone(),
+                Authorizer::allow_list([worker_pair.public, client_pair.public]),
+            ),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let client = |pair: &KeyPair| Security::curve_client(broker_pair.public, pair.clone());
+    let w = mdp::worker::serve(
+        &Address::from(b.endpoint()),
+        "secret.echo",
+        delayed_echo(),
+        ReplyerOptions {
+            security: client(&worker_pair),
+            ..Default::default()
+        },
+        worker_options(1),
+    )
+    .await
+    .unwrap();
+    let options = |security, timeout| RequesterOptions {
+        security,
+        timeout,
+        ..Default::default()
+    };
+    let allowed = through(&b, "secret.echo", options(client(&client_pair), WAIT));
+    // The worker registers within a heartbeat; a request before that waits in the queue.
+    let v: serde_json::Value = allowed
+        .request(&serde_json::json!({"n": 3}), WorkflowId::None)
+        .await
+        .unwrap();
+    assert_eq!(v["n"], 3);
+    for (who, security) in [("unknown key", client(&stranger)), ("NULL", Security::Null)] {
+        let r = through(
+            &b,
+            "secret.echo",
+            options(security, Duration::from_millis(500)),
+        );
+        let err = r
+            .request::<_, serde_json::Value>(&serde_json::json!({"n": 1}), WorkflowId::None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, sf_connections::Error::Timeout(_)),
+            "the {who} requester got {err:?}"
+        );
+    }
+    assert!(
+        b.stats().get(Counter::AuthFailures) >= 2,
+        "refusals counted: {}",
+        b.stats().get(Counter::AuthFailures)
+    );
+    assert_eq!(
+        w.stats().get(Counter::Replied),
+        1,
+        "only the allowed request was served"
+    );
+}
