@@ -87,6 +87,13 @@ pub fn summary(plan: &Plan) -> String {
                 plan.slot_of(router).label()
             ));
         }
+        for (conn, router, mdp) in &p.calls {
+            s.push_str(&format!(
+                "    calls MDP service {mdp} from out.{conn} through {} {}\n",
+                router.service,
+                plan.slot_of(router).label()
+            ));
+        }
     }
     s.push_str("start order: ");
     s.push_str(

@@ -10,8 +10,10 @@
 //! Brokered replyers: a service with `broker = "<broker service>"` binds none of its replyers;
 //! each registers with that broker as MDP service `<service>.<connection>` (its addresses.json
 //! entry is `{"broker": .., "service": ..}`), the broker binds a front-end for it
-//! (`in.<service>.<connection>.replyer`), and a requester edge to it connects to that
-//! front-end. The broker starts before the services it serves.
+//! (`in.<service>.<connection>.replyer`). A requester edge to it calls through the broker: a
+//! framework service's requester as an MDP client (`{"broker": .., "service": ..}` in its
+//! addresses.json), a Python 0.0.18 requester or the bridge's at that front-end. The broker
+//! starts before the services it serves.
 //!
 //! Start order: consumers before producers (for every edge, its `to` service starts before its
 //! `from` service), so nothing is published or pushed before its reader is there, and a
@@ -79,6 +81,9 @@ pub struct Planned {
     /// Its replyers served through a broker: (connection, the broker's MDP endpoint, the
     /// MDP service name).
     pub brokered: Vec<(String, BindRef, String)>,
+    /// Its requesters calling a brokered replyer through the broker itself, as MDP clients:
+    /// (connection, the broker's MDP endpoint, the MDP service name).
+    pub calls: Vec<(String, BindRef, String)>,
 }
 
 /// The whole plan.
@@ -332,6 +337,7 @@ pub fn plan(
                 connects: Vec::new(),
                 options,
                 brokered: Vec::new(),
+                calls: Vec::new(),
             },
         );
     }
@@ -340,8 +346,9 @@ pub fn plan(
         return Err(b.errors);
     }
 
-    // Replyers served through a broker: (service, connection) -> the broker's front-end.
-    let mut fronts: BTreeMap<(String, String), BindRef> = BTreeMap::new();
+    // Replyers served through a broker: (service, connection) -> the broker's front-end, its
+    // router and the MDP service name.
+    let mut fronts: BTreeMap<(String, String), (BindRef, BindRef, String)> = BTreeMap::new();
     let mut broker_arcs: Vec<(String, String)> = Vec::new();
     let served: Vec<(String, String)> = topology
         .services
@@ -406,9 +413,9 @@ pub fn plan(
                 },
             );
             if let Some(p) = b.services.get_mut(&name) {
-                p.brokered.push((conn.clone(), router.clone(), mdp));
+                p.brokered.push((conn.clone(), router.clone(), mdp.clone()));
             }
-            fronts.insert((name.clone(), conn), front);
+            fronts.insert((name.clone(), conn), (front, router.clone(), mdp));
         }
         broker_arcs.push((name.clone(), broker.clone()));
     }
@@ -519,10 +526,26 @@ pub fn plan(
                     ));
                     continue;
                 }
-                if let Some(front) = fronts.get(&(e.to.service.clone(), e.to.name.clone())) {
-                    // Through the broker's front-end for that replyer.
-                    let slot = b.slot(&e.from.service, false, &e.from.name, from_kind, "requester");
-                    b.connect(&e.from.service, slot, front.clone());
+                if let Some((front, router, mdp)) =
+                    fronts.get(&(e.to.service.clone(), e.to.name.clone()))
+                {
+                    let caller = &b.services[&e.from.service];
+                    let speaks_mdp = !caller.runner.is_python()
+                        && matches!(caller.declared, Declared::Fixed { .. });
+                    if speaks_mdp {
+                        // A framework requester calls through the broker itself, as an MDP
+                        // client: `{"broker": router, "service": name}`.
+                        if let Some(p) = b.services.get_mut(&e.from.service) {
+                            p.calls
+                                .push((e.from.name.clone(), router.clone(), mdp.clone()));
+                        }
+                    } else {
+                        // A Python 0.0.18 requester (plain REQ) through the broker's
+                        // front-end for that replyer.
+                        let slot =
+                            b.slot(&e.from.service, false, &e.from.name, from_kind, "requester");
+                        b.connect(&e.from.service, slot, front.clone());
+                    }
                     continue;
                 }
                 b.link(
@@ -684,7 +707,7 @@ pub fn plan(
                 if reached || d.kind == Kind::ExternalTarget {
                     continue;
                 }
-                if let Some(front) = fronts.get(&(name.clone(), conn.clone())) {
+                if let Some((front, _, _)) = fronts.get(&(name.clone(), conn.clone())) {
                     // Served through the broker: its front-end is what is left unreached.
                     unconnected.push(front.clone());
                     continue;
@@ -865,13 +888,19 @@ impl Plan {
         for (slot, to) in &p.connects {
             put(slot, addressing.connect(to));
         }
-        for (conn, router, mdp) in &p.brokered {
-            if let Some(Value::Object(m)) = doc.get_mut("connections").and_then(|s| s.get_mut("in"))
-            {
-                m.insert(
-                    conn.clone(),
-                    json!({"broker": addressing.connect(router), "service": mdp}),
-                );
+        for (side, list) in [("in", &p.brokered), ("out", &p.calls)] {
+            for (conn, router, mdp) in list {
+                let connections = doc
+                    .as_object_mut()
+                    .map(|d| d.entry("connections").or_insert_with(|| json!({})));
+                if let Some(Value::Object(sides)) = connections {
+                    if let Value::Object(m) = sides.entry(side).or_insert_with(|| json!({})) {
+                        m.insert(
+                            conn.clone(),
+                            json!({"broker": addressing.connect(router), "service": mdp}),
+                        );
+                    }
+                }
             }
         }
         if !p.options.is_empty() && !p.runner.is_python() {

@@ -1,6 +1,7 @@
 //! `service-framework up` with the Majordomo broker built-in: two replicas of `echo_replyer`
-//! served through it (`broker = "mdp"`), a requester edge to their replyer going through the
-//! broker's front-end, and `service-framework call` at that front-end: every call answered,
+//! served through it (`broker = "mdp"`), a requester edge to their replyer (the framework
+//! requester calls through the broker as an MDP client), and `service-framework call` at the
+//! broker's front-end: every call answered,
 //! and the requests spread over both replicas (their control `stats`). Mistakes in `broker`
 //! are named by `up --check`.
 
@@ -28,7 +29,12 @@ fn check(file: &Path, dir: &Path) -> (i32, String) {
         .expect("up --check runs");
     (
         o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
+        // The plan's listing (stdout), then any error (stderr).
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
     )
 }
 
@@ -81,6 +87,12 @@ config = { num_req_to_send = 3 }
     .unwrap();
     let (code, err) = check(&file, dir.path());
     assert_eq!(code, 0, "{err}");
+    // The framework requester speaks MDP to the broker itself; the front-end stays for
+    // plain requesters (`call` below).
+    assert!(
+        err.contains("calls MDP service echo.reply from out.request through mdp in.broker.router"),
+        "{err}"
+    );
     let mut up = UpProcess::start(&[file.to_str().unwrap()], dir.path());
     // The broker starts first, then the replicas, then their caller.
     let front = up.slot_address(START, "mdp", "in.echo.reply.replyer");
