@@ -8,59 +8,27 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::{call, UpProcess};
 
 const START: Duration = Duration::from_secs(60);
 const CALLS: usize = 20;
 
-/// `up --check FILE`: (exit code, stderr).
+/// `up --check FILE`: (exit code, its listing then any error).
 fn check(file: &Path, dir: &Path) -> (i32, String) {
-    support::binaries();
-    let o = Command::new(support::UP)
-        .args(["up", "--check"])
-        .arg(file)
-        .current_dir(dir)
-        .env("SF_PYTHON", support::python())
-        .output()
-        .expect("up --check runs");
-    (
-        o.status.code().unwrap_or(-1),
-        // The plan's listing (stdout), then any error (stderr).
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-    )
+    let (code, out, err) = support::check(file, dir);
+    (code, out + &err)
 }
 
 /// `requests` of every replyer of the running services of `file`, by their control `stats`.
 fn replyer_requests(file: &Path) -> Vec<u64> {
-    let sf = Path::new(support::UP).with_file_name("service-framework");
-    let o = Command::new(&sf)
-        .args(["stats", file.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let mut counts = Vec::new();
-    for line in out.lines() {
-        let row: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
-        for c in row["connections"].as_array().into_iter().flatten() {
-            if c["kind"] == "replyer" {
-                counts.push(c["requests"].as_u64().unwrap_or(0));
-            }
-        }
-    }
-    counts
+    support::sf_json("stats", file)
+        .iter()
+        .flat_map(|row| row["connections"].as_array().cloned().unwrap_or_default())
+        .filter(|c| c["kind"] == "replyer")
+        .map(|c| c["requests"].as_u64().unwrap_or(0))
+        .collect()
 }
 
 #[test]

@@ -9,26 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{bridge_data, call, signal, workspace_root, UpProcess};
+use support::{bridge_data, call, check, signal, workspace_root, UpProcess};
 
 const START: Duration = Duration::from_secs(60);
-
-/// `up --check FILE` run in `dir`: (exit code, stdout, stderr).
-fn check(file: &Path, dir: &Path) -> (i32, String, String) {
-    support::binaries();
-    let o = std::process::Command::new(support::UP)
-        .args(["up", "--check"])
-        .arg(file)
-        .current_dir(dir)
-        .env("SF_PYTHON", support::python())
-        .output()
-        .expect("up --check runs");
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn every_example_topology_checks_clean() {
@@ -249,22 +232,10 @@ config = { num_req_to_send = 3 }
     }
     up.find_line(START, |l| l == "[up] requester: done");
     // `ls FILE`: the running services of this file, by their control endpoints.
+    let rows = support::sf_json("ls", &file);
+    let names: Vec<String> = rows.iter().map(|r| r["name"].to_string()).collect();
+    assert_eq!(names, ["\"echo_replyer\""], "{rows:?}");
     let sf = Path::new(support::UP).with_file_name("service-framework");
-    let ls = Command::new(&sf)
-        .args(["ls", file.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&ls.stdout);
-    assert!(
-        ls.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&ls.stderr)
-    );
-    let names: Vec<String> = out
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["name"].to_string())
-        .collect();
-    assert_eq!(names, ["\"echo_replyer\""], "{out}");
     // Another file, with nothing of it running: said plainly, exit 1.
     let other = dir.path().join("other.toml");
     std::fs::write(&other, "[services.x]\nservice = \"bus\"\n").unwrap();

@@ -285,6 +285,42 @@ pub fn call(address: &str, json: &str) -> Result<serde_json::Value, String> {
     }
 }
 
+/// `up --check FILE` run in `dir`: (exit code, stdout, stderr).
+pub fn check(file: &Path, dir: &Path) -> (i32, String, String) {
+    binaries();
+    let o = Command::new(UP)
+        .args(["up", "--check"])
+        .arg(file)
+        .current_dir(dir)
+        .env("SF_PYTHON", python())
+        .output()
+        .expect("up --check runs");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `service-framework VERB FILE --json` (`ls`, `stats`): one JSON value per line of its
+/// output, which must succeed.
+pub fn sf_json(verb: &str, file: &Path) -> Vec<serde_json::Value> {
+    let exe = Path::new(UP).with_file_name("service-framework");
+    let o = Command::new(exe)
+        .args([verb, file.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap_or_else(|e| panic!("service-framework {verb} runs: {e}"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
 /// POST `path` on the bridge at 127.0.0.1:`port` with a JSON body: the envelope's `data`
 /// (the status must be 200).
 pub fn bridge_data(port: u16, path: &str, body: &str) -> serde_json::Value {
