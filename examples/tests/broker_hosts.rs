@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use service_framework::connections::requester::Heartbeat;
 use service_framework::connections::{Address, Error, Requester, RequesterOptions, WorkflowId};
-use support::netns::{is_root, Hosts};
+use support::netns::{hosts_for_test, Hosts};
 use support::*;
 use tokio::runtime::Runtime;
 
@@ -346,19 +346,10 @@ fn three_hosts_behind_the_broker_share_the_load_and_survive_a_cut_a_sigkill_and_
     if std::env::var(ROLE).as_deref() == Ok("client") {
         return client_part();
     }
-    if !is_root() {
-        println!("skipped: network namespaces need root (CI runs as root)");
-        return;
-    }
     // Hosts 0-2: the replicas; 3: the broker; 4: the requesters. Declared first, so it is
     // dropped (the namespaces removed) after every process, also when the test fails.
-    let hosts = match Hosts::new(5) {
-        Ok(h) => h,
-        Err(e) if e.contains("Operation not permitted") || e.contains("Permission denied") => {
-            println!("skipped: the kernel refuses network namespaces here: {e}");
-            return;
-        }
-        Err(e) => panic!("making the namespace hosts: {e}"),
+    let Some(hosts) = hosts_for_test(5) else {
+        return;
     };
     let started = Instant::now();
     let dir = Scratch::new("broker-hosts");

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::netns::{is_root, Hosts};
+use support::netns::{hosts_for_test, Hosts};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -71,16 +71,8 @@ fn wait_totals(hosts: &Hosts, host0: &str, what: &str, cond: impl Fn(&Value) -> 
 
 #[test]
 fn workers_on_other_hosts_join_and_leave_mid_stream_and_nothing_is_lost() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root (CI runs as root)");
+    let Some(hosts) = hosts_for_test(4) else {
         return;
-    }
-    let hosts = match Hosts::new(4) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("skipped: the kernel refused network namespaces: {e}");
-            return;
-        }
     };
     let host0 = hosts.addr(0);
     let scratch = Scratch::new("pipeline-hosts");

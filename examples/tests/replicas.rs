@@ -21,7 +21,7 @@ use service_framework::connections::requester::Heartbeat;
 use service_framework::connections::{
     Address, Counter, Error, Requester, RequesterOptions, WorkflowId,
 };
-use support::netns::{is_root, Hosts};
+use support::netns::hosts_for_test;
 use support::*;
 use tokio::runtime::Runtime;
 
@@ -529,17 +529,8 @@ fn replicas_on_three_namespace_hosts_survive_a_cut_link_and_a_sigkill() {
             retries,
         );
     }
-    if !is_root() {
-        println!("skipped: network namespaces need root (CI runs as root)");
+    let Some(hosts) = hosts_for_test(4) else {
         return;
-    }
-    let hosts = match Hosts::new(4) {
-        Ok(h) => h,
-        Err(e) if e.contains("Operation not permitted") || e.contains("Permission denied") => {
-            println!("skipped: the kernel refuses network namespaces here: {e}");
-            return;
-        }
-        Err(e) => panic!("making the namespace hosts: {e}"),
     };
     let dir = Scratch::new("replicas-netns");
     let mut reps = Vec::new();

@@ -95,6 +95,23 @@ impl Drop for Hosts {
     }
 }
 
+/// `n` namespace hosts for a test, or `None` (said on stdout) where they cannot be made
+/// here: not root, or the kernel refuses namespaces. Any other failure fails the test.
+pub fn hosts_for_test(n: usize) -> Option<Hosts> {
+    if !is_root() {
+        println!("skipped: network namespaces need root (CI runs as root)");
+        return None;
+    }
+    match Hosts::new(n) {
+        Ok(h) => Some(h),
+        Err(e) if e.contains("Operation not permitted") || e.contains("Permission denied") => {
+            println!("skipped: the kernel refuses network namespaces here: {e}");
+            None
+        }
+        Err(e) => panic!("making the namespace hosts: {e}"),
+    }
+}
+
 pub fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
