@@ -37,6 +37,22 @@ fn at(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// The mirror's addresses.json: its `book` replyer and both in-states, from the ports of
+/// `[market_price publisher, its snapshot replyer, order_book publisher, its snapshot
+/// replyer, book]`.
+fn mirror_addresses(dir: &Scratch, ports: [u16; 5]) -> std::path::PathBuf {
+    let [mp_pub, mp_rep, ob_pub, ob_rep, book] = ports;
+    dir.write(
+        "mirror.json",
+        &json!({
+            "connections": {"in": {"book": {"replyer": at(book)}}},
+            "states": {"in": {"market_price": {"subscriber": at(mp_pub), "requester": at(mp_rep)},
+                              "order_book": {"subscriber": at(ob_pub), "requester": at(ob_rep)}}}
+        })
+        .to_string(),
+    )
+}
+
 /// The three services, wired as examples/order_book/*_addresses.json wire them (on free
 /// ports).
 struct Running {
@@ -69,15 +85,7 @@ fn start(dir: &Scratch) -> Running {
                 "interval_ms": 10})
         .to_string(),
     );
-    let mirror_file = dir.write(
-        "mirror.json",
-        &json!({
-            "connections": {"in": {"book": {"replyer": at(book)}}},
-            "states": {"in": {"market_price": {"subscriber": at(mp_pub), "requester": at(mp_rep)},
-                              "order_book": {"subscriber": at(ob_pub), "requester": at(ob_rep)}}}
-        })
-        .to_string(),
-    );
+    let mirror_file = mirror_addresses(dir, [mp_pub, mp_rep, ob_pub, ob_rep, book]);
     let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
 
     let exchange_config = dir.write(
@@ -268,15 +276,7 @@ fn the_mirror_answers_nothing_yet_while_the_feed_has_not_taken_its_first_snapsho
         .expect("order_book out");
         (a, b)
     });
-    let mirror_file = dir.write(
-        "mirror.json",
-        &json!({
-            "connections": {"in": {"book": {"replyer": at(book)}}},
-            "states": {"in": {"market_price": {"subscriber": at(mp_pub), "requester": at(mp_rep)},
-                              "order_book": {"subscriber": at(ob_pub), "requester": at(ob_rep)}}}
-        })
-        .to_string(),
-    );
+    let mirror_file = mirror_addresses(&dir, [mp_pub, mp_rep, ob_pub, ob_rep, book]);
     let mut mirror = sf(&[
         "-s",
         "order_book_mirror",
