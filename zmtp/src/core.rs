@@ -7,16 +7,19 @@
 //! so one slow peer costs only its own queue.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::select_all;
+use futures::task::AtomicWaker;
 use futures::FutureExt;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ending::{Ending, CLOSING, DROPPED};
 use crate::error::{Error, Result};
 use crate::handshake::PeerInfo;
 use crate::message::Message;
@@ -114,7 +117,7 @@ pub(crate) fn parse_subscription(msg: &Message) -> Option<(bool, &[u8])> {
 pub(crate) struct Peer {
     pub identity: Bytes,
     pub tx: mpsc::Sender<Out>,
-    pub kick: CancellationToken,
+    pub ending: Arc<Ending>,
     pub v31: bool,
     /// What this peer subscribed to (PUB, XPUB).
     pub subs: Subscriptions,
@@ -123,9 +126,33 @@ pub(crate) struct Peer {
     pub retired: bool,
 }
 
+/// Hashes the socket's own peer ids (a counter, nothing a peer chooses) with one multiply;
+/// the default SipHash, kept for identities, which peers do choose, costs several times as
+/// much on every send.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing: consecutive ids spread over the high bits, and stay distinct in
+        // the low ones.
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 #[derive(Default)]
 struct State {
-    peers: HashMap<PeerId, Peer>,
+    peers: HashMap<PeerId, Peer, BuildHasherDefault<IdHasher>>,
     /// Peers in the order they came, for round-robin.
     order: Vec<PeerId>,
     rr: usize,
@@ -142,7 +169,7 @@ pub(crate) struct Registration {
     pub id: PeerId,
     pub identity: Bytes,
     pub rx: mpsc::Receiver<Out>,
-    pub kick: CancellationToken,
+    pub ending: Arc<Ending>,
     /// Sent before anything else (our subscriptions, for SUB and XSUB).
     pub initial: Vec<Out>,
 }
@@ -153,7 +180,13 @@ pub(crate) struct Core {
     state: Mutex<State>,
     pub inbox: mpsc::Sender<Message>,
     pub peers_changed: Notify,
+    /// Set by [`Core::shut`] only; for the waits that are not on the per-message path.
     pub stop: CancellationToken,
+    /// `stop` as a flag, read on every send and receive (a token's check takes a lock).
+    stopped: AtomicBool,
+    /// The socket's receiver while it waits for the inbox (one receiver: `recv` takes
+    /// `&mut`), woken when the socket shuts.
+    pub recv_waker: AtomicWaker,
     /// Stops the accept loops only (a child of `stop`): a closing server frees its ports at
     /// once while its connections drain.
     pub listening: CancellationToken,
@@ -188,6 +221,8 @@ impl Core {
             peers_changed: Notify::new(),
             listening: stop.child_token(),
             stop,
+            stopped: AtomicBool::new(false),
+            recv_waker: AtomicWaker::new(),
             tasks: TaskTracker::new(),
             counters: Counters::default(),
             monitors: Mutex::default(),
@@ -200,6 +235,21 @@ impl Core {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().expect("socket state lock")
+    }
+
+    /// Closes the socket: every wait on `stop` ends, each connection's reader stops and its
+    /// writer flushes within the linger, a waiting receiver wakes.
+    pub(crate) fn shut(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.stop.cancel();
+        self.recv_waker.wake();
+        for p in self.state().peers.values() {
+            p.ending.set(CLOSING);
+        }
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
     pub(crate) fn monitor(&self, capacity: usize) -> mpsc::Receiver<Event> {
@@ -239,9 +289,9 @@ impl Core {
     pub(crate) fn register(&self, info: &PeerInfo) -> Registration {
         let id = PeerId(self.next_peer.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(self.options.send_hwm.max(1));
-        // Not a child of `stop`: closing the socket must leave the writer its linger, so a
-        // session ends at once only when it is kicked (handover, a failed peer).
-        let kick = CancellationToken::new();
+        // Closing the socket leaves the writer its linger; a dropped connection (handover,
+        // a failed peer) ends at once.
+        let ending = Arc::new(Ending::default());
         let v31 = info.greeting.is_31();
         let mut st = self.state();
         let identity = if self.kind == SocketType::Router {
@@ -256,7 +306,7 @@ impl Core {
                 // being refused until the old connection's heartbeat runs out.
                 if let Some(old) = st.by_identity.get(&info.identity).copied() {
                     if let Some(p) = st.peers.get(&old) {
-                        p.kick.cancel();
+                        p.ending.set(DROPPED);
                     }
                 }
                 info.identity.clone()
@@ -280,20 +330,25 @@ impl Core {
             Peer {
                 identity: identity.clone(),
                 tx,
-                kick: kick.clone(),
+                ending: ending.clone(),
                 v31,
                 subs: Subscriptions::default(),
                 retired: false,
             },
         );
         st.order.push(id);
+        // Under the lock `shut` takes to reach every peer: a socket that shut before this
+        // peer was in the map is seen here.
+        if self.is_stopped() {
+            ending.set(CLOSING);
+        }
         drop(st);
         self.peers_changed.notify_waiters();
         Registration {
             id,
             identity,
             rx,
-            kick,
+            ending,
             initial,
         }
     }
@@ -494,7 +549,7 @@ impl Core {
     }
 
     pub(crate) async fn send_balanced(&self, msg: Message) -> Result<PeerId> {
-        if self.stop.is_cancelled() {
+        if self.is_stopped() {
             return Err(Error::Closed);
         }
         // Fast path: some peer has room. No waiter is registered, nothing is cloned.
@@ -503,7 +558,7 @@ impl Core {
             Err(m) => m,
         };
         loop {
-            if self.stop.is_cancelled() {
+            if self.is_stopped() {
                 return Err(Error::Closed);
             }
             // Register for a change of the peer set before trying again, so a peer that

@@ -14,10 +14,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::core::{Core, Out};
 use crate::curve::{OpenError, Opener, Sealer};
+use crate::ending::{Ending, Waiter, DROPPED};
 use crate::error::{Error, Result};
 use crate::handshake::{handshake, Local, PeerInfo};
 use crate::message::Message;
@@ -30,8 +30,11 @@ use crate::wire::{Command, Frame, FrameDecoder, FrameError};
 const DIRECT_WRITE: usize = 16 << 10;
 /// The write buffer is flushed once it holds this much.
 const FLUSH_AT: usize = 64 << 10;
-/// Reads ask for at least this much room.
+/// A new read buffer has at least this much room.
 const READ_CHUNK: usize = 16 << 10;
+/// Reads go on in the room left while it is this large: small messages split off one buffer
+/// share its allocation, instead of each read allocating anew.
+const READ_LOW: usize = 4 << 10;
 /// And at most this much ahead of what a frame header declared.
 const READ_AHEAD_MAX: usize = 1 << 20;
 
@@ -164,7 +167,7 @@ where
     // A 3.0 peer does not know PING; TCP keepalive is all it gets.
     let heartbeat = core.options.heartbeat.filter(|_| v31);
     let (ctrl_tx, ctrl_rx) = mpsc::channel::<Bytes>(16);
-    let session = reg.kick.clone();
+    let ending = reg.ending.clone();
     let writer = Writer {
         rx: reg.rx,
         ctrl: ctrl_rx,
@@ -172,8 +175,7 @@ where
             let ttl = (h.ttl.as_millis() / 100).min(u128::from(u16::MAX)) as u16;
             (h.interval, ttl)
         }),
-        stop: core.stop.clone(),
-        session: session.clone(),
+        ending: ending.clone(),
         linger: core.options.linger,
         initial: reg.initial,
         sealer: boxes.sealer,
@@ -184,7 +186,7 @@ where
         peer: reg.id,
         identity: reg.identity,
         ctrl: ctrl_tx,
-        session: session.clone(),
+        ending: ending.clone(),
         timeout: heartbeat.map(|h| h.timeout),
         addr,
         opener: boxes.opener,
@@ -196,7 +198,7 @@ where
             let _ = writer.await;
         }
         Ended::Lost(_) => {
-            session.cancel();
+            ending.set(DROPPED);
             let _ = writer.await;
         }
     }
@@ -208,7 +210,7 @@ struct Reader<'a> {
     peer: PeerId,
     identity: Bytes,
     ctrl: mpsc::Sender<Bytes>,
-    session: CancellationToken,
+    ending: Arc<Ending>,
     timeout: Option<Duration>,
     addr: &'a str,
     opener: Option<Opener>,
@@ -224,6 +226,8 @@ impl Reader<'_> {
         });
         let mut current = Message::new();
         let mut last_rx = Instant::now();
+        // Read since the last check: the clock is read per check, not per read.
+        let mut heard = false;
         // The peer's own TTL may shorten our timeout.
         let mut timeout = self.timeout;
         let mut check = self.timeout.map(|t| {
@@ -232,10 +236,6 @@ impl Reader<'_> {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
-        // Made once: a `cancelled()` future per read registers and drops a waiter each time.
-        let session = self.session.clone().cancelled_owned();
-        let stopping = self.core.stop.clone().cancelled_owned();
-        tokio::pin!(session, stopping);
         loop {
             loop {
                 let frame = match decoder.decode(&mut buf) {
@@ -256,14 +256,23 @@ impl Reader<'_> {
                         current.push(body);
                         if !more {
                             let msg = std::mem::take(&mut current);
-                            match self.deliver(msg).await {
-                                Ok(waited) => {
-                                    if waited {
-                                        // We were not reading: the peer's silence is ours.
-                                        last_rx = Instant::now();
+                            // No future is made unless the inbox is full.
+                            let full = match self.core.inbound(self.peer, &self.identity, msg) {
+                                None => None,
+                                Some(m) => match self.core.inbox.try_send(m) {
+                                    Ok(()) => None,
+                                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                                        return Ended::Closing
                                     }
+                                    Err(mpsc::error::TrySendError::Full(m)) => Some(m),
+                                },
+                            };
+                            if let Some(m) = full {
+                                if let Err(e) = self.wait_inbox(m).await {
+                                    return e;
                                 }
-                                Err(e) => return e,
+                                // We were not reading: the peer's silence is ours.
+                                heard = true;
                             }
                         }
                     }
@@ -311,20 +320,24 @@ impl Reader<'_> {
                     },
                 }
             }
-            let want = decoder.wanted(&buf).clamp(READ_CHUNK, READ_AHEAD_MAX);
-            buf.reserve(want);
+            let wanted = decoder.wanted(&buf);
+            let room = buf.capacity() - buf.len();
+            if room < READ_LOW || room < wanted.min(READ_AHEAD_MAX) {
+                buf.reserve(wanted.clamp(READ_CHUNK, READ_AHEAD_MAX));
+            }
             tokio::select! {
                 biased;
-                _ = &mut session => return Ended::Lost(Error::Closed),
-                _ = &mut stopping => return Ended::Closing,
+                c = self.ending.wait(Waiter::Reader) => return ended_by(c),
                 r = rd.read_buf(&mut buf) => match r {
                     Ok(0) => return Ended::Lost(Error::PeerClosed),
-                    Ok(_) => last_rx = Instant::now(),
+                    Ok(_) => heard = true,
                     Err(e) => return Ended::Lost(Error::io("read", e)),
                 },
                 _ = tick(&mut check) => {
                     if let Some(t) = timeout {
-                        if last_rx.elapsed() > t {
+                        if std::mem::take(&mut heard) {
+                            last_rx = Instant::now();
+                        } else if last_rx.elapsed() > t {
                             Counters::bump(&self.core.counters.heartbeat_timeouts);
                             if let Some(held) = self.core.warn.allow() {
                                 tracing::warn!(
@@ -342,28 +355,19 @@ impl Reader<'_> {
         }
     }
 
-    /// Routes a complete message; `Ok(true)` if it had to wait for room in the inbox.
-    async fn deliver(&mut self, msg: Message) -> Result<bool, Ended> {
-        match self.core.inbound(self.peer, &self.identity, msg) {
-            Some(m) => self.push_inbox(m).await,
-            None => Ok(false),
+    async fn push_inbox(&mut self, msg: Message) -> Result<(), Ended> {
+        match self.core.inbox.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Ended::Closing),
+            Err(mpsc::error::TrySendError::Full(msg)) => self.wait_inbox(msg).await,
         }
     }
 
-    async fn push_inbox(&mut self, msg: Message) -> Result<bool, Ended> {
-        match self.core.inbox.try_send(msg) {
-            Ok(()) => Ok(false),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Ended::Closing),
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                tokio::select! {
-                    r = self.core.inbox.send(msg) => match r {
-                        Ok(()) => Ok(true),
-                        Err(_) => Err(Ended::Closing),
-                    },
-                    _ = self.session.cancelled() => Err(Ended::Lost(Error::Closed)),
-                    _ = self.core.stop.cancelled() => Err(Ended::Closing),
-                }
-            }
+    /// The inbox is full: wait for room (the receiver is behind) or for the end.
+    async fn wait_inbox(&mut self, msg: Message) -> Result<(), Ended> {
+        tokio::select! {
+            r = self.core.inbox.send(msg) => r.map_err(|_| Ended::Closing),
+            c = self.ending.wait(Waiter::Reader) => Err(ended_by(c)),
         }
     }
 
@@ -419,6 +423,15 @@ impl Reader<'_> {
     }
 }
 
+/// How the reader ends for the causes `Ending` gives: a drop wins over a close.
+fn ended_by(causes: u8) -> Ended {
+    if causes & DROPPED != 0 {
+        Ended::Lost(Error::Closed)
+    } else {
+        Ended::Closing
+    }
+}
+
 async fn tick(i: &mut Option<tokio::time::Interval>) {
     match i {
         Some(i) => {
@@ -432,8 +445,7 @@ struct Writer {
     rx: mpsc::Receiver<Out>,
     ctrl: mpsc::Receiver<Bytes>,
     ping: Option<(Duration, u16)>,
-    stop: CancellationToken,
-    session: CancellationToken,
+    ending: Arc<Ending>,
     linger: Duration,
     initial: Vec<Out>,
     sealer: Option<Sealer>,
@@ -448,7 +460,7 @@ impl Writer {
                 .await
                 .is_err()
             {
-                self.session.cancel();
+                self.ending.set(DROPPED);
                 return;
             }
         }
@@ -457,22 +469,25 @@ impl Writer {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             (i, ttl)
         });
-        let session = self.session.clone().cancelled_owned();
-        let stopping = self.stop.clone().cancelled_owned();
-        tokio::pin!(session, stopping);
         loop {
             if !out.is_empty() && w.write_all(&out).await.is_err() {
-                self.session.cancel();
+                self.ending.set(DROPPED);
                 return;
             }
             out.clear();
             tokio::select! {
                 biased;
-                _ = &mut session => return,
+                c = self.ending.wait(Waiter::Writer) => {
+                    if c & DROPPED == 0 {
+                        // The socket is closing: what is queued goes out within the linger.
+                        let _ = tokio::time::timeout(self.linger, self.flush_rest(out, w)).await;
+                    }
+                    return;
+                }
                 // Disabled once the reader has gone (the channel then yields `None` at once).
                 Some(c) = self.ctrl.recv() => {
                     if put_cmd(&mut self.sealer, &mut out, &c).is_err() {
-                        self.session.cancel();
+                        self.ending.set(DROPPED);
                         return;
                     }
                 }
@@ -482,7 +497,7 @@ impl Writer {
                     }
                     for o in batch.drain(..) {
                         if put_out(&mut self.sealer, o, &mut out, &mut w).await.is_err() {
-                            self.session.cancel();
+                            self.ending.set(DROPPED);
                             return;
                         }
                     }
@@ -491,18 +506,14 @@ impl Writer {
                     let ttl = ping.as_ref().map_or(0, |p| p.1);
                     let c = Command::Ping { ttl_deciseconds: ttl, context: Bytes::new() }.encode();
                     if put_cmd(&mut self.sealer, &mut out, &c).is_err() {
-                        self.session.cancel();
+                        self.ending.set(DROPPED);
                         return;
                     }
-                }
-                _ = &mut stopping => {
-                    let _ = tokio::time::timeout(self.linger, self.flush_rest(out, w)).await;
-                    return;
                 }
             }
             while let Ok(c) = self.ctrl.try_recv() {
                 if put_cmd(&mut self.sealer, &mut out, &c).is_err() {
-                    self.session.cancel();
+                    self.ending.set(DROPPED);
                     return;
                 }
             }

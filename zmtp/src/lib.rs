@@ -15,7 +15,8 @@
 //!   travels in after it; [`security`] holds its keys, the authorizer of client keys and
 //!   libzmq's certificate files, [`z85`] the key encoding (RFC 32).
 //! - `engine`: one connection: reader (frames -> messages, PING/PONG, subscriptions,
-//!   heartbeat timeout) and writer (batched, vectored for large bodies, linger on close).
+//!   heartbeat timeout) and writer (batched, vectored for large bodies, linger on close);
+//!   `ending` tells both when the connection ends (socket closing, connection dropped).
 //! - `link`: the accept loop (connection limit, no spinning at the descriptor limit) and the
 //!   reconnect loop (bounded, jittered backoff).
 //! - `core`: the peers of one socket, each with its own bounded queue, and the routing rules
@@ -30,6 +31,7 @@
 
 mod core;
 mod curve;
+mod ending;
 pub mod endpoint;
 mod engine;
 pub mod error;
