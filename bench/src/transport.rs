@@ -877,12 +877,18 @@ pub fn run(config: &Config) -> PatternReport {
     )
     .columns("sf-zmtp", "baseline", "new/base");
     // Single runs move by up to 1.5x on this kind of VM: each case runs several times, the
-    // libraries alternating, and the median run (by rate) of each is reported.
+    // libraries alternating, and the median run (by rate) of each is reported. Lock-step
+    // round trips move most and cost least (about 0.5 s a run): they run 7 times.
     let runs = if config.short { 1 } else { 3 };
+    let lock_step_runs = if config.short { 1 } else { 7 };
     for case in cases() {
         let mut results: Vec<Vec<anyhow::Result<Figures>>> =
             libs.iter().map(|_| Vec::new()).collect();
-        for _ in 0..runs {
+        let n = match case {
+            Case::ReqRep { window: 1, .. } => lock_step_runs,
+            _ => runs,
+        };
+        for _ in 0..n {
             for (i, &lib) in libs.iter().enumerate() {
                 results[i].push(measure(lib, case, &c));
             }
@@ -903,7 +909,7 @@ pub fn run(config: &Config) -> PatternReport {
         count(c.pushpull),
     ));
     p.note(format!(
-        "sf-zmtp and zeromq run the same loops, both ends in one multi-thread tokio runtime (rows `ends on own threads`, diagnostic: each end on its own thread and current-thread runtime, libzmq's layout); median run of {runs} per library, alternating"
+        "sf-zmtp and zeromq run the same loops, both ends in one multi-thread tokio runtime (rows `ends on own threads`, diagnostic: each end on its own thread and current-thread runtime, libzmq's layout); median run of {runs} per library ({lock_step_runs} with 1 request in flight), alternating"
     ));
     p.note(
         "`vs sf-zmtp CURVE` rows: the sf-column is sf-zmtp NULL, the baseline the same loops with every connection under CURVE (no target; new/base above 1 is what CURVE costs); libzmq has no CURVE row: the zmq crate builds libzmq without libsodium, hence without CURVE",
