@@ -93,7 +93,9 @@ impl SocketType {
 pub struct Heartbeat {
     /// How often a PING is sent.
     pub interval: Duration,
-    /// How long the peer may stay silent (no frame of any kind) before it is dropped.
+    /// How long the peer may stay silent (no frame of any kind) before it is dropped. Checked
+    /// every quarter of it, reading the clock at each check rather than at each read: a
+    /// silent peer is dropped between 1x and 1.5x this after its last frame, never sooner.
     pub timeout: Duration,
     /// The TTL announced in each PING: how long the peer should wait for us.
     pub ttl: Duration,
