@@ -13,16 +13,17 @@
 //! `{"hidden": true}` keeps a replyer off HTTP.
 //!
 //! A service without a control endpoint (a Python 0.0.18 service) cannot be asked for
-//! `info`: `[bus.services.<name>] routes = ["/path", ..]` names its `[bus.routes]` entries
-//! instead. Its liveness is the bridge's connection to each of those replyers: the bridge
-//! holds one connection per route (a requester), which is up from the handshake until the
-//! peer's socket closes, as it does when the service's process stops, and comes back when a
-//! process binds the address again. No request is sent to find out (a 0.0.18 replyer would
-//! run its handler on a probe, and dies on args it does not expect). While every one of
-//! its replyers is connected its routes are served and in the OpenAPI document; when one is
-//! not, all answer 503 naming the service, leave the document, and `/health` lists it. A
-//! service that is running but stuck keeps its connections, so it stays mounted (its
-//! requests then time out, 504).
+//! `info`: `[bus.services.<name>] routes = ["/path", ..]` names its `[bus.routes]` and
+//! `[bus.streams]` entries instead. Its liveness is the bridge's connection to each of those
+//! replyers and publishers: the bridge holds one connection per route (a requester) and one
+//! per stream (a probe that subscribes to nothing, so nothing is sent on it), each up from
+//! the handshake until the peer's socket closes, as it does when the service's process
+//! stops, and back when a process binds the address again. No request is sent to find out
+//! (a 0.0.18 replyer would run its handler on a probe, and dies on args it does not
+//! expect). While every one of them is connected its routes and streams are served and in
+//! the OpenAPI document; when one is not, all answer 503 naming the service, leave the
+//! document, and `/health` lists it. A service that is running but stuck keeps its
+//! connections, so it stays mounted (its requests then time out, 504).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -37,6 +38,7 @@ use crate::bus::{self, BusRoute, BusStream};
 use crate::config::{BusServiceConfig, BusSettings};
 use crate::error::{ApiError, Error, Result};
 use crate::plugin::prefixed;
+use sf_connections::PublisherProbe;
 
 /// One mounted route.
 #[derive(Clone)]
@@ -62,6 +64,8 @@ struct Watched {
     /// The `[bus.routes]` of a service without a control endpoint, mounted while their
     /// requesters are connected.
     configured: Vec<Arc<BusRoute>>,
+    /// Its `[bus.streams]`, mounted while each probe is connected to its publisher.
+    streams: Vec<(Arc<BusStream>, PublisherProbe)>,
     state: RwLock<std::result::Result<Mounted, String>>,
     /// The paths it served last, answered 503 while it is away.
     known: RwLock<Vec<String>>,
@@ -98,24 +102,43 @@ impl Drop for LiveServices {
 impl LiveServices {
     /// Reads every service once (so those already running are served from the first
     /// request), then watches them in the background. `routes` are the configured
-    /// `[bus.routes]`: those a service names are its own; the others are returned.
+    /// `[bus.routes]` and `[bus.streams]`: those a service names are its own; the others are
+    /// returned.
     pub async fn start(
         settings: &BusSettings,
         sec: Option<&SecuritySettings>,
         routes: Vec<BusRoute>,
-    ) -> Result<(Arc<LiveServices>, Vec<BusRoute>)> {
+        streams: Vec<BusStream>,
+    ) -> Result<(Arc<LiveServices>, Vec<BusRoute>, Vec<BusStream>)> {
         let (mut owned, others) = owned_routes(settings, routes)?;
+        let (mut owned_streams, other_streams) = owned_streams(settings, streams);
         let mut services = Vec::new();
         for (name, cfg) in &settings.services {
             let what = format!("bus.services.{name}");
             if cfg.control.is_none() {
                 let configured = owned.remove(name).unwrap_or_default();
+                let streams = owned_streams
+                    .remove(name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|s| {
+                        let probe = PublisherProbe::start(&s.address, s.security.clone())
+                            .map_err(|e| Error::Config(format!("{what}: {}: {e}", s.path)))?;
+                        Ok((s, probe))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let known = configured
+                    .iter()
+                    .map(|r| r.path.clone())
+                    .chain(streams.iter().map(|(s, _)| s.path.clone()))
+                    .collect();
                 let w = Arc::new(Watched {
                     name: name.clone(),
                     cfg: cfg.clone(),
                     prefix: None,
-                    known: RwLock::new(configured.iter().map(|r| r.path.clone()).collect()),
+                    known: RwLock::new(known),
                     configured,
+                    streams,
                     state: RwLock::new(Err("not connected yet".into())),
                 });
                 // A service already running is served from the first request: its
@@ -146,6 +169,7 @@ impl LiveServices {
                 cfg: cfg.clone(),
                 prefix: Some(prefix),
                 configured: Vec::new(),
+                streams: Vec::new(),
                 state: RwLock::new(Err("not read yet".into())),
                 known: RwLock::new(Vec::new()),
             });
@@ -168,6 +192,7 @@ impl LiveServices {
                         .configured
                         .iter()
                         .map(|r| r.requester.replicas_up())
+                        .chain(w.streams.iter().map(|(_, p)| p.up()))
                         .collect();
                     w.update_connected();
                     loop {
@@ -195,7 +220,7 @@ impl LiveServices {
                 }
             });
         }
-        Ok((live, others))
+        Ok((live, others, other_streams))
     }
 
     /// True when some service is configured.
@@ -264,10 +289,11 @@ impl LiveServices {
     /// the routes a service is given by config (for `required_remote_apis`).
     pub fn covers(&self, path: &str) -> bool {
         matches!(self.route(path), Ok(Some(_)))
-            || self
-                .services
-                .iter()
-                .any(|w| w.covers(path) || w.configured.iter().any(|r| r.path == path))
+            || self.services.iter().any(|w| {
+                w.covers(path)
+                    || w.configured.iter().any(|r| r.path == path)
+                    || w.streams.iter().any(|(s, _)| s.path == path)
+            })
     }
 
     /// Services not answering: (name, why).
@@ -389,9 +415,11 @@ fn owned_routes(
         }
         for p in &cfg.routes {
             let path = prefixed(p);
-            if !settings.routes.keys().any(|k| prefixed(k) == path) {
+            let known = settings.routes.keys().any(|k| prefixed(k) == path)
+                || settings.streams.keys().any(|k| prefixed(k) == path);
+            if !known {
                 return Err(Error::Config(format!(
-                    "{what}.routes: {p:?} is not a [bus.routes] entry"
+                    "{what}.routes: {p:?} is not a [bus.routes] or [bus.streams] entry"
                 )));
             }
             if let Some(other) = owner.insert(path, name) {
@@ -421,6 +449,35 @@ fn owned_routes(
     Ok((owned, others))
 }
 
+/// The configured streams named by services without a control endpoint, by service, and
+/// the others (`owned_routes` has checked the names).
+fn owned_streams(
+    settings: &BusSettings,
+    streams: Vec<BusStream>,
+) -> (BTreeMap<String, Vec<Arc<BusStream>>>, Vec<BusStream>) {
+    let mut owned: BTreeMap<String, Vec<Arc<BusStream>>> = BTreeMap::new();
+    let mut others = Vec::new();
+    for mut s in streams {
+        let owner = settings
+            .services
+            .iter()
+            .find(|(_, c)| c.control.is_none() && c.routes.iter().any(|p| prefixed(p) == s.path));
+        let Some((name, _)) = owner else {
+            others.push(s);
+            continue;
+        };
+        let tagged = settings
+            .streams
+            .iter()
+            .any(|(k, c)| prefixed(k) == s.path && c.tags.is_some());
+        if !tagged {
+            s.tags = vec![name.clone()];
+        }
+        owned.entry(name.clone()).or_default().push(Arc::new(s));
+    }
+    (owned, others)
+}
+
 impl Watched {
     /// True when `path` is under the service's prefix.
     fn covers(&self, path: &str) -> bool {
@@ -429,11 +486,14 @@ impl Watched {
             .is_some_and(|p| path.starts_with(&format!("{p}/")))
     }
 
-    /// Resolves when every configured route's requester is connected.
+    /// Resolves when every configured route's requester and stream's probe is connected.
     async fn connected(&self) {
         for r in &self.configured {
             let mut up = r.requester.replicas_up();
             let _ = up.wait_for(|n| *n > 0).await;
+        }
+        for (_, p) in &self.streams {
+            let _ = p.up().wait_for(|n| *n > 0).await;
         }
     }
 
@@ -444,6 +504,12 @@ impl Watched {
             .iter()
             .filter(|r| *r.requester.replicas_up().borrow() == 0)
             .map(|r| format!("{} (its replyer at {})", r.path, r.target))
+            .chain(
+                self.streams
+                    .iter()
+                    .filter(|(_, p)| *p.up().borrow() == 0)
+                    .map(|(s, _)| format!("{} (its publisher at {})", s.path, s.address)),
+            )
             .collect();
         let next = if away.is_empty() {
             let mut routes: BTreeMap<String, Vec<(Method, Live)>> = BTreeMap::new();
@@ -452,6 +518,12 @@ impl Watched {
                     .entry(r.path.clone())
                     .or_default()
                     .push((r.method.clone(), Live::Route(r.clone())));
+            }
+            for (s, _) in &self.streams {
+                routes
+                    .entry(s.path.clone())
+                    .or_default()
+                    .push((Method::GET, Live::Stream(s.clone())));
             }
             Ok(Mounted {
                 info: json!({"name": self.name, "routes": self.cfg.routes}),

@@ -125,9 +125,10 @@ pub struct BusServiceConfig {
     /// The service's control endpoint (`host:port`).
     #[serde(default)]
     pub control: Option<String>,
-    /// Or, for a service without one: the paths of its `[bus.routes]` entries. They are
-    /// served, and in the OpenAPI document, only while the bridge's connection to their
-    /// replyer is up (the service's process holds it open while it runs).
+    /// Or, for a service without one: the paths of its `[bus.routes]` and `[bus.streams]`
+    /// entries. They are served, and in the OpenAPI document, only while the bridge's
+    /// connection to each replyer and publisher is up (the service's process holds them open
+    /// while it runs).
     #[serde(default)]
     pub routes: Vec<String>,
     /// The path before each connection's name (default: `/<name>`).

@@ -143,9 +143,10 @@ impl Bridge {
             self.addresses.as_ref(),
             self.security.as_ref(),
         )?;
-        // The [bus.routes] a service names are its own: mounted while it is connected.
-        let (live, routes) =
-            LiveServices::start(&reg.settings.bus, self.security.as_ref(), routes).await?;
+        // The [bus.routes] and [bus.streams] a service names are its own: mounted while it
+        // is connected.
+        let (live, routes, streams) =
+            LiveServices::start(&reg.settings.bus, self.security.as_ref(), routes, streams).await?;
         for r in routes {
             let (path, method) = (r.path.clone(), r.method.clone());
             reg.add_route(&path, method, Target::Bus(Arc::new(r)))?;

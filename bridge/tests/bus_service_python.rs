@@ -3,7 +3,8 @@
 //! entries, and the bridge's connection to its replyer is its liveness. The real service
 //! (`tests/python/services/echo_replyer.py`, run by 0.0.18's own runner) is served while it
 //! runs, leaves the routing (503 naming it) and the OpenAPI document when its process stops,
-//! and is served again when a new process binds the same address.
+//! and is served again when a new process binds the same address. A Python publisher named
+//! the same way (`[bus.streams]`) is an event stream while its process runs, likewise.
 //! Needs the Python venv (SF_PYTHON, set by scripts/test; created by scripts/python-env).
 
 mod common;
@@ -228,7 +229,7 @@ async fn routes_of_a_service_are_checked_at_start() {
     let cases = [
         (
             json!({"routes": ["/nowhere"]}),
-            "is not a [bus.routes] entry",
+            "is not a [bus.routes] or [bus.streams] entry",
         ),
         (json!({}), "needs control"),
         (
@@ -275,4 +276,123 @@ async fn routes_of_a_service_are_checked_at_start() {
     );
     assert!(!in_document(&document(&b.url()).await));
     b.stop().await;
+}
+
+/// The first `n` events of the stream at `url` (a fresh client connection each time), or
+/// the status it answered instead.
+async fn stream_events(url: &str, n: usize) -> Result<Vec<(String, Value)>, (u16, Value)> {
+    use futures::StreamExt;
+    let r = client().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    if status != 200 {
+        return Err((status, r.json().await.unwrap_or(Value::Null)));
+    }
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while events(&text).len() < n {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("events within 10 s")
+            .expect("the stream stays open")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    Ok(events(&text).into_iter().take(n).collect())
+}
+
+/// The real 0.0.18 Publisher (`tests/python/py_publisher.py`) bound at `addr`, publishing
+/// `ticks` every 10 ms for up to 20 s, until its stdin closes.
+async fn py_publisher(addr: &str) -> sf_tests::PyProcess {
+    let mut p =
+        sf_tests::PyProcess::spawn("py_publisher", &[addr, "--topic", "ticks", "--max-s", "20"]);
+    p.ready().await;
+    p
+}
+
+#[tokio::test]
+async fn a_python_publisher_given_a_stream_by_config_comes_and_goes() {
+    let (mut publisher, addr) = sf_tests::PyProcess::spawn_bound("py_publisher", |addr| {
+        ["--topic", "ticks", "--max-s", "20"]
+            .iter()
+            .fold(vec![addr.to_owned()], |mut v, a| {
+                v.push((*a).to_owned());
+                v
+            })
+    })
+    .await;
+    let mut s = settings(&[], &[]);
+    s.bus.streams.insert(
+        "/py/ticks".into(),
+        serde_json::from_value(json!({"subscriber": addr, "topic": "ticks",
+                                      "description": "Ticks of the Python publisher"}))
+        .unwrap(),
+    );
+    s.bus.services.insert(
+        "py_ticks".into(),
+        serde_json::from_value(json!({"routes": ["/py/ticks"]})).unwrap(),
+    );
+    let b = start(s, vec![]).await;
+    let u = b.url();
+    let ticks = format!("{u}/api/v1/py/ticks");
+    let documented = |doc: &Value| doc["paths"].get("/api/v1/py/ticks").is_some();
+
+    // Running: its messages are events, and the stream is in the document under its tag.
+    let evs = stream_events(&ticks, 3)
+        .await
+        .expect("served while it runs");
+    for (kind, data) in &evs {
+        assert_eq!(kind, "message_chunk");
+        assert_eq!(data["topic"], "ticks", "{data}");
+        assert!(data["n"].is_u64(), "{data}");
+    }
+    let doc = document(&u).await;
+    assert!(documented(&doc), "{doc}");
+    assert_eq!(
+        doc["paths"]["/api/v1/py/ticks"]["get"]["tags"],
+        json!(["py_ticks"]),
+        "{doc}"
+    );
+
+    // Stopped: out of the document, 503 naming it, listed by /health.
+    publisher.close_stdin();
+    publisher.wait_success(Duration::from_secs(10)).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the stream leaves the document",
+        || {
+            let u = u.clone();
+            async move { !documented(&document(&u).await) }
+        },
+    )
+    .await;
+    let (st, v) = stream_events(&ticks, 1).await.expect_err("not served");
+    assert_eq!(st, 503, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("py_ticks"),
+        "names the service: {v}"
+    );
+    let (_, health) = get(&format!("{u}/health")).await;
+    assert_eq!(
+        health["missing_bus_services"][0]["name"], "py_ticks",
+        "{health}"
+    );
+
+    // Back (a new process on the same address): documented and streaming again.
+    let mut publisher = py_publisher(&addr).await;
+    wait_until(Duration::from_secs(10), "the stream is back", || {
+        let u = u.clone();
+        async move { documented(&document(&u).await) }
+    })
+    .await;
+    let evs = stream_events(&ticks, 2).await.expect("served again");
+    assert!(evs.iter().all(|(_, d)| d["topic"] == "ticks"), "{evs:?}");
+    let (_, health) = get(&format!("{u}/health")).await;
+    assert_eq!(health, json!("ok"));
+    b.stop().await;
+    publisher.close_stdin();
+    publisher.wait_success(Duration::from_secs(10)).await;
 }

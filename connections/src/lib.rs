@@ -51,7 +51,7 @@ pub use publisher::{CreditOptions, Publisher, PublisherOptions};
 pub use replyer::{Drained, Replyer, ReplyerOptions};
 pub use requester::{Requester, RequesterOptions};
 pub use stats::{Counter, Stats};
-pub use subscriber::{Delivery, Subscriber, SubscriberOptions};
+pub use subscriber::{Delivery, PublisherProbe, Subscriber, SubscriberOptions};
 pub use wire::{ErrorCode, TraceParent, WireError, WorkflowId};
 
 /// A socket's live count of connected peers (see each connection's `peer_gauge`).

@@ -261,6 +261,60 @@ fn count_connections(
     });
 }
 
+/// Whether a publisher is there, without receiving from it: one connection that subscribes
+/// to nothing (so nothing is sent on it), reconnecting as every connection does. For a
+/// publisher with no control endpoint to ask, such as a Python 0.0.18 service, its
+/// connection is its liveness: the connection ends when its process does.
+#[derive(Debug)]
+pub struct PublisherProbe {
+    up: watch::Receiver<usize>,
+    stop: CancellationToken,
+    _socket: XSubSocket,
+}
+
+impl Drop for PublisherProbe {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl PublisherProbe {
+    /// Connects to the publisher at `address` (its connect side: a publisher binds).
+    pub fn start(address: &Address, security: sf_zmtp::Security) -> Result<PublisherProbe> {
+        let socket = XSubSocket::with_options(SocketOptions::default().security(security));
+        // Watching before connecting: the first connection is not missed.
+        let mut events = socket.monitor();
+        let ep = address.connect_endpoint()?;
+        socket.connect(&ep)?;
+        let (tx, up) = watch::channel(0usize);
+        let stop = CancellationToken::new();
+        let until = stop.clone();
+        let gauge = socket.peer_gauge();
+        tokio::spawn(async move {
+            loop {
+                // Events only wake this; the count is the socket's own (an event missed by a
+                // full monitor cannot skew it).
+                let now = gauge.count();
+                tx.send_if_modified(|n| std::mem::replace(n, now) != now);
+                tokio::select! {
+                    _ = until.cancelled() => return,
+                    ev = events.recv() => if ev.is_none() { return },
+                }
+            }
+        });
+        Ok(PublisherProbe {
+            up,
+            stop,
+            _socket: socket,
+        })
+    }
+
+    /// Connections to the publisher now (0 or 1); `changed()` wakes on each change.
+    pub fn up(&self) -> watch::Receiver<usize> {
+        self.up.clone()
+    }
+}
+
 fn credit_frame(c: &CreditMsg) -> Result<Message> {
     let mut frame = vec![CREDIT_TAG];
     wire::encode_into(&mut frame, c)?;
