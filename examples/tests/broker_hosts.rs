@@ -1,17 +1,17 @@
 //! Three `echo_replyer` processes on three network-namespace hosts, each registered as MDP
-//! workers with one Majordomo broker (`service-framework -s broker`) on a fourth host; three
+//! workers with one Majordomo broker (`service-framework -s broker`) on a fourth host; four
 //! requesters on a fifth host call the service through the broker: two at its front-end (a
-//! plain requester address), one speaking MDP to the broker itself. Shown under load: the
+//! plain requester address), two speaking MDP to the broker itself. Shown under load: the
 //! requests are spread over the three replicas (each one's own control `stats`), one host's
 //! link cut and one replica killed with SIGKILL lose no request even with no client retries
 //! (the broker gives a lost worker's request to another), each loss seen by the broker
 //! within its heartbeat timeout; the broker killed with SIGKILL and started again on the
 //! same address: the workers register again, the requesters recover, within a bound
-//! measured here.
+//! measured here, and those with retries, by either path, lose nothing.
 //!
 //! The requesters run in child processes (this test binary again, in the client host's
-//! namespace, chosen by `SF_BROKER_HOSTS_ROLE`): at the front-end one with 2 retries and one
-//! with none, through MDP one with none. They report on stdout in lines starting with `@@ `:
+//! namespace, chosen by `SF_BROKER_HOSTS_ROLE`): by each path, one with 2 retries and one
+//! with none. They report on stdout in lines starting with `@@ `:
 //! a progress line every 50 ms (answers, errors, and what each replica's control endpoint
 //! says it served), each error at once, and `@@ done` at the end; they stop when the test
 //! creates the stop file.
@@ -393,9 +393,9 @@ fn three_hosts_behind_the_broker_share_the_load_and_survive_a_cut_a_sigkill_and_
     }
     wait_count(&mut broker, "worker registered", 3 * WORKERS);
 
-    // Three requesters on host 4: at the front-end one with 2 retries and one with none, and
-    // one with none speaking MDP to the broker itself (an addresses entry
-    // `{"broker": .., "service": ..}`).
+    // Four requesters on host 4: at the front-end one with 2 retries and one with none, and
+    // two speaking MDP to the broker itself (an addresses entry `{"broker": .., "service":
+    // ..}`), one with 2 retries and one with none.
     let stop_file = dir.path().join("stop");
     let exe = std::env::current_exe().expect("the test binary");
     let client = |target: &str, retries: &str| {
@@ -409,7 +409,12 @@ fn three_hosts_behind_the_broker_share_the_load_and_survive_a_cut_a_sigkill_and_
         Proc::spawn(cmd)
     };
     let mdp = format!("mdp:{router}");
-    let mut clients = [client(&front, "2"), client(&front, "0"), client(&mdp, "0")];
+    let mut clients = [
+        client(&front, "2"),
+        client(&front, "0"),
+        client(&mdp, "0"),
+        client(&mdp, "2"),
+    ];
     for c in &mut clients {
         c.wait_for_stdout("@@ ready", STEP);
     }
@@ -529,11 +534,13 @@ fn three_hosts_behind_the_broker_share_the_load_and_survive_a_cut_a_sigkill_and_
             c.stderr_text()
         );
     }
-    assert!(
-        done[0].contains("errors=0 "),
-        "2 retries: the broker restart costs no request: {}",
-        done[0]
-    );
+    for i in [0, 3] {
+        assert!(
+            done[i].contains("errors=0 "),
+            "2 retries (front-end, MDP): the broker restart costs no request: {}",
+            done[i]
+        );
+    }
     let first_error = |c: &Proc| {
         c.stdout
             .iter()
@@ -549,13 +556,14 @@ fn three_hosts_behind_the_broker_share_the_load_and_survive_a_cut_a_sigkill_and_
          answered through the cut and the kill {cut_and_kill:?}, 0 errors; broker SIGKILL: \
          restarted {broker_up:?}, 2x{WORKERS} workers back {workers_back:?}, every requester \
          answered again {recovered:?} after; front-end, 2 retries: {}; front-end, none: {} \
-         ({}); MDP, none: {} ({}); total {:?}",
+         ({}); MDP, none: {} ({}); MDP, 2 retries: {}; total {:?}",
         back.served,
         done[0],
         done[1],
         first_error(&clients[1]),
         done[2],
         first_error(&clients[2]),
+        done[3],
         started.elapsed()
     );
     drop(clients);
