@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sf_connections::wire::{self, Publish};
 use sf_connections::{
-    Address, BusProxy, Counter, CreditOptions, Error, Publisher, PublisherOptions, Subscriber,
-    SubscriberOptions, WorkflowId,
+    Address, BusProxy, Counter, CreditOptions, Error, Publisher, PublisherOptions, PublisherProbe,
+    Subscriber, SubscriberOptions, WorkflowId,
 };
 use support::{port_of, retry};
 
@@ -844,4 +844,48 @@ async fn a_traced_publish_carries_its_traceparent_beside_seq_and_an_untraced_one
         }
         assert_eq!(keys, want);
     }
+}
+
+/// The bridge's liveness of a publisher with no control endpoint: the probe's count follows
+/// the connection (up, gone with the publisher, back when one binds the address again), and
+/// it subscribes to nothing, so nothing is ever sent to it.
+#[tokio::test]
+async fn a_publisher_probe_follows_its_publisher_and_subscribes_to_nothing() {
+    let lim = Duration::from_secs(5);
+    let mut xpub = sf_zmtp::XPubSocket::new();
+    let ep = xpub.bind("tcp://127.0.0.1:0").await.unwrap().to_string();
+    let port = port_of(&ep);
+    let addr = Address::from(format!("127.0.0.1:{port}"));
+    let probe = PublisherProbe::start(&addr, sf_zmtp::Security::Null).unwrap();
+    let mut up = probe.up();
+    tokio::time::timeout(lim, up.wait_for(|n| *n == 1))
+        .await
+        .expect("connected within 5 s")
+        .unwrap();
+    // A subscriber that comes after it: the first thing the publisher's socket hears is
+    // that subscriber's subscription, nothing of the probe's.
+    let _sub = Subscriber::start(&addr, sub_options("T")).await.unwrap();
+    let first = tokio::time::timeout(lim, xpub.recv())
+        .await
+        .expect("the subscription within 5 s")
+        .unwrap();
+    let frame = first.first().unwrap();
+    assert_eq!(frame[0], 1, "a subscription: {first:?}");
+    assert_eq!(&frame[1..], &wire::topic_prefix("T")[..], "{first:?}");
+
+    // The publisher goes: the count drops; one binds the address again: it is back.
+    drop(xpub);
+    tokio::time::timeout(lim, up.wait_for(|n| *n == 0))
+        .await
+        .expect("seen gone within 5 s")
+        .unwrap();
+    let (_again, _) = retry("rebinding the port", Duration::from_secs(3), || async {
+        let s = sf_zmtp::XPubSocket::new();
+        s.bind(&format!("tcp://127.0.0.1:{port}")).await.map(|_| s)
+    })
+    .await;
+    tokio::time::timeout(lim, up.wait_for(|n| *n == 1))
+        .await
+        .expect("back within 5 s")
+        .unwrap();
 }
