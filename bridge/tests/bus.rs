@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use futures::StreamExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -297,19 +296,8 @@ async fn a_publisher_topic_as_an_event_stream() {
             }
         })
     };
-    let mut body = r.bytes_stream();
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while events(&text).len() < 3 {
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .expect("events within 10 s")
-            .expect("the stream stays open")
-            .unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let evs = read_events(r, 3).await;
     feeder.abort();
-    let evs = events(&text);
     let ns: Vec<u64> = evs
         .iter()
         .map(|e| {
@@ -318,7 +306,6 @@ async fn a_publisher_topic_as_an_event_stream() {
         })
         .collect();
     assert!(ns.windows(2).all(|w| w[1] == w[0] + 1), "{ns:?}");
-    drop(body);
     b.stop().await;
 }
 
@@ -573,23 +560,9 @@ async fn the_bridge_reaches_curve_services_with_its_security_file() {
             }
         })
     };
-    let mut body = r.bytes_stream();
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while events(&text).len() < 2 {
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .expect("events over CURVE within 10 s")
-            .expect("the stream stays open")
-            .unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    let evs = read_events(r, 2).await;
     feeder.abort();
-    assert!(
-        events(&text).iter().all(|e| e.0 == "message_chunk"),
-        "{text}"
-    );
-    drop(body);
+    assert!(evs.iter().all(|e| e.0 == "message_chunk"), "{evs:?}");
     b.stop().await;
     assert_eq!(replyer.stats().get(Counter::AuthFailures), 0);
 

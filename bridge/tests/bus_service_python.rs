@@ -281,24 +281,12 @@ async fn routes_of_a_service_are_checked_at_start() {
 /// The first `n` events of the stream at `url` (a fresh client connection each time), or
 /// the status it answered instead.
 async fn stream_events(url: &str, n: usize) -> Result<Vec<(String, Value)>, (u16, Value)> {
-    use futures::StreamExt;
     let r = client().get(url).send().await.unwrap();
     let status = r.status().as_u16();
     if status != 200 {
         return Err((status, r.json().await.unwrap_or(Value::Null)));
     }
-    let mut body = r.bytes_stream();
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while events(&text).len() < n {
-        let chunk = tokio::time::timeout_at(deadline, body.next())
-            .await
-            .expect("events within 10 s")
-            .expect("the stream stays open")
-            .unwrap();
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-    Ok(events(&text).into_iter().take(n).collect())
+    Ok(read_events(r, n).await.into_iter().take(n).collect())
 }
 
 /// The real 0.0.18 Publisher (`tests/python/py_publisher.py`) bound at `addr`, publishing

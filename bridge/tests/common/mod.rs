@@ -81,6 +81,24 @@ pub fn events(text: &str) -> Vec<(String, Value)> {
     sf_bridge::envelope::parse_events(text)
 }
 
+/// Reads the event stream `r` until it holds at least `n` events (within 10 s), then closes
+/// it; the events read.
+pub async fn read_events(r: reqwest::Response, n: usize) -> Vec<(String, Value)> {
+    use futures::StreamExt;
+    let mut body = r.bytes_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while events(&text).len() < n {
+        let chunk = tokio::time::timeout_at(deadline, body.next())
+            .await
+            .expect("events within 10 s")
+            .expect("the stream stays open")
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    events(&text)
+}
+
 /// A real FastAPI app (`tests/upstream_app.py`) under uvicorn on 127.0.0.1, from the test
 /// venv (`SF_PYTHON`, or what `scripts/python-env` prints). Killed on drop.
 pub struct FastApi {
