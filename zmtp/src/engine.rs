@@ -205,6 +205,32 @@ where
     ended
 }
 
+/// The reader alone, as the `handshake` fuzz target runs it: what the peer sends after the
+/// handshake read from `rd` into `core`'s inbox until the reader ends (no writer: PONGs go
+/// nowhere; no heartbeat timeout).
+pub(crate) async fn read_only<R: AsyncRead + Unpin>(
+    core: &Arc<Core>,
+    info: &PeerInfo,
+    rd: R,
+    buf: BytesMut,
+) -> Ended {
+    let reg = core.register(info);
+    let (ctrl, _pongs) = mpsc::channel::<Bytes>(16);
+    let reader = Reader {
+        core: core.clone(),
+        peer: reg.id,
+        identity: reg.identity,
+        ctrl,
+        ending: reg.ending,
+        timeout: None,
+        addr: "fuzz",
+        opener: None,
+    };
+    let ended = reader.run(rd, buf).await;
+    core.unregister(reg.id).await;
+    ended
+}
+
 struct Reader<'a> {
     core: Arc<Core>,
     peer: PeerId,

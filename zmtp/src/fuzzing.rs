@@ -10,18 +10,18 @@ use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::core::Core;
+use crate::engine::{read_only, Ended};
 use crate::handshake::{handshake as run_handshake, Local};
-use crate::message::Message;
-use crate::options::SocketType;
+use crate::options::{SocketOptions, SocketType};
 use crate::wire::frame::put_frame;
 use crate::wire::greeting::SIGNATURE_LEN;
 use crate::wire::{Command, Frame, FrameDecoder, FrameError, Greeting, Limits, GREETING_LEN};
-use crate::{Error, Security};
+use crate::Security;
 
 /// Target `greeting`: the signature check on any length, the parse on the first 64 octets.
 pub fn greeting(data: &[u8]) {
@@ -264,54 +264,40 @@ pub fn handshake(data: &[u8]) {
     assert!(info.identity.len() <= 255);
     assert_eq!(info.greeting.mechanism, "NULL");
 
-    // The engine's reader, without a socket behind it: frames to messages, commands parsed
-    // and answered, until the peer breaks the protocol or stops sending.
-    let mut decoder = FrameDecoder::new(HANDSHAKE_LIMITS);
-    let mut current = Message::new();
-    loop {
-        loop {
-            let frame = match decoder.decode(&mut buf) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = Error::Frame(e).to_string();
-                    return;
-                }
-            };
-            match frame {
-                Frame::Data { more, body } => {
-                    current.push(body);
-                    assert!(current.len() <= HANDSHAKE_LIMITS.max_frames);
-                    assert!(current.byte_len() <= HANDSHAKE_LIMITS.max_message_bytes);
-                    if !more {
-                        let _ = std::mem::take(&mut current);
-                    }
-                }
-                Frame::Command(body) => match Command::parse(&body) {
-                    Ok(Command::Ping {
-                        ttl_deciseconds,
-                        context,
-                    }) => {
-                        let _ = Duration::from_millis(u64::from(ttl_deciseconds) * 100);
-                        let _ = Command::Pong { context }.encode();
-                    }
-                    Ok(Command::Error(reason)) => {
-                        let _ = Error::Refused(crate::monitor::escape(&reason)).to_string();
-                        return;
-                    }
-                    Ok(Command::Ready(_)) | Err(_) => return,
-                    Ok(_) => {}
-                },
-            }
+    // The engine's own reader on what follows, without a socket behind it: frames to
+    // messages routed by our kind, commands parsed and answered, until the peer breaks the
+    // protocol or stops sending. The inbox has room for every message the input can make
+    // (a frame is at least 2 octets), so the reader never waits and the run always ends.
+    let options = SocketOptions {
+        limits: HANDSHAKE_LIMITS,
+        heartbeat: None,
+        recv_hwm: peer.input.len() / 2 + 4,
+        ..SocketOptions::default()
+    };
+    let (core, mut inbox) = Core::new(kind, options);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    match rt.block_on(read_only(&core, &info, &mut peer, buf)) {
+        Ended::Closing => panic!("the reader saw a close nobody asked for"),
+        Ended::Lost(e) => {
+            let _ = e.to_string();
         }
-        let _ = decoder.wanted(&buf).clamp(16 << 10, 1 << 20);
-        let n = peer.input.len().min(peer.chunk);
-        if n == 0 {
-            return;
-        }
-        let (now, later) = peer.input.split_at(n);
-        buf.extend_from_slice(now);
-        peer.input = later;
+    }
+    // What reached the inbox respects the limits (a ROUTER puts the peer's id, at most 255
+    // octets, in front; an XPUB passes subscriptions up as one frame).
+    while let Ok(m) = inbox.try_recv() {
+        assert!(
+            m.len() <= HANDSHAKE_LIMITS.max_frames + 1,
+            "{} frames",
+            m.len()
+        );
+        assert!(
+            m.byte_len() <= HANDSHAKE_LIMITS.max_message_bytes + 256,
+            "{} octets",
+            m.byte_len()
+        );
     }
 }
 
