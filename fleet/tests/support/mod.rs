@@ -178,6 +178,13 @@ impl UpProcess {
             .expect("a pid")
     }
 
+    /// Takes in what `up` printed so far without waiting (for a failure message).
+    pub fn drain(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.seen.push(l);
+        }
+    }
+
     /// The last 80 lines seen.
     pub fn tail(&self) -> String {
         let from = self.seen.len().saturating_sub(80);
