@@ -267,11 +267,13 @@ pub fn handshake(data: &[u8]) {
     // The engine's own reader on what follows, without a socket behind it: frames to
     // messages routed by our kind, commands parsed and answered, until the peer breaks the
     // protocol or stops sending. The inbox has room for every message the input can make
-    // (a frame is at least 2 octets), so the reader never waits and the run always ends.
+    // (a frame is at least 2 octets; an XPUB also passes up a cancel per subscription when
+    // the peer goes), counting what the handshake read ahead into `buf`, so the reader
+    // never waits and the run always ends.
     let options = SocketOptions {
         limits: HANDSHAKE_LIMITS,
         heartbeat: None,
-        recv_hwm: peer.input.len() / 2 + 4,
+        recv_hwm: buf.len() + peer.input.len() + 8,
         ..SocketOptions::default()
     };
     let (core, mut inbox) = Core::new(kind, options);
