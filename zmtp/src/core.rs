@@ -237,11 +237,12 @@ impl Core {
         self.state.lock().expect("socket state lock")
     }
 
-    /// Closes the socket: every wait on `stop` ends, each connection's reader stops and its
-    /// writer flushes within the linger, a waiting receiver wakes.
+    /// Closes the socket: every wait on `stop` ends, no task is added, each connection's
+    /// reader stops and its writer flushes within the linger, a waiting receiver wakes.
     pub(crate) fn shut(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.stop.cancel();
+        self.tasks.close();
         self.recv_waker.wake();
         for p in self.state().peers.values() {
             p.ending.set(CLOSING);

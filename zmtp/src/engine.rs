@@ -277,29 +277,16 @@ impl Reader<'_> {
                         Err(OpenError::Refused(why)) => return self.refused_box(why),
                     },
                 };
-                match frame {
+                // What goes to the inbox: a complete message routed by our kind, or a
+                // subscription an XPUB passes up.
+                let up = match frame {
                     Frame::Data { more, body } => {
                         current.push(body);
-                        if !more {
+                        if more {
+                            None
+                        } else {
                             let msg = std::mem::take(&mut current);
-                            // No future is made unless the inbox is full.
-                            let full = match self.core.inbound(self.peer, &self.identity, msg) {
-                                None => None,
-                                Some(m) => match self.core.inbox.try_send(m) {
-                                    Ok(()) => None,
-                                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                                        return Ended::Closing
-                                    }
-                                    Err(mpsc::error::TrySendError::Full(m)) => Some(m),
-                                },
-                            };
-                            if let Some(m) = full {
-                                if let Err(e) = self.wait_inbox(m).await {
-                                    return e;
-                                }
-                                // We were not reading: the peer's silence is ours.
-                                heard = true;
-                            }
+                            self.core.inbound(self.peer, &self.identity, msg)
                         }
                     }
                     Frame::Command(body) => match Command::parse(&body) {
@@ -319,21 +306,14 @@ impl Reader<'_> {
                             let _ = self
                                 .ctrl
                                 .try_send(Command::Pong { context }.encode().freeze());
+                            None
                         }
-                        Ok(Command::Pong { .. }) | Ok(Command::Other(_)) => {}
+                        Ok(Command::Pong { .. }) | Ok(Command::Other(_)) => None,
                         Ok(Command::Subscribe(topic)) => {
-                            if let Some(up) = self.core.subscription(self.peer, true, &topic) {
-                                if let Err(e) = self.push_inbox(up).await {
-                                    return e;
-                                }
-                            }
+                            self.core.subscription(self.peer, true, &topic)
                         }
                         Ok(Command::Cancel(topic)) => {
-                            if let Some(up) = self.core.subscription(self.peer, false, &topic) {
-                                if let Err(e) = self.push_inbox(up).await {
-                                    return e;
-                                }
-                            }
+                            self.core.subscription(self.peer, false, &topic)
                         }
                         Ok(Command::Error(reason)) => {
                             return Ended::Lost(Error::Refused(escape(&reason)));
@@ -344,6 +324,20 @@ impl Reader<'_> {
                         }
                         Err(e) => return self.protocol(e.into()),
                     },
+                };
+                if let Some(m) = up {
+                    // No future is made unless the inbox is full.
+                    match self.core.inbox.try_send(m) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Ended::Closing,
+                        Err(mpsc::error::TrySendError::Full(m)) => {
+                            if let Err(e) = self.wait_inbox(m).await {
+                                return e;
+                            }
+                            // We were not reading: the peer's silence is ours.
+                            heard = true;
+                        }
+                    }
                 }
             }
             let wanted = decoder.wanted(&buf);
@@ -378,14 +372,6 @@ impl Reader<'_> {
                     }
                 }
             }
-        }
-    }
-
-    async fn push_inbox(&mut self, msg: Message) -> Result<(), Ended> {
-        match self.core.inbox.try_send(msg) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Ended::Closing),
-            Err(mpsc::error::TrySendError::Full(msg)) => self.wait_inbox(msg).await,
         }
     }
 

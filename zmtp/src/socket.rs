@@ -29,7 +29,6 @@ struct Guard(Arc<Core>);
 impl Drop for Guard {
     fn drop(&mut self) {
         self.0.shut();
-        self.0.tasks.close();
     }
 }
 
@@ -119,7 +118,7 @@ async fn wait_for_peers(core: &Core, n: usize) {
         let changed = core.peers_changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        if core.peer_count() >= n || core.stop.is_cancelled() {
+        if core.peer_count() >= n || core.is_stopped() {
             return;
         }
         tokio::select! {
@@ -131,7 +130,6 @@ async fn wait_for_peers(core: &Core, n: usize) {
 
 async fn close(core: Arc<Core>) {
     core.shut();
-    core.tasks.close();
     let grace = core.options.linger + std::time::Duration::from_millis(100);
     let _ = tokio::time::timeout(grace, core.tasks.wait()).await;
 }
