@@ -25,7 +25,7 @@
 //! document, and `/health` lists it. A service that is running but stuck keeps its
 //! connections, so it stays mounted (its requests then time out, 504).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -110,8 +110,9 @@ impl LiveServices {
         routes: Vec<BusRoute>,
         streams: Vec<BusStream>,
     ) -> Result<(Arc<LiveServices>, Vec<BusRoute>, Vec<BusStream>)> {
-        let (mut owned, others) = owned_routes(settings, routes)?;
-        let (mut owned_streams, other_streams) = owned_streams(settings, streams);
+        let owners = Owners::of(settings)?;
+        let (mut owned, others) = owners.split(routes, |r| (&r.path, &mut r.tags));
+        let (mut owned_streams, other_streams) = owners.split(streams, |s| (&s.path, &mut s.tags));
         let mut services = Vec::new();
         for (name, cfg) in &settings.services {
             let what = format!("bus.services.{name}");
@@ -373,109 +374,97 @@ async fn any_change(watches: &mut [tokio::sync::watch::Receiver<usize>]) -> bool
 /// How long the start waits for the connections of a service without a control endpoint.
 const CONNECT_AT_START: Duration = Duration::from_secs(1);
 
-/// Routes by the name of the service they belong to.
-type ByService = BTreeMap<String, Vec<Arc<BusRoute>>>;
-
-/// The configured routes named by services without a control endpoint, by service, and the
-/// others; a name that is not a `[bus.routes]` entry, or one named twice, is an error.
-fn owned_routes(
-    settings: &BusSettings,
-    routes: Vec<BusRoute>,
-) -> Result<(ByService, Vec<BusRoute>)> {
-    let mut owner: BTreeMap<String, &String> = BTreeMap::new();
-    for (name, cfg) in &settings.services {
-        let what = format!("bus.services.{name}");
-        match (&cfg.control, cfg.routes.is_empty()) {
-            (Some(_), true) => continue,
-            (Some(_), false) => {
-                return Err(Error::Config(format!(
-                    "{what}: give control (a service that answers info) or routes (for a \
-                     service without a control endpoint), not both"
-                )))
-            }
-            (None, true) => {
-                return Err(Error::Config(format!(
-                    "{what}: needs control = \"host:port\" (its control endpoint), or routes = \
-                     [\"/path\", ..] naming its [bus.routes] entries (a service without one, \
-                     such as a Python 0.0.18 service)"
-                )))
-            }
-            (None, false) => {}
-        }
-        let set = [
-            ("prefix", cfg.prefix.is_some()),
-            ("timeout_s", cfg.timeout_s.is_some()),
-            ("refresh_s", cfg.refresh_s.is_some()),
-        ];
-        if let Some((key, _)) = set.iter().find(|(_, s)| *s) {
-            return Err(Error::Config(format!(
-                "{what}.{key} applies to a service read through its control endpoint; a \
-                 service given by routes takes its paths and timeouts from [bus.routes]"
-            )));
-        }
-        for p in &cfg.routes {
-            let path = prefixed(p);
-            let known = settings.routes.keys().any(|k| prefixed(k) == path)
-                || settings.streams.keys().any(|k| prefixed(k) == path);
-            if !known {
-                return Err(Error::Config(format!(
-                    "{what}.routes: {p:?} is not a [bus.routes] or [bus.streams] entry"
-                )));
-            }
-            if let Some(other) = owner.insert(path, name) {
-                return Err(Error::Config(format!(
-                    "{what}.routes: {p:?} is named by bus.services.{other} too"
-                )));
-            }
-        }
-    }
-    let mut owned = ByService::new();
-    let mut others = Vec::new();
-    for mut r in routes {
-        let Some(name) = owner.get(&r.path) else {
-            others.push(r);
-            continue;
-        };
-        // Tagged as the service's unless its entry says otherwise.
-        let tagged = settings
-            .routes
-            .iter()
-            .any(|(k, c)| prefixed(k) == r.path && c.tags.is_some());
-        if !tagged {
-            r.tags = vec![(*name).clone()];
-        }
-        owned.entry((*name).clone()).or_default().push(Arc::new(r));
-    }
-    Ok((owned, others))
+/// The `[bus.routes]` and `[bus.streams]` paths named by services without a control
+/// endpoint: which service owns each, and which entries give their own tags.
+struct Owners {
+    owner: BTreeMap<String, String>,
+    tagged: BTreeSet<String>,
 }
 
-/// The configured streams named by services without a control endpoint, by service, and
-/// the others (`owned_routes` has checked the names).
-fn owned_streams(
-    settings: &BusSettings,
-    streams: Vec<BusStream>,
-) -> (BTreeMap<String, Vec<Arc<BusStream>>>, Vec<BusStream>) {
-    let mut owned: BTreeMap<String, Vec<Arc<BusStream>>> = BTreeMap::new();
-    let mut others = Vec::new();
-    for mut s in streams {
-        let owner = settings
-            .services
-            .iter()
-            .find(|(_, c)| c.control.is_none() && c.routes.iter().any(|p| prefixed(p) == s.path));
-        let Some((name, _)) = owner else {
-            others.push(s);
-            continue;
-        };
-        let tagged = settings
-            .streams
-            .iter()
-            .any(|(k, c)| prefixed(k) == s.path && c.tags.is_some());
-        if !tagged {
-            s.tags = vec![name.clone()];
+impl Owners {
+    /// Checks every service entry; a name that is not a `[bus.routes]` or `[bus.streams]`
+    /// entry, or one named twice, is an error.
+    fn of(settings: &BusSettings) -> Result<Owners> {
+        let mut owner: BTreeMap<String, String> = BTreeMap::new();
+        for (name, cfg) in &settings.services {
+            let what = format!("bus.services.{name}");
+            match (&cfg.control, cfg.routes.is_empty()) {
+                (Some(_), true) => continue,
+                (Some(_), false) => {
+                    return Err(Error::Config(format!(
+                        "{what}: give control (a service that answers info) or routes (for a \
+                         service without a control endpoint), not both"
+                    )))
+                }
+                (None, true) => {
+                    return Err(Error::Config(format!(
+                        "{what}: needs control = \"host:port\" (its control endpoint), or \
+                         routes = [\"/path\", ..] naming its [bus.routes] entries (a service \
+                         without one, such as a Python 0.0.18 service)"
+                    )))
+                }
+                (None, false) => {}
+            }
+            let set = [
+                ("prefix", cfg.prefix.is_some()),
+                ("timeout_s", cfg.timeout_s.is_some()),
+                ("refresh_s", cfg.refresh_s.is_some()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, s)| *s) {
+                return Err(Error::Config(format!(
+                    "{what}.{key} applies to a service read through its control endpoint; a \
+                     service given by routes takes its paths and timeouts from [bus.routes]"
+                )));
+            }
+            for p in &cfg.routes {
+                let path = prefixed(p);
+                let known = settings.routes.keys().any(|k| prefixed(k) == path)
+                    || settings.streams.keys().any(|k| prefixed(k) == path);
+                if !known {
+                    return Err(Error::Config(format!(
+                        "{what}.routes: {p:?} is not a [bus.routes] or [bus.streams] entry"
+                    )));
+                }
+                if let Some(other) = owner.insert(path, name.clone()) {
+                    return Err(Error::Config(format!(
+                        "{what}.routes: {p:?} is named by bus.services.{other} too"
+                    )));
+                }
+            }
         }
-        owned.entry(name.clone()).or_default().push(Arc::new(s));
+        let routes = settings.routes.iter().map(|(k, c)| (k, c.tags.is_some()));
+        let streams = settings.streams.iter().map(|(k, c)| (k, c.tags.is_some()));
+        let tagged = routes
+            .chain(streams)
+            .filter(|(_, t)| *t)
+            .map(|(k, _)| prefixed(k))
+            .collect();
+        Ok(Owners { owner, tagged })
     }
-    (owned, others)
+
+    /// Each item a service names goes to that service, tagged as the service's unless its
+    /// entry gives tags; the others are returned as they are. `at` gives an item's path and
+    /// tags.
+    fn split<T>(
+        &self,
+        items: Vec<T>,
+        at: impl Fn(&mut T) -> (&String, &mut Vec<String>),
+    ) -> (BTreeMap<String, Vec<Arc<T>>>, Vec<T>) {
+        let mut owned: BTreeMap<String, Vec<Arc<T>>> = BTreeMap::new();
+        let mut others = Vec::new();
+        for mut item in items {
+            let (path, tags) = at(&mut item);
+            let Some(name) = self.owner.get(path) else {
+                others.push(item);
+                continue;
+            };
+            if !self.tagged.contains(path) {
+                *tags = vec![name.clone()];
+            }
+            owned.entry(name.clone()).or_default().push(Arc::new(item));
+        }
+        (owned, others)
+    }
 }
 
 impl Watched {

@@ -289,26 +289,18 @@ async fn stream_events(url: &str, n: usize) -> Result<Vec<(String, Value)>, (u16
     Ok(read_events(r, n).await.into_iter().take(n).collect())
 }
 
-/// The real 0.0.18 Publisher (`tests/python/py_publisher.py`) bound at `addr`, publishing
-/// `ticks` every 10 ms for up to 20 s, until its stdin closes.
-async fn py_publisher(addr: &str) -> sf_tests::PyProcess {
-    let mut p =
-        sf_tests::PyProcess::spawn("py_publisher", &[addr, "--topic", "ticks", "--max-s", "20"]);
-    p.ready().await;
-    p
+/// The real 0.0.18 Publisher's arguments (`tests/python/py_publisher.py`): bound at `addr`,
+/// publishing `ticks` every 10 ms for up to 20 s, until its stdin closes.
+fn publisher_args(addr: &str) -> Vec<String> {
+    [addr, "--topic", "ticks", "--max-s", "20"]
+        .map(String::from)
+        .to_vec()
 }
 
 #[tokio::test]
 async fn a_python_publisher_given_a_stream_by_config_comes_and_goes() {
-    let (mut publisher, addr) = sf_tests::PyProcess::spawn_bound("py_publisher", |addr| {
-        ["--topic", "ticks", "--max-s", "20"]
-            .iter()
-            .fold(vec![addr.to_owned()], |mut v, a| {
-                v.push((*a).to_owned());
-                v
-            })
-    })
-    .await;
+    let (mut publisher, addr) =
+        sf_tests::PyProcess::spawn_bound("py_publisher", publisher_args).await;
     let mut s = settings(&[], &[]);
     s.bus.streams.insert(
         "/py/ticks".into(),
@@ -370,7 +362,8 @@ async fn a_python_publisher_given_a_stream_by_config_comes_and_goes() {
     );
 
     // Back (a new process on the same address): documented and streaming again.
-    let mut publisher = py_publisher(&addr).await;
+    let mut publisher = sf_tests::PyProcess::spawn("py_publisher", &publisher_args(&addr));
+    publisher.ready().await;
     wait_until(Duration::from_secs(10), "the stream is back", || {
         let u = u.clone();
         async move { documented(&document(&u).await) }
