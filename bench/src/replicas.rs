@@ -20,8 +20,8 @@ use anyhow::Context as _;
 use sf_connections::mdp::{self, BrokerOptions};
 use sf_connections::{Address, Counter, Requester, RequesterOptions, Stats};
 
-use crate::report::{PatternReport, Row};
-use crate::reqrep::{fw_calls_on, fw_replyer, RoundTrips, CALLERS};
+use crate::report::PatternReport;
+use crate::reqrep::{fw_calls_on, fw_replyer, rate_and_p50, RoundTrips, CALLERS};
 use crate::util::{block_on, median_run, rate, Flavor, Latency};
 use crate::Config;
 
@@ -350,20 +350,13 @@ fn push_rows(
         .into_iter()
         .map(|r| median_run(r, |x| x.per_s))
         .collect();
-    let base = medians[0].as_ref().ok().copied();
+    let base = medians[0].as_ref().ok();
     for (i, m) in medians.iter().enumerate() {
-        let what = what(i + 1);
-        let mut row = Row::new(&what, "round trips/s", "rt/s")
-            .fw(m.as_ref().ok().map(|x| x.per_s))
-            .raw(base.map(|x| x.per_s));
+        let (mut row, p50) = rate_and_p50(&what(i + 1), m.as_ref().ok(), base);
         if let Err(e) = m {
             row = row.note(format!("failed: {e:#}"));
         }
         p.push(row);
-        p.push(
-            Row::new(&what, "p50 latency", "us")
-                .fw(m.as_ref().ok().map(|x| x.latency.p50_us))
-                .raw(base.map(|x| x.latency.p50_us)),
-        );
+        p.push(p50);
     }
 }

@@ -520,6 +520,23 @@ fn limit(config: &Config) -> Duration {
     }
 }
 
+/// A case's round trips/s and p50 rows, `fw` against `base` (either may have failed); the
+/// caller adds its notes to the first.
+pub(crate) fn rate_and_p50(
+    case: &str,
+    fw: Option<&RoundTrips>,
+    base: Option<&RoundTrips>,
+) -> (Row, Row) {
+    (
+        Row::new(case, "round trips/s", "rt/s")
+            .fw(fw.map(|x| x.per_s))
+            .raw(base.map(|x| x.per_s)),
+        Row::new(case, "p50 latency", "us")
+            .fw(fw.map(|x| x.latency.p50_us))
+            .raw(base.map(|x| x.latency.p50_us)),
+    )
+}
+
 fn push_rows(
     p: &mut PatternReport,
     case: &str,
@@ -615,24 +632,16 @@ pub fn run(config: &Config) -> PatternReport {
         });
         {
             let case = format!("{CALLERS} callers, {}, raw with codec", flavor.label());
-            let f = fw.as_ref().ok();
-            let r = raw_codec.as_ref().ok();
-            let mut row = Row::new(&case, "round trips/s", "rt/s")
-                .fw(f.map(|x| x.per_s))
-                .raw(r.map(|x| x.per_s))
-                .note(
-                    "diagnostic: raw DEALER -> ROUTER encoding and decoding the same \
-                     envelopes by hand with rmp-serde",
-                );
+            let (mut row, p50) = rate_and_p50(&case, fw.as_ref().ok(), raw_codec.as_ref().ok());
+            row = row.note(
+                "diagnostic: raw DEALER -> ROUTER encoding and decoding the same envelopes by \
+                 hand with rmp-serde",
+            );
             if let Err(e) = &raw_codec {
                 row = row.note(format!("diagnostic; raw with codec failed: {e:#}"));
             }
             p.push(row);
-            p.push(
-                Row::new(&case, "p50 latency", "us")
-                    .fw(f.map(|x| x.latency.p50_us))
-                    .raw(r.map(|x| x.latency.p50_us)),
-            );
+            p.push(p50);
         }
         // Which side costs what with 16 in flight: each framework end against a raw one.
         // The raw side written as the framework is used: 16 tasks sharing one socket.
@@ -642,23 +651,16 @@ pub fn run(config: &Config) -> PatternReport {
         });
         {
             let case = format!("16: raw, 16 tasks share a DEALER, {}", flavor.label());
-            let base = raw16.as_ref().ok();
-            let mut row = Row::new(&case, "round trips/s", "rt/s")
-                .fw(raw_tasks.as_ref().ok().map(|x| x.per_s))
-                .raw(base.map(|x| x.per_s))
-                .note(
-                    "diagnostic, no framework: 16 caller tasks, send half behind a mutex, a \
-                     reader task and a oneshot per request; raw = one task, 16 in flight",
-                );
+            let (mut row, p50) = rate_and_p50(&case, raw_tasks.as_ref().ok(), raw16.as_ref().ok());
+            row = row.note(
+                "diagnostic, no framework: 16 caller tasks, send half behind a mutex, a reader \
+                 task and a oneshot per request; raw = one task, 16 in flight",
+            );
             if let Err(e) = &raw_tasks {
                 row = row.note(format!("diagnostic; failed: {e:#}"));
             }
             p.push(row);
-            p.push(
-                Row::new(&case, "p50 latency", "us")
-                    .fw(raw_tasks.as_ref().ok().map(|x| x.latency.p50_us))
-                    .raw(base.map(|x| x.latency.p50_us)),
-            );
+            p.push(p50);
         }
         let mixed_fw_caller = block_on(flavor, lim, async move {
             let ep = raw_router_echo().await?;
@@ -678,20 +680,13 @@ pub fn run(config: &Config) -> PatternReport {
                 &mixed_fw_server,
             ),
         ] {
-            let base = raw16.as_ref().ok();
-            let mut row = Row::new(&case, "round trips/s", "rt/s")
-                .fw(r.as_ref().ok().map(|x| x.per_s))
-                .raw(base.map(|x| x.per_s))
-                .note("diagnostic: one framework end; raw = raw DEALER -> raw ROUTER");
+            let (mut row, p50) = rate_and_p50(&case, r.as_ref().ok(), raw16.as_ref().ok());
+            row = row.note("diagnostic: one framework end; raw = raw DEALER -> raw ROUTER");
             if let Err(e) = r {
                 row = row.note(format!("failed: {e:#}"));
             }
             p.push(row);
-            p.push(
-                Row::new(&case, "p50 latency", "us")
-                    .fw(r.as_ref().ok().map(|x| x.latency.p50_us))
-                    .raw(base.map(|x| x.latency.p50_us)),
-            );
+            p.push(p50);
         }
         let rr = block_on(flavor, lim, raw_req_rep(c.rr_one, c.rr_warmup));
         let case = format!("raw REQ->REP, {}", flavor.label());
